@@ -1,0 +1,126 @@
+"""Heatmaps -> connected components -> boxes, batched on the maps' device.
+
+Conventions, stated once: a map is `(N, H, W)`; a box is ``(x0, y0, x1, y1)`` in pixel-edge coordinates of
+its map, so a component covering columns 3..5 has ``x0 = 3, x1 = 6`` and ``0 <= x0 < x1 <= W``. Scaling such a
+box by ``original_width / W`` gives original-image pixels with no half-pixel offsets. Components are
+8-connected, as in the CAM paper's reference code (OpenCV contours).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Components:
+    """Connected components of a batch of thresholded maps, one entry per kept component.
+
+    map_index (Tensor[M]): which map each component belongs to; sorted ascending, and within a map the
+        components are ordered by `mass`, largest first.
+    boxes (Tensor[M, 4]): ``(x0, y0, x1, y1)`` in map pixel-edge coordinates.
+    area (Tensor[M]): pixels in the component.
+    mass (Tensor[M]): sum of the map's values over the component.
+    peak (Tensor[M]): the map's largest value in the component.
+    """
+
+    map_index: Tensor
+    boxes: Tensor
+    area: Tensor
+    mass: Tensor
+    peak: Tensor
+
+
+def label_components(mask: Tensor, check_every: int = 4) -> Tensor:
+    """Labels the 8-connected components of each map in `mask`.
+
+    Args:
+        mask (Tensor[N, H, W]): bool foreground.
+        check_every: propagation steps between convergence checks (each check syncs the device).
+
+    Returns:
+        Tensor[N, H, W] (int64): 0 on background; on a component, the largest flat index + 1 of its pixels,
+        so labels are unique within a map but not consecutive.
+    """
+    if mask.dim() != 3 or mask.dtype != torch.bool:
+        raise ValueError(
+            f"`mask` must be a bool tensor of shape (N, H, W), got {mask.dtype} {tuple(mask.shape)}"
+        )
+    n, h, w = mask.shape
+    if h * w >= 2**24:
+        raise ValueError(f"`mask` maps of {h}x{w} are too large to label exactly in float32")
+    seeds = torch.arange(1, h * w + 1, device=mask.device, dtype=torch.float32).view(1, h, w)
+    labels = torch.where(mask, seeds, torch.zeros((), device=mask.device))
+    while True:
+        previous = labels
+        for _ in range(check_every):
+            grown = F.max_pool2d(labels.unsqueeze(1), kernel_size=3, stride=1, padding=1).squeeze(1)
+            labels = torch.where(mask, grown, labels)
+        if torch.equal(labels, previous):
+            return labels.long()
+
+
+def components_from_maps(
+    maps: Tensor,
+    threshold: Tensor | float,
+    valid: Tensor | None = None,
+    min_area: Tensor | float = 1.0,
+    max_per_map: int = 1,
+) -> Components:
+    """Thresholds each map and returns the bounding boxes of its largest connected components.
+
+    Args:
+        maps (Tensor[N, H, W]): float heatmaps.
+        threshold (Tensor[N] or float): a pixel is foreground where ``map >= threshold``.
+        valid (Tensor[N, H, W], optional): bool; pixels outside it are never foreground (letterbox padding).
+        min_area (Tensor[N] or float): components smaller than this many pixels are dropped, except that a
+            map's largest component is always kept so that every map with foreground yields a box.
+        max_per_map: keep at most this many components per map, by `mass`.
+    """
+    if maps.dim() != 3:
+        raise ValueError(f"`maps` must have shape (N, H, W), got {tuple(maps.shape)}")
+    if max_per_map < 1:
+        raise ValueError(f"`max_per_map` must be at least 1, got {max_per_map}")
+    n, h, w = maps.shape
+    device = maps.device
+    threshold = torch.as_tensor(threshold, dtype=maps.dtype, device=device).expand(n)
+    mask = maps >= threshold.view(n, 1, 1)
+    if valid is not None:
+        mask &= valid
+    labels = label_components(mask)
+
+    # One slot per (map, label): scatter the per-pixel statistics into them.
+    slots = n * (h * w + 1)
+    key = (torch.arange(n, device=device).view(n, 1, 1) * (h * w + 1) + labels).flatten()
+    fg = mask.flatten()
+    key, values = key[fg], maps.flatten()[fg].float()
+    ys = torch.arange(h, device=device).view(1, h, 1).expand(n, h, w).flatten()[fg]
+    xs = torch.arange(w, device=device).view(1, 1, w).expand(n, h, w).flatten()[fg]
+
+    def reduce(src: Tensor, how: str, fill: float) -> Tensor:
+        out = torch.full((slots,), fill, dtype=src.dtype, device=device)
+        return out.scatter_reduce(0, key, src, reduce=how, include_self=True)
+
+    area = torch.zeros(slots, device=device).index_add_(0, key, torch.ones_like(values))
+    present = torch.nonzero(area > 0).squeeze(1)
+    area = area[present]
+    mass = torch.zeros(slots, device=device).index_add_(0, key, values)[present]
+    peak = reduce(values, "amax", float("-inf"))[present]
+    x0 = reduce(xs, "amin", w)[present]
+    y0 = reduce(ys, "amin", h)[present]
+    x1 = reduce(xs, "amax", -1)[present] + 1
+    y1 = reduce(ys, "amax", -1)[present] + 1
+    map_index = present // (h * w + 1)
+
+    # Order by map, then by mass descending: sort by mass, then stable-sort by map.
+    order = torch.argsort(mass, descending=True, stable=True)
+    order = order[torch.argsort(map_index[order], stable=True)]
+    map_index, area, mass, peak = map_index[order], area[order], mass[order], peak[order]
+    boxes = torch.stack([x0[order], y0[order], x1[order], y1[order]], dim=1).float()
+    rank = torch.arange(map_index.numel(), device=device) - torch.searchsorted(map_index, map_index)
+    min_area = torch.as_tensor(min_area, dtype=torch.float32, device=device).expand(n)
+    keep = (rank < max_per_map) & ((rank == 0) | (area >= min_area[map_index]))
+    return Components(map_index[keep], boxes[keep], area[keep], mass[keep], peak[keep])

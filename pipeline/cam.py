@@ -1,0 +1,59 @@
+"""Class activation maps on batches, on the model's device.
+
+Shapes, stated once: features are `(B, C, h, w)`, the maps of the `K` target classes of each image are
+`(B, K, h, w)`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def class_activation_maps(features: Tensor, class_weights: Tensor) -> Tensor:
+    """CAM (Zhou et al., CVPR 2016): ``M_c = sum_k w[c, k] * f_k`` for each image's target classes.
+
+    Args:
+        features (Tensor[B, C, h, w]): the last convolutional features, as global average pooling sees them.
+        class_weights (Tensor[B, K, C]): rows of the final linear layer for each image's `K` target classes.
+
+    Returns:
+        Tensor[B, K, h, w]: raw maps; their spatial mean plus the class bias is the class logit.
+    """
+    if features.dim() != 4 or class_weights.dim() != 3:
+        raise ValueError(
+            f"`features` must be (B, C, h, w) and `class_weights` (B, K, C), "
+            f"got {tuple(features.shape)} and {tuple(class_weights.shape)}"
+        )
+    if features.shape[:2] != (class_weights.shape[0], class_weights.shape[2]):
+        raise ValueError(
+            f"`features` {tuple(features.shape)} and `class_weights` {tuple(class_weights.shape)} disagree "
+            "on batch size or channels"
+        )
+    return torch.einsum("bkc,bchw->bkhw", class_weights.to(features.dtype), features)
+
+
+def normalize_maps(maps: Tensor, valid: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+    """Min-max normalises each map to [0, 1] over its valid pixels; invalid pixels become 0.
+
+    Args:
+        maps (Tensor[..., H, W]): raw maps.
+        valid (Tensor[..., H, W], optional): bool, broadcastable to `maps`; padding is excluded from the range.
+    """
+    flat = maps.flatten(-2).float()
+    if valid is None:
+        low = flat.amin(-1, keepdim=True)
+        high = flat.amax(-1, keepdim=True)
+        out = (flat - low) / (high - low).clamp_min(eps)
+        return out.view(maps.shape)
+    valid_flat = valid.expand(maps.shape).flatten(-2)
+    low = torch.where(valid_flat, flat, torch.inf).amin(-1, keepdim=True)
+    high = torch.where(valid_flat, flat, -torch.inf).amax(-1, keepdim=True)
+    out = ((flat - low) / (high - low).clamp_min(eps)).clamp(0, 1)
+    return torch.where(valid_flat, out, 0.0).view(maps.shape)
+
+
+def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear upsampling of `maps (Tensor[B, K, h, w])` to `(B, K, *size)`."""
+    return F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)

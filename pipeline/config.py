@@ -1,0 +1,229 @@
+"""The job configuration: one pydantic model, loadable from YAML, unknown keys rejected.
+
+S3 credentials never appear here: they come from the standard AWS chain (environment, profile, instance
+role). Only the endpoint of an S3-compatible store is configurable, because MinIO and Ceph need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CAM_METHODS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam")
+CamMethod = Literal["cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Section):
+    """Where the images come from."""
+
+    uri: str = Field(
+        "samples",
+        description="A local folder, an `s3://bucket/prefix`, or a manifest file (.txt: one URI per line; "
+        ".csv or .parquet: a `uri` column). `samples` means the bundled demo photos.",
+    )
+    extensions: list[str] = Field(
+        default=[".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"],
+        description="File suffixes (case-insensitive) that count as images when listing a folder or prefix. "
+        "Empty means every object.",
+    )
+    recursive: bool = Field(True, description="List sub-folders / the whole prefix below `uri`.")
+    limit: int | None = Field(None, ge=1, description="Process at most this many listed images (for trials).")
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint of an S3-compatible store (MinIO, Ceph). Defaults to the AWS_ENDPOINT_URL "
+        "environment variable, then to AWS.",
+    )
+    s3_region: str | None = Field(None, description="S3 region; defaults to the AWS chain's.")
+
+    @field_validator("extensions")
+    @classmethod
+    def _lower_dotted(cls, value: list[str]) -> list[str]:
+        return [ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in value]
+
+
+class ModelConfig(_Section):
+    """Which classifier, with which weights."""
+
+    name: str = Field(
+        "efficientnet_lite0",
+        description="Registry name: `efficientnet_lite0/1/2` (bundled weights) or a torchvision builder "
+        "name (`resnet50`, `densenet121`, `vgg16_bn`, ...).",
+    )
+    weights: str | None = Field(
+        None,
+        description="Weights: a local path, `file://` or `s3://` URI of a state dict, or `torchvision:NAME` "
+        "(downloads; needs internet). Default: the bundled weights, else torchvision's DEFAULT.",
+    )
+    weights_sha256: str | None = Field(
+        None, description="Expected sha256 of the weights file, checked on load."
+    )
+    target_layer: str | None = Field(
+        None, description="Module path of the feature layer to explain; default from the registry."
+    )
+    classifier_layer: str | None = Field(
+        None, description="Module path of the final linear layer (CAM); default from the registry."
+    )
+    input_size: int | None = Field(
+        None, ge=32, le=2048, description="Side of the square model input; default: the model's native size."
+    )
+    resize: Literal["squash", "letterbox"] = Field(
+        "letterbox",
+        description="`letterbox` keeps the aspect ratio and pads; `squash` stretches to a square. Both keep "
+        "the whole image in view (no centre crop).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Autocast dtype on GPU; `auto` is bf16 where supported. CPU always runs fp32."
+    )
+    channels_last: bool = Field(True, description="Use the channels-last memory format on GPU.")
+    compile: bool = Field(
+        False, description="torch.compile the model on GPU (slow start, faster steady state)."
+    )
+
+
+class CamConfig(_Section):
+    """How maps are computed and stored."""
+
+    method: CamMethod | None = Field(
+        None, description="CAM method; default `cam` for GAP+linear networks, `gradcam` otherwise."
+    )
+    top_k: int = Field(5, ge=1, le=50, description="Predictions, maps and boxes for the top-k classes.")
+    upsample: int = Field(
+        8, ge=1, le=32, description="Maps are upsampled to this multiple of the feature map before boxing."
+    )
+
+
+class BoxConfig(_Section):
+    """How maps become boxes and masks."""
+
+    threshold: float = Field(
+        0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Foreground where the normalised map >= threshold (a fraction of max).",
+    )
+    threshold_rule: Literal["max_fraction", "percentile"] = Field(
+        "max_fraction",
+        description="`max_fraction`: threshold x the map's max. `percentile`: threshold x the map's "
+        "`percentile`-th value (Bae et al., ECCV 2020), robust to a single hot spot.",
+    )
+    percentile: float = Field(90.0, gt=0.0, le=100.0, description="Percentile used by the `percentile` rule.")
+    max_boxes_per_class: int = Field(
+        3, ge=1, le=20, description="Keep at most this many components per class."
+    )
+    min_area_fraction: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Components other than the largest must cover this fraction of the image to be kept.",
+    )
+    masks: bool = Field(True, description="Write a COCO RLE pseudo-mask of the top-1 class.")
+
+
+class SinkConfig(_Section):
+    """Where the Parquet goes."""
+
+    uri: str = Field("output", description="A local folder or an `s3://bucket/prefix`.")
+    incremental: bool = Field(
+        True,
+        description="Skip images a previous completed run already annotated with the same model and settings "
+        "(same URI and same listing version: S3 ETag or local size+mtime).",
+    )
+
+
+class RuntimeConfig(_Section):
+    """How the work is spread over the cluster."""
+
+    batch_size: int | None = Field(
+        None, ge=1, le=4096, description="Images per predictor batch; default 256 on GPU, 16 on CPU."
+    )
+    num_actors: int | None = Field(
+        None, ge=1, description="Predictor actors; default one per GPU, else one per 4 CPUs (at least 1)."
+    )
+    gpus_per_actor: float | None = Field(
+        None,
+        ge=0,
+        le=8,
+        description="GPUs per predictor actor; default 1 where the cluster has GPUs, else 0.",
+    )
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per predictor actor.")
+    decode_batch_size: int = Field(32, ge=1, le=4096, description="Images per read+decode task batch.")
+    max_errored_blocks: int = Field(
+        0, ge=-1, description="Ray Data blocks allowed to fail outright before the job fails (-1: any)."
+    )
+    ray_address: str | None = Field(None, description="Ray cluster address; default RAY_ADDRESS, else local.")
+
+
+class JobConfig(_Section):
+    """One batch-CAM job."""
+
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    cam: CamConfig = Field(default_factory=CamConfig)
+    boxes: BoxConfig = Field(default_factory=BoxConfig)
+    sink: SinkConfig = Field(default_factory=SinkConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _source_is_not_sink(self) -> JobConfig:
+        if self.source.uri.rstrip("/") == self.sink.uri.rstrip("/"):
+            raise ValueError("`source.uri` and `sink.uri` must differ: results would be read back as inputs")
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of the settings that change results; runtime, paths and `limit` don't."""
+        relevant = self.model_dump(
+            include={"model": True, "cam": True, "boxes": True},
+            exclude={"model": {"device", "precision", "channels_last", "compile"}},
+        )
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A job configuration that cannot run; the message names the field."""
+
+
+def _format(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(config)"
+        lines.append(f"  {field}: {item['msg']}")
+    return "invalid job config:\n" + "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Reads YAML (if given), applies dotted overrides (`{"model.name": "resnet50"}`), validates."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(
+                f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}"
+            )
+        data = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        section, _, field = dotted.partition(".")
+        if not field:
+            raise ConfigError(f"override `{dotted}` must be `section.field`")
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"`{section}` must be a mapping")
+        target[field] = value
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc)) from exc

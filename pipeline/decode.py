@@ -1,0 +1,113 @@
+"""Bytes -> RGB pixels at the model's input size, with the original size and the letterbox geometry.
+
+Everything here is pure: no Ray, no S3. Failures are returned as values (`DecodeError`) so one bad file
+becomes one error row instead of a failed task.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ResizePolicy = Literal["squash", "letterbox"]
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Guards against decompression bombs and absurd inputs."""
+
+    max_pixels: int = 100_000_000
+    max_bytes: int = 200 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image resized into a `size` x `size` canvas, top-left aligned.
+
+    `pixels (uint8[size, size, 3])`: RGB; outside `valid_height` x `valid_width` (letterbox) it is zero and
+    the predictor fills it with the normalisation mean. `width` and `height` are the original pixel size after
+    EXIF orientation: the valid region is exactly the whole original image, so a point (x, y) of the canvas
+    maps to (x * width / valid_width, y * height / valid_height) in the original.
+    """
+
+    pixels: np.ndarray
+    width: int
+    height: int
+    valid_width: int
+    valid_height: int
+
+
+@dataclass(frozen=True)
+class DecodeError:
+    error_type: str
+    message: str
+
+
+def fit_size(width: int, height: int, size: int, policy: ResizePolicy) -> tuple[int, int]:
+    """The (width, height) the whole image takes inside a `size` x `size` canvas."""
+    if policy == "squash":
+        return size, size
+    scale = size / max(width, height)
+    return max(1, min(size, round(width * scale))), max(1, min(size, round(height * scale)))
+
+
+def decode_image(
+    data: bytes, size: int, policy: ResizePolicy, limits: DecodeLimits = DecodeLimits()
+) -> DecodedImage | DecodeError:
+    """Decodes `data` into a `DecodedImage`, or says why it cannot."""
+    if not data:
+        return DecodeError("EmptyFile", "the file has 0 bytes")
+    if len(data) > limits.max_bytes:
+        return DecodeError("FileTooLarge", f"{len(data)} bytes exceeds the limit of {limits.max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            # PIL warns before it raises on bombs; the raise below is what we report.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > limits.max_pixels:
+                return DecodeError(
+                    "ImageTooLarge", f"{width}x{height} pixels exceeds the limit of {limits.max_pixels}"
+                )
+            orientation = image.getexif().get(0x0112, 1)
+            if orientation in (5, 6, 7, 8):  # these EXIF orientations swap width and height
+                width, height = height, width
+            target_w, target_h = fit_size(width, height, size, policy)
+            # JPEG can decode straight at 1/2, 1/4 or 1/8 scale: a 12-megapixel photo then costs little
+            # more than a small one. The whole image stays in view, so the mapping above stays exact.
+            if orientation in (5, 6, 7, 8):
+                image.draft("RGB", (target_h, target_w))
+            else:
+                image.draft("RGB", (target_w, target_h))
+            image = ImageOps.exif_transpose(image)
+            image = _to_rgb(image)
+            resized = image.resize((target_w, target_h), Image.Resampling.BILINEAR, reducing_gap=None)
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return DecodeError(type(exc).__name__, str(exc))
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        # Truncated and corrupt streams surface as OSError/SyntaxError/EOFError from the codecs.
+        return DecodeError(type(exc).__name__, str(exc) or "corrupt image data")
+    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+    canvas[:target_h, :target_w] = np.asarray(resized, dtype=np.uint8)
+    return DecodedImage(canvas, width, height, target_w, target_h)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Converts grayscale, CMYK, palette, 16-bit and alpha images to 8-bit RGB (alpha composited on white)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() if array.size else 1.0
+        scaled = (array * (255.0 / peak if peak > 0 else 0.0)).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
+    return image.convert("RGB")

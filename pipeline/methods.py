@@ -1,0 +1,134 @@
+"""Map extraction on a model: hooks on the target layer, then one CAM method per call.
+
+Hooks live only for the duration of one call (registered in `__call__`, removed in `finally`), so two
+extractors on one model never stack hooks and a raising batch leaves the model clean. Gradient methods get
+the gradients of all top-k classes from one batched backward pass (`is_grads_batched`), through the layers
+after the target only: the hook re-roots the graph at the target's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.cam import class_activation_maps
+from pipeline.models import ModelSpec, resolve_layer
+
+GRADIENT_METHODS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam")
+
+
+def _gradcam(acts: Tensor, grads: Tensor) -> Tensor:
+    weights = grads.mean(dim=(-2, -1), keepdim=True)
+    return F.relu((weights * acts).sum(dim=-3))
+
+
+def _gradcampp(acts: Tensor, grads: Tensor) -> Tensor:
+    grads_2 = grads.pow(2)
+    grads_3 = grads_2 * grads
+    denom = 2 * grads_2 + (grads_3 * acts).sum(dim=(-2, -1), keepdim=True)
+    alpha = torch.where(grads_2 > 0, grads_2 / torch.where(denom != 0, denom, 1.0), 0.0)
+    weights = (alpha * F.relu(grads)).sum(dim=(-2, -1), keepdim=True)
+    return F.relu((weights * acts).sum(dim=-3))
+
+
+def _xgradcam(acts: Tensor, grads: Tensor) -> Tensor:
+    weights = (grads * acts).sum(dim=(-2, -1), keepdim=True) / (acts.sum(dim=(-2, -1), keepdim=True) + 1e-7)
+    return F.relu((weights * acts).sum(dim=-3))
+
+
+def _layercam(acts: Tensor, grads: Tensor) -> Tensor:
+    return F.relu((F.relu(grads) * acts).sum(dim=-3))
+
+
+def _hirescam(acts: Tensor, grads: Tensor) -> Tensor:
+    return F.relu((grads * acts).sum(dim=-3))
+
+
+# (activations (1, B, C, h, w), gradients (K, B, C, h, w)) -> maps (K, B, h, w)
+GRADIENT_MAPS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "gradcam": _gradcam,
+    "gradcampp": _gradcampp,
+    "xgradcam": _xgradcam,
+    "layercam": _layercam,
+    "hirescam": _hirescam,
+}
+
+
+class MapExtractor:
+    """Computes logits, the top-k classes and their raw maps for a batch.
+
+    Call it with `x (Tensor[B, 3, H, W])` and `top_k`; it returns ``(logits (Tensor[B, N]),
+    maps (Tensor[B, K, h, w]), class_ids (Tensor[B, K]))``. Raw maps are not normalised. The model's
+    train/eval mode is restored on the way out.
+    """
+
+    def __init__(self, module: nn.Module, spec: ModelSpec, method: str, compile_model: bool = False) -> None:
+        if method == "cam" and spec.classifier_layer is None:
+            raise ValueError(
+                f"`cam.method` is `cam`, but {spec.name} has no global-average-pooling + linear ending; "
+                f"use a gradient method such as `gradcam`"
+            )
+        if method not in ("cam", *GRADIENT_METHODS):
+            raise ValueError(
+                f"`cam.method` {method!r} is not implemented; choose cam or {', '.join(GRADIENT_METHODS)}"
+            )
+        self.module = module
+        self.spec = spec
+        self.method = method
+        self.target = resolve_layer(module, spec.target_layer, "model.target_layer")
+        self.classifier = (
+            resolve_layer(module, spec.classifier_layer, "model.classifier_layer")
+            if spec.classifier_layer
+            else None
+        )
+        for param in module.parameters():
+            param.requires_grad_(False)  # gradients are only ever taken w.r.t. the target's output
+        self.forward = torch.compile(module) if compile_model else module
+
+    def __call__(self, x: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
+        was_training = self.module.training
+        self.module.eval()
+        captured: list[Tensor] = []
+        needs_grad = self.method != "cam"
+
+        def hook(_module: nn.Module, _inputs: object, output: Tensor) -> Tensor | None:
+            if needs_grad:
+                output = output.detach().requires_grad_(True)
+                captured.append(output)
+                return output
+            captured.append(output)
+            return None
+
+        handle = self.target.register_forward_hook(hook)
+        try:
+            if needs_grad:
+                with torch.enable_grad():
+                    logits = self.forward(x)
+                    return self._gradient_maps(logits, captured[-1], top_k)
+            with torch.inference_mode():
+                logits = self.forward(x)
+                return self._cam(logits, captured[-1], top_k)
+        finally:
+            handle.remove()
+            self.module.train(was_training)
+
+    def _cam(self, logits: Tensor, features: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
+        assert self.classifier is not None
+        if self.spec.feature_relu:
+            features = F.relu(features)
+        class_ids = logits.topk(top_k, dim=1).indices
+        class_weights = self.classifier.weight[class_ids]
+        return logits, class_activation_maps(features, class_weights), class_ids
+
+    def _gradient_maps(self, logits: Tensor, acts: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
+        class_ids = logits.detach().topk(top_k, dim=1).indices
+        # One cotangent per rank k: the one-hot of each image's k-th class, all backpropagated at once.
+        cotangents = torch.zeros((top_k, *logits.shape), dtype=logits.dtype, device=logits.device)
+        cotangents.scatter_(2, class_ids.t().unsqueeze(-1), 1.0)
+        (grads,) = torch.autograd.grad(logits, acts, grad_outputs=cotangents, is_grads_batched=True)
+        acts, grads = acts.detach().float(), grads.float()
+        maps = GRADIENT_MAPS[self.method](acts.unsqueeze(0), grads)  # (K, B, h, w)
+        return logits.detach(), maps.permute(1, 0, 2, 3).contiguous(), class_ids

