@@ -46,9 +46,7 @@ def label_components(mask: Tensor, check_every: int = 4) -> Tensor:
         so labels are unique within a map but not consecutive.
     """
     if mask.dim() != 3 or mask.dtype != torch.bool:
-        raise ValueError(
-            f"`mask` must be a bool tensor of shape (N, H, W), got {mask.dtype} {tuple(mask.shape)}"
-        )
+        raise ValueError(f"`mask` must be a bool tensor of shape (N, H, W), got {mask.dtype} {tuple(mask.shape)}")
     n, h, w = mask.shape
     if h * w >= 2**24:
         raise ValueError(f"`mask` maps of {h}x{w} are too large to label exactly in float32")
@@ -96,7 +94,8 @@ def components_from_maps(
     slots = n * (h * w + 1)
     key = (torch.arange(n, device=device).view(n, 1, 1) * (h * w + 1) + labels).flatten()
     fg = mask.flatten()
-    key, values = key[fg], maps.flatten()[fg].float()
+    accumulate = torch.promote_types(maps.dtype, torch.float32)  # half-precision maps sum in float32
+    key, values = key[fg], maps.flatten()[fg].to(accumulate)
     ys = torch.arange(h, device=device).view(1, h, 1).expand(n, h, w).flatten()[fg]
     xs = torch.arange(w, device=device).view(1, 1, w).expand(n, h, w).flatten()[fg]
 
@@ -104,10 +103,10 @@ def components_from_maps(
         out = torch.full((slots,), fill, dtype=src.dtype, device=device)
         return out.scatter_reduce(0, key, src, reduce=how, include_self=True)
 
-    area = torch.zeros(slots, device=device).index_add_(0, key, torch.ones_like(values))
+    area = torch.zeros(slots, device=device).index_add_(0, key, torch.ones(key.numel(), device=device))
     present = torch.nonzero(area > 0).squeeze(1)
     area = area[present]
-    mass = torch.zeros(slots, device=device).index_add_(0, key, values)[present]
+    mass = torch.zeros(slots, dtype=accumulate, device=device).index_add_(0, key, values)[present]
     peak = reduce(values, "amax", float("-inf"))[present]
     x0 = reduce(xs, "amin", w)[present]
     y0 = reduce(ys, "amin", h)[present]

@@ -63,9 +63,7 @@ class ModelConfig(_Section):
         description="Weights: a local path, `file://` or `s3://` URI of a state dict, or `torchvision:NAME` "
         "(downloads; needs internet). Default: the bundled weights, else torchvision's DEFAULT.",
     )
-    weights_sha256: str | None = Field(
-        None, description="Expected sha256 of the weights file, checked on load."
-    )
+    weights_sha256: str | None = Field(None, description="Expected sha256 of the weights file, checked on load.")
     target_layer: str | None = Field(
         None, description="Module path of the feature layer to explain; default from the registry."
     )
@@ -85,9 +83,7 @@ class ModelConfig(_Section):
         "auto", description="Autocast dtype on GPU; `auto` is bf16 where supported. CPU always runs fp32."
     )
     channels_last: bool = Field(True, description="Use the channels-last memory format on GPU.")
-    compile: bool = Field(
-        False, description="torch.compile the model on GPU (slow start, faster steady state)."
-    )
+    compile: bool = Field(False, description="torch.compile the model on GPU (slow start, faster steady state).")
 
 
 class CamConfig(_Section):
@@ -117,9 +113,7 @@ class BoxConfig(_Section):
         "`percentile`-th value (Bae et al., ECCV 2020), robust to a single hot spot.",
     )
     percentile: float = Field(90.0, gt=0.0, le=100.0, description="Percentile used by the `percentile` rule.")
-    max_boxes_per_class: int = Field(
-        3, ge=1, le=20, description="Keep at most this many components per class."
-    )
+    max_boxes_per_class: int = Field(3, ge=1, le=20, description="Keep at most this many components per class.")
     min_area_fraction: float = Field(
         0.05,
         ge=0.0,
@@ -211,9 +205,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(
-                f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}"
-            )
+            raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}")
         data = loaded or {}
     for dotted, value in (overrides or {}).items():
         section, _, field = dotted.partition(".")

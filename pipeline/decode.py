@@ -71,9 +71,7 @@ def decode_image(
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > limits.max_pixels:
-                return DecodeError(
-                    "ImageTooLarge", f"{width}x{height} pixels exceeds the limit of {limits.max_pixels}"
-                )
+                return DecodeError("ImageTooLarge", f"{width}x{height} pixels exceeds the limit of {limits.max_pixels}")
             orientation = image.getexif().get(0x0112, 1)
             if orientation in (5, 6, 7, 8):  # these EXIF orientations swap width and height
                 width, height = height, width
@@ -107,7 +105,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
-        peak = array.max() if array.size else 1.0
-        scaled = (array * (255.0 / peak if peak > 0 else 0.0)).astype(np.uint8)
-        return Image.fromarray(scaled, mode="L").convert("RGB")
+        peak = float(array.max()) if array.size else 0.0
+        # 16-bit data spans 0..65535; 32-bit integer images use whatever range they like.
+        if image.mode.startswith("I;16") or 255 < peak <= 65535:
+            full_scale = 65535.0
+        else:
+            full_scale = max(peak, 255.0)
+        scaled = np.clip(array * (255.0 / full_scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled).convert("RGB")
     return image.convert("RGB")

@@ -72,17 +72,13 @@ class MapExtractor:
                 f"use a gradient method such as `gradcam`"
             )
         if method not in ("cam", *GRADIENT_METHODS):
-            raise ValueError(
-                f"`cam.method` {method!r} is not implemented; choose cam or {', '.join(GRADIENT_METHODS)}"
-            )
+            raise ValueError(f"`cam.method` {method!r} is not implemented; choose cam or {', '.join(GRADIENT_METHODS)}")
         self.module = module
         self.spec = spec
         self.method = method
         self.target = resolve_layer(module, spec.target_layer, "model.target_layer")
         self.classifier = (
-            resolve_layer(module, spec.classifier_layer, "model.classifier_layer")
-            if spec.classifier_layer
-            else None
+            resolve_layer(module, spec.classifier_layer, "model.classifier_layer") if spec.classifier_layer else None
         )
         for param in module.parameters():
             param.requires_grad_(False)  # gradients are only ever taken w.r.t. the target's output

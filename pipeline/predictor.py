@@ -81,9 +81,7 @@ class Annotator:
         self.device = device
         self.top_k = min(cam.top_k, len(self.spec.categories))
         self.autocast_dtype = _autocast_dtype(device, precision)
-        self.memory_format = (
-            torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
-        )
+        self.memory_format = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
         module = loaded.module.to(device=device, memory_format=self.memory_format)
         self.method = cam.method or self.spec.default_method
         self.extractor = MapExtractor(
@@ -107,9 +105,7 @@ class Annotator:
     def annotate(self, pixels: Tensor, valid_wh: Tensor) -> AnnotatedBatch:
         """pixels (Tensor[B, S, S, 3], uint8), valid_wh (Tensor[B, 2]) -> `AnnotatedBatch`."""
         x = self.prepare(pixels, valid_wh)
-        with torch.autocast(
-            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
-        ):
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             logits, raw_maps, class_ids = self.extractor(x, self.top_k)
         scores = torch.softmax(logits.float(), dim=1).gather(1, class_ids)
         maps = self._whole_image_maps(raw_maps.float(), valid_wh.to(self.device), x.shape[-1])
@@ -124,9 +120,7 @@ class Annotator:
         region[:, 0] = torch.arange(b, device=raw.device)
         region[:, 3] = valid_wh[:, 0].float() * (w / size)
         region[:, 4] = valid_wh[:, 1].float() * (h / size)
-        maps = roi_align(
-            raw, region, output_size=(grid, grid), spatial_scale=1.0, sampling_ratio=1, aligned=True
-        )
+        maps = roi_align(raw, region, output_size=(grid, grid), spatial_scale=1.0, sampling_ratio=1, aligned=True)
         return normalize_maps(maps)
 
     def _components(self, maps: Tensor) -> Components:
@@ -183,9 +177,7 @@ class Predictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         ok = np.flatnonzero(batch["error_type"] == "")
-        rows: list[dict[str, Any]] = [
-            self._error_row(batch, i) for i in np.flatnonzero(batch["error_type"] != "")
-        ]
+        rows: list[dict[str, Any]] = [self._error_row(batch, i) for i in np.flatnonzero(batch["error_type"] != "")]
         if ok.size:
             try:
                 rows += self._annotate_rows(batch, ok)
@@ -202,9 +194,7 @@ class Predictor:
         pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][index]))
         if self.annotator.device.type == "cuda":
             pixels = pixels.pin_memory()
-        valid = torch.from_numpy(
-            np.stack([batch["valid_width"][index], batch["valid_height"][index]], axis=1)
-        )
+        valid = torch.from_numpy(np.stack([batch["valid_width"][index], batch["valid_height"][index]], axis=1))
         out = self.annotator.annotate(pixels, valid)
         top_k = out.class_ids.shape[1]
         grid = out.maps.shape[-1]
@@ -251,8 +241,7 @@ class Predictor:
                     "model": self.model_name,
                     "method": self.annotator.method,
                     "predictions": [
-                        {"class_id": c, "label": lab, "score": p}
-                        for c, lab, p in zip(ids, labels, probs, strict=True)
+                        {"class_id": c, "label": lab, "score": p} for c, lab, p in zip(ids, labels, probs, strict=True)
                     ],
                     "cams": [
                         {

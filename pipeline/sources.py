@@ -38,9 +38,7 @@ class S3Settings:
     region: str | None = None
 
     def resolved_endpoint(self) -> str | None:
-        return (
-            self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        )
+        return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
 def is_s3(uri: str) -> bool:
@@ -106,14 +104,10 @@ def _read_manifest(fs: pafs.FileSystem, path: str, uri: str) -> list[Listed]:
     with fs.open_input_file(path) as handle:
         raw = handle.read()
     if uri.lower().endswith(".txt"):
-        uris = [
-            line.strip() for line in raw.decode().splitlines() if line.strip() and not line.startswith("#")
-        ]
+        uris = [line.strip() for line in raw.decode().splitlines() if line.strip() and not line.startswith("#")]
     else:
         table = (
-            pq.read_table(pa.BufferReader(raw))
-            if uri.lower().endswith(".parquet")
-            else pacsv.read_csv(io.BytesIO(raw))
+            pq.read_table(pa.BufferReader(raw)) if uri.lower().endswith(".parquet") else pacsv.read_csv(io.BytesIO(raw))
         )
         if "uri" not in table.column_names:
             raise ValueError(f"manifest {uri} must have a `uri` column, has {table.column_names}")

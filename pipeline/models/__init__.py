@@ -43,9 +43,7 @@ def resolve_layer(module: nn.Module, path: str, field: str) -> nn.Module:
         return module.get_submodule(path)
     except AttributeError as exc:
         top = ", ".join(name for name, _ in module.named_children())
-        raise ValueError(
-            f"`{field}` {path!r} is not a layer of this model; its top-level layers are: {top}"
-        ) from exc
+        raise ValueError(f"`{field}` {path!r} is not a layer of this model; its top-level layers are: {top}") from exc
 
 
 def _resolve_weights(config: ModelConfig, spec: ModelSpec, s3: S3Settings) -> LoadedWeights:
@@ -84,8 +82,7 @@ def load_model(config: ModelConfig, s3: S3Settings | None = None) -> LoadedModel
         classifier = resolve_layer(module, spec.classifier_layer, "model.classifier_layer")
         if not isinstance(classifier, nn.Linear):
             raise ValueError(
-                f"`model.classifier_layer` {spec.classifier_layer!r} is a {type(classifier).__name__}, "
-                "not an nn.Linear"
+                f"`model.classifier_layer` {spec.classifier_layer!r} is a {type(classifier).__name__}, not an nn.Linear"
             )
     module.eval()
     return LoadedModel(module, spec, weights.sha256, weights.source)

@@ -74,9 +74,7 @@ class SamePadConv2d(nn.Conv2d):
         return max((out - 1) * stride + kernel - size, 0)
 
 
-def _conv_bn(
-    in_ch: int, out_ch: int, kernel: int, stride: int, groups: int = 1, act: bool = True
-) -> nn.Sequential:
+def _conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int = 1, act: bool = True) -> nn.Sequential:
     if stride == 1:
         conv: nn.Conv2d = nn.Conv2d(in_ch, out_ch, kernel, 1, kernel // 2, groups=groups, bias=False)
     else:

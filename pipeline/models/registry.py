@@ -177,9 +177,7 @@ def get_spec(name: str, target_layer: str | None = None, classifier_layer: str |
         try:
             factory = getattr(importlib.import_module(module_name), factory_name)
         except (ImportError, AttributeError) as exc:
-            raise ValueError(
-                f"`model.name` {name!r}: cannot import {factory_name} from {module_name}"
-            ) from exc
+            raise ValueError(f"`model.name` {name!r}: cannot import {factory_name} from {module_name}") from exc
         if not target_layer:
             raise ValueError(
                 f"`model.name` {name!r} is a custom model: set `model.target_layer` to the module path of its "

@@ -74,9 +74,7 @@ def load_weights_file(uri: str, s3: S3Settings, expected_sha256: str | None = No
             raise WeightsError(f"weights file {uri} does not exist")
     digest = sha256_of(path)
     if expected_sha256 and digest != expected_sha256.lower():
-        raise WeightsError(
-            f"weights {uri} have sha256 {digest}, expected {expected_sha256} (`model.weights_sha256`)"
-        )
+        raise WeightsError(f"weights {uri} have sha256 {digest}, expected {expected_sha256} (`model.weights_sha256`)")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises a variety of unpickling errors

@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from pipeline.config import ModelConfig
+from pipeline.models import WeightsError, available_models, get_spec, load_model
+from pipeline.sources import S3Settings
+
+
+def test_registry_knows_the_classic_families():
+    names = set(available_models())
+    for expected in (
+        "efficientnet_lite0",
+        "resnet50",
+        "densenet121",
+        "vgg16_bn",
+        "mobilenet_v3_large",
+        "googlenet",
+        "inception_v3",
+        "squeezenet1_1",
+        "shufflenet_v2_x1_0",
+        "convnext_tiny",
+    ):
+        assert expected in names
+    assert get_spec("resnet50").target_layer == "layer4"
+    assert get_spec("vgg16").default_method == "gradcam"
+    assert get_spec("densenet121").feature_relu
+
+
+def test_unknown_model_names_the_field():
+    with pytest.raises(ValueError, match="`model.name` 'resnet5' is not a registered model"):
+        get_spec("resnet5")
+
+
+def test_offline_torchvision_download_says_how_to_supply_a_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached: the download must be attempted
+    with pytest.raises(WeightsError, match="--weights /path/to/file.pth"):
+        load_model(ModelConfig(name="resnet18"))
+
+
+def test_weights_from_a_local_file_with_sha256(tmp_path, lite0):
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(model.state_dict(), path)
+    loaded = load_model(ModelConfig(name="resnet18", weights=str(path)))
+    assert loaded.weights_sha256 and loaded.spec.name == "resnet18"
+    with pytest.raises(WeightsError, match="expected 00"):
+        load_model(ModelConfig(name="resnet18", weights=str(path), weights_sha256="00" * 32))
+    with pytest.raises(WeightsError, match="do not fit resnet34"):
+        load_model(ModelConfig(name="resnet34", weights=str(path)))
+
+
+def test_weights_from_s3_are_cached(s3_server, tmp_path, monkeypatch):
+    import boto3
+    import torchvision
+
+    from pipeline.models import weights as weights_module
+
+    monkeypatch.setattr(weights_module, "CACHE_DIR", tmp_path / "cache")
+    state = torchvision.models.shufflenet_v2_x0_5(weights=None).state_dict()
+    local = tmp_path / "shuffle.pth"
+    torch.save(state, local)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="camray-weights")
+    s3.upload_file(str(local), "camray-weights", "models/shuffle.pth")
+    uri = "s3://camray-weights/models/shuffle.pth"
+    loaded = load_model(ModelConfig(name="shufflenet_v2_x0_5", weights=uri), S3Settings())
+    assert loaded.weights_source == uri
+    cached = list((tmp_path / "cache").iterdir())
+    assert len(cached) == 1
+    load_model(ModelConfig(name="shufflenet_v2_x0_5", weights=uri), S3Settings())
+    assert list((tmp_path / "cache").iterdir()) == cached
+
+
+def test_custom_model_needs_its_target_layer():
+    with pytest.raises(ValueError, match="set `model.target_layer`"):
+        get_spec("torchvision.models:resnet18")
+    spec = get_spec("torchvision.models:resnet18", target_layer="layer4", classifier_layer="fc")
+    assert spec.default_method == "cam"
+
+
+def test_a_wrong_target_layer_lists_the_real_ones(tmp_path):
+    import torchvision
+
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    with pytest.raises(ValueError, match="`model.target_layer` 'layer5' is not a layer.*layer4"):
+        load_model(ModelConfig(name="resnet18", weights=str(path), target_layer="layer5"))

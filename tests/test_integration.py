@@ -1,0 +1,152 @@
+"""End to end: a real Ray head with its job server, a real S3 endpoint, `ray job submit`, Parquet read back."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pytest
+from truth import CHELSEA_CAT, iou
+
+from pipeline.sources import S3Settings, filesystem_for
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "camray-it"
+CATS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
+
+pytestmark = pytest.mark.integration
+
+
+def _broken_files(photos: dict[str, bytes]) -> dict[str, bytes]:
+    jpeg = photos["grace_hopper.jpg"]
+    return {
+        "broken/empty.jpg": b"",
+        "broken/truncated.jpg": jpeg[: len(jpeg) // 3],
+        "broken/notes.png": b"shopping list: milk, eggs\n",
+        "broken/noise.jpg": os.urandom(4096),
+    }
+
+
+@pytest.fixture(scope="module")
+def uploaded(s3_server, photos):
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    files = {f"images/{name}": data for name, data in photos.items()}
+    files.update({f"images/{name}": data for name, data in _broken_files(photos).items()})
+    for key, data in files.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    return files
+
+
+def _results(fs: pafs.FileSystem, kind: str):
+    return pads.dataset(f"{BUCKET}/out/{kind}", filesystem=fs, format="parquet").to_table()
+
+
+def test_submitted_job_annotates_s3_and_accounts_for_every_input(ray_cluster, uploaded, tmp_path):
+    entrypoint = (
+        f"{sys.executable} jobs/cam_batch.py --input s3://{BUCKET}/images --output s3://{BUCKET}/out "
+        "--runtime.batch_size 4"
+    )
+    submitted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "job",
+            "submit",
+            "--address",
+            ray_cluster,
+            "--working-dir",
+            str(REPO),
+            "--",
+            *entrypoint.split(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    log = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0, log[-4000:]
+    assert "succeeded" in log and "10 listed" in log
+
+    fs, _ = filesystem_for(f"s3://{BUCKET}", S3Settings())
+    results = _results(fs, "results").to_pylist()
+    errors = _results(fs, "errors").to_pylist()
+    runs = _results(fs, "runs").to_pylist()
+
+    # Every listed input exactly once, in results or in errors.
+    seen = sorted(row["image_uri"] for row in results + errors)
+    assert seen == sorted(f"s3://{BUCKET}/{key}" for key in uploaded)
+    assert len(results) == 6 and len(errors) == 4
+    by_name = {row["image_uri"].rsplit("/", 1)[-1]: row for row in results}
+    chelsea = by_name["chelsea.png"]
+    assert chelsea["predictions"][0]["label"] in CATS
+    box = chelsea["boxes"][0]
+    assert iou((box["x0"], box["y0"], box["x1"], box["y1"]), CHELSEA_CAT) > 0.5
+    assert by_name["grace_hopper.jpg"]["predictions"][0]["label"] == "military uniform"
+    assert (chelsea["width"], chelsea["height"]) == (451, 300)
+    assert len(chelsea["content_sha256"]) == 64
+
+    reasons = {row["image_uri"].rsplit("/", 1)[-1]: row for row in errors}
+    assert reasons["empty.jpg"]["error_type"] == "EmptyFile"
+    assert "truncated" in reasons["truncated.jpg"]["message"].lower()
+    assert reasons["notes.png"]["error_type"] == "UnidentifiedImageError"
+    assert all(row["stage"] == "decode" and row["message"] for row in errors)
+
+    assert len(runs) == 1 and runs[0]["status"] == "succeeded"
+    assert (runs[0]["listed"], runs[0]["results"], runs[0]["errors"]) == (10, 6, 4)
+    assert len(runs[0]["weights_sha256"]) == 64
+    assert fs.get_file_info(f"{BUCKET}/out/_staging").type in (
+        pafs.FileType.NotFound,
+        pafs.FileType.Directory,
+    )
+    staged = fs.get_file_info(pafs.FileSelector(f"{BUCKET}/out/_staging", allow_not_found=True, recursive=True))
+    assert not [item for item in staged if item.type == pafs.FileType.File]
+
+    # The same tables through DuckDB, as users query them.
+    from fsspec.implementations.arrow import ArrowFSWrapper
+
+    class S3ViaArrow(ArrowFSWrapper):
+        protocol = "s3"
+
+    con = duckdb.connect()
+    con.register_filesystem(S3ViaArrow(fs))
+    top = dict(
+        con.sql(
+            f"""
+            SELECT regexp_extract(image_uri, '[^/]+$') AS name, predictions[1].label AS label
+            FROM read_parquet('s3://{BUCKET}/out/results/*.parquet') r
+            JOIN read_parquet('s3://{BUCKET}/out/runs/*.parquet') USING (run_id)
+            WHERE status = 'succeeded'
+            """
+        ).fetchall()
+    )
+    assert top["grace_hopper.jpg"] == "military uniform" and top["chelsea.png"] in CATS
+    error_count = con.sql(f"SELECT count(*) FROM read_parquet('s3://{BUCKET}/out/errors/*.parquet')").fetchall()[0]
+    assert error_count == (4,)
+
+
+def test_nightly_rerun_skips_what_is_done(ray_cluster, uploaded):
+    """A second run over the same bucket re-tries only the failures, and a new photo."""
+    import boto3
+
+    from pipeline.config import load_config
+    from pipeline.runner import run_job
+
+    boto3.client("s3").put_object(Bucket=BUCKET, Key="images/new/rocket_copy.jpg", Body=uploaded["images/rocket.jpg"])
+    config = load_config(
+        overrides={
+            "source.uri": f"s3://{BUCKET}/images",
+            "sink.uri": f"s3://{BUCKET}/out",
+            "runtime.batch_size": 4,
+        }
+    )
+    summary = run_job(config)
+    assert (summary.listed, summary.skipped, summary.results, summary.errors) == (11, 6, 1, 4)
+    assert summary.status == "succeeded"

@@ -1,0 +1,78 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from truth import CHELSEA_CAT, iou
+
+from pipeline.config import JobConfig
+from pipeline.decode import decode_image
+from pipeline.predictor import Annotator, Predictor
+from pipeline.schema import ROWS, decode_heatmap, decode_mask
+
+
+def _batch(photos, names, size=224, policy="letterbox"):
+    decoded = [decode_image(photos[name], size, policy) for name in names]
+    n = len(names)
+    return {
+        "image_uri": np.array([f"/photos/{name}" for name in names], dtype=object),
+        "source_version": np.array(["v"] * n, dtype=object),
+        "content_sha256": np.array(["0" * 64] * n, dtype=object),
+        "width": np.array([d.width for d in decoded], dtype=np.int32),
+        "height": np.array([d.height for d in decoded], dtype=np.int32),
+        "valid_width": np.array([d.valid_width for d in decoded], dtype=np.int32),
+        "valid_height": np.array([d.valid_height for d in decoded], dtype=np.int32),
+        "pixels": np.stack([d.pixels for d in decoded]),
+        "error_stage": np.array([""] * n, dtype=object),
+        "error_type": np.array([""] * n, dtype=object),
+        "error_message": np.array([""] * n, dtype=object),
+    }
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor(JobConfig().model_dump(mode="json"), run_id="test-run", input_size=224, s3={})
+
+
+def test_rows_follow_the_schema_and_locate_the_cat(photos, predictor):
+    table = predictor(_batch(photos, ["chelsea.png", "grace_hopper.jpg", "coffee.png"]))
+    assert isinstance(table, pa.Table) and table.schema.equals(ROWS)
+    rows = {row["image_uri"].rsplit("/", 1)[-1]: row for row in table.to_pylist()}
+    chelsea = rows["chelsea.png"]
+    assert chelsea["predictions"][0]["label"] in {"Egyptian cat", "tabby", "tiger cat"}
+    assert len(chelsea["predictions"]) == 5 and len(chelsea["cams"]) == 5
+    scores = [p["score"] for p in chelsea["predictions"]]
+    assert scores == sorted(scores, reverse=True)
+    first = chelsea["boxes"][0]
+    assert first["class_id"] == chelsea["predictions"][0]["class_id"]
+    assert iou((first["x0"], first["y0"], first["x1"], first["y1"]), CHELSEA_CAT) > 0.5
+    assert 0 <= first["x0"] < first["x1"] <= 451 and 0 <= first["y0"] < first["y1"] <= 300
+    assert rows["grace_hopper.jpg"]["predictions"][0]["label"] == "military uniform"
+    heatmap = decode_heatmap(chelsea["cams"][0])
+    assert heatmap.shape == (56, 56) and heatmap.max() == 1.0 and heatmap.min() == 0.0
+    mask = decode_mask(chelsea["mask"])
+    assert mask.shape == (300, 451) and 0.05 < mask.mean() < 1.0
+
+
+def test_error_rows_pass_through(photos, predictor):
+    batch = _batch(photos, ["chelsea.png", "coffee.png"])
+    batch["error_stage"][1], batch["error_type"][1], batch["error_message"][1] = (
+        "decode",
+        "EmptyFile",
+        "0 bytes",
+    )
+    rows = predictor(batch).to_pylist()
+    assert [row["error_type"] for row in rows].count("EmptyFile") == 1
+    assert sum(row["error_type"] is None for row in rows) == 1
+
+
+def test_letterbox_maps_cover_the_whole_image_exactly(photos, lite0):
+    """The same photo padded into a canvas and squashed must give boxes in the same original pixels."""
+    config = JobConfig()
+    annotator = Annotator(lite0, config.cam, config.boxes, 224, torch.device("cpu"))
+    letter = decode_image(photos["chelsea.png"], 224, "letterbox")
+    out = annotator.annotate(torch.from_numpy(letter.pixels)[None], torch.tensor([[224, 149]]))
+    grid = out.maps.shape[-1]
+    box = out.components.boxes[0] * torch.tensor([451 / grid, 300 / grid, 451 / grid, 300 / grid])
+    assert box[2] <= 451 and box[3] <= 300
+    # Padding contributes nothing: the bottom rows of the canvas are not part of any map.
+    assert out.maps[0, 0, -1].max() > 0  # the last grid row is the photo's bottom edge, not padding
