@@ -26,16 +26,17 @@ def _gradcam(acts: Tensor, grads: Tensor) -> Tensor:
 
 
 def _gradcampp(acts: Tensor, grads: Tensor) -> Tensor:
+    # Chattopadhyay et al., eq. 19: alpha = g^2 / (2 g^2 + sum_ab(A) g^3), zero where the gradient is.
     grads_2 = grads.pow(2)
     grads_3 = grads_2 * grads
-    denom = 2 * grads_2 + (grads_3 * acts).sum(dim=(-2, -1), keepdim=True)
-    alpha = torch.where(grads_2 > 0, grads_2 / torch.where(denom != 0, denom, 1.0), 0.0)
+    denom = 2 * grads_2 + acts.sum(dim=(-2, -1), keepdim=True) * grads_3
+    alpha = torch.where(grads != 0, grads_2 / torch.where(denom != 0, denom, 1.0), 0.0)
     weights = (alpha * F.relu(grads)).sum(dim=(-2, -1), keepdim=True)
     return F.relu((weights * acts).sum(dim=-3))
 
 
 def _xgradcam(acts: Tensor, grads: Tensor) -> Tensor:
-    weights = (grads * acts).sum(dim=(-2, -1), keepdim=True) / (acts.sum(dim=(-2, -1), keepdim=True) + 1e-7)
+    weights = (grads * acts).sum(dim=(-2, -1), keepdim=True) / (acts.sum(dim=(-2, -1), keepdim=True) + 1e-8)
     return F.relu((weights * acts).sum(dim=-3))
 
 
@@ -80,8 +81,6 @@ class MapExtractor:
         self.classifier = (
             resolve_layer(module, spec.classifier_layer, "model.classifier_layer") if spec.classifier_layer else None
         )
-        for param in module.parameters():
-            param.requires_grad_(False)  # gradients are only ever taken w.r.t. the target's output
         self.forward = torch.compile(module) if compile_model else module
 
     def __call__(self, x: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -92,9 +91,11 @@ class MapExtractor:
 
         def hook(_module: nn.Module, _inputs: object, output: Tensor) -> Tensor | None:
             if needs_grad:
-                output = output.detach().requires_grad_(True)
-                captured.append(output)
-                return output
+                leaf = output.detach().requires_grad_(True)
+                captured.append(leaf)
+                # Hand the rest of the network a copy: an in-place op after the target (DenseNet's ReLU)
+                # must not touch the leaf the gradients are taken against.
+                return leaf.clone()
             captured.append(output)
             return None
 
@@ -126,5 +127,9 @@ class MapExtractor:
         cotangents.scatter_(2, class_ids.t().unsqueeze(-1), 1.0)
         (grads,) = torch.autograd.grad(logits, acts, grad_outputs=cotangents, is_grads_batched=True)
         acts, grads = acts.detach().float(), grads.float()
+        if self.spec.feature_relu:
+            # Weigh what the pooling sees, as CAM does; the gradients stay those of the target's own output
+            # (zero where the ReLU clips), as in pytorch-grad-cam.
+            acts = F.relu(acts)
         maps = GRADIENT_MAPS[self.method](acts.unsqueeze(0), grads)  # (K, B, h, w)
         return logits.detach(), maps.permute(1, 0, 2, 3).contiguous(), class_ids
