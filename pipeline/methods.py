@@ -66,14 +66,23 @@ class MapExtractor:
     train/eval mode is restored on the way out.
     """
 
-    def __init__(self, module: nn.Module, spec: ModelSpec, method: str, compile_model: bool = False) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        spec: ModelSpec,
+        method: str,
+        compile_model: bool = False,
+        score_chunk: int = 64,
+    ) -> None:
         if method == "cam" and spec.classifier_layer is None:
             raise ValueError(
                 f"`cam.method` is `cam`, but {spec.name} has no global-average-pooling + linear ending; "
                 f"use a gradient method such as `gradcam`"
             )
-        if method not in ("cam", *GRADIENT_METHODS):
-            raise ValueError(f"`cam.method` {method!r} is not implemented; choose cam or {', '.join(GRADIENT_METHODS)}")
+        if method not in ("cam", "scorecam", *GRADIENT_METHODS):
+            raise ValueError(
+                f"`cam.method` {method!r} is not implemented; choose cam, scorecam or {', '.join(GRADIENT_METHODS)}"
+            )
         self.module = module
         self.spec = spec
         self.method = method
@@ -82,14 +91,17 @@ class MapExtractor:
             resolve_layer(module, spec.classifier_layer, "model.classifier_layer") if spec.classifier_layer else None
         )
         self.forward = torch.compile(module) if compile_model else module
+        self.score_chunk = score_chunk
 
     def __call__(self, x: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
         was_training = self.module.training
         self.module.eval()
         captured: list[Tensor] = []
-        needs_grad = self.method != "cam"
+        needs_grad = self.method in GRADIENT_METHODS
 
         def hook(_module: nn.Module, _inputs: object, output: Tensor) -> Tensor | None:
+            if captured and self.method == "scorecam":
+                return None  # the masked forwards of Score-CAM need no capture
             if needs_grad:
                 leaf = output.detach().requires_grad_(True)
                 captured.append(leaf)
@@ -107,6 +119,8 @@ class MapExtractor:
                     return self._gradient_maps(logits, captured[-1], top_k)
             with torch.inference_mode():
                 logits = self.forward(x)
+                if self.method == "scorecam":
+                    return self._score_maps(x, logits, captured[-1], top_k)
                 return self._cam(logits, captured[-1], top_k)
         finally:
             handle.remove()
@@ -133,3 +147,25 @@ class MapExtractor:
             acts = F.relu(acts)
         maps = GRADIENT_MAPS[self.method](acts.unsqueeze(0), grads)  # (K, B, h, w)
         return logits.detach(), maps.permute(1, 0, 2, 3).contiguous(), class_ids
+
+    def _score_maps(self, x: Tensor, logits: Tensor, acts: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Score-CAM (Wang et al., CVPRW 2020): each channel, min-max normalised and upsampled, masks the input;
+        its weight is the softmax over channels of the class score's increase. All top-k classes share the
+        B x C masked forward passes, which is the whole cost: C forwards per image (1280 for EfficientNet).
+        """
+        class_ids = logits.topk(top_k, dim=1).indices
+        b, c, h, w = acts.shape
+        flat = acts.float().flatten(2)
+        low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+        masks = ((flat - low) / (high - low + 1e-8)).view(b * c, 1, h, w)
+        image_of = torch.arange(b, device=x.device).repeat_interleave(c)
+        baseline = logits.gather(1, class_ids)  # (B, K)
+        gains = torch.empty(b * c, top_k, device=x.device)
+        for start in range(0, b * c, self.score_chunk):
+            part = slice(start, min(start + self.score_chunk, b * c))
+            upsampled = F.interpolate(masks[part], size=x.shape[-2:], mode="bilinear", align_corners=False)
+            scores = self.forward(upsampled.to(x.dtype) * x[image_of[part]])
+            gains[part] = (scores.gather(1, class_ids[image_of[part]]) - baseline[image_of[part]]).float()
+        weights = torch.softmax(gains.view(b, c, top_k), dim=1)
+        maps = F.relu(torch.einsum("bck,bchw->bkhw", weights, acts.float()))
+        return logits, maps, class_ids

@@ -173,3 +173,20 @@ def test_gradcam_on_cam_network_agrees_in_shape_with_cam():
     assert torch.equal(ids_cam, ids_grad)
     h, w = cam.shape[-2:]
     torch.testing.assert_close(grad, F.relu(cam) / (h * w), atol=1e-5, rtol=1e-4)
+
+
+def test_scorecam_equals_torchcam():
+    from torchcam.methods import ScoreCAM
+
+    torch.manual_seed(0)
+    spec = get_spec("resnet18")
+    module = spec.build().eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    ours, class_ids = _ours(module, spec, "scorecam", x)
+    expected = []
+    with ScoreCAM(copy.deepcopy(module), target_layer="layer4", batch_size=64, input_shape=(3, 64, 64)) as extractor:
+        for k in range(TOP_K):
+            scores = extractor.model(x)
+            (cam,) = extractor(class_idx=class_ids[:, k].tolist(), scores=scores, normalized=False)
+            expected.append(cam.double())
+    _assert_maps_close(ours, torch.stack(expected, dim=1))
