@@ -102,10 +102,11 @@ class BoxConfig(_Section):
     """How maps become boxes and masks."""
 
     threshold: float = Field(
-        0.2,
+        0.4,
         gt=0.0,
         lt=1.0,
-        description="Foreground where the normalised map >= threshold (a fraction of max).",
+        description="Foreground where the normalised map >= threshold (a fraction of max); calibrated on the "
+        "evaluation set (README, Localization).",
     )
     threshold_rule: Literal["max_fraction", "percentile"] = Field(
         "max_fraction",

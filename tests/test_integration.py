@@ -131,6 +131,14 @@ def test_submitted_job_annotates_s3_and_accounts_for_every_input(ray_cluster, up
     error_count = con.sql(f"SELECT count(*) FROM read_parquet('s3://{BUCKET}/out/errors/*.parquet')").fetchall()[0]
     assert error_count == (4,)
 
+    # The evaluator reads the same results from the endpoint.
+    from pipeline.evaluate import evaluate
+
+    truth = tmp_path / "truth.csv"
+    truth.write_text("file,x0,y0,x1,y1,class_id\nchelsea.png,20,0,400,300,281 282 283 284 285\n")
+    report = evaluate(f"s3://{BUCKET}/out/results", truth)
+    assert report.images == 1 and report.box_acc == 1.0 and report.top1_loc == 1.0
+
 
 def test_nightly_rerun_skips_what_is_done(ray_cluster, uploaded):
     """A second run over the same bucket re-tries only the failures, and a new photo."""
