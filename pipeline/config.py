@@ -152,6 +152,20 @@ class RuntimeConfig(_Section):
     )
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per predictor actor.")
     decode_batch_size: int = Field(32, ge=1, le=4096, description="Images per read+decode task batch.")
+    decode_cpus: float = Field(
+        0.5,
+        gt=0,
+        le=16,
+        description="CPUs reserved per read+decode task. Differing from `cpus_per_actor` keeps Ray Data from "
+        "fusing decoding into the predictor actors, so the two overlap.",
+    )
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        le=512,
+        description="Intra-op threads of a predictor running on CPU; default: the cluster's CPUs divided by the "
+        "number of actors (decoding is light and shares them).",
+    )
     max_errored_blocks: int = Field(
         0, ge=-1, description="Ray Data blocks allowed to fail outright before the job fails (-1: any)."
     )

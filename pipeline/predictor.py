@@ -153,12 +153,22 @@ def _mask_rle(mask: np.ndarray, width: int, height: int) -> dict[str, Any]:
 class Predictor:
     """Ray Data actor: one model per actor, built once; batches of decoded rows in, result rows out."""
 
-    def __init__(self, config: dict[str, Any], run_id: str, input_size: int, s3: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        run_id: str,
+        input_size: int,
+        s3: dict[str, Any],
+        cpu_threads: int | None = None,
+    ) -> None:
         job = JobConfig.model_validate(config)  # plain data crossed the process boundary: validate again
         self.run_id = run_id
         self.fingerprint = job.fingerprint()
         self.model_name = job.model.name
         device = pick_device(job.model.device)
+        if device.type == "cpu" and cpu_threads:
+            # Ray pins OMP_NUM_THREADS to the actor's logical CPUs (1): on a CPU node that idles the rest.
+            torch.set_num_threads(cpu_threads)
         loaded = load_model(job.model, S3Settings(**s3))
         self.categories = loaded.spec.categories
         self.annotator = Annotator(

@@ -58,6 +58,7 @@ class Resources:
     num_actors: int
     gpus_per_actor: float
     cpus_per_actor: float
+    cpu_threads: int
 
 
 def plan_resources(config: JobConfig, cluster: dict[str, float]) -> Resources:
@@ -72,7 +73,8 @@ def plan_resources(config: JobConfig, cluster: dict[str, float]) -> Resources:
     else:
         num_actors = max(1, int(cluster.get("CPU", 1.0) // 4))
     batch_size = runtime.batch_size or (256 if gpus_per_actor > 0 else 16)
-    return Resources(batch_size, num_actors, gpus_per_actor, runtime.cpus_per_actor)
+    cpu_threads = runtime.cpu_threads or max(1, int(cluster.get("CPU", 1.0) // num_actors))
+    return Resources(batch_size, num_actors, gpus_per_actor, runtime.cpus_per_actor, cpu_threads)
 
 
 def validate_before_work(config: JobConfig) -> None:
@@ -186,7 +188,7 @@ def run_job(config: JobConfig) -> RunSummary:
                     "s3": {"endpoint_url": s3.endpoint_url, "region": s3.region},
                     "limits": DecodeLimits().__dict__,
                 },
-                num_cpus=1,
+                num_cpus=config.runtime.decode_cpus,
             )
             ds = ds.map_batches(
                 Predictor,
@@ -199,6 +201,7 @@ def run_job(config: JobConfig) -> RunSummary:
                     "run_id": run_id,
                     "input_size": input_size,
                     "s3": {"endpoint_url": s3.endpoint_url, "region": s3.region},
+                    "cpu_threads": resources.cpu_threads,
                 },
             )
             ds.write_datasink(sink)

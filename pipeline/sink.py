@@ -90,5 +90,5 @@ def commit(output_uri: str, run_id: str, files: list[str], s3: S3Settings) -> No
 
 def discard_staging(output_uri: str, run_id: str, s3: S3Settings) -> None:
     fs, staging = filesystem_for(staging_uri(output_uri, run_id), s3)
-    if fs.get_file_info(staging).type != pafs.FileType.NotFound:
+    if fs.get_file_info(staging).type == pafs.FileType.Directory:
         fs.delete_dir(staging)

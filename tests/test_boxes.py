@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from pipeline.boxes import components_from_maps, label_components
+from pipeline.boxes import components_from_maps, label_by_propagation, label_components, label_on_cpu
 
 EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -20,10 +20,11 @@ def _partition(labels: np.ndarray) -> set[frozenset[int]]:
     return {frozenset(np.flatnonzero(flat == value).tolist()) for value in np.unique(flat) if value != 0}
 
 
+@pytest.mark.parametrize("labeller", [label_components, label_by_propagation, label_on_cpu])
 @pytest.mark.parametrize("seed", range(5))
-def test_labels_partition_like_scipy(seed):
+def test_labels_partition_like_scipy(seed, labeller):
     masks = _random_masks(seed)
-    labels = label_components(masks).numpy()
+    labels = labeller(masks).numpy()
     for mask, ours in zip(masks.numpy(), labels, strict=True):
         reference, _ = ndimage.label(mask, structure=EIGHT)
         assert _partition(ours) == _partition(reference)
@@ -35,8 +36,8 @@ def test_snake_shaped_component_converges():
     mask[0, ::2, :] = True  # rows joined alternately at the right and left ends: one long path
     for row in range(1, 21, 2):
         mask[0, row, 20 if row % 4 == 1 else 0] = True
-    labels = label_components(mask)
-    assert labels[mask].unique().numel() == 1
+    for labeller in (label_by_propagation, label_on_cpu):
+        assert labeller(mask)[mask].unique().numel() == 1
 
 
 def _slow_components(maps: np.ndarray, threshold: float, min_area: float, max_per_map: int):
@@ -55,9 +56,12 @@ def _slow_components(maps: np.ndarray, threshold: float, min_area: float, max_pe
     return out
 
 
+@pytest.mark.parametrize("device_path", [False, True], ids=["cpu-labels", "device-labels"])
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-4), (torch.float64, 1e-9)])
 @pytest.mark.parametrize("seed", range(3))
-def test_components_match_slow_reference(seed, dtype, tolerance):
+def test_components_match_slow_reference(seed, dtype, tolerance, device_path, monkeypatch):
+    if device_path:  # the GPU path's labelling, exercised here on the CPU
+        monkeypatch.setattr("pipeline.boxes.label_components", label_by_propagation)
     generator = torch.Generator().manual_seed(seed)
     # Smooth random fields have several blobs per map, like real CAMs.
     noise = torch.rand(5, 1, 8, 8, generator=generator, dtype=torch.float64)

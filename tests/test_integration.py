@@ -158,3 +158,26 @@ def test_nightly_rerun_skips_what_is_done(ray_cluster, uploaded):
     summary = run_job(config)
     assert (summary.listed, summary.skipped, summary.results, summary.errors) == (11, 6, 1, 4)
     assert summary.status == "succeeded"
+
+
+def test_a_crashed_run_leaves_nothing_that_looks_complete(ray_cluster, tmp_path, photos):
+    """Writes fail (the staging folder cannot be created): the job raises, no result file appears, and the
+    run is recorded as failed."""
+    import pyarrow.parquet as pq
+
+    from pipeline.config import load_config
+    from pipeline.runner import run_job
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("chelsea.png", "coffee.png"):
+        (images / name).write_bytes(photos[name])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_staging").write_text("a file where the staging folder should go")
+    config = load_config(overrides={"source.uri": str(images), "sink.uri": str(out)})
+    with pytest.raises(Exception):  # noqa: B017 - Ray wraps the write error in its own types
+        run_job(config)
+    assert not (out / "results").exists() and not (out / "errors").exists()
+    runs = pq.read_table(out / "runs").to_pylist()
+    assert [run["status"] for run in runs] == ["failed"]

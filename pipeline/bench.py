@@ -1,0 +1,261 @@
+"""Benchmarks, measured side by side in one run on one machine: `make bench` or `python -m pipeline.bench`.
+
+For each model (EfficientNet-Lite0 with its real weights, ResNet-50 with random weights: throughput does not
+depend on training), on the same batches of real photos:
+- forward-only classification (the limit), and the predictor (top-5, CAMs of all five, boxes, mask);
+- TorchCAM's CAM and pytorch-grad-cam's GradCAM, against our CAM and Grad-CAM (top-1 map per image, as the
+  peers compute it);
+- the whole job (list, read, decode, predict, write Parquet) as marginal throughput: N then 2N images on one
+  Ray cluster started beforehand, (2N - N) / (t_2N - t_N), so start-up and actor set-up cancel out;
+- peak resident memory of the driver and Ray workers for N and 4N images.
+Prints a table and writes `bench-results.json`. Ratios are the results; absolute numbers vary by machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import JobConfig, ModelConfig, load_config
+from pipeline.decode import decode_image
+from pipeline.methods import MapExtractor
+from pipeline.models import load_model
+from pipeline.predictor import Annotator, pick_device
+from pipeline.samples import sample_photos
+
+
+def side_by_side(steps: dict[str, Callable[[], object]], images_per_step: int, seconds: float) -> dict[str, float]:
+    """Images/s of each step, timed in interleaved rounds (one call of each per round) so that machine noise
+    and clock drift hit all of them alike; the median call time of each gives its throughput."""
+    for step in steps.values():  # warm-up: allocator, thread pools, lazy initialisation
+        step()
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    clock = time.perf_counter()
+    while time.perf_counter() - clock < seconds * len(steps) or len(next(iter(times.values()))) < 5:
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: images_per_step / float(np.median(samples)) for name, samples in times.items()}
+
+
+def _batch(size: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    photos = list(sample_photos().values())
+    decoded = [decode_image(photos[i % len(photos)].read_bytes(), size, "letterbox") for i in range(batch_size)]
+    pixels = torch.from_numpy(np.stack([d.pixels for d in decoded]))
+    valid = torch.tensor([[d.valid_width, d.valid_height] for d in decoded])
+    return pixels, valid
+
+
+def compute_benchmarks(loaded, config: JobConfig, batch_size: int, seconds: float) -> dict[str, float]:
+    """Images/s of forward-only, the predictor, and the CAM peers on identical batches."""
+    from pytorch_grad_cam import GradCAM
+    from torchcam.methods import CAM
+
+    device = pick_device(config.model.device)
+    size = config.model.input_size or loaded.spec.input_size
+    annotator = Annotator(loaded, config.cam, config.boxes, size, device, config.model.precision)
+    pixels, valid = _batch(size, batch_size)
+    x = annotator.prepare(pixels, valid)
+    model = loaded.module
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    spec = loaded.spec
+    gradcam = MapExtractor(model, spec, "gradcam")
+    peer_gradcam = GradCAM(model=model, target_layers=[model.get_submodule(spec.target_layer)])
+    steps: dict[str, Callable[[], object]] = {
+        "forward_only": forward,
+        "predictor_top5": lambda: annotator.annotate(pixels, valid),
+        "ours_gradcam_top1": lambda: gradcam(x, 1),
+        "pytorch_grad_cam_gradcam_top1": lambda: peer_gradcam(input_tensor=x, targets=None),
+    }
+    peer_cam = None
+    if spec.classifier_layer:
+        cam = MapExtractor(model, spec, "cam")
+        peer_cam = CAM(model, target_layer=spec.target_layer, fc_layer=spec.classifier_layer)
+
+        def torchcam_step() -> None:
+            with torch.inference_mode():
+                scores = model(x)
+                peer_cam(class_idx=scores.argmax(1).tolist(), scores=scores)
+
+        steps["ours_cam_top1"] = lambda: cam(x, 1)
+        steps["torchcam_cam_top1"] = torchcam_step
+    try:
+        results = side_by_side(steps, batch_size, seconds)
+    finally:
+        peer_gradcam.__exit__(None, None, None)
+        if peer_cam is not None:
+            peer_cam.remove_hooks()
+        for param in model.parameters():  # pytorch-grad-cam leaves gradients behind
+            param.grad = None
+    return results
+
+
+class _RssSampler:
+    """Peak summed RSS of this process and every Ray worker process (`ray::...`), read from /proc."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _total(self) -> int:
+        total = 0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if int(pid) != os.getpid() and not cmdline.startswith(b"ray::"):
+                    continue
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            except (OSError, ValueError):
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._total())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _image_folder(root: Path, count: int) -> Path:
+    """`count` files cycling through the sample photos, re-encoded once as JPEG (quality 90), the format of
+    nearly every photo dataset; five of the six samples ship as PNG."""
+    from PIL import Image
+
+    sources = root / "jpeg-sources"
+    if not sources.exists():
+        sources.mkdir(parents=True)
+        for name, path in sample_photos().items():
+            Image.open(path).convert("RGB").save(sources / f"{Path(name).stem}.jpg", quality=90)
+    jpegs = sorted(sources.iterdir())
+    folder = root / f"images-{count}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        source = jpegs[i % len(jpegs)]
+        shutil.copyfile(source, folder / f"{i:06d}-{source.name}")
+    return folder
+
+
+def job_benchmarks(model_overrides: dict[str, object], n: int, root: Path) -> dict[str, float]:
+    """Marginal whole-job throughput (N vs 2N) and peak memory (N vs 4N) on an already started Ray."""
+    from pipeline.runner import run_job
+
+    timings: dict[int, float] = {}
+    peaks: dict[int, int] = {}
+    for count in (n, 2 * n, 4 * n):
+        folder = _image_folder(root, count)
+        config = load_config(
+            overrides={
+                "source.uri": str(folder),
+                "sink.uri": str(root / f"out-{count}"),
+                "sink.incremental": False,
+                **model_overrides,
+            }
+        )
+        with _RssSampler() as sampler:
+            clock = time.perf_counter()
+            summary = run_job(config)
+            timings[count] = time.perf_counter() - clock
+        peaks[count] = sampler.peak
+        if summary.results != count:
+            raise RuntimeError(f"job over {count} images gave {summary.results} results")
+    return {
+        "job_marginal": n / (timings[2 * n] - timings[n]),
+        "job_seconds_n": timings[n],
+        "job_seconds_2n": timings[2 * n],
+        "peak_rss_n_mib": peaks[n] / 2**20,
+        "peak_rss_4n_mib": peaks[4 * n] / 2**20,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["efficientnet_lite0", "resnet50"])
+    parser.add_argument("--batch-size", type=int, default=None, help="default 16 on CPU, 256 on GPU")
+    parser.add_argument("--seconds", type=float, default=5.0, help="minimum timing window per measurement")
+    parser.add_argument("--job-images", type=int, default=256, help="N for the whole-job measurements")
+    parser.add_argument("--output", default="bench-results.json")
+    args = parser.parse_args(argv)
+
+    import ray
+    import torchvision
+
+    gpu = torch.cuda.is_available()
+    batch_size = args.batch_size or (256 if gpu else 16)
+    report: dict[str, object] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"
+        + (f", {torch.cuda.get_device_name()}" if gpu else ", no GPU"),
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "ray": ray.__version__},
+        "batch_size": batch_size,
+        "models": {},
+    }
+    ray.init(logging_level="ERROR", log_to_driver=False)
+    root = Path(tempfile.mkdtemp(prefix="camray-bench-"))
+    try:
+        for name in args.models:
+            overrides: dict[str, object] = {"model.name": name, "runtime.batch_size": batch_size}
+            if name.startswith("efficientnet_lite"):
+                loaded = load_model(ModelConfig(name=name))
+            else:  # no hub here: random weights in a file, as a user would pass their own
+                weights = root / f"{name}.pth"
+                torch.save(torchvision.models.get_model(name, weights=None).state_dict(), weights)
+                overrides["model.weights"] = str(weights)
+                loaded = load_model(ModelConfig(name=name, weights=str(weights)))
+            config = load_config(overrides={"sink.uri": "unused", **overrides})
+            numbers = compute_benchmarks(loaded, config, batch_size, args.seconds)
+            numbers.update(job_benchmarks(overrides, args.job_images, root))
+            numbers["ratio_predictor_vs_forward"] = numbers["predictor_top5"] / numbers["forward_only"]
+            numbers["ratio_gradcam_vs_pytorch_grad_cam"] = (
+                numbers["ours_gradcam_top1"] / numbers["pytorch_grad_cam_gradcam_top1"]
+            )
+            numbers["ratio_job_vs_forward"] = numbers["job_marginal"] / numbers["forward_only"]
+            numbers["ratio_memory_4n_vs_n"] = numbers["peak_rss_4n_mib"] / numbers["peak_rss_n_mib"]
+            report["models"][name] = numbers
+            print(_table(name, numbers), flush=True)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+    Path(args.output).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _table(name: str, numbers: dict[str, float]) -> str:
+    lines = [f"\n{name}", f"{'measure':<42} {'value':>12}"]
+    for key, value in numbers.items():
+        unit = "" if key.startswith("ratio") or "mib" in key or "seconds" in key else " img/s"
+        lines.append(f"{key:<42} {value:>12.2f}{unit}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
