@@ -35,23 +35,25 @@ def class_activation_maps(features: Tensor, class_weights: Tensor) -> Tensor:
 
 
 def normalize_maps(maps: Tensor, valid: Tensor | None = None, eps: float = 1e-8) -> Tensor:
-    """Min-max normalises each map to [0, 1] over its valid pixels; invalid pixels become 0.
+    """Min-max normalises each map to [0, 1] over its valid pixels; invalid pixels and flat maps become 0.
 
     Args:
         maps (Tensor[..., H, W]): raw maps.
         valid (Tensor[..., H, W], optional): bool, broadcastable to `maps`; padding is excluded from the range.
     """
     flat = maps.flatten(-2).float()
-    if valid is None:
-        low = flat.amin(-1, keepdim=True)
-        high = flat.amax(-1, keepdim=True)
-        out = (flat - low) / (high - low).clamp_min(eps)
-        return out.view(maps.shape)
-    valid_flat = valid.expand(maps.shape).flatten(-2)
-    low = torch.where(valid_flat, flat, torch.inf).amin(-1, keepdim=True)
-    high = torch.where(valid_flat, flat, -torch.inf).amax(-1, keepdim=True)
-    out = ((flat - low) / (high - low).clamp_min(eps)).clamp(0, 1)
-    return torch.where(valid_flat, out, 0.0).view(maps.shape)
+    valid_flat = None if valid is None else valid.expand(maps.shape).flatten(-2)
+    if valid_flat is None:
+        low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+    else:
+        low = torch.where(valid_flat, flat, torch.inf).amin(-1, keepdim=True)
+        high = torch.where(valid_flat, flat, -torch.inf).amax(-1, keepdim=True)
+    spread = high - low
+    # A flat map carries no evidence: it becomes all zeros, so it yields no box, rather than noise scaled up.
+    out = torch.where(spread > eps, ((flat - low) / spread.clamp_min(eps)).clamp(0, 1), 0.0)
+    if valid_flat is not None:
+        out = torch.where(valid_flat, out, 0.0)
+    return out.view(maps.shape)
 
 
 def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:

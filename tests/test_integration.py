@@ -181,3 +181,43 @@ def test_a_crashed_run_leaves_nothing_that_looks_complete(ray_cluster, tmp_path,
     assert not (out / "results").exists() and not (out / "errors").exists()
     runs = pq.read_table(out / "runs").to_pylist()
     assert [run["status"] for run in runs] == ["failed"]
+
+
+def test_a_torchvision_model_with_its_weights_file_runs_grad_cam_in_the_actors(ray_cluster, tmp_path, photos):
+    """`--model NAME --weights URI` for a network without a GAP + linear ending: Grad-CAM by default."""
+    import pyarrow.parquet as pq
+    import torch
+    import torchvision
+
+    from pipeline.config import load_config
+    from pipeline.runner import run_job
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("chelsea.png", "rocket.jpg", "grace_hopper.jpg"):
+        (images / name).write_bytes(photos[name])
+    weights = tmp_path / "mobilenet_v3_small.pth"
+    torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), weights)
+    config = load_config(
+        overrides={
+            "source.uri": str(images),
+            "sink.uri": str(tmp_path / "out"),
+            "model.name": "mobilenet_v3_small",
+            "model.weights": str(weights),
+            "cam.top_k": 3,
+        }
+    )
+    summary = run_job(config)
+    assert (summary.status, summary.results, summary.errors) == ("succeeded", 3, 0)
+    rows = pq.read_table(tmp_path / "out" / "results").to_pylist()
+    assert {row["method"] for row in rows} == {"gradcam"} and {row["model"] for row in rows} == {"mobilenet_v3_small"}
+    from pipeline.schema import decode_heatmap
+
+    for row in rows:
+        assert len(row["cams"]) == 3
+        # Random weights can give a class no positive evidence: a flat map has no box, any other has one.
+        boxed = {box["class_id"] for box in row["boxes"]}
+        for cam in row["cams"]:
+            assert (cam["class_id"] in boxed) == (decode_heatmap(cam).max() > 0)
+    runs = pq.read_table(tmp_path / "out" / "runs").to_pylist()
+    assert runs[0]["weights_source"] == str(weights) and len(runs[0]["weights_sha256"]) == 64
