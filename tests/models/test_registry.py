@@ -87,3 +87,20 @@ def test_a_wrong_target_layer_lists_the_real_ones(tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
     with pytest.raises(ValueError, match="`model.target_layer` 'layer5' is not a layer.*layer4"):
         load_model(ModelConfig(name="resnet18", weights=str(path), target_layer="layer5"))
+
+
+def test_a_custom_model_loads_with_its_weights_and_layers(tmp_path):
+    import torchvision
+
+    from pipeline.methods import MapExtractor
+
+    path = tmp_path / "mine.pth"
+    torch.save({"state_dict": torchvision.models.resnet18(weights=None).state_dict()}, path)  # a checkpoint
+    config = ModelConfig(
+        name="torchvision.models:resnet18", weights=str(path), target_layer="layer4", classifier_layer="fc"
+    )
+    loaded = load_model(config)
+    _, maps, class_ids = MapExtractor(loaded.module, loaded.spec, "cam")(torch.randn(1, 3, 96, 96), 2)
+    assert maps.shape == (1, 2, 3, 3) and class_ids.shape == (1, 2)
+    with pytest.raises(WeightsError, match="`model.weights` is required"):
+        load_model(ModelConfig(name="torchvision.models:resnet18", target_layer="layer4"))
