@@ -58,6 +58,21 @@ GRADIENT_MAPS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
+def resolve_method(spec: ModelSpec, method: str | None) -> str:
+    """The method to run on `spec`'s network (its default if None), or a ValueError naming `cam.method`."""
+    method = method or spec.default_method
+    if method == "cam" and spec.classifier_layer is None:
+        raise ValueError(
+            f"`cam.method` is `cam`, but {spec.name} has no global-average-pooling + linear ending; "
+            f"use a gradient method such as `gradcam`"
+        )
+    if method not in ("cam", "scorecam", *GRADIENT_METHODS):
+        raise ValueError(
+            f"`cam.method` {method!r} is not implemented; choose cam, scorecam or {', '.join(GRADIENT_METHODS)}"
+        )
+    return method
+
+
 class MapExtractor:
     """Computes logits, the top-k classes and their raw maps for a batch.
 
@@ -74,15 +89,7 @@ class MapExtractor:
         compile_model: bool = False,
         score_chunk: int = 64,
     ) -> None:
-        if method == "cam" and spec.classifier_layer is None:
-            raise ValueError(
-                f"`cam.method` is `cam`, but {spec.name} has no global-average-pooling + linear ending; "
-                f"use a gradient method such as `gradcam`"
-            )
-        if method not in ("cam", "scorecam", *GRADIENT_METHODS):
-            raise ValueError(
-                f"`cam.method` {method!r} is not implemented; choose cam, scorecam or {', '.join(GRADIENT_METHODS)}"
-            )
+        method = resolve_method(spec, method)
         self.module = module
         self.spec = spec
         self.method = method

@@ -83,10 +83,10 @@ class Annotator:
         self.autocast_dtype = _autocast_dtype(device, precision)
         self.memory_format = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
         module = loaded.module.to(device=device, memory_format=self.memory_format)
-        self.method = cam.method or self.spec.default_method
         self.extractor = MapExtractor(
-            module, self.spec, self.method, compile_model=compile_model and device.type == "cuda"
+            module, self.spec, cam.method, compile_model=compile_model and device.type == "cuda"
         )
+        self.method = self.extractor.method
         self.mean = torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
 

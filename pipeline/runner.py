@@ -20,7 +20,7 @@ import ray
 
 from pipeline.config import JobConfig
 from pipeline.decode import DecodeLimits
-from pipeline.methods import GRADIENT_METHODS
+from pipeline.methods import resolve_method
 from pipeline.models import get_spec, load_model
 from pipeline.predictor import Predictor
 from pipeline.reader import read_decode_batch
@@ -79,13 +79,9 @@ def plan_resources(config: JobConfig, cluster: dict[str, float]) -> Resources:
 
 def validate_before_work(config: JobConfig) -> None:
     """Fails fast on a model/method combination that cannot run, before listing or starting Ray."""
-    spec = get_spec(config.model.name, config.model.target_layer, config.model.classifier_layer)
-    method = config.cam.method or spec.default_method
-    if method == "cam" and spec.classifier_layer is None:
-        raise ValueError(
-            f"`cam.method` is `cam`, but {spec.name} has no global-average-pooling + linear ending; "
-            f"use one of {', '.join(GRADIENT_METHODS)}"
-        )
+    resolve_method(
+        get_spec(config.model.name, config.model.target_layer, config.model.classifier_layer), config.cam.method
+    )
 
 
 def _completed_runs(output_uri: str, s3: S3Settings) -> list[str]:
@@ -113,19 +109,18 @@ def skip_done(listing: list[Listed], config: JobConfig, s3: S3Settings) -> tuple
         )
         .to_table(columns=["image_uri", "source_version"])
     )
+    # A manifest gives no version: without one, "same file" cannot be told, so it is always processed.
+    versioned = [item for item in listing if item.version]
     todo = pa.table(
         {
-            "image_uri": [item.uri for item in listing],
-            "source_version": [item.version for item in listing],
-            "position": list(range(len(listing))),
+            "image_uri": [item.uri for item in versioned],
+            "source_version": [item.version for item in versioned],
+            "position": list(range(len(versioned))),
         }
     )
     remaining = todo.join(done, keys=["image_uri", "source_version"], join_type="left anti")
-    keep = sorted(remaining.column("position").to_pylist())
-    # A manifest gives no version: without one, "same file" cannot be told, so it is always processed.
-    kept = [listing[i] for i in keep] + []
-    kept_set = set(keep)
-    kept += [item for i, item in enumerate(listing) if not item.version and i not in kept_set]
+    kept = [versioned[i] for i in remaining.column("position").to_pylist()]
+    kept += [item for item in listing if not item.version]
     kept.sort(key=lambda item: item.uri)
     return kept, len(listing) - len(kept)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
@@ -171,7 +171,7 @@ def get_spec(name: str, target_layer: str | None = None, classifier_layer: str |
             overrides["target_layer"] = target_layer
         if classifier_layer:
             overrides["classifier_layer"] = classifier_layer
-        return _replace(spec, overrides) if overrides else spec
+        return replace(spec, **overrides) if overrides else spec
     if ":" in name:
         module_name, _, factory_name = name.partition(":")
         try:
@@ -197,9 +197,3 @@ def get_spec(name: str, target_layer: str | None = None, classifier_layer: str |
         f"`model.name` {name!r} is not a registered model; choose one of {', '.join(available_models())}, "
         "or give `module:factory` with `model.target_layer`"
     )
-
-
-def _replace(spec: ModelSpec, overrides: dict) -> ModelSpec:
-    from dataclasses import replace
-
-    return replace(spec, **overrides)
