@@ -41,7 +41,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fetch_s3(uri: str, s3: S3Settings, expected_sha256: str | None) -> Path:
+def _fetch_s3(uri: str, s3: S3Settings) -> Path:
     """Downloads `uri` once per node into the cache; a cached copy is reused only if it is complete."""
     fs, path = filesystem_for(uri, s3)
     info = fs.get_file_info(path)
@@ -67,7 +67,7 @@ def _fetch_s3(uri: str, s3: S3Settings, expected_sha256: str | None) -> Path:
 def load_weights_file(uri: str, s3: S3Settings, expected_sha256: str | None = None) -> LoadedWeights:
     """Loads a state dict from a local path, `file://` or `s3://` URI."""
     if is_s3(uri):
-        path = _fetch_s3(uri, s3, expected_sha256)
+        path = _fetch_s3(uri, s3)
     else:
         path = Path(uri.removeprefix("file://")).expanduser()
         if not path.is_file():
