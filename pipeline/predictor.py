@@ -86,9 +86,12 @@ class Annotator:
         self.extractor = MapExtractor(
             module, self.spec, cam.method, compile_model=compile_model and device.type == "cuda"
         )
-        self.method = self.extractor.method
         self.mean = torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
+
+    @property
+    def method(self) -> str:
+        return self.extractor.method
 
     def prepare(self, pixels: Tensor, valid_wh: Tensor) -> Tensor:
         """uint8 canvases (B, S, S, 3) -> normalised float input, letterbox padding at the mean (zero)."""

@@ -3,6 +3,7 @@ tasks), predict (actor pool, GPU where present), write with a commit, record the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -166,6 +167,7 @@ def run_job(config: JobConfig) -> RunSummary:
     context = ray.data.DataContext.get_current()
     context.max_errored_blocks = config.runtime.max_errored_blocks
 
+    s3_plain = dataclasses.asdict(s3)  # workers rebuild S3Settings from plain data
     sink = CamDatasink(config.sink.uri, run_id, s3)
     status = "succeeded"
     try:
@@ -180,7 +182,7 @@ def run_job(config: JobConfig) -> RunSummary:
                 fn_kwargs={
                     "input_size": input_size,
                     "policy": config.model.resize,
-                    "s3": {"endpoint_url": s3.endpoint_url, "region": s3.region},
+                    "s3": s3_plain,
                     "limits": DecodeLimits().__dict__,
                 },
                 num_cpus=config.runtime.decode_cpus,
@@ -195,7 +197,7 @@ def run_job(config: JobConfig) -> RunSummary:
                     "config": config.model_dump(mode="json"),
                     "run_id": run_id,
                     "input_size": input_size,
-                    "s3": {"endpoint_url": s3.endpoint_url, "region": s3.region},
+                    "s3": s3_plain,
                     "cpu_threads": resources.cpu_threads,
                 },
             )
