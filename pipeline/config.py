@@ -82,7 +82,7 @@ class ModelConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Autocast dtype on GPU; `auto` is bf16 where supported. CPU always runs fp32."
     )
-    channels_last: bool = Field(True, description="Use the channels-last memory format on GPU.")
+    channels_last: bool = Field(True, description="Channels-last memory format (faster convolutions on GPU and CPU).")
     compile: bool = Field(False, description="torch.compile the model on GPU (slow start, faster steady state).")
 
 
@@ -152,6 +152,12 @@ class RuntimeConfig(_Section):
     )
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per predictor actor.")
     decode_batch_size: int = Field(32, ge=1, le=4096, description="Images per read+decode task batch.")
+    decode: Literal["cpu", "device"] = Field(
+        "cpu",
+        description="Where images are decoded: `cpu` in the read tasks; `device` in the predictor, JPEGs batched "
+        "on its device (nvJPEG on GPU, for GPU nodes whose CPUs cannot decode as fast as the GPU classifies), "
+        "other formats on its CPU. Read tasks check every header either way.",
+    )
     decode_cpus: float = Field(
         0.5,
         gt=0,

@@ -56,10 +56,28 @@ def fit_size(width: int, height: int, size: int, policy: ResizePolicy) -> tuple[
     return max(1, min(size, round(width * scale))), max(1, min(size, round(height * scale)))
 
 
-def decode_image(
-    data: bytes, size: int, policy: ResizePolicy, limits: DecodeLimits = DecodeLimits()
-) -> DecodedImage | DecodeError:
-    """Decodes `data` into a `DecodedImage`, or says why it cannot."""
+@dataclass(frozen=True)
+class ProbedImage:
+    """What the header says, before any pixel is decoded. `width` and `height` are after EXIF orientation."""
+
+    format: str
+    mode: str
+    width: int
+    height: int
+    orientation: int
+
+    @property
+    def jpeg_rgb_or_gray(self) -> bool:
+        """Decodable by `torchvision.io.decode_jpeg` on a GPU (nvJPEG): baseline/progressive YCbCr or gray."""
+        return self.format == "JPEG" and self.mode in ("RGB", "L")
+
+
+# EXIF orientations 5-8 store the image transposed: width and height swap.
+_SWAPS_AXES = (5, 6, 7, 8)
+
+
+def _open(data: bytes, limits: DecodeLimits) -> tuple[Image.Image, ProbedImage] | DecodeError:
+    """Opens `data` lazily (header only) and applies the byte and pixel limits."""
     if not data:
         return DecodeError("EmptyFile", "the file has 0 bytes")
     if len(data) > limits.max_bytes:
@@ -73,12 +91,36 @@ def decode_image(
             if width * height > limits.max_pixels:
                 return DecodeError("ImageTooLarge", f"{width}x{height} pixels exceeds the limit of {limits.max_pixels}")
             orientation = image.getexif().get(0x0112, 1)
-            if orientation in (5, 6, 7, 8):  # these EXIF orientations swap width and height
-                width, height = height, width
-            target_w, target_h = fit_size(width, height, size, policy)
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return DecodeError(type(exc).__name__, str(exc))
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        return DecodeError(type(exc).__name__, str(exc) or "corrupt image header")
+    if orientation in _SWAPS_AXES:
+        width, height = height, width
+    return image, ProbedImage(image.format or "", image.mode, width, height, int(orientation))
+
+
+def probe_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> ProbedImage | DecodeError:
+    """The header checks of `decode_image` without decoding: format, mode, size and orientation, or why not."""
+    opened = _open(data, limits)
+    return opened if isinstance(opened, DecodeError) else opened[1]
+
+
+def decode_image(
+    data: bytes, size: int, policy: ResizePolicy, limits: DecodeLimits = DecodeLimits()
+) -> DecodedImage | DecodeError:
+    """Decodes `data` into a `DecodedImage`, or says why it cannot."""
+    opened = _open(data, limits)
+    if isinstance(opened, DecodeError):
+        return opened
+    image, probe = opened
+    target_w, target_h = fit_size(probe.width, probe.height, size, policy)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             # JPEG can decode straight at 1/2, 1/4 or 1/8 scale: a 12-megapixel photo then costs little
             # more than a small one. The whole image stays in view, so the mapping above stays exact.
-            if orientation in (5, 6, 7, 8):
+            if probe.orientation in _SWAPS_AXES:
                 image.draft("RGB", (target_h, target_w))
             else:
                 image.draft("RGB", (target_w, target_h))
@@ -92,7 +134,7 @@ def decode_image(
         return DecodeError(type(exc).__name__, str(exc) or "corrupt image data")
     canvas = np.zeros((size, size, 3), dtype=np.uint8)
     canvas[:target_h, :target_w] = np.asarray(resized, dtype=np.uint8)
-    return DecodedImage(canvas, width, height, target_w, target_h)
+    return DecodedImage(canvas, probe.width, probe.height, target_w, target_h)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -12,7 +12,8 @@ OpenCV, boxes of contours, inclusive-pixel IoU):
 - `maxboxacc`: GT-known box accuracy at IoU 0.5, largest contour, best map threshold;
 - `maxboxacc_v2`: mean over IoU 0.3/0.5/0.7 of the same with every contour's box (best one counts);
 - `box_acc`: the job's own first box of the top-1 class, at the configured threshold, IoU >= 0.5 against
-  any truth box (pixel-edge IoU in original pixels): what users of the Parquet get;
+  any truth box (pixel-edge IoU in original pixels): what users of the Parquet get; also per object size
+  (`box_acc_by_size`: the largest truth box under 10%, 10-30%, over 30% of the image area);
 - `top1_loc`: `box_acc` and the top-1 class is acceptable; `gt_known_loc`: `maxboxacc`'s counterpart at the
   configured threshold using the truth class's map;
 - `pxap`: pixel average precision of the maps against truth masks, where the truth has masks.
@@ -39,6 +40,9 @@ from pipeline.sources import S3Settings, filesystem_for
 
 RESIZE = 224
 IOU_V2 = (0.3, 0.5, 0.7)
+# Object size buckets by the largest truth box's share of the image area (COCO's small/medium/large, but
+# relative: a CAM's resolution is a fraction of the image, whatever its pixel count).
+SIZE_BUCKETS = (("small", 0.0, 0.1), ("medium", 0.1, 0.3), ("large", 0.3, 1.01))
 
 
 @dataclass
@@ -160,11 +164,19 @@ class Report:
     maxboxacc_by_iou: dict[str, float]
     best_threshold: float
     pxap: float | None
+    box_acc_by_size: dict[str, dict[str, float]] = field(default_factory=dict)  # bucket -> accuracy, images
 
     def table(self) -> str:
         rows = [
             ("images evaluated", f"{self.images} ({self.missing} in truth without results)"),
             ("box accuracy @IoU0.5 (configured threshold)", f"{self.box_acc:.3f}"),
+            *(
+                (
+                    f"  {bucket} objects ({low:.0%}-{min(high, 1):.0%} of the image)",
+                    _bucket(self.box_acc_by_size, bucket),
+                )
+                for bucket, low, high in SIZE_BUCKETS
+            ),
             ("top-1 classification", f"{self.top1_cls:.3f}"),
             ("top-1 localization", f"{self.top1_loc:.3f}"),
             ("MaxBoxAcc (GT-known, IoU 0.5)", f"{self.maxboxacc:.3f} at map threshold {self.best_threshold:.2f}"),
@@ -173,6 +185,16 @@ class Report:
             ("GT-known fallbacks to top-1 map", str(self.fallbacks)),
         ]
         return "\n".join(f"{name:<46} {value}" for name, value in rows)
+
+
+def _bucket(by_size: dict[str, dict[str, float]], bucket: str) -> str:
+    entry = by_size.get(bucket)
+    return f"{entry['box_acc']:.3f} of {int(entry['images'])} images" if entry else "no images"
+
+
+def size_bucket(box: tuple[float, ...], width: int, height: int) -> str:
+    fraction = (box[2] - box[0]) * (box[3] - box[1]) / (width * height)
+    return next(name for name, low, high in SIZE_BUCKETS if low <= fraction < high)
 
 
 def _latest_rows(results_uri: str) -> dict[str, dict]:
@@ -196,6 +218,7 @@ def evaluate_rows(rows: dict[str, dict], truth: dict[str, Truth], interval: floa
     px_scores: list[np.ndarray] = []
     px_masks: list[np.ndarray] = []
     evaluated = 0
+    bucket_hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for name, gt in truth.items():
         row = rows.get(name)
         if row is None:
@@ -225,6 +248,10 @@ def evaluate_rows(rows: dict[str, dict], truth: dict[str, Truth], interval: floa
             and max(edge_iou((own[0]["x0"], own[0]["y0"], own[0]["x1"], own[0]["y1"]), g) for g in gt.boxes) >= 0.5
         )
         box_hits += hit
+        largest = max(gt.boxes, key=lambda box: (box[2] - box[0]) * (box[3] - box[1]))
+        tally = bucket_hits[size_bucket(largest, *size)]
+        tally[0] += hit
+        tally[1] += 1
         cls_ok = not gt.classes or top1 in gt.classes
         cls_hits += cls_ok
         loc_hits += hit and cls_ok
@@ -245,6 +272,9 @@ def evaluate_rows(rows: dict[str, dict], truth: dict[str, Truth], interval: floa
         maxboxacc_by_iou=by_iou,
         best_threshold=float(thresholds[int(correct_single.argmax())]),
         pxap=pixel_ap(px_scores, px_masks, thresholds) if px_masks else None,
+        box_acc_by_size={
+            name: {"box_acc": hits / count, "images": count} for name, (hits, count) in sorted(bucket_hits.items())
+        },
     )
 
 

@@ -21,6 +21,7 @@ from torchvision.ops import roi_align
 from pipeline.boxes import Components, components_from_maps
 from pipeline.cam import normalize_maps
 from pipeline.config import BoxConfig, CamConfig, JobConfig
+from pipeline.device_decode import decode_to_canvases
 from pipeline.methods import MapExtractor
 from pipeline.models import LoadedModel, load_model
 from pipeline.schema import ROWS, encode_heatmap
@@ -81,13 +82,16 @@ class Annotator:
         self.device = device
         self.top_k = min(cam.top_k, len(self.spec.categories))
         self.autocast_dtype = _autocast_dtype(device, precision)
-        self.memory_format = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
+        # Channels-last runs convolutions a third faster on the CPU too (oneDNN), and a permuted uint8 NHWC
+        # batch already has that layout, so preparing the input copies nothing but the dtype.
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         module = loaded.module.to(device=device, memory_format=self.memory_format)
         self.extractor = MapExtractor(
             module, self.spec, cam.method, compile_model=compile_model and device.type == "cuda"
         )
-        self.mean = torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
+        self.scale = 1.0 / (255.0 * std)  # (pixel / 255 - mean) / std as one multiply-add
+        self.shift = -torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1) / std
 
     @property
     def method(self) -> str:
@@ -96,13 +100,13 @@ class Annotator:
     def prepare(self, pixels: Tensor, valid_wh: Tensor) -> Tensor:
         """uint8 canvases (B, S, S, 3) -> normalised float input, letterbox padding at the mean (zero)."""
         pixels = pixels.to(self.device, non_blocking=True)
-        x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
-        x = (x - self.mean) / self.std
+        x = pixels.permute(0, 3, 1, 2).float().mul_(self.scale).add_(self.shift)
         size = x.shape[-1]
-        valid_wh = valid_wh.to(self.device)
-        cols = torch.arange(size, device=self.device).view(1, 1, 1, size) < valid_wh[:, 0].view(-1, 1, 1, 1)
-        rows = torch.arange(size, device=self.device).view(1, 1, size, 1) < valid_wh[:, 1].view(-1, 1, 1, 1)
-        x = x * (cols & rows)
+        for index, (width, height) in enumerate(valid_wh.tolist()):
+            if width < size:
+                x[index, :, :, width:] = 0.0
+            if height < size:
+                x[index, :, height:, :] = 0.0
         return x.contiguous(memory_format=self.memory_format)
 
     def annotate(self, pixels: Tensor, valid_wh: Tensor) -> AnnotatedBatch:
@@ -185,9 +189,9 @@ class Predictor:
         self.fingerprint = job.fingerprint()
         self.model_name = job.model.name
         device = pick_device(job.model.device)
-        if device.type == "cpu" and cpu_threads:
-            # Ray pins OMP_NUM_THREADS to the actor's logical CPUs (1): on a CPU node that idles the rest.
-            torch.set_num_threads(cpu_threads)
+        # Ray pins OMP_NUM_THREADS to the actor's logical CPUs (1): on a CPU node that idles the rest.
+        self.cpu_threads = cpu_threads if device.type == "cpu" else None
+        self._use_cpu_threads()
         loaded = load_model(job.model, S3Settings(**s3))
         self.categories = loaded.spec.categories
         self.annotator = Annotator(
@@ -201,29 +205,66 @@ class Predictor:
             job.model.compile,
         )
         self.threshold = job.boxes.threshold
+        self.resize = job.model.resize
         self.write_masks = job.boxes.masks
         logger.info("predictor ready: %s on %s, method %s", self.model_name, device, self.annotator.method)
 
+    def _use_cpu_threads(self) -> None:
+        # OpenMP keeps the thread count per calling thread, and Ray Data may call the actor from another
+        # thread than the one that built it: without this, batches run on one core whatever `__init__` set.
+        if self.cpu_threads and torch.get_num_threads() != self.cpu_threads:
+            torch.set_num_threads(self.cpu_threads)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        self._use_cpu_threads()
         ok = np.flatnonzero(batch["error_type"] == "")
         rows: list[dict[str, Any]] = [self._error_row(batch, i) for i in np.flatnonzero(batch["error_type"] != "")]
-        if ok.size:
+        if not ok.size:
+            return pa.Table.from_pylist(rows, schema=ROWS)
+        if "encoded" in batch:
+            index, pixels, valid = self._decode_here(batch, ok, rows)
+        else:
+            index = ok
+            pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
+            if self.annotator.device.type == "cuda":
+                pixels = pixels.pin_memory()
+            valid = torch.from_numpy(np.stack([batch["valid_width"][ok], batch["valid_height"][ok]], axis=1))
+        if index.size:
             try:
-                rows += self._annotate_rows(batch, ok)
+                rows += self._annotate_rows(batch, index, pixels, valid)
             except Exception:  # isolate the image that breaks the batch; the others still get results
-                logger.warning("batch of %d failed; retrying image by image", ok.size, exc_info=True)
-                for index in ok:
+                logger.warning("batch of %d failed; retrying image by image", index.size, exc_info=True)
+                for j, source_index in enumerate(index):
                     try:
-                        rows += self._annotate_rows(batch, np.array([index]))
+                        rows += self._annotate_rows(batch, index[j : j + 1], pixels[j : j + 1], valid[j : j + 1])
                     except Exception as exc:
-                        rows.append(self._error_row(batch, index, "predict", exc))
+                        rows.append(self._error_row(batch, source_index, "predict", *_describe(exc)))
         return pa.Table.from_pylist(rows, schema=ROWS)
 
-    def _annotate_rows(self, batch: dict[str, np.ndarray], index: np.ndarray) -> list[dict[str, Any]]:
-        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][index]))
-        if self.annotator.device.type == "cuda":
-            pixels = pixels.pin_memory()
-        valid = torch.from_numpy(np.stack([batch["valid_width"][index], batch["valid_height"][index]], axis=1))
+    def _decode_here(
+        self, batch: dict[str, np.ndarray], ok: np.ndarray, rows: list[dict[str, Any]]
+    ) -> tuple[np.ndarray, Tensor, Tensor]:
+        """`runtime.decode: device`: decodes the batch's bytes on the model's device; failures become rows."""
+        try:
+            canvases = decode_to_canvases(
+                [batch["encoded"][i] for i in ok],
+                [int(batch["orientation"][i]) for i in ok],
+                [bool(batch["device_jpeg"][i]) for i in ok],
+                self.annotator.input_size,
+                self.resize,
+                self.annotator.device,
+            )
+        except Exception as exc:  # a device fault: every image of the batch is reported, none is lost
+            logger.warning("decoding a batch of %d on %s failed", ok.size, self.annotator.device, exc_info=True)
+            rows += [self._error_row(batch, i, "decode", *_describe(exc)) for i in ok]
+            return ok[:0], torch.empty(0), torch.empty(0)
+        for position, error in canvases.failed.items():
+            rows.append(self._error_row(batch, ok[position], "decode", error.error_type, error.message))
+        return ok[canvases.decoded], canvases.pixels, canvases.valid_wh
+
+    def _annotate_rows(
+        self, batch: dict[str, np.ndarray], index: np.ndarray, pixels: Tensor, valid: Tensor
+    ) -> list[dict[str, Any]]:
         out = self.annotator.annotate(pixels, valid)
         top_k = out.class_ids.shape[1]
         grid = out.maps.shape[-1]
@@ -293,19 +334,25 @@ class Predictor:
         return rows
 
     def _error_row(
-        self, batch: dict[str, np.ndarray], index: int, stage: str | None = None, exc: Exception | None = None
+        self,
+        batch: dict[str, np.ndarray],
+        index: int,
+        stage: str | None = None,
+        error_type: str | None = None,
+        message: str | None = None,
     ) -> dict[str, Any]:
-        if exc is not None:
-            error_type, message = type(exc).__name__, "".join(traceback.format_exception_only(exc)).strip()
-        else:
-            error_type, message = str(batch["error_type"][index]), str(batch["error_message"][index])
+        """An errors-table row; without `stage` and the rest, the read task's own error columns."""
         return {
             "image_uri": batch["image_uri"][index],
             "source_version": batch["source_version"][index],
             "stage": stage or str(batch["error_stage"][index]),
-            "error_type": error_type,
-            "message": message,
+            "error_type": error_type or str(batch["error_type"][index]),
+            "message": message if message is not None else str(batch["error_message"][index]),
             "run_id": self.run_id,
             "model": self.model_name,
             "config_fingerprint": self.fingerprint,
         }
+
+
+def _describe(exc: BaseException) -> tuple[str, str]:
+    return type(exc).__name__, "".join(traceback.format_exception_only(exc)).strip()

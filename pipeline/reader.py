@@ -1,4 +1,8 @@
-"""The read + decode stage: a batch of listed URIs -> decoded canvases, or error rows saying why not."""
+"""The read + decode stage: a batch of listed URIs -> decoded canvases, or error rows saying why not.
+
+With `decode="device"` the stage reads and checks headers only, and hands the bytes on for the predictor to
+decode on its device (`pipeline.device_decode`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.decode import DecodedImage, DecodeError, DecodeLimits, ResizePolicy, decode_image
+from pipeline.decode import (
+    DecodedImage,
+    DecodeError,
+    DecodeLimits,
+    ProbedImage,
+    ResizePolicy,
+    decode_image,
+    probe_image,
+)
 from pipeline.sources import ByteReader, S3Settings
 
 logger = logging.getLogger(__name__)
@@ -28,8 +40,13 @@ def read_decode_batch(
     policy: ResizePolicy,
     s3: dict[str, Any],
     limits: dict[str, Any],
+    decode: str = "cpu",
 ) -> dict[str, np.ndarray]:
-    """Ray Data task: listing rows (`uri`, `version`) -> decoded rows; failures become error columns."""
+    """Ray Data task: listing rows (`uri`, `version`) -> decoded rows; failures become error columns.
+
+    `decode="cpu"` fills `pixels`, `valid_width`, `valid_height`; `decode="device"` fills `encoded` (the bytes),
+    `orientation` and `device_jpeg` (whether the device decoder can take it) instead.
+    """
     reader = _reader(S3Settings(**s3))
     decode_limits = DecodeLimits(**limits)
     n = len(batch["uri"])
@@ -39,13 +56,18 @@ def read_decode_batch(
         "content_sha256": np.full(n, "", dtype=object),
         "width": np.zeros(n, dtype=np.int32),
         "height": np.zeros(n, dtype=np.int32),
-        "valid_width": np.zeros(n, dtype=np.int32),
-        "valid_height": np.zeros(n, dtype=np.int32),
-        "pixels": np.zeros((n, input_size, input_size, 3), dtype=np.uint8),
         "error_stage": np.full(n, "", dtype=object),
         "error_type": np.full(n, "", dtype=object),
         "error_message": np.full(n, "", dtype=object),
     }
+    if decode == "device":
+        out["encoded"] = np.full(n, b"", dtype=object)
+        out["orientation"] = np.ones(n, dtype=np.int8)
+        out["device_jpeg"] = np.zeros(n, dtype=bool)
+    else:
+        out["valid_width"] = np.zeros(n, dtype=np.int32)
+        out["valid_height"] = np.zeros(n, dtype=np.int32)
+        out["pixels"] = np.zeros((n, input_size, input_size, 3), dtype=np.uint8)
     for i, uri in enumerate(batch["uri"]):
         try:
             data = reader.read(str(uri))
@@ -57,7 +79,11 @@ def read_decode_batch(
             )
             continue
         out["content_sha256"][i] = hashlib.sha256(data).hexdigest()
-        decoded = decode_image(data, input_size, policy, decode_limits)
+        decoded = (
+            probe_image(data, decode_limits)
+            if decode == "device"
+            else decode_image(data, input_size, policy, decode_limits)
+        )
         if isinstance(decoded, DecodeError):
             out["error_stage"][i], out["error_type"][i], out["error_message"][i] = (
                 "decode",
@@ -65,8 +91,12 @@ def read_decode_batch(
                 decoded.message,
             )
             continue
-        assert isinstance(decoded, DecodedImage)
         out["width"][i], out["height"][i] = decoded.width, decoded.height
+        if isinstance(decoded, ProbedImage):
+            out["encoded"][i], out["orientation"][i] = data, decoded.orientation
+            out["device_jpeg"][i] = decoded.jpeg_rgb_or_gray
+            continue
+        assert isinstance(decoded, DecodedImage)
         out["valid_width"][i], out["valid_height"][i] = decoded.valid_width, decoded.valid_height
         out["pixels"][i] = decoded.pixels
     return out

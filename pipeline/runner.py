@@ -184,6 +184,7 @@ def run_job(config: JobConfig) -> RunSummary:
                     "policy": config.model.resize,
                     "s3": s3_plain,
                     "limits": DecodeLimits().__dict__,
+                    "decode": config.runtime.decode,
                 },
                 num_cpus=config.runtime.decode_cpus,
             )
@@ -202,6 +203,7 @@ def run_job(config: JobConfig) -> RunSummary:
                 },
             )
             ds.write_datasink(sink)
+            logger.info("run %s: Ray Data execution\n%s", run_id, ds.stats())
         commit(config.sink.uri, run_id, sink.counts.files, s3)
     except BaseException:
         status = "failed"

@@ -5,7 +5,13 @@ import pytest
 import torch
 from scipy import ndimage
 
-from pipeline.boxes import components_from_maps, label_by_propagation, label_components, label_on_cpu
+from pipeline.boxes import (
+    components_from_maps,
+    label_by_propagation,
+    label_components,
+    label_on_cpu,
+    statistics_by_scatter,
+)
 
 EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -56,11 +62,13 @@ def _slow_components(maps: np.ndarray, threshold: float, min_area: float, max_pe
     return out
 
 
-@pytest.mark.parametrize("device_path", [False, True], ids=["cpu-labels", "device-labels"])
+@pytest.mark.parametrize("path", ["opencv", "scatter", "device"])
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-4), (torch.float64, 1e-9)])
 @pytest.mark.parametrize("seed", range(3))
-def test_components_match_slow_reference(seed, dtype, tolerance, device_path, monkeypatch):
-    if device_path:  # the GPU path's labelling, exercised here on the CPU
+def test_components_match_slow_reference(seed, dtype, tolerance, path, monkeypatch):
+    if path != "opencv":  # the GPU path's statistics (and, for "device", its labelling) exercised on the CPU
+        monkeypatch.setattr("pipeline.boxes.statistics_by_opencv", statistics_by_scatter)
+    if path == "device":
         monkeypatch.setattr("pipeline.boxes.label_components", label_by_propagation)
     generator = torch.Generator().manual_seed(seed)
     # Smooth random fields have several blobs per map, like real CAMs.
@@ -98,3 +106,8 @@ def test_bad_arguments_are_refused():
         label_components(torch.zeros(4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="max_per_map"):
         components_from_maps(torch.zeros(1, 4, 4), 0.5, max_per_map=0)
+
+
+def test_maps_without_foreground_give_no_components():
+    result = components_from_maps(torch.zeros(2, 6, 6), threshold=0.5, max_per_map=3)
+    assert result.map_index.numel() == 0 and tuple(result.boxes.shape) == (0, 4)

@@ -89,6 +89,9 @@ def test_report_on_hand_made_results(tmp_path):
     assert report.box_acc == 0.5 and report.top1_cls == 0.5 and report.top1_loc == 0.5
     assert report.maxboxacc == 0.5 and report.fallbacks == 1
     assert report.pxap is None
+    # a.png's box covers 25% of its image (medium), b.png's 6.25% (small)
+    assert report.box_acc_by_size == {"medium": {"box_acc": 1.0, "images": 1}, "small": {"box_acc": 0.0, "images": 1}}
+    assert "small objects (0%-10% of the image)" in report.table()
 
 
 def test_coco_truth_with_masks(tmp_path):
