@@ -133,6 +133,12 @@ class SinkConfig(_Section):
         description="Skip images a previous completed run already annotated with the same model and settings "
         "(same URI and same listing version: S3 ETag or local size+mtime).",
     )
+    rows_per_file: int = Field(
+        4096,
+        ge=1,
+        description="Rows gathered before a Parquet file is written (about 20 KB per result row): query engines "
+        "read a few large files far faster than many small ones. The last file of a run holds the remainder.",
+    )
 
 
 class RuntimeConfig(_Section):
@@ -142,7 +148,7 @@ class RuntimeConfig(_Section):
         None, ge=1, le=4096, description="Images per predictor batch; default 256 on GPU, 16 on CPU."
     )
     num_actors: int | None = Field(
-        None, ge=1, description="Predictor actors; default one per GPU, else one per 4 CPUs (at least 1)."
+        None, ge=1, description="Predictor actors; default one per GPU, else one per `cpu_threads` CPUs."
     )
     gpus_per_actor: float | None = Field(
         None,
@@ -150,7 +156,12 @@ class RuntimeConfig(_Section):
         le=8,
         description="GPUs per predictor actor; default 1 where the cluster has GPUs, else 0.",
     )
-    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per predictor actor.")
+    cpus_per_actor: float | None = Field(
+        None,
+        gt=0,
+        description="CPUs reserved per predictor actor; default 1 on GPU, else `cpu_threads` capped so that the "
+        "actors together reserve at most 3/4 of the cluster's CPUs (the rest runs read+decode tasks).",
+    )
     decode_batch_size: int = Field(32, ge=1, le=4096, description="Images per read+decode task batch.")
     decode: Literal["cpu", "device"] = Field(
         "cpu",
@@ -169,8 +180,8 @@ class RuntimeConfig(_Section):
         None,
         ge=1,
         le=512,
-        description="Intra-op threads of a predictor running on CPU; default: the cluster's CPUs divided by the "
-        "number of actors (decoding is light and shares them).",
+        description="Intra-op threads of a predictor running on CPU; default 1 (many single-threaded actors "
+        "keep a shared node busier than one multi-threaded actor).",
     )
     max_errored_blocks: int = Field(
         0, ge=-1, description="Ray Data blocks allowed to fail outright before the job fails (-1: any)."

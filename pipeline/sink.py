@@ -41,12 +41,17 @@ def staging_uri(output_uri: str, run_id: str) -> str:
 class CamDatasink(Datasink[WrittenCounts]):
     """Splits predictor rows into `results/` and `errors/` Parquet files in the run's staging folder."""
 
-    def __init__(self, output_uri: str, run_id: str, s3: S3Settings) -> None:
+    def __init__(self, output_uri: str, run_id: str, s3: S3Settings, rows_per_file: int | None = None) -> None:
         self.output_uri = output_uri
         self.run_id = run_id
         self.s3 = s3
+        self.rows_per_file = rows_per_file
         self.counts = WrittenCounts()
         self.failed: Exception | None = None
+
+    @property
+    def min_rows_per_write(self) -> int | None:
+        return self.rows_per_file
 
     def write(self, blocks: Iterable[pa.Table], ctx: TaskContext) -> WrittenCounts:
         tables = [block for block in blocks if block.num_rows]

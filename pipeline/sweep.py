@@ -18,7 +18,7 @@ import yaml
 from pipeline.config import JobConfig, load_config
 from pipeline.decode import DecodeLimits
 from pipeline.evalset import build
-from pipeline.evaluate import Report, evaluate_rows, load_truth
+from pipeline.evaluate import SIZE_BUCKETS, Report, evaluate_rows, load_truth
 from pipeline.models import get_spec
 from pipeline.predictor import Predictor
 from pipeline.reader import read_decode_batch
@@ -76,8 +76,12 @@ def run(evalset: Path, grid: list[dict[str, Any]]) -> list[tuple[dict[str, Any],
 
 def _line(overrides: dict[str, Any], report: Report, seconds: float) -> str:
     label = ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in overrides.items()) or "defaults"
+    by_size = " / ".join(
+        f"{report.box_acc_by_size[name]['box_acc']:.2f}" if name in report.box_acc_by_size else "-"
+        for name, _, _ in SIZE_BUCKETS
+    )
     return (
-        f"| {label} | {report.box_acc:.3f} | {report.top1_loc:.3f} | {report.maxboxacc:.3f} "
+        f"| {label} | {report.box_acc:.3f} | {by_size} | {report.top1_loc:.3f} | {report.maxboxacc:.3f} "
         f"| {report.maxboxacc_v2:.3f} | {report.best_threshold:.2f} | {seconds:.1f} |"
     )
 
@@ -94,8 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.set
         else GRID
     )
-    print("| configuration | box acc @0.5 | top-1 loc | MaxBoxAcc | MaxBoxAccV2 | best map threshold | seconds |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| configuration | box acc @0.5 | small / medium / large | top-1 loc | MaxBoxAcc | MaxBoxAccV2 "
+        "| best map threshold | seconds |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     run(Path(args.evalset), grid)
     return 0
 

@@ -221,3 +221,41 @@ def test_a_torchvision_model_with_its_weights_file_runs_grad_cam_in_the_actors(r
             assert (cam["class_id"] in boxed) == (decode_heatmap(cam).max() > 0)
     runs = pq.read_table(tmp_path / "out" / "runs").to_pylist()
     assert runs[0]["weights_source"] == str(weights) and len(runs[0]["weights_sha256"]) == 64
+
+
+def test_device_decoding_through_ray_and_files_sized_by_rows(ray_cluster, tmp_path, photos):
+    """`runtime.decode: device` in the actors (on the CPU here), with a corrupt JPEG among real photos; one
+    Parquet file per `sink.rows_per_file` rows rather than one per block."""
+    import pyarrow.parquet as pq
+
+    from pipeline.config import load_config
+    from pipeline.runner import run_job
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, data in photos.items():
+        (images / name).write_bytes(data)
+    (images / "truncated.jpg").write_bytes(photos["grace_hopper.jpg"][:5000])
+    counts = {}
+    for rows_per_file in (4096, 2):
+        out = tmp_path / f"out-{rows_per_file}"
+        config = load_config(
+            overrides={
+                "source.uri": str(images),
+                "sink.uri": str(out),
+                "runtime.decode": "device",
+                "runtime.batch_size": 2,
+                "runtime.decode_batch_size": 2,
+                "sink.rows_per_file": rows_per_file,
+            }
+        )
+        summary = run_job(config)
+        assert (summary.status, summary.results, summary.errors) == ("succeeded", len(photos), 1)
+        errors = pq.read_table(out / "errors").to_pylist()
+        assert [(e["image_uri"].rsplit("/", 1)[-1], e["stage"]) for e in errors] == [("truncated.jpg", "decode")]
+        results = pq.read_table(out / "results").to_pylist()
+        cat = next(r for r in results if r["image_uri"].endswith("chelsea.png"))
+        assert cat["predictions"][0]["label"] in CATS
+        counts[rows_per_file] = len(list((out / "results").iterdir())) + len(list((out / "errors").iterdir()))
+    assert counts[4096] == 2  # one results file, one errors file
+    assert counts[2] > 2
