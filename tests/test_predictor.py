@@ -76,23 +76,3 @@ def test_letterbox_maps_cover_the_whole_image_exactly(photos, lite0):
     assert box[2] <= 451 and box[3] <= 300
     # Padding contributes nothing: the bottom rows of the canvas are not part of any map.
     assert out.maps[0, 0, -1].max() > 0  # the last grid row is the photo's bottom edge, not padding
-
-
-@pytest.mark.parametrize(
-    "shape,size", [((56, 56), (451, 300)), ((7, 9), (40, 33)), ((56, 56), (3000, 4000)), ((5, 5), (3, 2))]
-)
-@pytest.mark.parametrize("seed", range(3))
-def test_mask_rle_equals_encoding_the_full_resolution_mask(shape, size, seed):
-    from pycocotools import mask as coco_mask
-
-    from pipeline.predictor import mask_rle
-
-    grid = np.random.default_rng(seed).random(shape) < 0.4
-    width, height = size
-    rows = ((np.arange(height) + 0.5) * (shape[0] / height)).astype(np.intp)
-    cols = ((np.arange(width) + 0.5) * (shape[1] / width)).astype(np.intp)
-    full = np.asfortranarray(grid[rows[:, None], cols[None, :]].astype(np.uint8))
-    expected = coco_mask.encode(full)["counts"].decode()
-    assert mask_rle(grid, width, height) == {"size": [height, width], "counts": expected}
-    all_on = mask_rle(np.ones(shape, dtype=bool), width, height)
-    assert coco_mask.area({"size": [height, width], "counts": all_on["counts"].encode()}) == width * height

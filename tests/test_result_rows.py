@@ -1,0 +1,96 @@
+"""Result rows built column by column, checked against hand-made batches and full-resolution encodings."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from pycocotools import mask as coco_mask
+
+from pipeline.boxes import Components
+from pipeline.result_rows import AnnotatedBatch, RowContext, mask_rle, result_table
+from pipeline.schema import ROWS, decode_heatmap, decode_mask
+
+CATEGORIES = pa.array([f"class {i}" for i in range(10)])
+
+
+def _batch() -> tuple[AnnotatedBatch, dict[str, np.ndarray]]:
+    """Two images, top-2 classes, 4x4 maps; image 0 has two boxes on its second class and one on its first."""
+    maps = torch.zeros(2, 2, 4, 4)
+    maps[0, 0, 0:2, 0:2] = 1.0
+    maps[0, 1, 2:4, 0:1] = 0.9
+    maps[0, 1, 0:1, 3:4] = 1.0
+    maps[1, 0, 1:3, 1:3] = 1.0
+    components = Components(
+        map_index=torch.tensor([0, 1, 1, 2]),
+        boxes=torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 2.0, 1.0, 4.0], [3.0, 0.0, 4.0, 1.0], [1.0, 1.0, 3.0, 3.0]]),
+        area=torch.tensor([4.0, 2.0, 1.0, 4.0]),
+        mass=torch.tensor([4.0, 1.8, 1.0, 4.0]),
+        peak=torch.tensor([1.0, 0.9, 1.0, 1.0]),
+    )
+    out = AnnotatedBatch(
+        class_ids=torch.tensor([[7, 3], [2, 5]]),
+        scores=torch.tensor([[0.5, 0.4], [0.9, 0.05]]),
+        maps=maps,
+        thresholds=torch.full((2, 2), 0.5),
+        components=components,
+    )
+    images = {
+        "image_uri": np.array(["s3://b/a.jpg", "s3://b/b.jpg"], dtype=object),
+        "source_version": np.array(["1", "2"], dtype=object),
+        "content_sha256": np.array(["a" * 64, "b" * 64], dtype=object),
+        "width": np.array([400, 80], dtype=np.int32),
+        "height": np.array([200, 40], dtype=np.int32),
+    }
+    return out, images
+
+
+def test_rows_by_hand():
+    out, images = _batch()
+    context = RowContext("m", "cam", "fp", "run", CATEGORIES, write_masks=True)
+    table = result_table(out, images, context)
+    assert table.schema.equals(ROWS)
+    first, second = table.to_pylist()
+    assert [(p["class_id"], p["label"]) for p in first["predictions"]] == [(7, "class 7"), (3, "class 3")]
+    assert [p["score"] for p in second["predictions"]] == pytest.approx([0.9, 0.05])
+    # Scores are probability x peak: 0.5 x 1.0, 0.4 x 1.0, 0.4 x 0.9; grid cells are 100 x 50 pixels.
+    boxes = [
+        (b["class_id"], b["label"], round(b["score"], 4), b["x0"], b["y0"], b["x1"], b["y1"]) for b in first["boxes"]
+    ]
+    assert boxes == [
+        (7, "class 7", 0.5, 0.0, 0.0, 200.0, 100.0),
+        (3, "class 3", 0.4, 300.0, 0.0, 400.0, 50.0),
+        (3, "class 3", 0.36, 0.0, 100.0, 100.0, 200.0),
+    ]
+    assert [(b["x0"], b["y0"], b["x1"], b["y1"]) for b in second["boxes"]] == [(20.0, 10.0, 60.0, 30.0)]
+    np.testing.assert_array_equal(decode_heatmap(first["cams"][1]), np.round(out.maps[0, 1].numpy() * 255) / 255)
+    assert [c["class_id"] for c in second["cams"]] == [2, 5] and second["cams"][0]["heatmap_height"] == 4
+    mask = decode_mask(first["mask"])
+    assert first["mask"]["class_id"] == 7 and mask.shape == (200, 400)
+    assert mask[:100, :200].all() and not mask[100:, :].any() and not mask[:, 200:].any()
+    assert (first["image_uri"], second["width"], second["height"]) == ("s3://b/a.jpg", 80, 40)
+    assert (first["model"], first["method"], first["run_id"], first["error_type"]) == ("m", "cam", "run", None)
+
+
+def test_no_masks_and_no_boxes():
+    out, images = _batch()
+    empty = Components(*(torch.zeros(0) for _ in range(5)))
+    empty = Components(empty.map_index.long(), torch.zeros(0, 4), empty.area, empty.mass, empty.peak)
+    out = AnnotatedBatch(out.class_ids, out.scores, out.maps, out.thresholds, empty)
+    rows = result_table(out, images, RowContext("m", "cam", "fp", "run", CATEGORIES, write_masks=False)).to_pylist()
+    assert [row["boxes"] for row in rows] == [[], []] and [row["mask"] for row in rows] == [None, None]
+
+
+@pytest.mark.parametrize(
+    "shape,size", [((56, 56), (451, 300)), ((7, 9), (40, 33)), ((56, 56), (3000, 4000)), ((5, 5), (3, 2))]
+)
+@pytest.mark.parametrize("seed", range(3))
+def test_mask_rle_equals_encoding_the_full_resolution_mask(shape, size, seed):
+    grid = np.random.default_rng(seed).random(shape) < 0.4
+    width, height = size
+    rows = ((np.arange(height) + 0.5) * (shape[0] / height)).astype(np.intp)
+    cols = ((np.arange(width) + 0.5) * (shape[1] / width)).astype(np.intp)
+    full = np.asfortranarray(grid[rows[:, None], cols[None, :]].astype(np.uint8))
+    expected = coco_mask.encode(full)["counts"].decode()
+    assert mask_rle(grid, width, height) == {"size": [height, width], "counts": expected}
+    all_on = mask_rle(np.ones(shape, dtype=bool), width, height)
+    assert coco_mask.area({"size": [height, width], "counts": all_on["counts"].encode()}) == width * height
