@@ -96,6 +96,17 @@ class CamConfig(_Section):
     upsample: int = Field(
         8, ge=1, le=32, description="Maps are upsampled to this multiple of the feature map before boxing."
     )
+    refine: bool = Field(
+        False,
+        description="Multiply each class map by the mean activation of a block at twice its resolution "
+        "(`refine_layer`), raised to `refine_power`: tighter boxes on small objects, looser on large ones and on "
+        "natural photos (README, Localization). Needs a `refine_layer` (the registry names one for "
+        "EfficientNet-Lite).",
+    )
+    refine_layer: str | None = Field(None, description="Module path of the refining block; default from the registry.")
+    refine_power: float = Field(
+        2.0, ge=0.0, le=8.0, description="Weight of the refining activation against the class map (its exponent)."
+    )
 
 
 class BoxConfig(_Section):

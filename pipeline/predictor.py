@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from pipeline.boxes import Components, components_from_maps
@@ -21,7 +21,7 @@ from pipeline.cam import normalize_maps
 from pipeline.config import BoxConfig, CamConfig, JobConfig
 from pipeline.device_decode import decode_to_canvases
 from pipeline.methods import MapExtractor
-from pipeline.models import LoadedModel, load_model
+from pipeline.models import LoadedModel, load_model, resolve_layer
 from pipeline.result_rows import AnnotatedBatch, RowContext, result_table
 from pipeline.schema import ROWS
 from pipeline.sources import S3Settings
@@ -73,6 +73,8 @@ class Annotator:
         self.extractor = MapExtractor(
             module, self.spec, cam.method, compile_model=compile_model and device.type == "cuda"
         )
+        refine_path = (cam.refine_layer or self.spec.refine_layer) if cam.refine else None
+        self.refine_block = resolve_layer(module, refine_path, "cam.refine_layer") if refine_path else None
         std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
         self.scale = 1.0 / (255.0 * std)  # (pixel / 255 - mean) / std as one multiply-add
         self.shift = -torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1) / std
@@ -103,10 +105,24 @@ class Annotator:
     def annotate(self, pixels: Tensor, valid_wh: Tensor) -> AnnotatedBatch:
         """pixels (Tensor[B, S, S, 3], uint8), valid_wh (Tensor[B, 2]) -> `AnnotatedBatch`."""
         x = self.prepare(pixels, valid_wh)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            logits, raw_maps, class_ids = self.extractor(x, self.top_k)
+        activation: list[Tensor] = []
+
+        def keep_first(_module: nn.Module, _inputs: object, output: Tensor) -> None:
+            if not activation:  # Score-CAM's masked forwards come later; the clean forward is the first
+                activation.append(output.detach().float().relu().mean(1, keepdim=True))
+
+        handle = self.refine_block.register_forward_hook(keep_first) if self.refine_block is not None else None
+        try:
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                logits, raw_maps, class_ids = self.extractor(x, self.top_k)
+        finally:
+            if handle is not None:
+                handle.remove()
         scores = torch.softmax(logits.float(), dim=1).gather(1, class_ids)
-        maps = self._whole_image_maps(raw_maps.float(), valid_wh.to(self.device), x.shape[-1])
+        valid_wh = valid_wh.to(self.device)
+        maps = self._whole_image_maps(raw_maps.float(), valid_wh, x.shape[-1])
+        if activation:
+            maps = self._refine(maps, activation[0], valid_wh, x.shape[-1])
         thresholds = self._thresholds(maps)
         components = self._components(maps, thresholds)
         b, k = class_ids.shape
@@ -114,16 +130,25 @@ class Annotator:
             class_ids.cpu(), scores.cpu(), maps.cpu(), thresholds.view(b, k).cpu(), _to_cpu(components)
         )
 
-    def _whole_image_maps(self, raw: Tensor, valid_wh: Tensor, size: int) -> Tensor:
-        """Resamples (bilinear) each map's valid region onto an R x R grid covering the original image."""
+    def _whole_image_maps(self, raw: Tensor, valid_wh: Tensor, size: int, grid: int | None = None) -> Tensor:
+        """Resamples (bilinear) each map's valid region onto a grid covering the original image, normalised.
+        The grid is `cam.upsample` x the map's side unless given."""
         b, k, h, w = raw.shape
-        grid = max(h, w) * self.cam_config.upsample
+        grid = grid or max(h, w) * self.cam_config.upsample
         region = torch.zeros(b, 5, device=raw.device)
         region[:, 0] = torch.arange(b, device=raw.device)
         region[:, 3] = valid_wh[:, 0].float() * (w / size)
         region[:, 4] = valid_wh[:, 1].float() * (h / size)
         maps = roi_align(raw, region, output_size=(grid, grid), spatial_scale=1.0, sampling_ratio=1, aligned=True)
         return normalize_maps(maps)
+
+    def _refine(self, maps: Tensor, activation: Tensor, valid_wh: Tensor, size: int) -> Tensor:
+        """Class maps x (normalised mean activation of the refining block) ** power, renormalised.
+
+        The class map says which object; the finer, class-agnostic activation says where its edges are. This is
+        the multiplicative fusion of shallow features of SPOL (Wei et al., CVPR 2021), without training."""
+        fine = self._whole_image_maps(activation, valid_wh, size, grid=maps.shape[-1])
+        return normalize_maps(maps * fine.pow(self.cam_config.refine_power))
 
     def _thresholds(self, maps: Tensor) -> Tensor:
         """The foreground threshold of each map, flattened to (B * K,)."""

@@ -22,7 +22,7 @@ import ray
 from pipeline.config import JobConfig
 from pipeline.decode import DecodeLimits
 from pipeline.methods import resolve_method
-from pipeline.models import get_spec, load_model
+from pipeline.models import get_spec, load_model, resolve_layer
 from pipeline.predictor import Predictor
 from pipeline.reader import read_decode_batch
 from pipeline.samples import export_samples
@@ -101,9 +101,13 @@ def plan_resources(config: JobConfig, cluster: dict[str, float]) -> Resources:
 
 def validate_before_work(config: JobConfig) -> None:
     """Fails fast on a model/method combination that cannot run, before listing or starting Ray."""
-    resolve_method(
-        get_spec(config.model.name, config.model.target_layer, config.model.classifier_layer), config.cam.method
-    )
+    spec = get_spec(config.model.name, config.model.target_layer, config.model.classifier_layer)
+    resolve_method(spec, config.cam.method)
+    if config.cam.refine and not (config.cam.refine_layer or spec.refine_layer):
+        raise ValueError(
+            f"`cam.refine` needs `cam.refine_layer` for {config.model.name!r}: the module path of a block at twice "
+            "the resolution of the target layer (e.g. `layer3` for a ResNet)"
+        )
 
 
 def _completed_runs(output_uri: str, s3: S3Settings) -> list[str]:
@@ -170,6 +174,8 @@ def run_job(config: JobConfig) -> RunSummary:
     s3 = S3Settings(S3Settings(config.source.s3_endpoint_url).resolved_endpoint(), config.source.s3_region)
     # Load the model once here: bad weights or layers fail before any work, and the run records provenance.
     loaded = load_model(config.model, s3)
+    if config.cam.refine and config.cam.refine_layer:
+        resolve_layer(loaded.module, config.cam.refine_layer, "cam.refine_layer")
     weights_source, weights_sha256 = loaded.weights_source, loaded.weights_sha256
     input_size = config.model.input_size or loaded.spec.input_size
     del loaded

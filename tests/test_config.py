@@ -62,5 +62,9 @@ def test_cli_fails_before_any_work(tmp_path):
     assert unknown.returncode == 2 and "`model.name` 'resnet5'" in unknown.stdout
     cam_on_vgg = _run_cli("--model", "vgg16", "--cam.method", "cam", "--output", str(tmp_path / "out"), cwd=tmp_path)
     assert cam_on_vgg.returncode == 2 and "`cam.method` is `cam`" in cam_on_vgg.stdout
+    refine_unknown = _run_cli(
+        "--model", "resnet18", "--cam.refine", "true", "--output", str(tmp_path / "out"), cwd=tmp_path
+    )
+    assert refine_unknown.returncode == 2 and "`cam.refine` needs `cam.refine_layer`" in refine_unknown.stdout
     assert not (tmp_path / "out").exists()
     assert "ray" not in (bad.stderr + unknown.stderr).lower()

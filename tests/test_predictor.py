@@ -4,6 +4,7 @@ import pytest
 import torch
 from truth import CHELSEA_CAT, iou
 
+from pipeline.cam import normalize_maps
 from pipeline.config import JobConfig
 from pipeline.decode import decode_image
 from pipeline.predictor import Annotator, Predictor
@@ -76,3 +77,29 @@ def test_letterbox_maps_cover_the_whole_image_exactly(photos, lite0):
     assert box[2] <= 451 and box[3] <= 300
     # Padding contributes nothing: the bottom rows of the canvas are not part of any map.
     assert out.maps[0, 0, -1].max() > 0  # the last grid row is the photo's bottom edge, not padding
+
+
+def test_refined_maps_are_the_class_map_times_the_finer_activation(photos, lite0):
+    """`cam.refine`: normalise(class map x normalised mean activation of `features.11` ** power), on the same
+    grid; the stored maps, thresholds and boxes all follow the refined map."""
+    plain = JobConfig()
+    refined = JobConfig.model_validate({"cam": {"refine": True, "refine_power": 2.0}})
+    letter = decode_image(photos["chelsea.png"], 224, "letterbox")
+    pixels, valid = torch.from_numpy(letter.pixels)[None], torch.tensor([[letter.valid_width, letter.valid_height]])
+    base = Annotator(lite0, plain.cam, plain.boxes, 224, torch.device("cpu"))
+    sharp = Annotator(lite0, refined.cam, refined.boxes, 224, torch.device("cpu"))
+    assert sharp.refine_block is lite0.module.get_submodule("features.11") and base.refine_block is None
+    captured = []
+    handle = lite0.module.get_submodule("features.11").register_forward_hook(lambda m, i, o: captured.append(o))
+    try:
+        out_base = base.annotate(pixels, valid)
+    finally:
+        handle.remove()
+    out = sharp.annotate(pixels, valid)
+    activation = captured[0].relu().mean(1, keepdim=True)
+    fine = base._whole_image_maps(activation, valid, 224, grid=out.maps.shape[-1])
+    expected = normalize_maps(out_base.maps * fine.pow(2.0))
+    torch.testing.assert_close(out.maps, expected, atol=1e-5, rtol=0)
+    assert torch.equal(out.class_ids, out_base.class_ids)
+    # The class-agnostic activation concentrates the map: less of the image passes the same threshold.
+    assert (out.maps >= 0.4).float().mean() < (out_base.maps >= 0.4).float().mean()

@@ -134,6 +134,18 @@ class EfficientNetLite(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
+def stride16_block(name: str) -> str:
+    """Module path of the last block at stride 16 (before the final stride-2 stage), e.g. `features.11`."""
+    _, depth, _, _ = LITE_VARIANTS[name]
+    last = len(_LITE_STAGES) - 1
+    final_stride2 = max(i for i, stage in enumerate(_LITE_STAGES) if stage.stride == 2)
+    blocks = sum(
+        stage.repeats if index in (0, last) else int(math.ceil(stage.repeats * depth))
+        for index, stage in enumerate(_LITE_STAGES[:final_stride2])
+    )
+    return f"features.{blocks}"  # features.0 is the stem
+
+
 def efficientnet_lite(name: str, *, num_classes: int = 1000) -> EfficientNetLite:
     """Builds an untrained EfficientNet-Lite by registry name (`efficientnet_lite0`, `1` or `2`)."""
     if name not in LITE_VARIANTS:

@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 
-from pipeline.models.efficientnet_lite import LITE_VARIANTS, efficientnet_lite
+from pipeline.models.efficientnet_lite import LITE_VARIANTS, efficientnet_lite, stride16_block
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,6 +33,8 @@ class ModelSpec:
     output; it is None where the network has no such ending, and then CAM is not available (Grad-CAM is).
     `feature_relu` says a ReLU sits between the target layer and the pooling (DenseNet), which CAM applies.
     `load_ignores` are key prefixes of published weights that the inference model drops (auxiliary heads).
+    `refine_layer` is a block at twice the target layer's resolution whose mean activation sharpens the maps
+    (`cam.refine`); None where no such block has been measured to help.
     """
 
     name: str
@@ -47,6 +49,7 @@ class ModelSpec:
     bundled_weights: Callable[[], str] | None = None
     finalize: Callable[[nn.Module], None] | None = None
     load_ignores: tuple[str, ...] = field(default_factory=tuple)
+    refine_layer: str | None = None
 
     @property
     def default_method(self) -> str:
@@ -84,6 +87,7 @@ for _index, (_name, (_, _, _resolution, _)) in enumerate(LITE_VARIANTS.items()):
             std=LITE_STD,
             categories=tuple(_IMAGENET_CATEGORIES),
             bundled_weights=_bundled_lite_path(_index),
+            refine_layer=stride16_block(_name),
         )
     )
 
