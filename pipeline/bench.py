@@ -2,11 +2,12 @@
 
 For each model (EfficientNet-Lite0 with its real weights, ResNet-50 with random weights: throughput does not
 depend on training), on the same batches of real photos:
-- forward-only classification (the limit), and the predictor (top-5, CAMs of all five, boxes, mask);
+- forward-only classification (the limit), and the predictor (top-5, CAMs of all five, boxes);
 - TorchCAM's CAM and pytorch-grad-cam's GradCAM, against our CAM and Grad-CAM (top-1 map per image, as the
   peers compute it);
-- the whole job (list, read, decode, predict, write Parquet) as marginal throughput: N then 2N images on one
-  Ray cluster started beforehand, (2N - N) / (t_2N - t_N), so start-up and actor set-up cancel out;
+- the whole job (list, read, decode, predict, write Parquet) as marginal throughput: N and 2N images, twice
+  each, alternating, on one Ray cluster started beforehand, N / (median t_2N - median t_N), so start-up and
+  actor set-up cancel out; compared with forward-only measured between those jobs;
 - peak resident memory of the driver and Ray workers for N and 4N images.
 Prints a table and writes `bench-results.json`. Ratios are the results; absolute numbers vary by machine.
 """
@@ -179,23 +180,24 @@ def forward_meter(loaded, config: JobConfig, batch_size: int, seconds: float) ->
 
 
 def job_benchmarks(
-    model_overrides: dict[str, object], n: int, root: Path, forward: Callable[[], float]
+    model_overrides: dict[str, object], n: int, root: Path, forward: Callable[[], float], rounds: int = 2
 ) -> dict[str, float]:
     """Marginal whole-job throughput (N vs 2N) and peak memory (N vs 4N) on an already started Ray.
 
-    Forward-only throughput is measured again right before each job run and after the last one: on a shared
-    machine the speed drifts over minutes, and the job's ratio must compare like with like."""
+    The N and 2N jobs alternate for `rounds` rounds and the median time of each counts; forward-only
+    throughput is measured again between the jobs. On a shared machine the speed drifts over minutes, so the
+    job's ratio must compare like with like."""
     from pipeline.runner import run_job
 
-    timings: dict[int, float] = {}
+    timings: dict[int, list[float]] = {n: [], 2 * n: [], 4 * n: []}
     peaks: dict[int, int] = {}
     forwards = [forward()]
-    for count in (n, 2 * n, 4 * n):
+    for count in [n, 2 * n] * rounds + [4 * n]:
         folder = _image_folder(root, count)
         config = load_config(
             overrides={
                 "source.uri": str(folder),
-                "sink.uri": str(root / f"out-{count}"),
+                "sink.uri": str(root / f"out-{count}-{len(timings[count])}"),
                 "sink.incremental": False,
                 **model_overrides,
             }
@@ -203,17 +205,18 @@ def job_benchmarks(
         with _RssSampler() as sampler:
             clock = time.perf_counter()
             summary = run_job(config)
-            timings[count] = time.perf_counter() - clock
-        peaks[count] = sampler.peak
+            timings[count].append(time.perf_counter() - clock)
+        peaks[count] = max(peaks.get(count, 0), sampler.peak)
         if summary.results != count:
             raise RuntimeError(f"job over {count} images gave {summary.results} results")
         if count <= 2 * n:
             forwards.append(forward())
+    seconds_n, seconds_2n = float(np.median(timings[n])), float(np.median(timings[2 * n]))
     return {
         "forward_only_around_job": float(np.median(forwards)),
-        "job_marginal": n / (timings[2 * n] - timings[n]),
-        "job_seconds_n": timings[n],
-        "job_seconds_2n": timings[2 * n],
+        "job_marginal": n / (seconds_2n - seconds_n),
+        "job_seconds_n": seconds_n,
+        "job_seconds_2n": seconds_2n,
         "peak_rss_n_mib": peaks[n] / 2**20,
         "peak_rss_4n_mib": peaks[4 * n] / 2**20,
     }
