@@ -50,9 +50,9 @@ def label_components(mask: Tensor, check_every: int = 4) -> Tensor:
     Returns:
         Tensor[N, H, W] (int64): 0 on background; a positive label, unique within its map, on each component.
 
-    On the CPU this calls scipy's two-pass labelling per map (a few microseconds each); on other devices it
-    propagates the largest flat index + 1 through each component with 3x3 max-pooling, which stays on the
-    device and batches every map at once.
+    On the CPU this calls scipy's labelling once for the whole stack; on other devices it propagates the
+    largest flat index + 1 through each component with 3x3 max-pooling, which stays on the device and batches
+    every map at once.
     """
     if mask.dim() != 3 or mask.dtype != torch.bool:
         raise ValueError(f"`mask` must be a bool tensor of shape (N, H, W), got {mask.dtype} {tuple(mask.shape)}")
