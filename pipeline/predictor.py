@@ -86,7 +86,7 @@ class Annotator:
     def prepare(self, pixels: Tensor, valid_wh: Tensor) -> Tensor:
         """uint8 canvases (B, S, S, 3) -> normalised float input, letterbox padding at the mean (zero)."""
         pixels = pixels.to(self.device, non_blocking=True)
-        x = pixels.permute(0, 3, 1, 2).float().mul_(self.scale).add_(self.shift)
+        x = torch.addcmul(self.shift, pixels.permute(0, 3, 1, 2), self.scale)  # one pass, uint8 in, float out
         size = x.shape[-1]
         if x.device.type == "cpu":  # a slice per padded image: touches only the padding
             for index, (width, height) in enumerate(valid_wh.tolist()):
