@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -227,7 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["efficientnet_lite0", "resnet50"])
     parser.add_argument("--batch-size", type=int, default=None, help="default 16 on CPU, 256 on GPU")
     parser.add_argument("--seconds", type=float, default=5.0, help="minimum timing window per measurement")
-    parser.add_argument("--job-images", type=int, default=256, help="N for the whole-job measurements")
+    parser.add_argument(
+        "--job-images",
+        type=int,
+        default=None,
+        help="N for the whole-job measurements; default: what forward-only gets through in --job-seconds "
+        "(at least 256), so that the N-vs-2N difference outweighs the start-up jitter of a job",
+    )
+    parser.add_argument("--job-seconds", type=float, default=20.0)
     parser.add_argument("--output", default="bench-results.json")
     args = parser.parse_args(argv)
 
@@ -259,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(overrides={"sink.uri": "unused", **overrides})
             numbers = compute_benchmarks(loaded, config, batch_size, args.seconds)
             meter = forward_meter(loaded, config, batch_size, args.seconds)
-            numbers.update(job_benchmarks(overrides, args.job_images, root, meter))
+            n = args.job_images or max(256, math.ceil(args.job_seconds * numbers["forward_only"] / 64) * 64)
+            numbers["job_images_n"] = n
+            numbers.update(job_benchmarks(overrides, n, root, meter))
             numbers["ratio_predictor_vs_forward"] = numbers["predictor_top5"] / numbers["forward_only"]
             numbers["ratio_gradcam_vs_pytorch_grad_cam"] = (
                 numbers["ours_gradcam_top1"] / numbers["pytorch_grad_cam_gradcam_top1"]
@@ -279,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 def _table(name: str, numbers: dict[str, float]) -> str:
     lines = [f"\n{name}", f"{'measure':<42} {'value':>12}"]
     for key, value in numbers.items():
-        unit = "" if key.startswith("ratio") or "mib" in key or "seconds" in key else " img/s"
+        unit = "" if key.startswith("ratio") or "mib" in key or "seconds" in key or "images" in key else " img/s"
         lines.append(f"{key:<42} {value:>12.2f}{unit}")
     return "\n".join(lines)
 
