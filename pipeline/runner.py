@@ -65,6 +65,9 @@ class Resources:
 # On CPU nodes, the share of logical CPUs the predictor actors reserve; the rest is left to read+decode tasks,
 # which Ray would otherwise have no room to schedule.
 ACTOR_CPU_SHARE = 0.75
+# CPUs reserved per Parquet write task. Ray Data's default (1) finds no room beside a full actor pool on a
+# small node, so every write would wait for the end of the run and the output pile up in the object store.
+WRITE_CPUS = 0.25
 
 
 def plan_resources(config: JobConfig, cluster: dict[str, float]) -> Resources:
@@ -91,8 +94,9 @@ def plan_resources(config: JobConfig, cluster: dict[str, float]) -> Resources:
     elif gpus_per_actor > 0:
         cpus_per_actor = 1.0
     else:
-        share = min(ACTOR_CPU_SHARE * cpus, cpus - runtime.decode_cpus)  # at least one decode task must fit
-        cpus_per_actor = round(min(float(cpu_threads), share / num_actors), 3)
+        # At least one read+decode task and one write task must fit beside the actors.
+        share = min(ACTOR_CPU_SHARE * cpus, cpus - runtime.decode_cpus - WRITE_CPUS)
+        cpus_per_actor = max(0.01, round(min(float(cpu_threads), share / num_actors), 3))
         if cpus_per_actor == runtime.decode_cpus:  # equal resources would let Ray Data fuse decoding into the actors
             cpus_per_actor = round(cpus_per_actor * 0.99, 3)
     batch_size = runtime.batch_size or (256 if gpus_per_actor > 0 else 16)
@@ -231,7 +235,7 @@ def run_job(config: JobConfig) -> RunSummary:
                     "cpu_threads": resources.cpu_threads,
                 },
             )
-            ds.write_datasink(sink)
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
             logger.info("run %s: Ray Data execution\n%s", run_id, ds.stats())
         commit(config.sink.uri, run_id, sink.counts.files, s3)
     except BaseException:

@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.config import load_config
-from pipeline.runner import plan_resources
+from pipeline.runner import WRITE_CPUS, plan_resources
 
 
 def _plan(cluster, **overrides):
@@ -20,8 +20,8 @@ def test_cpu_cluster_single_threaded_actors_leave_room_to_decode(cpus):
     plan = _plan({"CPU": cpus})
     assert plan.gpus_per_actor == 0 and plan.cpu_threads == 1 and plan.batch_size == 16
     assert plan.num_actors == int(cpus)
-    # The actors never take so much that no read+decode task (0.5 CPU) fits beside them.
-    assert plan.num_actors * plan.cpus_per_actor + 0.5 <= cpus
+    # The actors never take so much that no read+decode task (0.5 CPU) and write task fit beside them.
+    assert plan.num_actors * plan.cpus_per_actor + 0.5 + WRITE_CPUS <= cpus
     assert plan.cpus_per_actor != 0.5  # equal to the decode tasks', Ray Data would fuse the two stages
 
 
