@@ -62,22 +62,28 @@ def _batch(size: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return pixels, valid
 
 
-def compute_benchmarks(loaded, config: JobConfig, batch_size: int, seconds: float) -> dict[str, float]:
-    """Images/s of forward-only, the predictor, and the CAM peers on identical batches."""
-    from pytorch_grad_cam import GradCAM
-    from torchcam.methods import CAM
-
+def _forward_setup(loaded, config: JobConfig, batch_size: int):
+    """The predictor, its batch (uint8 pixels, valid sizes, prepared input) and the forward-only step on it."""
     device = pick_device(config.model.device)
     size = config.model.input_size or loaded.spec.input_size
     annotator = Annotator(loaded, config.cam, config.boxes, size, device, config.model.precision)
     pixels, valid = _batch(size, batch_size)
     x = annotator.prepare(pixels, valid)
-    model = loaded.module
 
     def forward() -> None:
         with torch.inference_mode():
-            model(x)
+            loaded.module(x)
 
+    return annotator, pixels, valid, x, forward
+
+
+def compute_benchmarks(loaded, config: JobConfig, batch_size: int, seconds: float) -> dict[str, float]:
+    """Images/s of forward-only, the predictor, and the CAM peers on identical batches."""
+    from pytorch_grad_cam import GradCAM
+    from torchcam.methods import CAM
+
+    annotator, pixels, valid, x, forward = _forward_setup(loaded, config, batch_size)
+    model = loaded.module
     spec = loaded.spec
     gradcam = MapExtractor(model, spec, "gradcam")
     peer_gradcam = GradCAM(model=model, target_layers=[model.get_submodule(spec.target_layer)])
@@ -168,15 +174,7 @@ def _image_folder(root: Path, count: int) -> Path:
 
 def forward_meter(loaded, config: JobConfig, batch_size: int, seconds: float) -> Callable[[], float]:
     """A callable measuring forward-only images/s over `seconds`, on the same batch as `compute_benchmarks`."""
-    device = pick_device(config.model.device)
-    size = config.model.input_size or loaded.spec.input_size
-    annotator = Annotator(loaded, config.cam, config.boxes, size, device, config.model.precision)
-    x = annotator.prepare(*_batch(size, batch_size))
-
-    def forward() -> None:
-        with torch.inference_mode():
-            loaded.module(x)
-
+    forward = _forward_setup(loaded, config, batch_size)[-1]
     return lambda: side_by_side({"forward": forward}, batch_size, seconds)["forward"]
 
 

@@ -192,8 +192,12 @@ def _bucket(by_size: dict[str, dict[str, float]], bucket: str) -> str:
     return f"{entry['box_acc']:.3f} of {int(entry['images'])} images" if entry else "no images"
 
 
+def _area(box: tuple[float, ...]) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
 def size_bucket(box: tuple[float, ...], width: int, height: int) -> str:
-    fraction = (box[2] - box[0]) * (box[3] - box[1]) / (width * height)
+    fraction = _area(box) / (width * height)
     return next(name for name, low, high in SIZE_BUCKETS if low <= fraction < high)
 
 
@@ -248,7 +252,7 @@ def evaluate_rows(rows: dict[str, dict], truth: dict[str, Truth], interval: floa
             and max(edge_iou((own[0]["x0"], own[0]["y0"], own[0]["x1"], own[0]["y1"]), g) for g in gt.boxes) >= 0.5
         )
         box_hits += hit
-        largest = max(gt.boxes, key=lambda box: (box[2] - box[0]) * (box[3] - box[1]))
+        largest = max(gt.boxes, key=_area)
         tally = bucket_hits[size_bucket(largest, *size)]
         tally[0] += hit
         tally[1] += 1

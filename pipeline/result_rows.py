@@ -17,7 +17,7 @@ from pycocotools import mask as coco_mask
 from torch import Tensor
 
 from pipeline.boxes import Components
-from pipeline.schema import BOX, CAM, MASK, PREDICTION, ROWS
+from pipeline.schema import BOX, CAM, MASK, PREDICTION, ROWS, quantize_heatmaps
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def result_table(out: AnnotatedBatch, images: dict[str, np.ndarray], context: Ro
             [pa.array(ids), context.categories.take(pa.array(ids)), pa.array(scores)], fields=list(PREDICTION)
         ),
     )
-    heatmaps = np.round(np.clip(out.maps.numpy(), 0.0, 1.0) * 255.0).astype(np.uint8).reshape(b * k, grid * grid)
+    heatmaps = quantize_heatmaps(out.maps.numpy()).reshape(b * k, grid * grid)
     sides = pa.array(np.full(b * k, grid, dtype=np.int32))
     cams = _lists(
         per_image_k, pa.StructArray.from_arrays([pa.array(ids), sides, sides, _binary(heatmaps)], fields=list(CAM))

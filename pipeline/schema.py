@@ -108,9 +108,14 @@ def decode_heatmap(cam: dict[str, Any]) -> np.ndarray:
     return raw.reshape(cam["heatmap_height"], cam["heatmap_width"]).astype(np.float32) / 255.0
 
 
+def quantize_heatmaps(heatmaps: np.ndarray) -> np.ndarray:
+    """float[..., h, w] in [0, 1] -> the stored uint8 values (see the module docstring)."""
+    return np.round(np.clip(heatmaps, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def encode_heatmap(heatmap: np.ndarray) -> bytes:
     """float[h, w] in [0, 1] -> the stored bytes (see the module docstring)."""
-    return np.round(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8).tobytes()
+    return quantize_heatmaps(heatmap).tobytes()
 
 
 def decode_mask(mask: dict[str, Any]) -> np.ndarray:
