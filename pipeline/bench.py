@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,15 +33,33 @@ import torch
 
 from pipeline.config import JobConfig, ModelConfig, load_config
 from pipeline.decode import decode_image
+from pipeline.host_memory import retain_freed_memory
 from pipeline.methods import MapExtractor
 from pipeline.models import load_model
 from pipeline.predictor import Annotator, pick_device
 from pipeline.samples import sample_photos
 
 
-def side_by_side(steps: dict[str, Callable[[], object]], images_per_step: int, seconds: float) -> dict[str, float]:
-    """Images/s of each step, timed in interleaved rounds (one call of each per round) so that machine noise
-    and clock drift hit all of them alike; the median call time of each gives its throughput."""
+@dataclass(frozen=True)
+class SideBySide:
+    """Per-round call times of steps timed in interleaved rounds (one call of each per round), so that machine
+    noise and clock drift hit all of them alike."""
+
+    images_per_step: int
+    times: dict[str, list[float]]
+
+    def throughput(self, name: str) -> float:
+        """Images/s of a step, from its median call time."""
+        return self.images_per_step / float(np.median(self.times[name]))
+
+    def ratio(self, name: str, baseline: str) -> float:
+        """Throughput of `name` over that of `baseline`: the median of the ratios within each round, so a
+        machine that slows down between rounds moves neither side of any one ratio."""
+        return float(np.median(np.array(self.times[baseline]) / np.array(self.times[name])))
+
+
+def side_by_side(steps: dict[str, Callable[[], object]], images_per_step: int, seconds: float) -> SideBySide:
+    """Times each step in interleaved rounds for at least `seconds` per step and five rounds."""
     for step in steps.values():  # warm-up: allocator, thread pools, lazy initialisation
         step()
         step()
@@ -51,7 +70,7 @@ def side_by_side(steps: dict[str, Callable[[], object]], images_per_step: int, s
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)
-    return {name: images_per_step / float(np.median(samples)) for name, samples in times.items()}
+    return SideBySide(images_per_step, times)
 
 
 def _batch(size: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +97,8 @@ def _forward_setup(loaded, config: JobConfig, batch_size: int):
 
 
 def compute_benchmarks(loaded, config: JobConfig, batch_size: int, seconds: float) -> dict[str, float]:
-    """Images/s of forward-only, the predictor, and the CAM peers on identical batches."""
+    """Images/s of forward-only, the predictor, and the CAM peers on identical batches, and the two ratios
+    among them with targets (predictor / forward-only, our Grad-CAM / pytorch-grad-cam's), paired by round."""
     from pytorch_grad_cam import GradCAM
     from torchcam.methods import CAM
 
@@ -106,13 +126,16 @@ def compute_benchmarks(loaded, config: JobConfig, batch_size: int, seconds: floa
         steps["ours_cam_top1"] = lambda: cam(x, 1)
         steps["torchcam_cam_top1"] = torchcam_step
     try:
-        results = side_by_side(steps, batch_size, seconds)
+        timed = side_by_side(steps, batch_size, seconds)
     finally:
         peer_gradcam.__exit__(None, None, None)
         if peer_cam is not None:
             peer_cam.remove_hooks()
         for param in model.parameters():  # pytorch-grad-cam leaves gradients behind
             param.grad = None
+    results = {name: timed.throughput(name) for name in steps}
+    results["ratio_predictor_vs_forward"] = timed.ratio("predictor_top5", "forward_only")
+    results["ratio_gradcam_vs_pytorch_grad_cam"] = timed.ratio("ours_gradcam_top1", "pytorch_grad_cam_gradcam_top1")
     return results
 
 
@@ -175,7 +198,7 @@ def _image_folder(root: Path, count: int) -> Path:
 def forward_meter(loaded, config: JobConfig, batch_size: int, seconds: float) -> Callable[[], float]:
     """A callable measuring forward-only images/s over `seconds`, on the same batch as `compute_benchmarks`."""
     forward = _forward_setup(loaded, config, batch_size)[-1]
-    return lambda: side_by_side({"forward": forward}, batch_size, seconds)["forward"]
+    return lambda: side_by_side({"forward": forward}, batch_size, seconds).throughput("forward")
 
 
 def job_benchmarks(
@@ -240,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torchvision
 
+    # The predictor actors run with this allocator setting (see `pipeline.host_memory`); in-process
+    # measurements get it too, or they would compare against a forward pass slowed by page faults.
+    retain_freed_memory()
     gpu = torch.cuda.is_available()
     batch_size = args.batch_size or (256 if gpu else 16)
     report: dict[str, object] = {
@@ -268,10 +294,6 @@ def main(argv: list[str] | None = None) -> int:
             n = args.job_images or max(256, math.ceil(args.job_seconds * numbers["forward_only"] / 64) * 64)
             numbers["job_images_n"] = n
             numbers.update(job_benchmarks(overrides, n, root, meter))
-            numbers["ratio_predictor_vs_forward"] = numbers["predictor_top5"] / numbers["forward_only"]
-            numbers["ratio_gradcam_vs_pytorch_grad_cam"] = (
-                numbers["ours_gradcam_top1"] / numbers["pytorch_grad_cam_gradcam_top1"]
-            )
             numbers["ratio_job_vs_forward"] = numbers["job_marginal"] / numbers["forward_only_around_job"]
             numbers["ratio_memory_4n_vs_n"] = numbers["peak_rss_4n_mib"] / numbers["peak_rss_n_mib"]
             report["models"][name] = numbers

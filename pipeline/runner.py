@@ -21,6 +21,7 @@ import ray
 
 from pipeline.config import JobConfig
 from pipeline.decode import DecodeLimits
+from pipeline.host_memory import ALLOCATOR_ENV
 from pipeline.methods import resolve_method
 from pipeline.models import get_spec, load_model, resolve_layer
 from pipeline.predictor import Predictor
@@ -227,6 +228,8 @@ def run_job(config: JobConfig) -> RunSummary:
                 compute=ray.data.ActorPoolStrategy(min_size=resources.num_actors, max_size=resources.num_actors),
                 num_gpus=resources.gpus_per_actor,
                 num_cpus=resources.cpus_per_actor,
+                # Merged into the job's runtime environment by Ray; glibc reads these at process start.
+                runtime_env={"env_vars": ALLOCATOR_ENV},
                 fn_constructor_kwargs={
                     "config": config.model_dump(mode="json"),
                     "run_id": run_id,
