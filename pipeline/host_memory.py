@@ -24,27 +24,26 @@ logger = logging.getLogger(__name__)
 
 RETAINED_BYTES = 1 << 30
 
-# mallopt(3) parameter numbers, from glibc's <malloc.h>.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_M_ARENA_MAX = -8
+# (environment variable, mallopt(3) parameter number from glibc's <malloc.h>, value): one table for both ways
+# of applying the settings.
+_SETTINGS: tuple[tuple[str, int, int], ...] = (
+    ("MALLOC_MMAP_THRESHOLD_", -3, RETAINED_BYTES),
+    ("MALLOC_TRIM_THRESHOLD_", -1, RETAINED_BYTES),
+    ("MALLOC_ARENA_MAX", -8, 1),
+)
 
-ALLOCATOR_ENV: dict[str, str] = {
-    "MALLOC_MMAP_THRESHOLD_": str(RETAINED_BYTES),
-    "MALLOC_TRIM_THRESHOLD_": str(RETAINED_BYTES),
-    "MALLOC_ARENA_MAX": "1",
-}
+ALLOCATOR_ENV: dict[str, str] = {variable: str(value) for variable, _, value in _SETTINGS}
 
 
 def retain_freed_memory() -> bool:
     """Applies `ALLOCATOR_ENV`'s settings to this already running process through `mallopt`; True if the C
-    library took them. For processes started without the environment (the benchmark's driver, a notebook).
-    Threads that already have an arena keep it, so call this before starting threads that allocate."""
+    library took them all. For processes started without the environment (the benchmark's driver, a
+    notebook). Threads that already have an arena keep it, so call this before starting threads that allocate."""
     name = ctypes.util.find_library("c")
     libc = ctypes.CDLL(name) if name else None
     mallopt = getattr(libc, "mallopt", None)
     if mallopt is None:  # not glibc (macOS, musl without mallopt): nothing to tune
         logger.info("no mallopt in this C library; host allocator left as is")
         return False
-    settings = ((_M_MMAP_THRESHOLD, RETAINED_BYTES), (_M_TRIM_THRESHOLD, RETAINED_BYTES), (_M_ARENA_MAX, 1))
-    return all(mallopt(parameter, value) == 1 for parameter, value in settings)
+    taken = [mallopt(parameter, value) == 1 for _, parameter, value in _SETTINGS]  # each, even after a refusal
+    return all(taken)
