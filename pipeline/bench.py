@@ -140,25 +140,41 @@ def compute_benchmarks(loaded, config: JobConfig, batch_size: int, seconds: floa
 
 
 class _RssSampler:
-    """Peak summed RSS of this process and every Ray worker process (`ray::...`), read from /proc."""
+    """Peak summed RSS of this process and every Ray worker process, read from /proc.
+
+    It runs beside the job it measures, on the same cores, so a sweep reads one short file per known worker
+    (`statm`) and each new process's command line once, not `status` and `cmdline` of every process."""
 
     def __init__(self, interval: float = 0.1) -> None:
         self.interval = interval
         self.peak = 0
+        self._page_size = os.sysconf("SC_PAGE_SIZE")
+        self._is_worker: dict[str, bool] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _worker(self, pid: str) -> bool:
+        if pid not in self._is_worker:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                return False
+            # A new Ray worker runs `default_worker.py` until it renames itself `ray::...`.
+            self._is_worker[pid] = (
+                int(pid) == os.getpid()
+                or cmdline.startswith(b"ray::")
+                or (b"ray/_private/workers/default_worker.py" in cmdline)
+            )
+        return self._is_worker[pid]
 
     def _total(self) -> int:
         total = 0
         for pid in filter(str.isdigit, os.listdir("/proc")):
+            if not self._worker(pid):
+                continue
             try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                if int(pid) != os.getpid() and not cmdline.startswith(b"ray::"):
-                    continue
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-            except (OSError, ValueError):
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * self._page_size
+            except (OSError, ValueError, IndexError):
                 continue
         return total
 

@@ -22,6 +22,7 @@ from pipeline.config import BoxConfig, CamConfig, JobConfig
 from pipeline.device_decode import decode_to_canvases
 from pipeline.methods import MapExtractor
 from pipeline.models import LoadedModel, load_model, resolve_layer
+from pipeline.models.fold import fold_batch_norms
 from pipeline.result_rows import AnnotatedBatch, RowContext, result_table
 from pipeline.schema import ROWS
 from pipeline.sources import S3Settings
@@ -46,7 +47,11 @@ def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
 
 
 class Annotator:
-    """Runs one model over batches of canvases (see `pipeline.decode.DecodedImage`)."""
+    """Runs one model over batches of canvases (see `pipeline.decode.DecodedImage`).
+
+    It readies `loaded.module` for inference in place: eval mode, batch norms folded into their convolutions
+    (`pipeline.models.fold`), moved to the device in the chosen memory format.
+    """
 
     def __init__(
         self,
@@ -69,11 +74,13 @@ class Annotator:
         # Channels-last runs convolutions a third faster on the CPU too (oneDNN), and a permuted uint8 NHWC
         # batch already has that layout, so preparing the input copies nothing but the dtype.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        module = loaded.module.to(device=device, memory_format=self.memory_format)
+        refine_path = (cam.refine_layer or self.spec.refine_layer) if cam.refine else None
+        module = loaded.module.eval()
+        fold_batch_norms(module, keep=[self.spec.target_layer, *([refine_path] if refine_path else [])])
+        module = module.to(device=device, memory_format=self.memory_format)
         self.extractor = MapExtractor(
             module, self.spec, cam.method, compile_model=compile_model and device.type == "cuda"
         )
-        refine_path = (cam.refine_layer or self.spec.refine_layer) if cam.refine else None
         self.refine_block = resolve_layer(module, refine_path, "cam.refine_layer") if refine_path else None
         std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
         self.scale = 1.0 / (255.0 * std)  # (pixel / 255 - mean) / std as one multiply-add

