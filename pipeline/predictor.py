@@ -14,10 +14,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
 from pipeline.boxes import Components, components_from_maps
-from pipeline.cam import normalize_maps
+from pipeline.cam import normalize_maps, resample_regions
 from pipeline.config import BoxConfig, CamConfig, JobConfig
 from pipeline.device_decode import decode_to_canvases
 from pipeline.methods import MapExtractor
@@ -140,14 +139,10 @@ class Annotator:
     def _whole_image_maps(self, raw: Tensor, valid_wh: Tensor, size: int, grid: int | None = None) -> Tensor:
         """Resamples (bilinear) each map's valid region onto a grid covering the original image, normalised.
         The grid is `cam.upsample` x the map's side unless given."""
-        b, k, h, w = raw.shape
+        _, _, h, w = raw.shape
         grid = grid or max(h, w) * self.cam_config.upsample
-        region = torch.zeros(b, 5, device=raw.device)
-        region[:, 0] = torch.arange(b, device=raw.device)
-        region[:, 3] = valid_wh[:, 0].float() * (w / size)
-        region[:, 4] = valid_wh[:, 1].float() * (h / size)
-        maps = roi_align(raw, region, output_size=(grid, grid), spatial_scale=1.0, sampling_ratio=1, aligned=True)
-        return normalize_maps(maps)
+        extent = valid_wh.float() * torch.tensor([w / size, h / size], device=raw.device)
+        return normalize_maps(resample_regions(raw, extent, grid))
 
     def _refine(self, maps: Tensor, activation: Tensor, valid_wh: Tensor, size: int) -> Tensor:
         """Class maps x (normalised mean activation of the refining block) ** power, renormalised.

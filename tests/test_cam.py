@@ -1,7 +1,9 @@
+import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.ops import roi_align
 
-from pipeline.cam import class_activation_maps, normalize_maps
+from pipeline.cam import class_activation_maps, normalize_maps, resample_regions
 from pipeline.decode import decode_image
 from pipeline.methods import MapExtractor
 from pipeline.predictor import Annotator
@@ -93,3 +95,15 @@ def _configs():
     from pipeline.config import BoxConfig, CamConfig
 
     return CamConfig(), BoxConfig()
+
+
+@pytest.mark.parametrize("grid", [56, 17])
+def test_region_resampling_takes_roi_aligns_samples(grid):
+    """Against torchvision's roi_align (aligned, one sample per bin), including regions past the map's edge
+    and regions of less than one cell."""
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.randn(5, 3, 7, 9, generator=generator)
+    extent_wh = torch.tensor([[9.0, 7.0], [4.3, 7.0], [9.0, 2.25], [0.6, 0.4], [11.5, 8.2]])
+    boxes = torch.cat([torch.arange(5.0).view(5, 1), torch.zeros(5, 2), extent_wh], dim=1)
+    expected = roi_align(maps, boxes, output_size=(grid, grid), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+    torch.testing.assert_close(resample_regions(maps, extent_wh, grid), expected, atol=1e-5, rtol=1e-5)
