@@ -18,14 +18,18 @@ from collections.abc import Collection
 
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torchvision.models.googlenet import BasicConv2d as GoogLeNetConv
+from torchvision.models.inception import BasicConv2d as InceptionConv
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-# torchvision block classes (by name, so no import of every family) -> (conv attribute, batch-norm attribute)
-# pairs that their `forward` applies back to back.
-_BLOCK_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
-    "ResNet": (("conv1", "bn1"),),
-    "BasicBlock": (("conv1", "bn1"), ("conv2", "bn2")),
-    "Bottleneck": (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
-    "BasicConv2d": (("conv", "bn"),),  # GoogLeNet and Inception v3
+# torchvision block classes -> (conv attribute, batch-norm attribute) pairs that their `forward` applies back
+# to back. Matched by exact type, not by name: a user's pre-activation "Bottleneck" normalises before it convolves.
+_BLOCK_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
+    ResNet: (("conv1", "bn1"),),
+    BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
+    Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+    GoogLeNetConv: (("conv", "bn"),),
+    InceptionConv: (("conv", "bn"),),
 }
 
 
@@ -53,7 +57,7 @@ def fold_batch_norms(module: nn.Module, keep: Collection[str] = ()) -> int:
             names = [name for name, _ in parent.named_children()]
             pairs = list(zip(names, names[1:], strict=False))
         else:
-            pairs = list(_BLOCK_PAIRS.get(type(parent).__name__, ()))
+            pairs = list(_BLOCK_PAIRS.get(type(parent), ()))
         for conv_name, bn_name in pairs:
             conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
             if not _foldable(conv, bn) or f"{prefix}{conv_name}" in keep:

@@ -90,6 +90,26 @@ def test_a_kept_convolution_keeps_its_own_output():
     torch.testing.assert_close(seen["after"], seen["before"])
 
 
+def test_a_look_alike_block_that_normalises_first_is_left_alone():
+    """A user's pre-activation block with torchvision's attribute names: bn1 feeds conv1, not the reverse."""
+
+    class Bottleneck(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn1 = nn.BatchNorm2d(8)
+            self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv1(torch.relu(self.bn1(x)))
+
+    module = _with_trained_statistics(nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), Bottleneck()))
+    reference = copy.deepcopy(module)
+    assert fold_batch_norms(module) == 0 and _batch_norms(module) == 1
+    x = torch.randn(2, 3, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(module(x), reference(x))
+
+
 def test_folding_a_training_model_is_refused():
     with pytest.raises(ValueError, match="eval mode"):
         fold_batch_norms(torchvision.models.resnet18(weights=None).train())
