@@ -65,7 +65,7 @@ class SamePadConv2d(nn.Conv2d):
     for Lite0's first stride-2 layer). Instead, the kernel grows by one zero row and column at its start and
     the convolution pads symmetrically by the larger side: output i then reads input rows
     ``s * i - before .. s * i - before + k - 1`` with the same weights, which is "SAME" exactly, and the
-    output size is the same too. Any other padding (none seen in the Lite family) pads explicitly.
+    output size is the same too. "SAME" never puts more than one extra pixel after, so no input is padded.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -73,9 +73,6 @@ class SamePadConv2d(nn.Conv2d):
             self._same(size, kernel, stride)
             for size, kernel, stride in zip(x.shape[-2:], self.kernel_size, self.stride, strict=True)
         )
-        if after_h - before_h not in (0, 1) or after_w - before_w not in (0, 1):
-            x = F.pad(x, [before_w, after_w, before_h, after_h])
-            return self._conv_forward(x, self.weight, self.bias)
         weight = self.weight
         if after_h > before_h or after_w > before_w:
             weight = F.pad(weight, [after_w - before_w, 0, after_h - before_h, 0])  # zeros first: (k+1)^2 taps
