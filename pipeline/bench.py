@@ -143,29 +143,38 @@ class _RssSampler:
     """Peak summed RSS of this process and every Ray worker process, read from /proc.
 
     It runs beside the job it measures, on the same cores, so a sweep reads one short file per known worker
-    (`statm`) and each new process's command line once, not `status` and `cmdline` of every process."""
+    (`statm`), and a command line only when a process is new or, if it was not a worker, once a second (a
+    process caught between the raylet's fork and its exec still shows the raylet's command line)."""
 
     def __init__(self, interval: float = 0.1) -> None:
         self.interval = interval
         self.peak = 0
         self._page_size = os.sysconf("SC_PAGE_SIZE")
-        self._is_worker: dict[str, bool] = {}
+        self._workers: set[str] = set()
+        self._others_checked_at: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _worker(self, pid: str) -> bool:
-        if pid not in self._is_worker:
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                return False
-            # A new Ray worker runs `default_worker.py` until it renames itself `ray::...`.
-            self._is_worker[pid] = (
-                int(pid) == os.getpid()
-                or cmdline.startswith(b"ray::")
-                or (b"ray/_private/workers/default_worker.py" in cmdline)
-            )
-        return self._is_worker[pid]
+        if pid in self._workers:
+            return True
+        now = time.monotonic()
+        if now - self._others_checked_at.get(pid, -math.inf) < 1.0:
+            return False
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        # A new Ray worker runs `default_worker.py` until it renames itself `ray::...`.
+        if (
+            int(pid) == os.getpid()
+            or cmdline.startswith(b"ray::")
+            or b"ray/_private/workers/default_worker.py" in cmdline
+        ):
+            self._workers.add(pid)
+            return True
+        self._others_checked_at[pid] = now
+        return False
 
     def _total(self) -> int:
         total = 0
