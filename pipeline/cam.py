@@ -7,7 +7,6 @@ Shapes, stated once: features are `(B, C, h, w)`, the maps of the `K` target cla
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -54,11 +53,6 @@ def normalize_maps(maps: Tensor, valid: Tensor | None = None, eps: float = 1e-8)
     if valid_flat is not None:
         out = torch.where(valid_flat, out, 0.0)
     return out.view(maps.shape)
-
-
-def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear upsampling of `maps (Tensor[B, K, h, w])` to `(B, K, *size)`."""
-    return F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)
 
 
 def _bilinear_weights(extent: Tensor, grid: int, length: int) -> Tensor:
