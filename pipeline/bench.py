@@ -302,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         "models": {},
     }
     ray.init(logging_level="ERROR", log_to_driver=False)
+    # Ray Data logs every operator's progress every 10 s when stdout is not a terminal: the table would drown.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     root = Path(tempfile.mkdtemp(prefix="camray-bench-"))
     try:
         for name in args.models:
