@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline.config import ConfigError, JobConfig, load_config
+from pipeline.io.sources import S3Settings, filesystem_for
 from pipeline.runner import RunSummary, run_job
-from pipeline.sources import S3Settings, filesystem_for
 
 logger = logging.getLogger("camray")
 

@@ -15,16 +15,16 @@ import pyarrow as pa
 import torch
 from torch import Tensor, nn
 
-from pipeline.boxes import Components, components_from_maps
-from pipeline.cam import normalize_maps, resample_regions
+from pipeline.cam.boxes import Components, components_from_maps
+from pipeline.cam.maps import normalize_maps, resample_regions
+from pipeline.cam.methods import MapExtractor
 from pipeline.config import BoxConfig, CamConfig, JobConfig
-from pipeline.device_decode import decode_to_canvases
-from pipeline.methods import MapExtractor
+from pipeline.image.device_decode import decode_to_canvases
+from pipeline.io.schema import ROWS
+from pipeline.io.sources import S3Settings
 from pipeline.models import LoadedModel, load_model, resolve_layer
 from pipeline.models.fold import fold_batch_norms
 from pipeline.result_rows import AnnotatedBatch, RowContext, result_table
-from pipeline.schema import ROWS
-from pipeline.sources import S3Settings
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
 
 
 class Annotator:
-    """Runs one model over batches of canvases (see `pipeline.decode.DecodedImage`).
+    """Runs one model over batches of canvases (see `pipeline.image.decode.DecodedImage`).
 
     It readies `loaded.module` for inference in place: eval mode, batch norms folded into their convolutions
     (`pipeline.models.fold`), moved to the device in the chosen memory format.

@@ -1,7 +1,7 @@
 """The read + decode stage: a batch of listed URIs -> decoded canvases, or error rows saying why not.
 
 With `decode="device"` the stage reads and checks headers only, and hands the bytes on for the predictor to
-decode on its device (`pipeline.device_decode`).
+decode on its device (`pipeline.image.device_decode`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.decode import (
+from pipeline.image.decode import (
     DecodedImage,
     DecodeError,
     DecodeLimits,
@@ -22,7 +22,7 @@ from pipeline.decode import (
     decode_image,
     probe_image,
 )
-from pipeline.sources import ByteReader, S3Settings
+from pipeline.io.sources import ByteReader, S3Settings
 
 logger = logging.getLogger(__name__)
 

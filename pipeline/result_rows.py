@@ -16,8 +16,8 @@ import pyarrow as pa
 from pycocotools import mask as coco_mask
 from torch import Tensor
 
-from pipeline.boxes import Components
-from pipeline.schema import BOX, CAM, MASK, PREDICTION, ROWS, quantize_heatmaps
+from pipeline.cam.boxes import Components
+from pipeline.io.schema import BOX, CAM, MASK, PREDICTION, ROWS, quantize_heatmaps
 
 
 @dataclass(frozen=True)

@@ -19,17 +19,17 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
+from pipeline.cam.methods import resolve_method
 from pipeline.config import JobConfig
-from pipeline.decode import DecodeLimits
 from pipeline.host_memory import ALLOCATOR_ENV
-from pipeline.methods import resolve_method
+from pipeline.image.decode import DecodeLimits
+from pipeline.io.schema import RUNS, SCHEMA_VERSION
+from pipeline.io.sink import CamDatasink, commit, discard_staging
+from pipeline.io.sources import Listed, S3Settings, filesystem_for, join_uri, list_inputs
 from pipeline.models import get_spec, load_model, resolve_layer
 from pipeline.predictor import Predictor
 from pipeline.reader import read_decode_batch
 from pipeline.samples import export_samples
-from pipeline.schema import RUNS, SCHEMA_VERSION
-from pipeline.sink import CamDatasink, commit, discard_staging
-from pipeline.sources import Listed, S3Settings, filesystem_for, join_uri, list_inputs
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pytest
 from truth import CHELSEA_CAT, iou
 
-from pipeline.sources import S3Settings, filesystem_for
+from pipeline.io.sources import S3Settings, filesystem_for
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "camray-it"
@@ -132,7 +132,7 @@ def test_submitted_job_annotates_s3_and_accounts_for_every_input(ray_cluster, up
     assert error_count == (4,)
 
     # The evaluator reads the same results from the endpoint.
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluation.evaluate import evaluate
 
     truth = tmp_path / "truth.csv"
     truth.write_text("file,x0,y0,x1,y1,class_id\nchelsea.png,20,0,400,300,281 282 283 284 285\n")
@@ -211,7 +211,7 @@ def test_a_torchvision_model_with_its_weights_file_runs_grad_cam_in_the_actors(r
     assert (summary.status, summary.results, summary.errors) == ("succeeded", 3, 0)
     rows = pq.read_table(tmp_path / "out" / "results").to_pylist()
     assert {row["method"] for row in rows} == {"gradcam"} and {row["model"] for row in rows} == {"mobilenet_v3_small"}
-    from pipeline.schema import decode_heatmap
+    from pipeline.io.schema import decode_heatmap
 
     for row in rows:
         assert len(row["cams"]) == 3

@@ -4,11 +4,11 @@ import pytest
 import torch
 from truth import CHELSEA_CAT, iou
 
-from pipeline.cam import normalize_maps
+from pipeline.cam.maps import normalize_maps
 from pipeline.config import JobConfig
-from pipeline.decode import decode_image
+from pipeline.image.decode import decode_image
+from pipeline.io.schema import ROWS, decode_heatmap, decode_mask
 from pipeline.predictor import Annotator, Predictor
-from pipeline.schema import ROWS, decode_heatmap, decode_mask
 
 
 def _batch(photos, names, size=224, policy="letterbox"):

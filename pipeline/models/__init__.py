@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from pipeline.cam.layers import resolve_layer
 from pipeline.config import ModelConfig
+from pipeline.io.sources import S3Settings
 from pipeline.models.registry import ModelSpec, available_models, get_spec
 from pipeline.models.weights import (
     LoadedWeights,
@@ -14,7 +16,6 @@ from pipeline.models.weights import (
     load_torchvision_weights,
     load_weights_file,
 )
-from pipeline.sources import S3Settings
 
 __all__ = [
     "LoadedModel",
@@ -35,15 +36,6 @@ class LoadedModel:
     spec: ModelSpec
     weights_sha256: str
     weights_source: str
-
-
-def resolve_layer(module: nn.Module, path: str, field: str) -> nn.Module:
-    """The submodule at dotted `path`, or a ValueError naming the config field and the candidates."""
-    try:
-        return module.get_submodule(path)
-    except AttributeError as exc:
-        top = ", ".join(name for name, _ in module.named_children())
-        raise ValueError(f"`{field}` {path!r} is not a layer of this model; its top-level layers are: {top}") from exc
 
 
 def _resolve_weights(config: ModelConfig, spec: ModelSpec, s3: S3Settings) -> LoadedWeights:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import torch
 
-from pipeline.sources import S3Settings, filesystem_for, is_s3
+from pipeline.io.sources import S3Settings, filesystem_for, is_s3
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from pipeline.config import ModelConfig
+from pipeline.io.sources import S3Settings
 from pipeline.models import WeightsError, available_models, get_spec, load_model
-from pipeline.sources import S3Settings
 
 
 def test_registry_knows_the_classic_families():
@@ -92,7 +92,7 @@ def test_a_wrong_target_layer_lists_the_real_ones(tmp_path):
 def test_a_custom_model_loads_with_its_weights_and_layers(tmp_path):
     import torchvision
 
-    from pipeline.methods import MapExtractor
+    from pipeline.cam.methods import MapExtractor
 
     path = tmp_path / "mine.pth"
     torch.save({"state_dict": torchvision.models.resnet18(weights=None).state_dict()}, path)  # a checkpoint

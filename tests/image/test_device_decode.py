@@ -9,8 +9,8 @@ import torch
 from PIL import Image, ImageOps
 
 from pipeline.config import JobConfig
-from pipeline.decode import DecodedImage, decode_image, probe_image
-from pipeline.device_decode import decode_to_canvases, orient
+from pipeline.image.decode import DecodedImage, decode_image, probe_image
+from pipeline.image.device_decode import decode_to_canvases, orient
 from pipeline.predictor import Predictor
 from pipeline.reader import read_decode_batch
 

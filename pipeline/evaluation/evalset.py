@@ -5,7 +5,7 @@ Two parts, both generated (no image is committed):
 - composites: a hand-boxed object crop from those photos pasted, at a known place and scale, onto a real
   texture photo (grass, gravel, brick, the Hubble deep field), on canvases of several aspect ratios.
 
-`python -m pipeline.evalset OUT_DIR` writes `OUT_DIR/images/*.png` and `OUT_DIR/truth.csv` with the columns
+`python -m pipeline.evaluation.evalset OUT_DIR` writes `OUT_DIR/images/*.png` and `OUT_DIR/truth.csv` with the columns
 `file,x0,y0,x1,y1,class_id` (pixel-edge boxes; `class_id` lists every acceptable ImageNet class, separated by
 spaces, e.g. any cat breed for the cat).
 """

@@ -9,13 +9,17 @@ after the target only: the hook re-roots the graph at the target's output.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.cam import class_activation_maps
-from pipeline.models import ModelSpec, resolve_layer
+from pipeline.cam.layers import resolve_layer
+from pipeline.cam.maps import class_activation_maps
+
+if TYPE_CHECKING:  # the spec is only read here; importing `pipeline.models` would pull in weight IO
+    from pipeline.models.registry import ModelSpec
 
 GRADIENT_METHODS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam")
 

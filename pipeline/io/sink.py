@@ -21,8 +21,8 @@ from ray.data import Datasink
 from ray.data._internal.execution.interfaces import TaskContext
 from ray.data.datasource.datasink import WriteResult
 
-from pipeline.schema import ERRORS, RESULTS, ROWS
-from pipeline.sources import S3Settings, filesystem_for, join_uri
+from pipeline.io.schema import ERRORS, RESULTS, ROWS
+from pipeline.io.sources import S3Settings, filesystem_for, join_uri
 
 logger = logging.getLogger(__name__)
 

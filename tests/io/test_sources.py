@@ -2,7 +2,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sources import ByteReader, S3Settings, list_inputs
+from pipeline.io.sources import ByteReader, S3Settings, list_inputs
 
 IMAGES = [".jpg", ".png"]
 

@@ -1,6 +1,6 @@
 """Localization evaluation of camray results against ground truth boxes (and masks).
 
-`python -m pipeline.evaluate --results URI --truth FILE [--cam-curve-interval 0.01] [--json OUT]`
+`python -m pipeline.evaluation.evaluate --results URI --truth FILE [--cam-curve-interval 0.01] [--json OUT]`
 
 Truth: COCO JSON (`images`, `annotations` with `bbox` [x, y, w, h], optional `segmentation`) or a CSV with
 `file,x0,y0,x1,y1[,class_id]` (several rows per file for several objects; `class_id` may list several
@@ -35,8 +35,8 @@ import cv2
 import numpy as np
 import pyarrow.dataset as pads
 
-from pipeline.schema import decode_heatmap
-from pipeline.sources import S3Settings, filesystem_for
+from pipeline.io.schema import decode_heatmap
+from pipeline.io.sources import S3Settings, filesystem_for
 
 RESIZE = 224
 IOU_V2 = (0.3, 0.5, 0.7)

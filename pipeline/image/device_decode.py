@@ -4,8 +4,8 @@ On a GPU node the CPU decode of the read tasks becomes the ceiling well before t
 a few milliseconds of a CPU core; an H100 classifies thousands of images a second). Here the predictor
 decodes the whole batch with `torchvision.io.decode_jpeg(..., device="cuda")` (nvJPEG, batched), applies the
 EXIF orientation and resizes on the device. The read tasks have already checked every header
-(`pipeline.decode.probe_image`): size limits, format and orientation. Whatever the device cannot decode
-(PNG and other formats, CMYK JPEG, or a stream nvJPEG rejects) goes through `pipeline.decode.decode_image` on
+(`pipeline.image.decode.probe_image`): size limits, format and orientation. Whatever the device cannot decode
+(PNG and other formats, CMYK JPEG, or a stream nvJPEG rejects) goes through `pipeline.image.decode.decode_image` on
 the CPU, the same code as `runtime.decode: cpu`, so the output differs only by resampling rounding.
 """
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.decode import DecodedImage, DecodeError, DecodeLimits, ResizePolicy, decode_image, fit_size
+from pipeline.image.decode import DecodedImage, DecodeError, DecodeLimits, ResizePolicy, decode_image, fit_size
 
 logger = logging.getLogger(__name__)
 

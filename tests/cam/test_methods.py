@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.methods import MapExtractor
+from pipeline.cam.methods import MapExtractor
 from pipeline.models import get_spec, resolve_layer
 
 # One member of every family (the smallest, to keep CPU time low); the registry handles the rest by rule.

@@ -1,6 +1,6 @@
 """Localization sweep: the predictor (the same code the actors run) over an evaluation set, per config.
 
-`python -m pipeline.sweep [--evalset data/evalset] [--set model.input_size=320 boxes.threshold=0.3 ...]`
+`python -m pipeline.evaluation.sweep [--evalset data/evalset] [--set model.input_size=320 boxes.threshold=0.3 ...]`
 runs in-process without Ray, one configuration per `--set` group (or the built-in grid), and prints a table
 of box accuracy and MaxBoxAccV2 per configuration. The README's localization table comes from it.
 """
@@ -16,9 +16,9 @@ import numpy as np
 import yaml
 
 from pipeline.config import JobConfig, load_config
-from pipeline.decode import DecodeLimits
-from pipeline.evalset import build
-from pipeline.evaluate import SIZE_BUCKETS, Report, evaluate_rows, load_truth
+from pipeline.evaluation.evalset import build
+from pipeline.evaluation.evaluate import SIZE_BUCKETS, Report, evaluate_rows, load_truth
+from pipeline.image.decode import DecodeLimits
 from pipeline.models import get_spec
 from pipeline.predictor import Predictor
 from pipeline.reader import read_decode_batch
@@ -88,7 +88,7 @@ def _line(overrides: dict[str, Any], report: Report, seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--evalset", default="data/evalset", help="folder from `python -m pipeline.evalset`")
+    parser.add_argument("--evalset", default="data/evalset", help="folder from `python -m pipeline.evaluation.evalset`")
     parser.add_argument(
         "--set", action="append", nargs="+", metavar="FIELD=VALUE", help="one configuration; repeat for more"
     )

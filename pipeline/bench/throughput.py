@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.cam.methods import MapExtractor
 from pipeline.config import JobConfig, ModelConfig, load_config
-from pipeline.decode import decode_image
 from pipeline.host_memory import retain_freed_memory
-from pipeline.methods import MapExtractor
+from pipeline.image.decode import decode_image
 from pipeline.models import load_model
 from pipeline.predictor import Annotator, pick_device
 from pipeline.samples import sample_photos

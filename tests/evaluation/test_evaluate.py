@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.evalset import build
-from pipeline.evaluate import (
+from pipeline.evaluation.evalset import build
+from pipeline.evaluation.evaluate import (
     boxes_from_scoremap,
     edge_iou,
     evaluate_rows,
@@ -15,7 +15,7 @@ from pipeline.evaluate import (
     pixel_ap,
     resize_box,
 )
-from pipeline.schema import encode_heatmap
+from pipeline.io.schema import encode_heatmap
 
 
 def test_inclusive_iou_by_hand():

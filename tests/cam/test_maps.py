@@ -3,9 +3,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from pipeline.cam import class_activation_maps, normalize_maps, resample_regions
-from pipeline.decode import decode_image
-from pipeline.methods import MapExtractor
+from pipeline.cam.maps import class_activation_maps, normalize_maps, resample_regions
+from pipeline.cam.methods import MapExtractor
+from pipeline.image.decode import decode_image
 from pipeline.predictor import Annotator
 
 

@@ -1,0 +1,1 @@
+"""Localization evaluation: the evaluation set, the evaluator (Choe et al. measures) and the config sweep."""
