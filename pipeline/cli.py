@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 import pyarrow.parquet as pq
 import yaml
 
 from pipeline.config import ConfigError, JobConfig, load_config
+from pipeline.io.lease import LeaseHeld
 from pipeline.io.sources import S3Settings, filesystem_for
-from pipeline.runner import RunSummary, run_job
+from pipeline.runner import RunInterrupted, RunSummary, run_job
 
 logger = logging.getLogger("camray")
 
@@ -30,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         "written as Parquet. Values of --section.field flags are parsed as YAML (5, true, [a, b]).",
     )
     parser.add_argument("--config", help="YAML job config; flags override its fields")
+    parser.add_argument(
+        "--wait-for-lease",
+        dest="sink.wait_for_lease",
+        metavar="SECONDS",
+        help="wait this long for another run's lease on the output instead of exiting with status 3",
+    )
     for flag, (_, help_text) in SHORTCUTS.items():
         parser.add_argument(f"--{flag}", help=help_text)
     for section_name, section_field in JobConfig.model_fields.items():
@@ -86,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         summary = run_job(config)
+    except LeaseHeld as exc:
+        print(f"camray: {exc}", file=sys.stderr)
+        return 3
+    except RunInterrupted as exc:
+        print(f"camray: run interrupted ({exc}); the work done so far is kept and the next run resumes it")
+        return 1
     except ValueError as exc:  # setup errors (model, layers, method) carry a message naming the field
         print(f"camray: {exc}")
         return 2

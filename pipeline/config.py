@@ -144,6 +144,23 @@ class SinkConfig(_Section):
         description="Skip images a previous completed run already annotated with the same model and settings "
         "(same URI and same listing version: S3 ETag or local size+mtime).",
     )
+    resume: bool = Field(
+        True,
+        description="Continue a run on this output that did not finish (crashed, killed, interrupted, incomplete) "
+        "with the same model, settings and input: its staged files are kept and only the rest is processed.",
+    )
+    lease_seconds: float = Field(
+        300.0,
+        ge=3.0,
+        le=86400.0,
+        description="Lifetime of the output's lease (one run at a time), renewed every third of it while the run "
+        "lasts; a crashed run's lease is taken over once it expires (at once if its process on this host is gone).",
+    )
+    wait_for_lease: float = Field(
+        0.0,
+        ge=0.0,
+        description="Seconds to wait for another run's lease on the output; 0 refuses at once (exit status 3).",
+    )
     rows_per_file: int = Field(
         4096,
         ge=1,

@@ -206,6 +206,8 @@ class Predictor:
             job.model.compile,
         )
         self.resize = job.model.resize
+        # Lowered (never raised) when the device runs out of memory; None means the whole batch at once.
+        self.batch_cap: int | None = None
         self.row_context = RowContext(
             model=self.model_name,
             method=self.annotator.method,
@@ -236,20 +238,65 @@ class Predictor:
             if self.annotator.device.type == "cuda":
                 pixels = pixels.pin_memory()
             valid = torch.from_numpy(np.stack([batch["valid_width"][ok], batch["valid_height"][ok]], axis=1))
-        tables = []
-        if index.size:
-            try:
-                tables.append(self._annotate_table(batch, index, pixels, valid))
-            except Exception:  # isolate the image that breaks the batch; the others still get results
-                logger.warning("batch of %d failed; retrying image by image", index.size, exc_info=True)
-                for j, source_index in enumerate(index):
-                    try:
-                        tables.append(
-                            self._annotate_table(batch, index[j : j + 1], pixels[j : j + 1], valid[j : j + 1])
-                        )
-                    except Exception as exc:
-                        rows.append(self._error_row(batch, source_index, "predict", *_describe(exc)))
+        tables: list[pa.Table] = []
+        self._annotate_in_chunks(batch, index, pixels, valid, tables, rows)
         return pa.concat_tables([pa.Table.from_pylist(rows, schema=ROWS), *tables])
+
+    def _annotate_in_chunks(
+        self,
+        batch: dict[str, np.ndarray],
+        index: np.ndarray,
+        pixels: Tensor,
+        valid: Tensor,
+        tables: list[pa.Table],
+        rows: list[dict[str, Any]],
+    ) -> None:
+        start = 0
+        while start < index.size:  # the cap may drop mid-batch (out of memory): read it again for each chunk
+            chunk = slice(start, start + (self.batch_cap or index.size))
+            self._annotate_isolating(batch, index[chunk], pixels[chunk], valid[chunk], tables, rows)
+            start = chunk.stop
+
+    def _annotate_isolating(
+        self,
+        batch: dict[str, np.ndarray],
+        index: np.ndarray,
+        pixels: Tensor,
+        valid: Tensor,
+        tables: list[pa.Table],
+        rows: list[dict[str, Any]],
+    ) -> None:
+        """Annotates images `index`, appending result tables and error rows; nothing of the batch is lost.
+
+        A batch that raises is split in halves until the image that breaks it is alone: it becomes an error row
+        with stage `predict`, its neighbours get results (log2(batch) extra passes at most per culprit). A CUDA
+        out-of-memory error halves this actor's batch size for good and retries, since the next batch of the
+        same size would fail the same way."""
+        try:
+            tables.append(self._annotate_table(batch, index, pixels, valid))
+            return
+        except torch.cuda.OutOfMemoryError as exc:
+            if index.size == 1:
+                rows.append(self._error_row(batch, index[0], "predict", *_describe(exc)))
+                return
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.batch_cap = max(1, index.size // 2)
+            logger.warning(
+                "out of device memory at a batch of %d images; batches of %d from now on", index.size, self.batch_cap
+            )
+            self._annotate_in_chunks(batch, index, pixels, valid, tables, rows)
+            return
+        except Exception as exc:
+            if index.size == 1:
+                rows.append(self._error_row(batch, index[0], "predict", *_describe(exc)))
+                return
+            logger.warning(
+                "a batch of %d failed (%s); splitting it to isolate the image", index.size, _describe(exc)[0]
+            )
+        half = (index.size + 1) // 2
+        for part in (slice(0, half), slice(half, None)):
+            self._annotate_isolating(batch, index[part], pixels[part], valid[part], tables, rows)
 
     def _decode_here(
         self, batch: dict[str, np.ndarray], ok: np.ndarray, rows: list[dict[str, Any]]

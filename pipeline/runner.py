@@ -8,10 +8,19 @@ import json
 import logging
 import math
 import os
+import signal
+import socket
+import subprocess
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -23,8 +32,10 @@ from pipeline.cam.methods import resolve_method
 from pipeline.config import JobConfig
 from pipeline.host_memory import ALLOCATOR_ENV
 from pipeline.image.decode import DecodeLimits
+from pipeline.io.lease import OutputLease
+from pipeline.io.resume import PriorWork, RunState, find_resumable, prior_work, write_state
 from pipeline.io.schema import RUNS, SCHEMA_VERSION
-from pipeline.io.sink import CamDatasink, commit, discard_staging
+from pipeline.io.sink import CamDatasink, check_each_input_once, commit
 from pipeline.io.sources import Listed, S3Settings, filesystem_for, join_uri, list_inputs
 from pipeline.models import get_spec, load_model, resolve_layer
 from pipeline.predictor import Predictor
@@ -35,6 +46,12 @@ logger = logging.getLogger(__name__)
 
 SAMPLES_URI = "samples"
 SAMPLES_FOLDER = "data/samples"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGTERM (a scheduler's first word) reached the driver: stop, keep the work done, record `interrupted`.
+
+    A KeyboardInterrupt, so that Ray Data shuts its execution down as for Ctrl-C rather than wrapping it."""
 
 
 @dataclass(frozen=True)
@@ -48,10 +65,17 @@ class RunSummary:
     seconds: float
     output_uri: str
     result_files: tuple[str, ...]
+    attempt: int = 1
+    resumed: int = 0
+    processed: int = 0
+    message: str | None = None
+    stats_uri: str | None = None
+    errors_by_stage: dict[str, int] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
-        return (self.results + self.errors) / self.seconds if self.seconds > 0 else 0.0
+        """Inputs this attempt accounted for, per second of its wall time."""
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -123,11 +147,12 @@ def _completed_runs(output_uri: str, s3: S3Settings) -> list[str]:
     return [run for run, status in zip(*runs.to_pydict().values(), strict=True) if status == "succeeded"]
 
 
-def skip_done(listing: list[Listed], config: JobConfig, s3: S3Settings) -> tuple[list[Listed], int]:
+def skip_done(
+    listing: list[Listed], config: JobConfig, s3: S3Settings, completed: list[str]
+) -> tuple[list[Listed], int]:
     """Drops inputs whose current version already has a result from a completed run with these settings."""
     if not config.sink.incremental or not listing:
         return listing, 0
-    completed = _completed_runs(config.sink.uri, s3)
     fs, base = filesystem_for(join_uri(config.sink.uri, "results"), s3)
     if not completed or fs.get_file_info(base).type != pafs.FileType.Directory:
         return listing, 0
@@ -156,10 +181,61 @@ def skip_done(listing: list[Listed], config: JobConfig, s3: S3Settings) -> tuple
     return kept, len(listing) - len(kept)
 
 
+def _exclude(listing: list[Listed], done: PriorWork) -> list[Listed]:
+    """The listing without the inputs an earlier attempt of this run already holds (by URI)."""
+    if not len(done.inputs):
+        return listing
+    held = set(done.inputs.to_pylist())
+    return [item for item in listing if item.uri not in held]
+
+
+def _camray_version() -> tuple[str, str | None]:
+    """The package version, and the git commit where the code runs from a checkout."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        version = metadata.version("camray")
+    except metadata.PackageNotFoundError:  # submitted with `--working-dir` to a cluster that lacks the package
+        text = (repo / "pyproject.toml").read_text() if (repo / "pyproject.toml").exists() else ""
+        version = next((line.split('"')[1] for line in text.splitlines() if line.startswith("version")), "unknown")
+    commit = None
+    if (repo / ".git").exists():
+        try:
+            commit = subprocess.run(
+                ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    return version, commit
+
+
+def _cluster_facts() -> tuple[int, str]:
+    """Alive nodes and their GPU types (Ray's `accelerator_type:*` resources), for the runs row."""
+    if not ray.is_initialized():
+        return 0, ""
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    gpus = sorted(
+        {
+            key.split(":", 1)[1]
+            for node in nodes
+            for key in node.get("Resources", {})
+            if key.startswith("accelerator_type:")
+        }
+    )
+    return len(nodes), ",".join(gpus)
+
+
+def _write_text(uri: str, text: str, s3: S3Settings) -> None:
+    fs, path = filesystem_for(uri, s3)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(text.encode())
+
+
 def _write_run_row(config: JobConfig, s3: S3Settings, row: dict) -> None:
     fs, base = filesystem_for(join_uri(config.sink.uri, "runs"), s3)
     fs.create_dir(base, recursive=True)
-    pq.write_table(pa.Table.from_pylist([row], schema=RUNS), f"{base}/{row['run_id']}.parquet", filesystem=fs)
+    name = f"{row['run_id']}.parquet" if row["attempt"] == 1 else f"{row['run_id']}-a{row['attempt']:02d}.parquet"
+    pq.write_table(pa.Table.from_pylist([row], schema=RUNS), f"{base}/{name}", filesystem=fs)
 
 
 def _ensure_ray(config: JobConfig) -> None:
@@ -169,118 +245,269 @@ def _ensure_ray(config: JobConfig) -> None:
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
 
 
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turns SIGTERM into `RunInterrupted` in the driver's main thread for the duration of the run.
+
+    Ray's driver handler exits on SIGTERM, which would skip the runs row and leave the lease to expire."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise RunInterrupted(f"received signal {signal.Signals(signum).name}")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass
+class _Attempt:
+    """What one invocation of `run_job` knows about its run as it goes, for the runs row."""
+
+    run_id: str
+    attempt: int = 1
+    listed: int = 0
+    skipped: int = 0
+    to_process: int = 0
+    prior: PriorWork | None = None
+    weights_source: str | None = None
+    weights_sha256: str | None = None
+    stats_uri: str | None = None
+    message: str | None = None
+    files: list[str] = field(default_factory=list)
+
+
 def run_job(config: JobConfig) -> RunSummary:
-    """Runs one job to completion and returns its summary; raises on setup errors and failed writes."""
+    """Runs one job under the output's lease and returns its summary.
+
+    Raises `LeaseHeld` when another run holds the output, `ValueError` on setup errors and the underlying error
+    when the run fails; `RunInterrupted` on SIGTERM. Every run that took the lease leaves its runs row."""
     validate_before_work(config)
     started = datetime.now(UTC)
     clock = time.perf_counter()
-    run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     # Resolve the endpoint here and pass it on explicitly: workers on other nodes may not share our env.
     s3 = S3Settings(S3Settings(config.source.s3_endpoint_url).resolved_endpoint(), config.source.s3_region)
+    state = _Attempt(run_id=f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}")
+    lease = OutputLease(config.sink.uri, state.run_id, s3, config.sink.lease_seconds)
+    lease.acquire(wait_seconds=config.sink.wait_for_lease)
+    sink = CamDatasink(config.sink.uri, state.run_id, s3, config.sink.rows_per_file)
+    status = "failed"
+    try:
+        with _sigterm_interrupts():
+            status = _run_leased(config, s3, lease, state, sink, started)
+    except RunInterrupted as exc:
+        status, state.message = "interrupted", f"interrupted: {exc}; the work done so far is kept for the next run"
+        logger.warning("run %s %s", state.run_id, state.message)
+        raise
+    except BaseException as exc:
+        status, state.message = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        try:
+            seconds = time.perf_counter() - clock
+            summary = _summary(config, state, sink, status, seconds)
+            _record_run(config, s3, state, sink, summary, started)
+        finally:
+            lease.release()
+    return summary
+
+
+def _run_leased(
+    config: JobConfig, s3: S3Settings, lease: OutputLease, state: _Attempt, sink: CamDatasink, started: datetime
+) -> str:
+    """The run's work once the output is leased; returns its status."""
     # Load the model once here: bad weights or layers fail before any work, and the run records provenance.
     loaded = load_model(config.model, s3)
     if config.cam.refine and config.cam.refine_layer:
         resolve_layer(loaded.module, config.cam.refine_layer, "cam.refine_layer")
-    weights_source, weights_sha256 = loaded.weights_source, loaded.weights_sha256
+    state.weights_source, state.weights_sha256 = loaded.weights_source, loaded.weights_sha256
     input_size = config.model.input_size or loaded.spec.input_size
     del loaded
+
+    completed = _completed_runs(config.sink.uri, s3)
+    fingerprint = config.fingerprint()
+    resumable = (
+        find_resumable(config.sink.uri, fingerprint, config.model.name, config.source.uri, set(completed), s3)
+        if config.sink.resume
+        else None
+    )
+    if resumable is not None:
+        state.run_id, state.attempt = resumable.run_id, resumable.attempt + 1
+        lease.relabel(state.run_id)
+        sink.run_id, sink.attempt = state.run_id, state.attempt
+        state.prior = prior_work(config.sink.uri, state.run_id, s3)
+        logger.warning(
+            "resuming run %s (attempt %d): %d inputs already done by earlier attempts",
+            state.run_id,
+            state.attempt,
+            len(state.prior.inputs),
+        )
+    write_state(
+        config.sink.uri,
+        RunState(
+            state.run_id,
+            state.attempt,
+            fingerprint,
+            config.model.name,
+            config.source.uri,
+            resumable.started_at if resumable else started.isoformat(),
+        ),
+        s3,
+    )
+
     source_uri = config.source.uri
     if source_uri == SAMPLES_URI:
         source_uri = str(export_samples(SAMPLES_FOLDER).resolve())
     listing = list_inputs(source_uri, config.source.extensions, config.source.recursive, s3)
     if config.source.limit is not None:
         listing = listing[: config.source.limit]
-    listed = len(listing)
-    listing, skipped = skip_done(listing, config, s3)
-    logger.info("run %s: %d listed, %d already done, %d to process", run_id, listed, skipped, len(listing))
+    state.listed = len(listing)
+    listing, state.skipped = skip_done(listing, config, s3, completed)
+    if state.prior is not None:
+        listing = _exclude(listing, state.prior)
+    state.to_process = len(listing)
+    logger.info(
+        "run %s: %d listed, %d already done, %d done by earlier attempts, %d to process",
+        state.run_id,
+        state.listed,
+        state.skipped,
+        len(state.prior.inputs) if state.prior else 0,
+        state.to_process,
+    )
 
     _ensure_ray(config)
     resources = plan_resources(config, ray.cluster_resources())
     context = ray.data.DataContext.get_current()
     context.max_errored_blocks = config.runtime.max_errored_blocks
 
-    s3_plain = dataclasses.asdict(s3)  # workers rebuild S3Settings from plain data
-    sink = CamDatasink(config.sink.uri, run_id, s3, config.sink.rows_per_file)
-    status = "succeeded"
-    try:
-        if listing:
-            blocks = max(1, min(len(listing), math.ceil(len(listing) / config.runtime.decode_batch_size)))
-            ds = ray.data.from_items(
-                [{"uri": item.uri, "version": item.version} for item in listing], override_num_blocks=blocks
-            )
-            ds = ds.map_batches(
-                read_decode_batch,
-                batch_size=config.runtime.decode_batch_size,
-                fn_kwargs={
-                    "input_size": input_size,
-                    "policy": config.model.resize,
-                    "s3": s3_plain,
-                    "limits": DecodeLimits().__dict__,
-                    "decode": config.runtime.decode,
-                },
-                num_cpus=config.runtime.decode_cpus,
-            )
-            ds = ds.map_batches(
-                Predictor,
-                batch_size=resources.batch_size,
-                # The whole pool from the start: grown on demand, a new actor waits for CPUs that read+decode
-                # tasks, running ahead, keep taking; measured, a job then ran on one actor of two.
-                compute=ray.data.ActorPoolStrategy(min_size=resources.num_actors, max_size=resources.num_actors),
-                num_gpus=resources.gpus_per_actor,
-                num_cpus=resources.cpus_per_actor,
-                # Merged into the job's runtime environment by Ray; glibc reads these at process start.
-                runtime_env={"env_vars": ALLOCATOR_ENV},
-                fn_constructor_kwargs={
-                    "config": config.model_dump(mode="json"),
-                    "run_id": run_id,
-                    "input_size": input_size,
-                    "s3": s3_plain,
-                    "cpu_threads": resources.cpu_threads,
-                },
-            )
-            ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
-            logger.info("run %s: Ray Data execution\n%s", run_id, ds.stats())
-        commit(config.sink.uri, run_id, sink.counts.files, s3)
-    except BaseException:
-        status = "failed"
-        discard_staging(config.sink.uri, run_id, s3)
-        raise
-    finally:
-        seconds = time.perf_counter() - clock
-        accounted = sink.counts.results + sink.counts.errors
-        if status == "succeeded" and accounted != len(listing):
-            status = "incomplete"  # blocks were dropped under `runtime.max_errored_blocks`
-            logger.error("run %s accounted for %d of %d images", run_id, accounted, len(listing))
-        _write_run_row(
-            config,
-            s3,
-            {
-                "run_id": run_id,
-                "status": status,
-                "started_at": started,
-                "finished_at": datetime.now(UTC),
-                "config_fingerprint": config.fingerprint(),
-                "config_json": json.dumps(config.model_dump(mode="json"), sort_keys=True),
-                "model": config.model.name,
-                "weights_source": weights_source,
-                "weights_sha256": weights_sha256,
-                "input_uri": config.source.uri,
-                "listed": listed,
-                "skipped": skipped,
-                "results": sink.counts.results,
-                "errors": sink.counts.errors,
-                "seconds": seconds,
-                "schema_version": SCHEMA_VERSION,
-            },
+    if listing:
+        ds = _plan(config, state.run_id, listing, input_size, s3, resources)
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
+        # Ray Data's per-operator statistics run to hundreds of lines: a file beside the output, linked from the
+        # runs row, rather than the terminal.
+        state.stats_uri = join_uri(config.sink.uri, "_logs", f"{state.run_id}-a{state.attempt:02d}-stats.txt")
+        _write_text(state.stats_uri, ds.stats(), s3)
+    accounted = sink.counts.results + sink.counts.errors
+    if accounted != state.to_process:
+        state.message = (
+            f"accounted for {accounted} of {state.to_process} inputs (blocks dropped under "
+            "`runtime.max_errored_blocks`); the staged work is kept and the next run finishes the rest"
         )
+        logger.error("run %s %s", state.run_id, state.message)
+        return "incomplete"
+    lease.check()
+    check_each_input_once(config.sink.uri, state.run_id, s3)
+    state.files = commit(config.sink.uri, state.run_id, s3)
+    return "succeeded"
+
+
+def _plan(
+    config: JobConfig, run_id: str, listing: list[Listed], input_size: int, s3: S3Settings, resources: Resources
+) -> ray.data.Dataset:
+    s3_plain = dataclasses.asdict(s3)  # workers rebuild S3Settings from plain data
+    blocks = max(1, min(len(listing), math.ceil(len(listing) / config.runtime.decode_batch_size)))
+    ds = ray.data.from_items(
+        [{"uri": item.uri, "version": item.version} for item in listing], override_num_blocks=blocks
+    )
+    ds = ds.map_batches(
+        read_decode_batch,
+        batch_size=config.runtime.decode_batch_size,
+        fn_kwargs={
+            "input_size": input_size,
+            "policy": config.model.resize,
+            "s3": s3_plain,
+            "limits": DecodeLimits().__dict__,
+            "decode": config.runtime.decode,
+        },
+        num_cpus=config.runtime.decode_cpus,
+    )
+    return ds.map_batches(
+        Predictor,
+        batch_size=resources.batch_size,
+        # The whole pool from the start: grown on demand, a new actor waits for CPUs that read+decode tasks,
+        # running ahead, keep taking; measured, a job then ran on one actor of two.
+        compute=ray.data.ActorPoolStrategy(min_size=resources.num_actors, max_size=resources.num_actors),
+        num_gpus=resources.gpus_per_actor,
+        num_cpus=resources.cpus_per_actor,
+        # Merged into the job's runtime environment by Ray; glibc reads these at process start.
+        runtime_env={"env_vars": ALLOCATOR_ENV},
+        fn_constructor_kwargs={
+            "config": config.model_dump(mode="json"),
+            "run_id": run_id,
+            "input_size": input_size,
+            "s3": s3_plain,
+            "cpu_threads": resources.cpu_threads,
+        },
+    )
+
+
+def _summary(config: JobConfig, state: _Attempt, sink: CamDatasink, status: str, seconds: float) -> RunSummary:
+    prior_results = state.prior.results if state.prior else 0
+    prior_errors = state.prior.errors if state.prior else 0
     return RunSummary(
-        run_id,
-        status,
-        listed,
-        skipped,
-        sink.counts.results,
-        sink.counts.errors,
-        seconds,
-        config.sink.uri,
-        tuple(join_uri(config.sink.uri, f) for f in sink.counts.files if f.startswith("results/")),
+        run_id=state.run_id,
+        status=status,
+        listed=state.listed,
+        skipped=state.skipped,
+        results=sink.counts.results + prior_results,
+        errors=sink.counts.errors + prior_errors,
+        seconds=seconds,
+        output_uri=config.sink.uri,
+        result_files=tuple(join_uri(config.sink.uri, f) for f in state.files if f.startswith("results/")),
+        attempt=state.attempt,
+        resumed=prior_results + prior_errors,
+        processed=sink.counts.results + sink.counts.errors,
+        message=state.message,
+        stats_uri=state.stats_uri,
+        errors_by_stage=dict(sink.counts.errors_by_stage + (state.prior.errors_by_stage if state.prior else Counter())),
+    )
+
+
+def _record_run(
+    config: JobConfig, s3: S3Settings, state: _Attempt, sink: CamDatasink, summary: RunSummary, started: datetime
+) -> None:
+    import torch
+
+    version, commit_sha = _camray_version()
+    nodes, gpu_types = _cluster_facts()
+    _write_run_row(
+        config,
+        s3,
+        {
+            "run_id": summary.run_id,
+            "status": summary.status,
+            "started_at": started,
+            "finished_at": datetime.now(UTC),
+            "config_fingerprint": config.fingerprint(),
+            "config_json": json.dumps(config.model_dump(mode="json"), sort_keys=True),
+            "model": config.model.name,
+            "weights_source": state.weights_source,
+            "weights_sha256": state.weights_sha256,
+            "input_uri": config.source.uri,
+            "listed": summary.listed,
+            "skipped": summary.skipped,
+            "results": summary.results,
+            "errors": summary.errors,
+            "seconds": summary.seconds,
+            "schema_version": SCHEMA_VERSION,
+            "attempt": summary.attempt,
+            "message": summary.message,
+            "resumed": summary.resumed,
+            "images_per_second": summary.images_per_second,
+            "errors_by_stage": json.dumps(dict(sorted(summary.errors_by_stage.items()))),
+            "io_retries": 0,
+            "camray_version": version,
+            "git_commit": commit_sha,
+            "ray_version": ray.__version__,
+            "torch_version": torch.__version__,
+            "nodes": nodes,
+            "gpu_types": gpu_types,
+            "host": socket.gethostname(),
+            "stats_uri": summary.stats_uri,
+        },
     )

@@ -88,3 +88,32 @@ def ray_cluster(s3_server: str) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def small_photos(photos, tmp_path_factory) -> Path:
+    """48 small JPEGs cut from the real photos (different crops and sizes), for runs that must last a while."""
+    import io
+
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("small-photos")
+    names = sorted(photos)
+    for index in range(48):
+        name = names[index % len(names)]
+        image = Image.open(io.BytesIO(photos[name])).convert("RGB")
+        width, height = image.size
+        inset = (index // len(names)) * 0.03
+        box = (int(width * inset), int(height * inset), int(width * (1 - inset)), int(height * (1 - inset)))
+        image = image.crop(box)
+        image.thumbnail((160 + 8 * (index % 5), 160 + 8 * (index % 5)))
+        image.save(folder / f"{index:03d}-{name.rsplit('.', 1)[0]}.jpg", quality=90)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_cluster: str) -> str:
+    """The GCS address of the shared head, for drivers started as separate processes (`RAY_ADDRESS`)."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address

@@ -103,3 +103,72 @@ def test_refined_maps_are_the_class_map_times_the_finer_activation(photos, lite0
     assert torch.equal(out.class_ids, out_base.class_ids)
     # The class-agnostic activation concentrates the map: less of the image passes the same threshold.
     assert (out.maps >= 0.4).float().mean() < (out_base.maps >= 0.4).float().mean()
+
+
+def _faulty_predictor(factory: str) -> Predictor:
+    from pipeline.models import get_spec
+
+    config = JobConfig.model_validate(
+        {
+            "model": {
+                "name": f"faulty_models:{factory}",
+                "weights": get_spec("efficientnet_lite0").bundled_weights(),
+                "target_layer": "features",
+                "classifier_layer": "classifier.1",
+            },
+            "cam": {"top_k": 3},
+        }
+    )
+    return Predictor(config.model_dump(mode="json"), run_id="faults", input_size=224, s3={})
+
+
+def test_a_poison_image_costs_only_itself(photos, caplog):
+    """One image breaks its whole batch: the batch is split until it is alone; its neighbours get results."""
+    import logging
+
+    from faulty_models import has_poison_patch
+
+    names = ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png", "grace_hopper.jpg"]
+    batch = _batch(photos, names)
+    batch["pixels"][3, :16, :16] = (255, 0, 255)  # the astronaut gets the patch the model chokes on
+    predictor = _faulty_predictor("poisoned_lite0")
+    assert has_poison_patch(
+        predictor.annotator.prepare(
+            torch.from_numpy(batch["pixels"]),
+            torch.tensor(np.stack([batch["valid_width"], batch["valid_height"]], axis=1)),
+        )
+    ).tolist() == [False, False, False, True, False, False]
+    with caplog.at_level(logging.WARNING, logger="pipeline.predictor"):
+        rows = {row["image_uri"].rsplit("/", 1)[-1]: row for row in predictor(batch).to_pylist()}
+    assert sorted(rows) == sorted(names)
+    poisoned = rows["astronaut.png"]
+    assert (poisoned["stage"], poisoned["error_type"]) == ("predict", "RuntimeError")
+    assert "cannot digest" in poisoned["message"] and not poisoned["predictions"]
+    for name in set(names) - {"astronaut.png"}:
+        assert rows[name]["error_type"] is None and len(rows[name]["predictions"]) == 3
+    assert rows["grace_hopper.jpg"]["predictions"][0]["label"] == "military uniform"
+    splits = [r for r in caplog.records if "splitting" in r.message]
+    assert 1 <= len(splits) <= 3  # halving 6 -> 3 -> 2 -> 1 touches one branch per level
+
+
+def test_out_of_device_memory_halves_the_batch_and_says_so_once_per_halving(photos, caplog):
+    """8 images against a limit of 3: halved to 4, then 2, each said once; the next batch runs at 2 silently."""
+    import logging
+
+    from faulty_models import BATCH_LIMIT
+
+    names = ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png", "grace_hopper.jpg"]
+    predictor = _faulty_predictor("memory_bound_lite0")
+    with caplog.at_level(logging.WARNING, logger="pipeline.predictor"):
+        first = predictor(_batch(photos, names + names[:2]))
+        second = predictor(_batch(photos, names))
+    for table in (first, second):
+        rows = table.to_pylist()
+        assert all(row["error_type"] is None and len(row["predictions"]) == 3 for row in rows)
+    assert first.num_rows == 8 and second.num_rows == 6
+    assert predictor.batch_cap is not None and predictor.batch_cap <= BATCH_LIMIT
+    memory = [r.getMessage() for r in caplog.records if "out of device memory" in r.getMessage()]
+    assert memory == [
+        "out of device memory at a batch of 8 images; batches of 4 from now on",
+        "out of device memory at a batch of 4 images; batches of 2 from now on",
+    ]

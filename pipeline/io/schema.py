@@ -15,7 +15,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# 2: `runs` gained the operator's columns (attempt, message, images_per_second, errors_by_stage, io_retries,
+# versions, nodes, GPU types, host, stats_uri). Results and errors are unchanged; readers of runs written by
+# version 1 read the new columns as nulls (`RUNS` as the dataset schema).
+SCHEMA_VERSION = 2
 
 PREDICTION = pa.struct([("class_id", pa.int32()), ("label", pa.string()), ("score", pa.float32())])
 CAM = pa.struct(
@@ -90,6 +93,20 @@ RUNS = pa.schema(
         ("errors", pa.int64()),
         ("seconds", pa.float64()),
         ("schema_version", pa.int32()),
+        ("attempt", pa.int32()),
+        ("message", pa.string()),
+        ("resumed", pa.int64()),
+        ("images_per_second", pa.float64()),
+        ("errors_by_stage", pa.string()),
+        ("io_retries", pa.int64()),
+        ("camray_version", pa.string()),
+        ("git_commit", pa.string()),
+        ("ray_version", pa.string()),
+        ("torch_version", pa.string()),
+        ("nodes", pa.int32()),
+        ("gpu_types", pa.string()),
+        ("host", pa.string()),
+        ("stats_uri", pa.string()),
     ],
     metadata=_META,
 )

@@ -1,0 +1,150 @@
+"""The output lease on a local folder and on a real S3 endpoint (moto): exclusive, renewed, released, taken over
+only when stale."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import boto3
+import pytest
+
+from pipeline.io.lease import LEASE_NAME, LeaseHeld, LeaseRecord, OutputLease
+from pipeline.io.sources import S3Settings
+
+
+@pytest.fixture(params=["local", "s3"])
+def output(request, tmp_path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "out")
+    request.getfixturevalue("s3_server")
+    bucket = f"lease-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/out"
+
+
+def _read(output: str) -> LeaseRecord | None:
+    if output.startswith("s3://"):
+        bucket, _, prefix = output.removeprefix("s3://").partition("/")
+        try:
+            body = boto3.client("s3").get_object(Bucket=bucket, Key=f"{prefix}/{LEASE_NAME}")["Body"].read()
+        except boto3.client("s3").exceptions.NoSuchKey:
+            return None
+        return LeaseRecord.from_bytes(body)
+    from pathlib import Path
+
+    path = Path(output) / LEASE_NAME
+    return LeaseRecord.from_bytes(path.read_bytes()) if path.exists() else None
+
+
+def _plant(output: str, record: LeaseRecord) -> None:
+    if output.startswith("s3://"):
+        bucket, _, prefix = output.removeprefix("s3://").partition("/")
+        boto3.client("s3").put_object(Bucket=bucket, Key=f"{prefix}/{LEASE_NAME}", Body=record.to_bytes())
+        return
+    from pathlib import Path
+
+    Path(output).mkdir(parents=True, exist_ok=True)
+    (Path(output) / LEASE_NAME).write_bytes(record.to_bytes())
+
+
+def test_a_second_run_is_refused_with_the_holder_and_expiry_named(output):
+    first = OutputLease(output, "run-a", S3Settings(), seconds=60)
+    first.acquire()
+    try:
+        held = _read(output)
+        assert held is not None and held.run_id == "run-a" and held.host == socket.gethostname()
+        second = OutputLease(output, "run-b", S3Settings(), seconds=60)
+        with pytest.raises(LeaseHeld) as refused:
+            second.acquire()
+        message = str(refused.value)
+        assert "run-a" in message and held.expires_at in message and "--wait-for-lease" in message
+    finally:
+        first.release()
+    assert _read(output) is None
+    third = OutputLease(output, "run-c", S3Settings(), seconds=60)
+    third.acquire()
+    third.release()
+
+
+def test_the_lease_is_renewed_while_the_run_lasts(output):
+    lease = OutputLease(output, "run-a", S3Settings(), seconds=3)
+    lease.acquire()
+    try:
+        first = _read(output).expires_at
+        time.sleep(2.5)  # a renewal every second; the lease would have expired at 3 s without them
+        later = _read(output)
+        assert later.run_id == "run-a" and later.expires_at > first and not later.expired()
+        lease.check()
+    finally:
+        lease.release()
+
+
+def test_an_expired_lease_is_taken_over_and_the_takeover_logged(output, caplog):
+    _plant(
+        output,
+        LeaseRecord("crashed-run", "another-host", 4242, None, "2026-01-01T00:00:00", "2026-01-01T00:05:00"),
+    )
+    lease = OutputLease(output, "run-b", S3Settings(), seconds=60)
+    with caplog.at_level(logging.WARNING, logger="pipeline.io.lease"):
+        lease.acquire()
+    try:
+        assert _read(output).run_id == "run-b"
+        assert lease.took_over is not None and lease.took_over.run_id == "crashed-run"
+        assert any("took over the lease" in r.message and "crashed-run" in r.message for r in caplog.records)
+    finally:
+        lease.release()
+
+
+def test_a_live_lease_of_another_host_is_respected_until_it_expires(output):
+    _plant(output, LeaseRecord("remote-run", "another-host", 4242, None, "2026-01-01T00:00:00", "2999-01-01T00:00:00"))
+    with pytest.raises(LeaseHeld, match="remote-run on another-host"):
+        OutputLease(output, "run-b", S3Settings(), seconds=60).acquire(wait_seconds=1.0, poll_seconds=0.3)
+
+
+def test_the_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(output):
+    """A driver killed with SIGKILL leaves its lease behind; a rerun on the same host need not wait for expiry."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pipeline.io.lease import OutputLease; from pipeline.io.sources import S3Settings; "
+            f"OutputLease({output!r}, 'killed-run', S3Settings(), seconds=600).acquire(); "
+            "print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LeaseHeld, match="killed-run"):
+            OutputLease(output, "run-b", S3Settings(), seconds=60).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    lease = OutputLease(output, "run-b", S3Settings(), seconds=60)
+    lease.acquire()
+    try:
+        assert lease.took_over is not None and lease.took_over.run_id == "killed-run"
+        assert json.loads(_read(output).to_bytes())["run_id"] == "run-b"
+    finally:
+        lease.release()
+
+
+def test_a_run_whose_lease_was_taken_over_does_not_commit(output):
+    lease = OutputLease(output, "slow-run", S3Settings(), seconds=3)
+    lease.acquire()
+    try:
+        # Another run found the lease expired (as after a long pause) and took it.
+        _plant(output, LeaseRecord("new-run", "another-host", 1, None, "2026-01-01T00:00:00", "2999-01-01T00:00:00"))
+        time.sleep(2.5)
+        with pytest.raises(RuntimeError, match="taken over"):
+            lease.check()
+    finally:
+        lease.release()
+    assert _read(output).run_id == "new-run"  # not ours to delete
