@@ -245,20 +245,26 @@ def _ensure_ray(config: JobConfig) -> None:
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise RunInterrupted(f"received signal {signal.Signals(signum).name}")
+
+
+def _take_sigterm() -> None:
+    """Makes SIGTERM raise `RunInterrupted` in the driver's main thread (handlers can only live there).
+
+    Called again once Ray is connected: `ray.init` installs its own handlers (Python's exits at once, skipping
+    the runs row and leaving the lease to expire; its core worker's logs and aborts the process)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 @contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
-    """Turns SIGTERM into `RunInterrupted` in the driver's main thread for the duration of the run.
-
-    Ray's driver handler exits on SIGTERM, which would skip the runs row and leave the lease to expire."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def interrupt(signum: int, _frame: object) -> None:
-        raise RunInterrupted(f"received signal {signal.Signals(signum).name}")
-
     previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, interrupt)
+    _take_sigterm()
     try:
         yield
     finally:
@@ -381,6 +387,7 @@ def _run_leased(
     )
 
     _ensure_ray(config)
+    _take_sigterm()
     resources = plan_resources(config, ray.cluster_resources())
     context = ray.data.DataContext.get_current()
     context.max_errored_blocks = config.runtime.max_errored_blocks
