@@ -5,6 +5,7 @@ Every file is loaded with `torch.load(..., weights_only=True)`: a weights file i
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -52,14 +53,19 @@ def _fetch_s3(uri: str, s3: S3Settings) -> Path:
     if target.exists() and target.stat().st_size == info.size:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Download beside the target and rename: actors on one node may race, and a torn file must never load.
-    with (
-        tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp,
-        fs.open_input_stream(path) as src,
-    ):
-        while chunk := src.read(1 << 22):
-            tmp.write(chunk)
-    os.replace(tmp.name, target)
+    # Actors starting together on one node wait for one download instead of each fetching the file.
+    with open(target.with_name(f".{target.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists() and target.stat().st_size == info.size:
+            return target
+        # Download beside the target and rename: a torn file must never load.
+        with (
+            tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp,
+            fs.open_input_stream(path) as src,
+        ):
+            while chunk := src.read(1 << 22):
+                tmp.write(chunk)
+        os.replace(tmp.name, target)
     logger.info("downloaded weights %s (%d bytes)", uri, info.size)
     return target
 

@@ -1,0 +1,114 @@
+"""Ray worker processes killed with SIGKILL in the middle of a run: a predictor actor, a read+decode task's
+worker, a write task's worker. Ray Data's own retries and actor restarts carry the run; every input appears
+exactly once among succeeded runs, with no rows doubled by a retried batch or write."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from readers import runs, succeeded_inputs
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+# Ray titles a worker process after what it runs: `ray::MapWorker(MapBatches(Predictor))` for a predictor actor,
+# `ray::MapBatches(read_decode_batch)` and `ray::Write` for tasks while they run (`ray::IDLE` between tasks).
+TITLES = {
+    "predictor actor": re.compile(r"^ray::MapWorker\(MapBatches\(Predictor\)\)"),
+    "read+decode task": re.compile(r"^ray::.*MapBatches\(read_decode_batch\)"),
+    "write task": re.compile(r"^ray::.*Write"),
+}
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) for every process visible in /proc."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        found[int(entry)] = (int(stat.rsplit(")", 1)[1].split()[1]), command.strip())
+    return found
+
+
+def _descendants(root: int, processes: dict[int, tuple[int, str]]) -> dict[int, str]:
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in processes.items():
+        children.setdefault(parent, []).append(pid)
+    out, todo = {}, list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        out[pid] = processes[pid][1]
+        todo.extend(children.get(pid, []))
+    return out
+
+
+class _Killer(threading.Thread):
+    """Watches the head's worker processes and SIGKILLs the first one running `title`, once."""
+
+    def __init__(self, raylet_pid: int, title: re.Pattern[str], deadline: float) -> None:
+        super().__init__(daemon=True)
+        self.raylet_pid, self.title, self.deadline = raylet_pid, title, deadline
+        self.killed: tuple[int, str] | None = None
+
+    def run(self) -> None:
+        while self.killed is None and time.monotonic() < self.deadline:
+            for pid, command in _descendants(self.raylet_pid, _processes()).items():
+                if self.title.search(command):
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed = (pid, command)
+                    return
+            time.sleep(0.01)
+
+
+@pytest.mark.parametrize("victim", sorted(TITLES))
+def test_a_killed_worker_loses_and_doubles_nothing(ray_cluster, ray_address, small_photos, tmp_path, victim):
+    import ray
+
+    raylet_pid = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    output = tmp_path / "out"
+    killer = _Killer(raylet_pid, TITLES[victim], time.monotonic() + 300)
+    killer.start()
+    driver = subprocess.run(
+        [
+            sys.executable,
+            "jobs/cam_batch.py",
+            "--input",
+            str(small_photos),
+            "--output",
+            str(output),
+            "--runtime.batch_size",
+            "4",
+            "--runtime.decode_batch_size",
+            "8",
+            "--sink.rows_per_file",
+            "4",
+        ],
+        cwd=REPO,
+        env={**os.environ, "RAY_ADDRESS": ray_address},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    killer.deadline = 0
+    killer.join()
+    log = driver.stdout + driver.stderr
+    assert killer.killed is not None, f"no {victim} was caught running"
+    assert driver.returncode == 0, log[-4000:]
+    [run] = runs(output)
+    assert run["status"] == "succeeded" and run["results"] + run["errors"] == len(list(small_photos.iterdir()))
+    seen = succeeded_inputs(output)
+    assert set(seen) == {str(path) for path in small_photos.iterdir()} and set(seen.values()) == {1}

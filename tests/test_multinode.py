@@ -1,0 +1,174 @@
+"""Several Ray nodes on this machine (`ray.cluster_utils.Cluster`, the harness Ray tests multi-node behaviour
+with): a head with its job server and worker nodes, each with its own raylet, object store and weights cache.
+Jobs go through `ray job submit`, reading and writing S3 (moto), with weights from an `s3://` URI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from conftest import free_port
+from readers import runs, succeeded_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "camray-nodes"
+WEIGHTS_KEY = "weights/efficientnet_lite0.pth"
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server, tmp_path_factory):
+    """A head that runs no work (as on KubeRay) and two 2-CPU worker nodes, each with its own weights cache."""
+    from ray.cluster_utils import Cluster
+
+    caches = tmp_path_factory.mktemp("node-caches")
+    head = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": free_port(),
+            "env_vars": {"CAMRAY_CACHE": str(caches / "head")},
+        },
+    )
+    for name in ("worker-1", "worker-2"):
+        head.add_node(num_cpus=2, env_vars={"CAMRAY_CACHE": str(caches / name)})
+    head.wait_for_nodes()
+    head.caches = caches
+    try:
+        yield head
+    finally:
+        head.shutdown()
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server, small_photos) -> str:
+    from pipeline.models import get_spec
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    for path in sorted(small_photos.iterdir()):
+        s3.put_object(Bucket=BUCKET, Key=f"images/{path.name}", Body=path.read_bytes())
+    s3.put_object(
+        Bucket=BUCKET, Key=WEIGHTS_KEY, Body=Path(get_spec("efficientnet_lite0").bundled_weights()).read_bytes()
+    )
+    return BUCKET
+
+
+def _submit(cluster, output: str, *extra: str, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "job",
+        "submit",
+        "--address",
+        f"http://{cluster.webui_url}",
+        "--working-dir",
+        str(REPO),
+        "--",
+        "python",
+        "jobs/cam_batch.py",
+        "--input",
+        f"s3://{BUCKET}/images",
+        "--output",
+        output,
+        "--weights",
+        f"s3://{BUCKET}/{WEIGHTS_KEY}",
+        "--runtime.batch_size",
+        "4",
+        "--runtime.decode_batch_size",
+        "4",
+        "--sink.rows_per_file",
+        "4",
+        *extra,
+    ]
+    if wait:
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _weights_downloads(recording: Path) -> int:
+    """GETs of the weights object that start at byte 0: one per download, however it is chunked."""
+    count = 0
+    for line in recording.read_text().splitlines():
+        entry = json.loads(line)
+        headers = {key.lower(): value for key, value in entry["headers"].items()}
+        if entry["method"] == "GET" and WEIGHTS_KEY in entry["url"]:
+            if headers.get("range", "bytes=0-").startswith("bytes=0-"):
+                count += 1
+    return count
+
+
+def _predictor_nodes(cluster) -> set[str]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(
+        address=f"http://{cluster.webui_url}", detail=True, limit=10_000, raise_on_missing_output=False
+    )
+    return {actor.node_id for actor in actors if "MapWorker" in (actor.class_name or "")}
+
+
+def test_a_job_spreads_over_the_nodes_and_fetches_weights_once_per_node(cluster, bucket, tmp_path):
+    from moto.moto_api import recorder
+
+    recording = tmp_path / "requests.jsonl"
+    recorder._location = str(recording)
+    recorder.start_recording()
+    try:
+        output = f"s3://{BUCKET}/out-{uuid.uuid4().hex[:6]}"
+        submitted = _submit(cluster, output)
+    finally:
+        recorder.stop_recording()
+    log = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0, log[-4000:]
+
+    [run] = runs(output)
+    assert run["status"] == "succeeded" and run["nodes"] == 3
+    seen = succeeded_inputs(output)
+    assert set(seen) == {f"s3://{BUCKET}/images/{key}" for key in _image_keys()} and set(seen.values()) == {1}
+
+    assert len(_predictor_nodes(cluster)) == 2, "predictor actors ran on both worker nodes"
+    cached = {node.name: list(node.glob("weights/*.pth")) for node in cluster.caches.iterdir()}
+    assert {name: len(files) for name, files in cached.items()} == {"head": 1, "worker-1": 1, "worker-2": 1}
+    assert _weights_downloads(recording) == 3, "once on the head (the driver's check), once on each worker node"
+
+
+def _image_keys() -> list[str]:
+    listing = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="images/")
+    return [item["Key"].removeprefix("images/") for item in listing["Contents"]]
+
+
+def _staged_rows(output: str) -> int:
+    bucket, _, prefix = output.removeprefix("s3://").partition("/")
+    listing = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/_staging/")
+    return sum(1 for item in listing.get("Contents", []) if item["Key"].endswith(".parquet"))
+
+
+@pytest.mark.faults
+def test_a_node_removed_mid_run_loses_nothing(cluster, bucket):
+    extra = cluster.add_node(num_cpus=2, env_vars={"CAMRAY_CACHE": str(cluster.caches / "worker-3")})
+    cluster.wait_for_nodes()
+    output = f"s3://{BUCKET}/out-{uuid.uuid4().hex[:6]}"
+    job = _submit(cluster, output, wait=False)
+    deadline = time.monotonic() + 600
+    while _staged_rows(output) < 2:  # some batches written: the run is in full flow
+        assert job.poll() is None and time.monotonic() < deadline, job.stdout.read()[-4000:] if job.stdout else ""
+        time.sleep(0.2)
+    cluster.remove_node(extra)
+    log, _ = job.communicate(timeout=900)
+    statuses = [row["status"] for row in runs(output)]
+    if job.returncode != 0:  # the run gave up on what the node held: the next run must finish the rest
+        assert statuses and statuses[-1] in ("incomplete", "failed"), log[-4000:]
+        again = _submit(cluster, output)
+        assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    seen = succeeded_inputs(output)
+    assert set(seen) == {f"s3://{BUCKET}/images/{key}" for key in _image_keys()} and set(seen.values()) == {1}
