@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -49,6 +50,7 @@ def test_the_readme_steps_run_on_a_fresh_machine_with_token_auth(tmp_path):
     env.update(HOME=str(home), PATH=f"{VENV_BIN}:{env.get('PATH', '')}", VIRTUAL_ENV=str(VENV_BIN.parent))
     dashboard = free_port()
     head: subprocess.Popen | None = None
+    temp_dir: str | None = None
     try:
         for step in readme_cluster_steps():
             words = shlex.split(step)
@@ -102,6 +104,8 @@ def test_the_readme_steps_run_on_a_fresh_machine_with_token_auth(tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(head.pid, signal.SIGKILL)
                 head.wait()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _wait_for_job_server(head: subprocess.Popen, env: dict[str, str], timeout: float = 300) -> None:
