@@ -164,9 +164,10 @@ def test_the_cluster_has_a_cpu_group_and_an_autoscaling_gpu_group_sized_for_the_
     gpu = groups["gpu"]
     (container,) = gpu["template"]["spec"]["containers"]
     limits = container["resources"]["limits"]
-    assert limits["nvidia.com/gpu"] >= 1 and container["resources"]["requests"]["nvidia.com/gpu"] == limits[
-        "nvidia.com/gpu"
-    ]
+    assert (
+        limits["nvidia.com/gpu"] >= 1
+        and container["resources"]["requests"]["nvidia.com/gpu"] == limits["nvidia.com/gpu"]
+    )
     assert gpu["minReplicas"] >= 1, "the job plans for GPUs only when it sees one at start"
     assert gpu["maxReplicas"] > gpu["minReplicas"]
     (cpu_container,) = groups["cpu"]["template"]["spec"]["containers"]
