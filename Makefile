@@ -6,10 +6,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-fast bench lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml infra/install.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	infra/install.sh $(PY) --with-tests
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -85,7 +85,9 @@ def ray_cluster(s3_server: str) -> Iterator[str]:
         logging_level="WARNING",
     )
     try:
-        yield f"http://127.0.0.1:{port}"
+        address = f"http://127.0.0.1:{port}"
+        _wait_for_job_agent(address)
+        yield address
     finally:
         ray.shutdown()
 
@@ -117,3 +119,25 @@ def ray_address(ray_cluster: str) -> str:
     import ray
 
     return ray.get_runtime_context().gcs_address
+
+
+def _wait_for_job_agent(address: str, timeout_s: float = 180.0) -> None:
+    """Returns once the job server places jobs: its agent registers a while after `ray.init` returns, and until
+    then every submission fails with "No available agent" (for a minute on a loaded machine)."""
+    import time
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            job = client.submit_job(entrypoint="true")
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+    while not client.get_job_status(job).is_terminal() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert client.get_job_status(job) == JobStatus.SUCCEEDED, client.get_job_logs(job)
