@@ -95,7 +95,7 @@ ACTOR_CPU_SHARE = 0.75
 WRITE_CPUS = 0.25
 
 
-def plan_resources(config: JobConfig, cluster: dict[str, float]) -> Resources:
+def plan_resources(config: JobConfig, cluster: dict[str, float], images: int | None = None) -> Resources:
     """Batch size, pool size, threads and reservations, chosen together from the cluster unless configured.
 
     GPU clusters: one actor per GPU, batch 256. CPU clusters: single-threaded actors, one per CPU, batch 16.
@@ -125,6 +125,12 @@ def plan_resources(config: JobConfig, cluster: dict[str, float]) -> Resources:
         if cpus_per_actor == runtime.decode_cpus:  # equal resources would let Ray Data fuse decoding into the actors
             cpus_per_actor = round(cpus_per_actor * 0.99, 3)
     batch_size = runtime.batch_size or (256 if gpus_per_actor > 0 else 16)
+    if images is not None and runtime.num_actors is None:
+        # No more actors than batches: an actor with nothing to do still loads a model, and Ray Data releases
+        # idle and still-starting actors of a pool whose inputs are all consumed, which is when a run over a
+        # handful of images failed once with "The actor is dead because all references to the actor were
+        # removed ... cancelled before it started running".
+        num_actors = max(1, min(num_actors, math.ceil(images / batch_size)))
     return Resources(batch_size, num_actors, gpus_per_actor, cpus_per_actor, cpu_threads)
 
 
@@ -388,7 +394,7 @@ def _run_leased(
 
     _ensure_ray(config)
     _take_sigterm()
-    resources = plan_resources(config, ray.cluster_resources())
+    resources = plan_resources(config, ray.cluster_resources(), len(listing))
     context = ray.data.DataContext.get_current()
     context.max_errored_blocks = config.runtime.max_errored_blocks
 

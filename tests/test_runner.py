@@ -29,3 +29,15 @@ def test_configured_values_win():
     plan = _plan({"CPU": 16.0}, **{"runtime.cpu_threads": 4, "runtime.num_actors": 2, "runtime.cpus_per_actor": 3.0})
     assert (plan.num_actors, plan.cpu_threads, plan.cpus_per_actor) == (2, 4, 3.0)
     assert _plan({"CPU": 16.0}, **{"runtime.cpu_threads": 4}).num_actors == 4
+
+
+def test_no_more_actors_than_batches_unless_configured():
+    cluster = {"CPU": 8.0}
+    assert _plan(cluster).num_actors == 8
+    assert _plan(cluster, **{"runtime.batch_size": 4}).num_actors == 8
+    assert (
+        plan_resources(load_config(overrides={"sink.uri": "out", "runtime.batch_size": 4}), cluster, 6).num_actors == 2
+    )
+    assert plan_resources(load_config(overrides={"sink.uri": "out"}), cluster, 0).num_actors == 1
+    configured = load_config(overrides={"sink.uri": "out", "runtime.num_actors": 5})
+    assert plan_resources(configured, cluster, 3).num_actors == 5
