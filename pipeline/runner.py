@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -33,10 +34,11 @@ from pipeline.config import JobConfig
 from pipeline.host_memory import ALLOCATOR_ENV
 from pipeline.image.decode import DecodeLimits
 from pipeline.io.lease import OutputLease
+from pipeline.io.listing import LISTING, iter_listing
 from pipeline.io.resume import PriorWork, RunState, find_resumable, prior_work, write_state
 from pipeline.io.schema import RUNS, SCHEMA_VERSION
-from pipeline.io.sink import CamDatasink, check_each_input_once, commit
-from pipeline.io.sources import Listed, S3Settings, filesystem_for, join_uri, list_inputs
+from pipeline.io.sink import CamDatasink, check_each_input_once, commit, staging_uri
+from pipeline.io.sources import S3Settings, filesystem_for, join_uri
 from pipeline.models import get_spec, load_model, resolve_layer
 from pipeline.predictor import Predictor
 from pipeline.reader import read_decode_batch
@@ -153,16 +155,12 @@ def _completed_runs(output_uri: str, s3: S3Settings) -> list[str]:
     return [run for run, status in zip(*runs.to_pydict().values(), strict=True) if status == "succeeded"]
 
 
-def skip_done(
-    listing: list[Listed], config: JobConfig, s3: S3Settings, completed: list[str]
-) -> tuple[list[Listed], int]:
-    """Drops inputs whose current version already has a result from a completed run with these settings."""
-    if not config.sink.incremental or not listing:
-        return listing, 0
+def _done_versions(config: JobConfig, s3: S3Settings, completed: list[str]) -> pa.Table | None:
+    """(image_uri, source_version) of every result of a completed run with this model and these settings."""
     fs, base = filesystem_for(join_uri(config.sink.uri, "results"), s3)
-    if not completed or fs.get_file_info(base).type != pafs.FileType.Directory:
-        return listing, 0
-    done = (
+    if not config.sink.incremental or not completed or fs.get_file_info(base).type != pafs.FileType.Directory:
+        return None
+    return (
         pads.dataset(base, filesystem=fs, format="parquet")
         .filter(
             pads.field("run_id").isin(completed)
@@ -171,28 +169,84 @@ def skip_done(
         )
         .to_table(columns=["image_uri", "source_version"])
     )
-    # A manifest gives no version: without one, "same file" cannot be told, so it is always processed.
-    versioned = [item for item in listing if item.version]
-    todo = pa.table(
-        {
-            "image_uri": [item.uri for item in versioned],
-            "source_version": [item.version for item in versioned],
-            "position": list(range(len(versioned))),
-        }
-    )
-    remaining = todo.join(done, keys=["image_uri", "source_version"], join_type="left anti")
-    kept = [versioned[i] for i in remaining.column("position").to_pylist()]
-    kept += [item for item in listing if not item.version]
-    kept.sort(key=lambda item: item.uri)
-    return kept, len(listing) - len(kept)
 
 
-def _exclude(listing: list[Listed], done: PriorWork) -> list[Listed]:
-    """The listing without the inputs an earlier attempt of this run already holds (by URI)."""
-    if not len(done.inputs):
-        return listing
-    held = set(done.inputs.to_pylist())
-    return [item for item in listing if item.uri not in held]
+def skip_done(chunk: pa.Table, done: pa.Table | None, prior: PriorWork | None) -> pa.Table:
+    """A listing chunk without the inputs that are done: same version already annotated by a completed run with
+    these settings, or held by an earlier attempt of this run (by URI)."""
+    if done is not None and done.num_rows:
+        # A manifest gives no version: without one, "same file" cannot be told, so it is always processed.
+        has_version = pc.not_equal(chunk.column("version"), "")
+        versioned = chunk.filter(has_version).join(
+            done, keys=["uri", "version"], right_keys=["image_uri", "source_version"], join_type="left anti"
+        )
+        chunk = pa.concat_tables([versioned.select(LISTING.names), chunk.filter(pc.invert(has_version))])
+    if prior is not None and len(prior.inputs):
+        chunk = chunk.filter(pc.invert(pc.is_in(chunk.column("uri"), value_set=prior.inputs)))
+    return chunk
+
+
+@dataclass
+class _StagedListing:
+    """The inputs to process, written as Parquet under the run's staging folder for Ray Data to read."""
+
+    uri: str
+    files: int = 0
+    rows: int = 0
+
+
+def _stage_listing(
+    config: JobConfig, s3: S3Settings, state: _Attempt, source_uri: str, completed: list[str]
+) -> _StagedListing:
+    """Streams the listing through the skip rules into Parquet files, holding one chunk at a time.
+
+    File sizes grow: the first files hold one read batch each, so that a small run still spreads over the
+    cluster; later ones up to `LISTING_FILE_ROWS`, so that millions of inputs make hundreds of files, not
+    tens of thousands. Each file becomes one read+decode task."""
+    staged = _StagedListing(join_uri(staging_uri(config.sink.uri, state.run_id), "_listing", f"a{state.attempt:02d}"))
+    fs, base = filesystem_for(staged.uri, s3)
+    fs.create_dir(base, recursive=True)
+    done = _done_versions(config, s3, completed)
+    small = config.runtime.decode_batch_size
+    pending: list[pa.Table] = []
+    pending_rows = 0
+
+    def flush(final: bool) -> None:
+        nonlocal pending, pending_rows
+        while pending_rows and (final or pending_rows >= _listing_file_rows(staged.files, small)):
+            table = pa.concat_tables(pending)
+            size = _listing_file_rows(staged.files, small)
+            pq.write_table(table.slice(0, size), f"{base}/part-{staged.files:05d}.parquet", filesystem=fs)
+            staged.files += 1
+            staged.rows += min(size, table.num_rows)
+            rest = table.slice(size)
+            pending, pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+    limit = config.source.limit
+    for chunk in iter_listing(source_uri, config.source.extensions, config.source.recursive, s3):
+        if limit is not None:
+            chunk = chunk.slice(0, max(0, limit - state.listed))
+        state.listed += chunk.num_rows
+        kept = skip_done(chunk, done, None)
+        state.skipped += chunk.num_rows - kept.num_rows
+        kept = skip_done(kept, None, state.prior)
+        if kept.num_rows:
+            pending.append(kept)
+            pending_rows += kept.num_rows
+            flush(final=False)
+        if limit is not None and state.listed >= limit:
+            break
+    flush(final=True)
+    return staged
+
+
+# Rows of the listing files after the first `FINE_LISTING_FILES`, each of one read batch.
+LISTING_FILE_ROWS = 4096
+FINE_LISTING_FILES = 64
+
+
+def _listing_file_rows(index: int, read_batch: int) -> int:
+    return read_batch if index < FINE_LISTING_FILES else max(read_batch, LISTING_FILE_ROWS)
 
 
 def _camray_version() -> tuple[str, str | None]:
@@ -375,14 +429,8 @@ def _run_leased(
     source_uri = config.source.uri
     if source_uri == SAMPLES_URI:
         source_uri = str(export_samples(SAMPLES_FOLDER).resolve())
-    listing = list_inputs(source_uri, config.source.extensions, config.source.recursive, s3)
-    if config.source.limit is not None:
-        listing = listing[: config.source.limit]
-    state.listed = len(listing)
-    listing, state.skipped = skip_done(listing, config, s3, completed)
-    if state.prior is not None:
-        listing = _exclude(listing, state.prior)
-    state.to_process = len(listing)
+    staged = _stage_listing(config, s3, state, source_uri, completed)
+    state.to_process = staged.rows
     logger.info(
         "run %s: %d listed, %d already done, %d done by earlier attempts, %d to process",
         state.run_id,
@@ -394,12 +442,12 @@ def _run_leased(
 
     _ensure_ray(config)
     _take_sigterm()
-    resources = plan_resources(config, ray.cluster_resources(), len(listing))
+    resources = plan_resources(config, ray.cluster_resources(), staged.rows)
     context = ray.data.DataContext.get_current()
     context.max_errored_blocks = config.runtime.max_errored_blocks
 
-    if listing:
-        ds = _plan(config, state.run_id, listing, input_size, s3, resources)
+    if staged.rows:
+        ds = _plan(config, state.run_id, staged, input_size, s3, resources)
         ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
         # Ray Data's per-operator statistics run to hundreds of lines: a file beside the output, linked from the
         # runs row, rather than the terminal.
@@ -420,12 +468,17 @@ def _run_leased(
 
 
 def _plan(
-    config: JobConfig, run_id: str, listing: list[Listed], input_size: int, s3: S3Settings, resources: Resources
+    config: JobConfig, run_id: str, staged: _StagedListing, input_size: int, s3: S3Settings, resources: Resources
 ) -> ray.data.Dataset:
     s3_plain = dataclasses.asdict(s3)  # workers rebuild S3Settings from plain data
-    blocks = max(1, min(len(listing), math.ceil(len(listing) / config.runtime.decode_batch_size)))
-    ds = ray.data.from_items(
-        [{"uri": item.uri, "version": item.version} for item in listing], override_num_blocks=blocks
+    fs, path = filesystem_for(staged.uri, s3)
+    ds = ray.data.read_parquet(
+        path,
+        filesystem=fs,
+        columns=["uri", "version"],
+        override_num_blocks=staged.files,
+        # The reservation of read+decode tasks, so that Ray Data fuses reading a listing file into them.
+        ray_remote_args={"num_cpus": config.runtime.decode_cpus},
     )
     ds = ds.map_batches(
         read_decode_batch,

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pipeline.io.sources import S3Settings, is_s3, join_uri
+from pipeline.io.sources import S3Settings, is_s3, join_uri, s3_client
 
 logger = logging.getLogger(__name__)
 
@@ -154,16 +154,8 @@ class _LocalStore:
 
 class _S3Store:
     def __init__(self, uri: str, s3: S3Settings) -> None:
-        import boto3
-        from botocore.config import Config
-
         self.bucket, _, self.key = uri.removeprefix("s3://").partition("/")
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=s3.resolved_endpoint(),
-            region_name=s3.region,
-            config=Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=30),
-        )
+        self.client = s3_client(s3)
 
     def _precondition_failed(self, exc: Exception) -> bool:
         code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")

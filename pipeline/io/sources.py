@@ -6,21 +6,15 @@ credentials come from the AWS chain, which pyarrow and boto3 both follow.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 logger = logging.getLogger(__name__)
-
-MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -68,53 +62,21 @@ def join_uri(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-def _uri_of(path: str, s3_source: bool) -> str:
-    return f"s3://{path}" if s3_source else path
+def s3_client(s3: S3Settings):
+    """A boto3 S3 client for the same endpoint and region as `filesystem_for`, with explicit, bounded retries."""
+    import boto3
+    from botocore.config import Config
 
-
-def _version(info: pafs.FileInfo) -> str:
-    mtime = info.mtime_ns if info.mtime_ns is not None else 0
-    return f"{info.size}-{mtime}"
-
-
-def list_inputs(uri: str, extensions: list[str], recursive: bool, s3: S3Settings) -> list[Listed]:
-    """Lists a folder, an S3 prefix or a manifest, sorted by URI so that runs are reproducible."""
-    fs, path = filesystem_for(uri, s3)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"input {uri} does not exist")
-    if info.type == pafs.FileType.File:
-        if not uri.lower().endswith(MANIFEST_SUFFIXES):
-            return [Listed(_uri_of(path, is_s3(uri)), info.size, _version(info))]
-        return _read_manifest(fs, path, uri)
-    selector = pafs.FileSelector(path, recursive=recursive)
-    listed = [
-        Listed(_uri_of(item.path, is_s3(uri)), item.size, _version(item))
-        for item in fs.get_file_info(selector)
-        if item.type == pafs.FileType.File
-        and not Path(item.path).name.startswith(".")
-        and (not extensions or Path(item.path).suffix.lower() in extensions)
-    ]
-    listed.sort(key=lambda item: item.uri)
-    logger.info("listed %d images under %s", len(listed), uri)
-    return listed
-
-
-def _read_manifest(fs: pafs.FileSystem, path: str, uri: str) -> list[Listed]:
-    with fs.open_input_file(path) as handle:
-        raw = handle.read()
-    if uri.lower().endswith(".txt"):
-        uris = [line.strip() for line in raw.decode().splitlines() if line.strip() and not line.startswith("#")]
-    else:
-        table = (
-            pq.read_table(pa.BufferReader(raw)) if uri.lower().endswith(".parquet") else pacsv.read_csv(io.BytesIO(raw))
-        )
-        if "uri" not in table.column_names:
-            raise ValueError(f"manifest {uri} must have a `uri` column, has {table.column_names}")
-        uris = [str(value) for value in table.column("uri").to_pylist() if value]
-    # Sizes and versions are unknown until read: a manifest is taken as the list to process, every time.
-    logger.info("manifest %s lists %d images", uri, len(uris))
-    return [Listed(item, -1, "") for item in uris]
+    region = s3.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    endpoint = s3.resolved_endpoint()
+    if endpoint and "://" not in endpoint:
+        endpoint = f"https://{endpoint}"
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=region or ("us-east-1" if endpoint else None),
+        config=Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60),
+    )
 
 
 class ByteReader:
