@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None, prog: str = "cam_batch.py") -> int:
 # `camray`: one console script, verbs as subcommands. `camray run` is `python jobs/cam_batch.py`; the others read
 # an output (local or s3://) through the same S3 settings as the job.
 
-EXIT_CODES = """exit status: 0 done; 1 the run failed or is incomplete, or the output cannot be read; 2 bad usage,
-config or SQL; 3 the output is leased by another run (camray run)."""
+EXIT_CODES = """exit status: 0 done; 1 the run failed or is incomplete, or the output is missing or unreadable;
+2 bad usage, config, run id or SQL; 3 the output is leased by another run (camray run)."""
 
 EXAMPLES = {
     "run": "camray run --input s3://my-images/incoming/ --output s3://my-annotations/cam/",
@@ -290,12 +290,13 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _exit_status(exc: BaseException) -> int:
-    """Bad usage, bad values and bad SQL are the user's to fix (2); anything else means the work failed (1)."""
+    """Bad usage, bad values, an unknown run and bad SQL are the user's to fix (2); an output that is missing or
+    cannot be read, and anything else, mean the work failed (1)."""
     import duckdb
 
     if isinstance(exc, duckdb.ParserException | duckdb.BinderException | duckdb.CatalogException):
         return 2
-    if isinstance(exc, ValueError | TypeError) and not isinstance(exc, duckdb.Error):
+    if isinstance(exc, ValueError | TypeError | LookupError) and not isinstance(exc, duckdb.Error):
         return 2
     return 1
 

@@ -11,7 +11,9 @@ if require_browser() is None:
 
 def test_a_clean_page_passes_and_is_captured(tmp_path):
     page = tmp_path / "ok.html"
-    page.write_text('<!DOCTYPE html><html><head><link rel="icon" href="data:,"></head><body><h1>hello</h1></body></html>')
+    page.write_text(
+        '<!DOCTYPE html><html><head><link rel="icon" href="data:,"></head><body><h1>hello</h1></body></html>'
+    )
     check = check_page(page)
     assert check.console_errors == [] and check.broken_images == [] and check.images == 0
     assert check.screenshot_array().shape[2] == 3
