@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import logging
+import shutil
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -111,7 +115,7 @@ EXAMPLES = {
     "run": "camray run --input s3://my-images/incoming/ --output s3://my-annotations/cam/",
     "runs": "camray runs --output s3://my-annotations/cam/ --limit 5",
     "report": "camray report --output output --dest output/report && xdg-open output/report/index.html",
-    "query": "camray query --output output \"SELECT label, count(*) AS images FROM predictions WHERE rank = 1 "
+    "query": 'camray query --output output "SELECT label, count(*) AS images FROM predictions WHERE rank = 1 '
     'GROUP BY label ORDER BY images DESC"',
     "export coco": "camray export coco --output output --min-score 0.2 --dest output/coco.json",
     "export yolo": "camray export yolo --output output --classes 'Egyptian cat' tabby --dest output/yolo",
@@ -199,19 +203,31 @@ def _output(args: argparse.Namespace):
     return Output(args.output, S3Settings(args.s3_endpoint_url, args.s3_region))
 
 
-def _print_table(table: Any, fmt: str, dest: str | None = None, more_rows: bool = False) -> None:
-    import pyarrow.csv as pacsv
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
+
+def _print_table(table: Any, fmt: str, dest: str | None = None, more_rows: bool = False) -> None:
+    """`table` (pyarrow) as aligned text, CSV (nested values as text, as DuckDB writes them) or JSON."""
     from pipeline.outputs.terminal import format_table
 
     if fmt == "table":
         print(format_table(table, more_rows))
     elif fmt == "csv":
-        pacsv.write_csv(table, dest or sys.stdout.buffer)
-    else:
-        import json
+        import duckdb
 
-        text = json.dumps(table.to_pylist(), default=str, indent=1)
+        with tempfile.TemporaryDirectory() as folder:
+            path = dest or f"{folder}/table.csv"
+            duckdb.connect().from_arrow(table).write_csv(path)
+            if dest is None:
+                with open(path, "rb") as handle:
+                    sys.stdout.flush()
+                    shutil.copyfileobj(handle, sys.stdout.buffer)
+                    sys.stdout.buffer.flush()
+    else:
+        text = json.dumps(table.to_pylist(), default=_json_value, indent=1)
         if dest:
             with open(dest, "w") as handle:
                 handle.write(text + "\n")
@@ -252,7 +268,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
         print(create_tables(args.output), end="")
         return 0
     if not args.sql:
-        raise ValueError("give one SQL statement, e.g. camray query --output output \"SELECT * FROM runs\"")
+        raise ValueError('give one SQL statement, e.g. camray query --output output "SELECT * FROM runs"')
     if args.format == "parquet" and not args.dest:
         raise ValueError("--format parquet needs --dest FILE")
     con = connect(_output(args), all_runs=args.all_runs)
@@ -264,8 +280,6 @@ def _cmd_query(args: argparse.Namespace) -> int:
         _print_table(table.slice(0, args.max_rows), "table", more_rows=table.num_rows > args.max_rows)
     elif args.format == "parquet":
         relation.write_parquet(args.dest)
-    elif args.format == "csv" and args.dest:
-        relation.write_csv(args.dest)
     else:
         _print_table(relation.to_arrow_table(), args.format, args.dest)
     return 0

@@ -4,7 +4,9 @@ version writes it. Commands go through `main_camray(argv)`, the console script's
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import re
@@ -21,7 +23,6 @@ from browser import render_ok, require_browser
 from conftest import input_files
 
 from pipeline.cli import main_camray
-from pipeline.io.sources import S3Settings
 from pipeline.outputs.query import connect
 from pipeline.outputs.tables import Output
 
@@ -57,18 +58,20 @@ def _leave_debris(out: Path, run_id: str) -> None:
 
 @pytest.fixture(scope="module")
 def run(ray_cluster, evalset, photos, tmp_path_factory) -> Run:
-    from pipeline.config import load_config
-    from pipeline.runner import run_job
-
+    """The job, through `camray run` (the same as `python jobs/cam_batch.py`)."""
     inputs = tmp_path_factory.mktemp("inputs")
     for name, data in input_files(evalset, photos).items():
         (inputs / name).write_bytes(data)
     out = tmp_path_factory.mktemp("local") / "cam"
-    summary = run_job(load_config(overrides={"source.uri": str(inputs), "sink.uri": str(out)}))
-    assert (summary.status, summary.results, summary.errors) == ("succeeded", 11, 1)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = main_camray(["run", "--input", str(inputs), "--output", str(out)])
+    assert status == 0 and "succeeded" in printed.getvalue(), printed.getvalue()
+    (run_row,) = pq.read_table(out / "runs").to_pylist()
+    assert (run_row["status"], run_row["results"], run_row["errors"]) == ("succeeded", 11, 1)
     (inputs / "vanishing.jpg").unlink()
-    _leave_debris(out, summary.run_id)
-    return Run(out, summary.run_id, inputs, evalset[1])
+    _leave_debris(out, run_row["run_id"])
+    return Run(out, run_row["run_id"], inputs, evalset[1])
 
 
 def _camray(capsys, *argv: str) -> tuple[int, str, str]:
@@ -307,12 +310,3 @@ def test_yolo_export(run, tmp_path, capsys):
             )
             assert (cx - w / 2) * row["width"] == pytest.approx(box["x0"], abs=0.01)
             assert (cy + h / 2) * row["height"] == pytest.approx(box["y1"], abs=0.01)
-
-
-def test_console_script_is_declared():
-    import tomllib
-
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    module, function = scripts["camray"].split(":")
-    assert (module, function) == ("pipeline.cli", "main_camray")
-    assert S3Settings  # the tools reach S3 through the job's own settings (tested in test_s3.py)
