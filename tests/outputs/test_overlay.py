@@ -34,6 +34,11 @@ def test_overlay_is_half_photo_half_map_and_covers_the_whole_image():
     assert abs(int(np.argmax(red)) - 80 * 4 / 7) <= 4
 
 
+def _legend_height(picture: np.ndarray) -> int:
+    """Rows of column 6 (inside the legend panel, left of any box here) that differ from the gray background."""
+    return int((np.abs(picture[:, 6].astype(int) - 128).sum(axis=-1) > 0).sum())
+
+
 def test_boxes_are_scaled_to_the_picture_with_one_legend_entry_per_class():
     picture = Image.new("RGB", (200, 100), (128, 128, 128))
     boxes = [
@@ -48,6 +53,5 @@ def test_boxes_are_scaled_to_the_picture_with_one_legend_entry_per_class():
     np.testing.assert_array_equal(drawn[25, 160], second)  # lynx: (320, 20, 390, 90) / 2, its left edge x = 160
     single = np.asarray(draw_boxes(picture, boxes[:1], (400, 200)))
     double = np.asarray(draw_boxes(picture, boxes[:2], (400, 200)))
-    legend_rows = lambda image: int((np.abs(image[:, 6].astype(int) - 128).sum(axis=-1) > 0).sum())  # noqa: E731
-    assert legend_rows(single) == legend_rows(double) < legend_rows(drawn)  # same class, one entry
+    assert _legend_height(single) == _legend_height(double) < _legend_height(drawn)  # same class, one entry
     assert (drawn[8:20, 25:80].min(axis=-1) < 60).any()  # the legend's text is drawn
