@@ -212,9 +212,11 @@ def _gallery_entry(index: int, row: dict[str, Any], reader: ByteReader, images_d
     caption = f'<div class="uri">{html.escape(row["image_uri"])} · {row["width"]}×{row["height"]}</div>'
     if top1 is not None and top1["class_id"] in cams:
         picture = Image.fromarray(_map_picture(photo, cams[top1["class_id"]], size))
+        # The legend gives the class's probability; a box's own score also weighs in the map's peak inside it.
         boxes = [
-            LabelledBox(b["x0"], b["y0"], b["x1"], b["y1"], b["label"], probs.get(b["class_id"], b)["score"])
+            LabelledBox(b["x0"], b["y0"], b["x1"], b["y1"], b["label"], probs[b["class_id"]]["score"])
             for b in row["boxes"] or []
+            if b["class_id"] in probs
         ]
         picture = draw_boxes(picture, boxes, (row["width"], row["height"]))
         file = f"{index:04d}.jpg"
