@@ -33,8 +33,13 @@ _DERIVED = {
 }
 
 
-def connect(output: Output, all_runs: bool = False) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the views of this module's docstring over `output`."""
+def connect(output: Output | str, all_runs: bool = False) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the views of this module's docstring over `output` (an `Output`, or a
+    URI reached with the default S3 settings: the AWS chain and `AWS_ENDPOINT_URL`)."""
+    if isinstance(output, str):
+        output = Output(output)
+    if not isinstance(output, Output):
+        raise TypeError(f"`output` must be an Output or a URI, not {type(output).__name__}")
     output.check_exists()
     con = duckdb.connect()
     datasets: dict[str, pads.Dataset] = {name: output.dataset(name) for name in ("results", "errors", "runs")}

@@ -162,7 +162,7 @@ def test_views_hide_other_runs_unless_asked(run, capsys):
     _, out, _ = _camray(capsys, "query", "--output", str(run.out), "--format", "json", "--all-runs", sql)
     debris = pq.read_table(run.out / "results" / f"{CRASHED}-00000.parquet").num_rows
     assert json.loads(out) == [{"n": 11 + debris, "runs": 2}]
-    con = connect(Output(str(run.out)))
+    con = connect(str(run.out))
     assert con.sql("SELECT count(*) FROM runs").fetchall() == [(1,)]
     assert con.sql("SELECT count(*) FROM predictions").fetchall() == [(55,)]
     per_image = con.sql("SELECT count(*) FROM boxes GROUP BY image_uri").fetchall()
