@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # browser.py, beside the tests
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules beside the tests
 
 # One pasted composite per object (texture, scale index) beside the five hand-boxed photos: ten images that
 # cover every object, texture and several canvas shapes, small enough for a run of a few seconds.
@@ -37,14 +37,3 @@ def evalset(tmp_path_factory) -> tuple[list[Path], Path]:
         shutil.copy(full / "images" / name, subset / name)
         images.append(subset / name)
     return images, subset / "truth.csv"
-
-
-def input_files(evalset: tuple[list[Path], Path], photos: dict[str, bytes]) -> dict[str, bytes]:
-    """The run's inputs by name: the ten evaluation images, one broken JPEG (an error row) and `vanishing.jpg`,
-    which the tests delete after the run (the report must show it missing)."""
-    images, _ = evalset
-    files = {path.name: path.read_bytes() for path in images}
-    jpeg = photos["grace_hopper.jpg"]
-    files["broken.jpg"] = jpeg[: len(jpeg) // 3]
-    files["vanishing.jpg"] = jpeg
-    return files

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from browser import check_page, require_browser
+from headless_chromium import check_page, require_browser
 
 if require_browser() is None:
     pytest.skip("chromium is not installed (make test installs it as root)", allow_module_level=True)

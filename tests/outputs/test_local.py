@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from browser import render_ok, require_browser
-from conftest import input_files
+from headless_chromium import render_ok, require_browser
+from run_inputs import input_files
 
 from pipeline.cli import main_camray
 from pipeline.outputs.query import connect

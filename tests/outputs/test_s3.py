@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from browser import render_ok, require_browser
-from conftest import input_files
+from headless_chromium import render_ok, require_browser
+from run_inputs import input_files
 
 from pipeline.cli import main_camray
 
