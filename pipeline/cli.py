@@ -37,6 +37,9 @@ def build_parser(prog: str = "cam_batch.py") -> argparse.ArgumentParser:
         prog=prog,
         description="Top-k predictions, class activation maps, boxes and pseudo-masks for a set of images, "
         "written as Parquet. Values of --section.field flags are parsed as YAML (5, true, [a, b]).",
+        epilog=f"example:\n  {prog} --input s3://my-images/incoming/ --output s3://my-annotations/cam/ "
+        f"--cam.top_k 3\n\n{EXIT_CODES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML job config; flags override its fields")
     for flag, (_, help_text) in SHORTCUTS.items():

@@ -38,6 +38,7 @@ def test_top_level_help_lists_the_verbs_and_run_is_the_job(capsys):
         main_camray(["run", "--help"])
     text = capsys.readouterr().out
     assert text.startswith("usage: camray run") and "--cam.top_k VALUE" in text
+    assert "example:\n  camray run --input s3://" in text and "exit status:" in text
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
