@@ -8,10 +8,12 @@ load), images that did not load, and a screenshot of the whole page.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -110,6 +112,27 @@ def _errors(events: list[dict]) -> list[str]:
     return found
 
 
+def _stop(process: subprocess.Popen) -> None:
+    """Ends the browser and every process of its group (helpers outlive the main process for a moment)."""
+    group = process.pid
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)  # anyone left in the group?
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
+
+
 def check_page(path: Path, timeout: float = 60) -> PageCheck:
     """Opens `path` in headless chromium, as a user opens a file from disk, and reports what went wrong."""
     executable = chromium_path()
@@ -117,11 +140,12 @@ def check_page(path: Path, timeout: float = 60) -> PageCheck:
         raise FileNotFoundError(
             "chromium is not installed (make install puts it there as root: apt-get install chromium)"
         )
-    with tempfile.TemporaryDirectory(prefix="camray-chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="camray-chromium-", ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen(
             [executable, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: the renderers and helpers end with it
         )
         try:
             port_file = Path(profile) / "DevToolsActivePort"
@@ -152,12 +176,7 @@ def check_page(path: Path, timeout: float = 60) -> PageCheck:
             finally:
                 tools.close()
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _stop(process)
 
 
 def require_browser() -> str | None:
