@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench lint clean
+.PHONY: install browser run test test-fast bench lint clean
 
 $(STAMP): pyproject.toml infra/install.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,10 +13,17 @@ $(STAMP): pyproject.toml infra/install.sh
 
 install: $(STAMP)
 
+# The report's browser test renders it in Debian's chromium: installed here when missing and we are root (CI).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "chromium is missing (apt-get install chromium, as root): the browser tests will skip"; fi; }
+
 run: $(STAMP)
 	$(PY) jobs/cam_batch.py --config jobs/configs/demo.yaml
+	$(VENV)/bin/camray report --output output --dest output/report
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest tests
 
 test-fast: $(STAMP)

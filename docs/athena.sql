@@ -1,0 +1,52 @@
+CREATE EXTERNAL TABLE IF NOT EXISTS camray_results (
+  `image_uri` string,
+  `source_version` string,
+  `content_sha256` string,
+  `width` int,
+  `height` int,
+  `model` string,
+  `method` string,
+  `predictions` array<struct<class_id:int,label:string,score:float>>,
+  `cams` array<struct<class_id:int,heatmap_height:int,heatmap_width:int,heatmap:binary>>,
+  `boxes` array<struct<class_id:int,label:string,score:float,x0:float,y0:float,x1:float,y1:float>>,
+  `mask` struct<class_id:int,size:array<int>,counts:string>,
+  `config_fingerprint` string,
+  `run_id` string
+)
+STORED AS PARQUET
+LOCATION 's3://my-annotations/cam/results/'
+TBLPROPERTIES ('camray.schema_version' = '1');
+
+CREATE EXTERNAL TABLE IF NOT EXISTS camray_errors (
+  `image_uri` string,
+  `source_version` string,
+  `stage` string,
+  `error_type` string,
+  `message` string,
+  `run_id` string
+)
+STORED AS PARQUET
+LOCATION 's3://my-annotations/cam/errors/'
+TBLPROPERTIES ('camray.schema_version' = '1');
+
+CREATE EXTERNAL TABLE IF NOT EXISTS camray_runs (
+  `run_id` string,
+  `status` string,
+  `started_at` timestamp,
+  `finished_at` timestamp,
+  `config_fingerprint` string,
+  `config_json` string,
+  `model` string,
+  `weights_source` string,
+  `weights_sha256` string,
+  `input_uri` string,
+  `listed` bigint,
+  `skipped` bigint,
+  `results` bigint,
+  `errors` bigint,
+  `seconds` double,
+  `schema_version` int
+)
+STORED AS PARQUET
+LOCATION 's3://my-annotations/cam/runs/'
+TBLPROPERTIES ('camray.schema_version' = '1');

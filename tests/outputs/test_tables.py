@@ -1,0 +1,72 @@
+"""Reading an output's tables: runs rows of every schema version alike, and the newest row of each image."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.io.schema import RESULTS, RUNS
+from pipeline.outputs.tables import Output, OutputNotFound
+
+
+def _run_row(run_id: str, status: str, hour: int) -> dict:
+    row = dict.fromkeys(RUNS.names)
+    when = datetime(2026, 11, 25, hour, tzinfo=UTC)
+    row.update(run_id=run_id, status=status, started_at=when, finished_at=when, results=1, errors=0, seconds=2.0)
+    return row
+
+
+def _result(uri: str, run_id: str, label: str) -> dict:
+    row = dict.fromkeys(RESULTS.names)
+    row.update(
+        image_uri=uri, run_id=run_id, width=10, height=10, predictions=[{"class_id": 1, "label": label, "score": 0.5}]
+    )
+    return row
+
+
+@pytest.fixture
+def output(tmp_path) -> Output:
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "results").mkdir()
+    # Schema 1, as the job writes it today.
+    pq.write_table(pa.Table.from_pylist([_run_row("a", "succeeded", 1)], schema=RUNS), tmp_path / "runs" / "a.parquet")
+    pq.write_table(pa.Table.from_pylist([_run_row("c", "failed", 3)], schema=RUNS), tmp_path / "runs" / "c.parquet")
+    # A newer version's row: extra columns, one of them a type the reader has never seen.
+    newer = pa.Table.from_pylist([_run_row("b", "succeeded", 2)], schema=RUNS)
+    newer = newer.append_column("stats_uri", pa.array(["s3://x/stats/b.txt"]))
+    newer = newer.append_column("gpu_types", pa.array([["H100", "H100"]]))
+    pq.write_table(newer, tmp_path / "runs" / "b.parquet")
+    rows = [_result("img/1.png", "a", "old"), _result("img/2.png", "a", "only-a"), _result("img/1.png", "b", "new")]
+    rows.append(_result("img/1.png", "c", "failed-run"))
+    pq.write_table(pa.Table.from_pylist(rows, schema=RESULTS), tmp_path / "results" / "part.parquet")
+    return Output(str(tmp_path))
+
+
+def test_runs_of_every_version_newest_first(output):
+    runs = output.runs().to_pylist()
+    assert [run["run_id"] for run in runs] == ["c", "b", "a"]
+    assert runs[1]["stats_uri"] == "s3://x/stats/b.txt" and runs[1]["gpu_types"] == ["H100", "H100"]
+    assert runs[2]["stats_uri"] is None and runs[2]["gpu_types"] is None
+    assert sorted(output.succeeded_run_ids()) == ["a", "b"]
+    assert output.pick_run(None)["run_id"] == "b"  # the newest succeeded, not the newest
+    assert output.pick_run("c")["status"] == "failed"
+    with pytest.raises(LookupError, match="camray runs --output"):
+        output.pick_run("zzz")
+
+
+def test_latest_results_takes_each_image_from_its_newest_succeeded_run(output):
+    latest = output.latest_results(None, ["image_uri", "predictions"]).to_pylist()
+    assert [(row["image_uri"], row["predictions"][0]["label"]) for row in latest] == [
+        ("img/1.png", "new"),
+        ("img/2.png", "only-a"),
+    ]
+    assert output.latest_results("c").column("run_id").to_pylist() == ["c"]
+
+
+def test_missing_output_is_named(tmp_path):
+    with pytest.raises(OutputNotFound, match="no runs/ table"):
+        Output(str(tmp_path / "nothing")).check_exists()
+    assert Output(str(tmp_path)).dataset("results").to_table().schema.names == RESULTS.names
