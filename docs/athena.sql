@@ -15,7 +15,7 @@ CREATE EXTERNAL TABLE IF NOT EXISTS camray_results (
 )
 STORED AS PARQUET
 LOCATION 's3://my-annotations/cam/results/'
-TBLPROPERTIES ('camray.schema_version' = '1');
+TBLPROPERTIES ('camray.schema_version' = '2');
 
 CREATE EXTERNAL TABLE IF NOT EXISTS camray_errors (
   `image_uri` string,
@@ -27,7 +27,7 @@ CREATE EXTERNAL TABLE IF NOT EXISTS camray_errors (
 )
 STORED AS PARQUET
 LOCATION 's3://my-annotations/cam/errors/'
-TBLPROPERTIES ('camray.schema_version' = '1');
+TBLPROPERTIES ('camray.schema_version' = '2');
 
 CREATE EXTERNAL TABLE IF NOT EXISTS camray_runs (
   `run_id` string,
@@ -45,8 +45,22 @@ CREATE EXTERNAL TABLE IF NOT EXISTS camray_runs (
   `results` bigint,
   `errors` bigint,
   `seconds` double,
-  `schema_version` int
+  `schema_version` int,
+  `attempt` int,
+  `message` string,
+  `resumed` bigint,
+  `images_per_second` double,
+  `errors_by_stage` string,
+  `io_retries` bigint,
+  `camray_version` string,
+  `git_commit` string,
+  `ray_version` string,
+  `torch_version` string,
+  `nodes` int,
+  `gpu_types` string,
+  `host` string,
+  `stats_uri` string
 )
 STORED AS PARQUET
 LOCATION 's3://my-annotations/cam/runs/'
-TBLPROPERTIES ('camray.schema_version' = '1');
+TBLPROPERTIES ('camray.schema_version' = '2');

@@ -11,9 +11,12 @@ import pytest
 from pipeline.io.schema import RESULTS, RUNS
 from pipeline.outputs.tables import Output, OutputNotFound
 
+# The runs columns of schema version 1, before the operator's columns were added.
+RUNS_V1 = pa.schema([RUNS.field(name) for name in RUNS.names[: RUNS.names.index("schema_version") + 1]])
+
 
 def _run_row(run_id: str, status: str, hour: int) -> dict:
-    row = dict.fromkeys(RUNS.names)
+    row = dict.fromkeys(RUNS_V1.names)
     when = datetime(2026, 11, 25, hour, tzinfo=UTC)
     row.update(run_id=run_id, status=status, started_at=when, finished_at=when, results=1, errors=0, seconds=2.0)
     return row
@@ -31,13 +34,14 @@ def _result(uri: str, run_id: str, label: str) -> dict:
 def output(tmp_path) -> Output:
     (tmp_path / "runs").mkdir()
     (tmp_path / "results").mkdir()
-    # Schema 1, as the job writes it today.
-    pq.write_table(pa.Table.from_pylist([_run_row("a", "succeeded", 1)], schema=RUNS), tmp_path / "runs" / "a.parquet")
-    pq.write_table(pa.Table.from_pylist([_run_row("c", "failed", 3)], schema=RUNS), tmp_path / "runs" / "c.parquet")
+    # Schema 1, as the job wrote it before the operator's columns.
+    v1 = RUNS_V1
+    pq.write_table(pa.Table.from_pylist([_run_row("a", "succeeded", 1)], schema=v1), tmp_path / "runs" / "a.parquet")
+    pq.write_table(pa.Table.from_pylist([_run_row("c", "failed", 3)], schema=v1), tmp_path / "runs" / "c.parquet")
     # A newer version's row: extra columns, one of them a type the reader has never seen.
-    newer = pa.Table.from_pylist([_run_row("b", "succeeded", 2)], schema=RUNS)
+    newer = pa.Table.from_pylist([_run_row("b", "succeeded", 2)], schema=v1)
     newer = newer.append_column("stats_uri", pa.array(["s3://x/stats/b.txt"]))
-    newer = newer.append_column("gpu_types", pa.array([["H100", "H100"]]))
+    newer = newer.append_column("accelerators", pa.array([["H100", "H100"]]))
     pq.write_table(newer, tmp_path / "runs" / "b.parquet")
     rows = [_result("img/1.png", "a", "old"), _result("img/2.png", "a", "only-a"), _result("img/1.png", "b", "new")]
     rows.append(_result("img/1.png", "c", "failed-run"))
@@ -48,8 +52,8 @@ def output(tmp_path) -> Output:
 def test_runs_of_every_version_newest_first(output):
     runs = output.runs().to_pylist()
     assert [run["run_id"] for run in runs] == ["c", "b", "a"]
-    assert runs[1]["stats_uri"] == "s3://x/stats/b.txt" and runs[1]["gpu_types"] == ["H100", "H100"]
-    assert runs[2]["stats_uri"] is None and runs[2]["gpu_types"] is None
+    assert runs[1]["stats_uri"] == "s3://x/stats/b.txt" and runs[1]["accelerators"] == ["H100", "H100"]
+    assert runs[2]["stats_uri"] is None and runs[2]["accelerators"] is None
     assert sorted(output.succeeded_run_ids()) == ["a", "b"]
     assert output.pick_run(None)["run_id"] == "b"  # the newest succeeded, not the newest
     assert output.pick_run("c")["status"] == "failed"
