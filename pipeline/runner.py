@@ -176,7 +176,11 @@ def run_job(config: JobConfig) -> RunSummary:
     clock = time.perf_counter()
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     # Resolve the endpoint here and pass it on explicitly: workers on other nodes may not share our env.
-    s3 = S3Settings(S3Settings(config.source.s3_endpoint_url).resolved_endpoint(), config.source.s3_region)
+    s3 = S3Settings(
+        S3Settings(config.source.s3_endpoint_url).resolved_endpoint(),
+        config.source.s3_region,
+        config.source.s3_max_attempts,
+    )
     # Load the model once here: bad weights or layers fail before any work, and the run records provenance.
     loaded = load_model(config.model, s3)
     if config.cam.refine and config.cam.refine_layer:
@@ -248,6 +252,14 @@ def run_job(config: JobConfig) -> RunSummary:
     finally:
         seconds = time.perf_counter() - clock
         accounted = sink.counts.results + sink.counts.errors
+        retries = sink.counts
+        logger.info(
+            "run %s: %d S3 retries (read %d, write %d)",
+            run_id,
+            retries.io_retries,
+            retries.read_retries,
+            retries.write_retries,
+        )
         if status == "succeeded" and accounted != len(listing):
             status = "incomplete"  # blocks were dropped under `runtime.max_errored_blocks`
             logger.error("run %s accounted for %d of %d images", run_id, accounted, len(listing))
@@ -271,6 +283,7 @@ def run_job(config: JobConfig) -> RunSummary:
                 "errors": sink.counts.errors,
                 "seconds": seconds,
                 "schema_version": SCHEMA_VERSION,
+                "io_retries": sink.counts.io_retries,
             },
         )
     return RunSummary(

@@ -22,7 +22,7 @@ from ray.data._internal.execution.interfaces import TaskContext
 from ray.data.datasource.datasink import WriteResult
 
 from pipeline.io.schema import ERRORS, RESULTS, ROWS
-from pipeline.io.sources import S3Settings, filesystem_for, join_uri
+from pipeline.io.sources import S3Settings, filesystem_for, join_uri, write_object
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,12 @@ class WrittenCounts:
     results: int = 0
     errors: int = 0
     files: list[str] = field(default_factory=list)
+    read_retries: int = 0  # S3 retries of the read tasks, carried in the rows' `io_retries`
+    write_retries: int = 0  # S3 retries of the staged files' PUTs
+
+    @property
+    def io_retries(self) -> int:
+        return self.read_retries + self.write_retries
 
 
 def staging_uri(output_uri: str, run_id: str) -> str:
@@ -62,14 +68,14 @@ class CamDatasink(Datasink[WrittenCounts]):
         failed = pc.is_valid(rows.column("error_type"))
         results = rows.filter(pc.invert(failed)).select(RESULTS.names).cast(RESULTS)
         errors = rows.filter(failed).select(ERRORS.names).cast(ERRORS)
-        fs, base = filesystem_for(staging_uri(self.output_uri, self.run_id), self.s3)
+        staging = staging_uri(self.output_uri, self.run_id)
         name = f"{self.run_id}-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
         for table, kind in ((results, "results"), (errors, "errors")):
             if table.num_rows:
-                fs.create_dir(f"{base}/{kind}", recursive=True)
-                pq.write_table(table, f"{base}/{kind}/{name}", filesystem=fs, compression="zstd")
+                counts.write_retries += write_object(join_uri(staging, kind, name), _parquet_bytes(table), self.s3)
                 counts.files.append(f"{kind}/{name}")
         counts.results, counts.errors = results.num_rows, errors.num_rows
+        counts.read_retries = pc.sum(rows.column("io_retries")).as_py() or 0
         return counts
 
     def on_write_complete(self, write_result: WriteResult[WrittenCounts]) -> None:
@@ -77,9 +83,19 @@ class CamDatasink(Datasink[WrittenCounts]):
             self.counts.results += item.results
             self.counts.errors += item.errors
             self.counts.files.extend(item.files)
+            self.counts.read_retries += item.read_retries
+            self.counts.write_retries += item.write_retries
 
     def on_write_failed(self, error: Exception) -> None:
         self.failed = error
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    """The whole file in memory, to be written in one piece (`write_object`): a file holds at most a write
+    task's rows, a few MB of maps."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue().to_pybytes()
 
 
 def commit(output_uri: str, run_id: str, files: list[str], s3: S3Settings) -> None:
