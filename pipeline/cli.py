@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 import pyarrow.parquet as pq
 import yaml
 
 from pipeline.config import ConfigError, JobConfig, load_config
+from pipeline.io.s3 import StoreUnavailableError
 from pipeline.io.sources import S3Settings, filesystem_for
 from pipeline.runner import RunSummary, run_job
 
@@ -89,5 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # setup errors (model, layers, method) carry a message naming the field
         print(f"camray: {exc}")
         return 2
+    except StoreUnavailableError as exc:  # names the endpoint and the operation; the traceback adds nothing
+        print(f"camray: {exc}", file=sys.stderr)
+        return 1
     print_summary(summary, config)
     return 0 if summary.status == "succeeded" else 1

@@ -23,6 +23,7 @@ from pipeline.cam.methods import resolve_method
 from pipeline.config import JobConfig
 from pipeline.host_memory import ALLOCATOR_ENV
 from pipeline.image.decode import DecodeLimits
+from pipeline.io.s3 import store_failure
 from pipeline.io.schema import RUNS, SCHEMA_VERSION
 from pipeline.io.sink import CamDatasink, commit, discard_staging
 from pipeline.io.sources import Listed, S3Settings, filesystem_for, join_uri, list_inputs
@@ -245,9 +246,12 @@ def run_job(config: JobConfig) -> RunSummary:
             ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
             logger.info("run %s: Ray Data execution\n%s", run_id, ds.stats())
         commit(config.sink.uri, run_id, sink.counts.files, s3)
-    except BaseException:
+    except BaseException as exc:
         status = "failed"
         discard_staging(config.sink.uri, run_id, s3)
+        outage = store_failure(exc)
+        if outage is not None and outage is not exc:  # a task's outage arrives wrapped in Ray's traceback
+            raise outage from exc
         raise
     finally:
         seconds = time.perf_counter() - clock

@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -65,6 +66,31 @@ class S3Settings:
 class StoreUnavailableError(ConnectionError):
     """The object store did not answer an operation within its bounded attempts: the job's failure, not an
     image's. The message names the operation, the object and the endpoint."""
+
+
+# The last line of a traceback that ends in a `StoreUnavailableError`.
+_OUTAGE_LINE = re.compile(r"^(?:[\w.]+\.)?StoreUnavailableError: (.+)$", re.MULTILINE)
+
+
+def store_failure(exc: BaseException) -> StoreUnavailableError | None:
+    """The `StoreUnavailableError` behind `exc`, if any, so that the run can fail with its one line.
+
+    A read task's outage reaches the driver wrapped: Ray Data raises `UserCodeException(...) from` it, and Ray
+    pickles that for the driver without its cause chain. What survives is the worker's traceback, in the text
+    of the `RayTaskError`, whose last `StoreUnavailableError:` line is the message.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if type(current) is StoreUnavailableError:  # not Ray's wrapper class, which subclasses it
+            return current
+        todo += [getattr(current, "cause", None), current.__cause__, current.__context__]
+    lines = _OUTAGE_LINE.findall(str(exc))
+    return StoreUnavailableError(lines[-1]) if lines else None
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

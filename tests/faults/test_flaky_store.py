@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 from s3_proxy import FaultRates, FaultyS3Proxy
 
+from pipeline import cli
 from pipeline.config import JobConfig
 from pipeline.io.s3 import S3Settings, StoreUnavailableError, s3_objects
 from pipeline.io.sources import filesystem_for, write_object
@@ -137,21 +138,24 @@ def test_flaky_store_run_succeeds_exactly_once_with_bounded_counted_retries(
 
 
 def test_store_down_for_good_fails_listing_in_bounded_time_naming_endpoint_and_operation(
-    ray_cluster: str, s3_server: str, uploaded: dict[str, bytes], dead_endpoint: str, tmp_path
+    ray_cluster: str,
+    s3_server: str,
+    uploaded: dict[str, bytes],
+    dead_endpoint: str,
+    tmp_path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    config = JobConfig.model_validate(
-        {
-            "source": {"uri": f"s3://{BUCKET}/images", "s3_endpoint_url": dead_endpoint, "s3_max_attempts": 3},
-            "sink": {"uri": str(tmp_path / "out")},
-        }
-    )
+    """What the operator sees: `camray run` exits 1 with one line on stderr, not a traceback."""
+    argv = [
+        *("--input", f"s3://{BUCKET}/images", "--output", str(tmp_path / "out")),
+        *("--source.s3_endpoint_url", dead_endpoint, "--source.s3_max_attempts", "3"),
+    ]
     started = time.monotonic()
-    with pytest.raises(StoreUnavailableError) as failure:
-        run_job(config)
+    assert cli.main(argv) == 1
     assert time.monotonic() - started < 120  # generous: the bound is 3 attempts, < 3 s of backoff
-    message = str(failure.value)
-    assert dead_endpoint in message and f"s3://{BUCKET}/images" in message
-    assert re.search(r"during \w+ operation", message), message  # pyarrow's words for the S3 operation
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"camray: S3 listing of s3://{BUCKET}/images on {dead_endpoint} failed"), line
+    assert re.search(r"during \w+ operation", line), line  # pyarrow's words for the S3 operation
 
 
 def test_store_down_for_good_fails_reads_in_bounded_time_naming_endpoint_and_operation(
@@ -170,11 +174,14 @@ def test_store_down_for_good_fails_reads_in_bounded_time_naming_endpoint_and_ope
         }
     )
     started = time.monotonic()
-    with pytest.raises(Exception) as failure:
+    with pytest.raises(StoreUnavailableError) as failure:
         run_job(config)
     assert time.monotonic() - started < 120
+    # One line, not Ray's traceback: the operation, the object, the endpoint, the attempts, the cause.
     message = str(failure.value)
-    assert re.search(rf"S3 GetObject s3://{BUCKET}/\S+ on {re.escape(dead_endpoint)} failed after 3 attempts", message)
+    assert "\n" not in message, message
+    pattern = rf"^S3 GetObject s3://{BUCKET}/\S+ on {re.escape(dead_endpoint)} failed after 3 attempts: .*connect"
+    assert re.search(pattern, message), message
     runs = pads.dataset(output / "runs", format="parquet").to_table().to_pylist()
     assert [run["status"] for run in runs] == ["failed"]
     assert not (output / "results").exists() and not (output / "errors").exists()
