@@ -27,9 +27,10 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 # 6 attempts in all. Where one request in eight fails (the flaky-store test's rates), a request then fails for
-# good once in 335,000; AWS's default of 3 would fail one in 580, a few per thousand-image run. The standard
-# mode's backoff (random, doubling from 1 s, capped at 20 s) bounds the wait on a dead store to 31 s an
-# operation, plus the connect timeouts.
+# good once in 335,000; AWS's default of 3 would fail one in 580, a few per thousand-image run. boto3's
+# standard backoff (random, doubling, capped at 20 s) starts at 1 s for throttling (`SlowDown`) and at 50 ms for
+# other errors: a throttling store is waited on for up to 31 s an operation, a dead one given up on in under
+# 2 s of backoff plus the connect timeouts (measured with pyarrow, whose SDK backs off on its own: 5-10 s).
 DEFAULT_MAX_ATTEMPTS = 6
 # A connection to a live store opens in milliseconds; 10 s allows a congested network, not a black hole.
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
@@ -181,7 +182,7 @@ class S3Objects:
                         f"S3 GetObject {uri} on {self.endpoint} failed after {attempts} attempts: the response "
                         f"body broke off each time ({exc})"
                     ) from exc
-                delay = random.random() * min(20.0, 2.0 ** (reads - 1))  # botocore's standard backoff
+                delay = random.random() * min(20.0, 0.05 * 2.0 ** (reads - 1))  # botocore's, for non-throttling
                 logger.info("reading %s broke off (%s); reading it again in %.1f s", uri, exc, delay)
                 time.sleep(delay)
 
