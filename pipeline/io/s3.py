@@ -14,6 +14,7 @@ are the image's own errors.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -196,7 +197,15 @@ class S3Objects:
         return attempts - 1
 
 
-@functools.lru_cache(maxsize=8)
 def s3_objects(settings: S3Settings) -> S3Objects:
-    """One client per process and settings: building one costs ~50 ms and a connection pool."""
+    """One client per process and settings: building one costs ~50 ms and a connection pool. Keyed by the
+    endpoint and region as resolved now, so a client built before `AWS_ENDPOINT_URL` changed is not reused."""
+    resolved = dataclasses.replace(
+        settings, endpoint_url=settings.resolved_endpoint(), region=settings.resolved_region()
+    )
+    return _client_for(resolved)
+
+
+@functools.lru_cache(maxsize=8)
+def _client_for(settings: S3Settings) -> S3Objects:
     return S3Objects(settings)

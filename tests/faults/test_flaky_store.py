@@ -190,7 +190,7 @@ def test_store_down_for_good_fails_reads_in_bounded_time_naming_endpoint_and_ope
 def test_counted_retries_match_injected_faults_exactly(s3_server: str, uploaded: dict[str, bytes]) -> None:
     """Alone on a connection, each injected slow-down or reset is exactly one counted retry, reads and writes;
     a body cut mid-way is read again, and a body cut every time fails naming the endpoint."""
-    rates = FaultRates(slowdown=0.2, reset=0.2, delay=0.0)
+    rates = FaultRates(slowdown=0.2, reset=0.2, delay=0.0, delay_seconds=0.1)  # delays cost no retry: keep them short
     key = sorted(uploaded)[0]
     with FaultyS3Proxy(s3_server, seed=7, rates=rates, deadline_s=120) as proxy:
         settings = S3Settings(endpoint_url=proxy.endpoint, max_attempts=8)
