@@ -70,18 +70,33 @@ def endpoint_of(s3: S3Settings) -> str:
     return s3.resolved_endpoint() or "AWS S3"
 
 
+# pyarrow's words (the AWS SDK's error names) for the failures its retry strategy retries: seen after the
+# last attempt, they mean the store is unavailable, not that the request was wrong.
+_TRANSIENT = (
+    "NETWORK_CONNECTION",
+    "SLOW_DOWN",
+    "SERVICE_UNAVAILABLE",
+    "INTERNAL_FAILURE",
+    "THROTTLING",
+    "REQUEST_TIMEOUT",
+    "HTTP status 5",
+)
+
+
 @contextmanager
 def store_errors(what: str, uri: str, s3: S3Settings) -> Iterator[None]:
-    """Turns pyarrow's error for an S3 `uri` that failed every attempt into a `StoreUnavailableError` naming the
-    endpoint; pyarrow's message names the operation (`during ListObjectsV2 operation`) and the cause."""
+    """Names the endpoint in pyarrow's errors for an S3 `uri` (pyarrow's message names the operation, `during
+    ListObjectsV2 operation`, and the cause); one that failed every attempt becomes a `StoreUnavailableError`."""
     try:
         yield
     except OSError as exc:
         if not is_s3(uri) or isinstance(exc, FileNotFoundError | PermissionError | StoreUnavailableError):
             raise
-        raise StoreUnavailableError(
-            f"S3 {what} {uri} on {endpoint_of(s3)} failed (up to {s3.max_attempts} attempts): {exc}"
-        ) from exc
+        if any(marker in str(exc) for marker in _TRANSIENT):
+            raise StoreUnavailableError(
+                f"S3 {what} {uri} on {endpoint_of(s3)} failed (up to {s3.max_attempts} attempts): {exc}"
+            ) from exc
+        raise OSError(f"S3 {what} {uri} on {endpoint_of(s3)} failed: {exc}") from exc
 
 
 def join_uri(base: str, *parts: str) -> str:
