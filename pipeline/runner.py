@@ -256,13 +256,13 @@ def run_job(config: JobConfig) -> RunSummary:
     finally:
         seconds = time.perf_counter() - clock
         accounted = sink.counts.results + sink.counts.errors
-        retries = sink.counts
+        counts = sink.counts
         logger.info(
             "run %s: %d S3 retries (read %d, write %d)",
             run_id,
-            retries.io_retries,
-            retries.read_retries,
-            retries.write_retries,
+            counts.io_retries,
+            counts.read_retries,
+            counts.write_retries,
         )
         if status == "succeeded" and accounted != len(listing):
             status = "incomplete"  # blocks were dropped under `runtime.max_errored_blocks`
