@@ -26,7 +26,7 @@ from pipeline.image.decode import DecodeLimits
 from pipeline.io.s3 import store_failure
 from pipeline.io.schema import RUNS, SCHEMA_VERSION
 from pipeline.io.sink import CamDatasink, commit, discard_staging
-from pipeline.io.sources import Listed, S3Settings, filesystem_for, join_uri, list_inputs
+from pipeline.io.sources import Listed, S3Settings, filesystem_for, join_uri, list_inputs, store_errors
 from pipeline.models import get_spec, load_model, resolve_layer
 from pipeline.predictor import Predictor
 from pipeline.reader import read_decode_batch
@@ -158,9 +158,17 @@ def skip_done(listing: list[Listed], config: JobConfig, s3: S3Settings) -> tuple
 
 
 def _write_run_row(config: JobConfig, s3: S3Settings, row: dict) -> None:
-    fs, base = filesystem_for(join_uri(config.sink.uri, "runs"), s3)
-    fs.create_dir(base, recursive=True)
-    pq.write_table(pa.Table.from_pylist([row], schema=RUNS), f"{base}/{row['run_id']}.parquet", filesystem=fs)
+    try:
+        with store_errors("write of the runs row to", config.sink.uri, s3):
+            fs, base = filesystem_for(join_uri(config.sink.uri, "runs"), s3)
+            fs.create_dir(base, recursive=True)
+            table = pa.Table.from_pylist([row], schema=RUNS)
+            pq.write_table(table, f"{base}/{row['run_id']}.parquet", filesystem=fs)
+    except OSError:
+        if row["status"] == "succeeded":
+            raise  # without its row the run is not complete to readers; the error says why
+        # The store may be what failed the run: its own error, raised after this, is the one to report.
+        logger.exception("run %s: could not record its %s status in runs/", row["run_id"], row["status"])
 
 
 def _ensure_ray(config: JobConfig) -> None:
@@ -196,7 +204,8 @@ def run_job(config: JobConfig) -> RunSummary:
     if config.source.limit is not None:
         listing = listing[: config.source.limit]
     listed = len(listing)
-    listing, skipped = skip_done(listing, config, s3)
+    with store_errors("reading of the done work in", config.sink.uri, s3):
+        listing, skipped = skip_done(listing, config, s3)
     logger.info("run %s: %d listed, %d already done, %d to process", run_id, listed, skipped, len(listing))
 
     _ensure_ray(config)
@@ -248,7 +257,10 @@ def run_job(config: JobConfig) -> RunSummary:
         commit(config.sink.uri, run_id, sink.counts.files, s3)
     except BaseException as exc:
         status = "failed"
-        discard_staging(config.sink.uri, run_id, s3)
+        try:
+            discard_staging(config.sink.uri, run_id, s3)
+        except OSError:  # the store may be what failed the run: keep the run's own error
+            logger.exception("run %s: could not discard its staged files", run_id)
         outage = store_failure(exc)
         if outage is not None and outage is not exc:  # a task's outage arrives wrapped in Ray's traceback
             raise outage from exc

@@ -137,24 +137,34 @@ def test_flaky_store_run_succeeds_exactly_once_with_bounded_counted_retries(
     assert write_retries <= files * (S3Settings().max_attempts - 1)
 
 
-def test_store_down_for_good_fails_listing_in_bounded_time_naming_endpoint_and_operation(
+@pytest.mark.parametrize("down", ["input", "output"])
+def test_store_down_for_good_fails_the_run_in_bounded_time_naming_endpoint_and_operation(
+    down: str,
     ray_cluster: str,
     s3_server: str,
     uploaded: dict[str, bytes],
+    photos: dict[str, bytes],
     dead_endpoint: str,
     tmp_path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """What the operator sees: `camray run` exits 1 with one line on stderr, not a traceback."""
+    """What the operator sees: `camray run` exits 1 with one line on stderr, not a traceback. The first S3
+    operation of the run meets the dead store: listing the input, or reading what the output already holds."""
+    local = tmp_path / "images"
+    local.mkdir()
+    (local / "chelsea.png").write_bytes(photos["chelsea.png"])
+    remote = f"s3://{BUCKET}/images" if down == "input" else f"s3://{BUCKET}/out-down"
+    source, sink = (remote, str(tmp_path / "out")) if down == "input" else (str(local), remote)
     argv = [
-        *("--input", f"s3://{BUCKET}/images", "--output", str(tmp_path / "out")),
+        *("--input", source, "--output", sink),
         *("--source.s3_endpoint_url", dead_endpoint, "--source.s3_max_attempts", "3"),
     ]
     started = time.monotonic()
     assert cli.main(argv) == 1
-    assert time.monotonic() - started < 120  # generous: the bound is 3 attempts, < 3 s of backoff
+    assert time.monotonic() - started < 120  # generous: 3 attempts take seconds
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"camray: S3 listing of s3://{BUCKET}/images on {dead_endpoint} failed"), line
+    what = "listing of" if down == "input" else "reading of the done work in"
+    assert line.startswith(f"camray: S3 {what} {remote} on {dead_endpoint} failed (up to 3 attempts)"), line
     assert re.search(r"during \w+ operation", line), line  # pyarrow's words for the S3 operation
 
 
