@@ -18,6 +18,7 @@ import yaml
 
 from pipeline.config import ConfigError, JobConfig, load_config
 from pipeline.io.lease import LeaseHeld
+from pipeline.io.s3 import StoreUnavailableError
 from pipeline.io.sources import S3Settings, filesystem_for
 
 if TYPE_CHECKING:  # the runner loads Ray and torch: seconds that `camray runs | report | query | export` skip
@@ -116,6 +117,9 @@ def main(argv: list[str] | None = None, prog: str = "cam_batch.py") -> int:
     except ValueError as exc:  # setup errors (model, layers, method) carry a message naming the field
         print(f"camray: {exc}")
         return 2
+    except StoreUnavailableError as exc:  # names the endpoint and the operation; the traceback adds nothing
+        print(f"camray: {exc}", file=sys.stderr)
+        return 1
     print_summary(summary, config)
     return 0 if summary.status == "succeeded" else 1
 

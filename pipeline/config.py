@@ -43,6 +43,13 @@ class SourceConfig(_Section):
         "environment variable, then to AWS.",
     )
     s3_region: str | None = Field(None, description="S3 region; defaults to the AWS chain's.")
+    s3_max_attempts: int = Field(
+        6,
+        ge=1,
+        le=20,
+        description="Attempts in all (retries + 1) for each S3 request of the run, inputs and output alike, with "
+        "AWS's standard backoff; the retries taken are counted in the run's log and `runs.io_retries`.",
+    )
 
     @field_validator("extensions")
     @classmethod

@@ -324,7 +324,8 @@ class Predictor:
     ) -> pa.Table:
         out = self.annotator.annotate(pixels, valid)
         images = {
-            name: batch[name][index] for name in ("image_uri", "source_version", "content_sha256", "width", "height")
+            name: batch[name][index]
+            for name in ("image_uri", "source_version", "content_sha256", "width", "height", "io_retries")
         }
         return result_table(out, images, self.row_context)
 
@@ -346,6 +347,7 @@ class Predictor:
             "run_id": self.run_id,
             "model": self.model_name,
             "config_fingerprint": self.fingerprint,
+            "io_retries": int(batch["io_retries"][index]),
         }
 
 

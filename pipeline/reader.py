@@ -22,6 +22,7 @@ from pipeline.image.decode import (
     decode_image,
     probe_image,
 )
+from pipeline.io.s3 import StoreUnavailableError
 from pipeline.io.sources import ByteReader, S3Settings
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,11 @@ def read_decode_batch(
     """Ray Data task: listing rows (`uri`, `version`) -> decoded rows; failures become error columns.
 
     `decode="cpu"` fills `pixels`, `valid_width`, `valid_height`; `decode="device"` fills `encoded` (the bytes),
-    `orientation` and `device_jpeg` (whether the device decoder can take it) instead.
+    `orientation` and `device_jpeg` (whether the device decoder can take it) instead. `io_retries` is how many
+    times each read was retried; it rides with the row to the sink, which counts the run's retries.
+
+    Raises `StoreUnavailableError` when the store fails a read after every attempt: an outage is the run's
+    failure, and turning it into an error row per image would record a run that read nothing as succeeded.
     """
     reader = _reader(S3Settings(**s3))
     decode_limits = DecodeLimits(**limits)
@@ -59,6 +64,7 @@ def read_decode_batch(
         "error_stage": np.full(n, "", dtype=object),
         "error_type": np.full(n, "", dtype=object),
         "error_message": np.full(n, "", dtype=object),
+        "io_retries": np.zeros(n, dtype=np.int64),
     }
     if decode == "device":
         out["encoded"] = np.full(n, b"", dtype=object)
@@ -69,15 +75,20 @@ def read_decode_batch(
         out["valid_height"] = np.zeros(n, dtype=np.int32)
         out["pixels"] = np.zeros((n, input_size, input_size, 3), dtype=np.uint8)
     for i, uri in enumerate(batch["uri"]):
+        retries_before = reader.retries
         try:
             data = reader.read(str(uri))
-        except Exception as exc:  # missing object, permissions, network: the image's error, not the job's
+        except StoreUnavailableError:
+            raise
+        except Exception as exc:  # missing object, permissions: the image's error, not the job's
             out["error_stage"][i], out["error_type"][i], out["error_message"][i] = (
                 "read",
                 type(exc).__name__,
                 str(exc),
             )
             continue
+        finally:
+            out["io_retries"][i] = reader.retries - retries_before
         out["content_sha256"][i] = hashlib.sha256(data).hexdigest()
         decoded = (
             probe_image(data, decode_limits)

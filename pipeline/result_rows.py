@@ -90,7 +90,7 @@ def result_table(out: AnnotatedBatch, images: dict[str, np.ndarray], context: Ro
     """One `ROWS` row per image of `out`.
 
     `images` holds the per-image columns, aligned with `out`: `image_uri`, `source_version`,
-    `content_sha256`, `width`, `height` (original pixels).
+    `content_sha256`, `width`, `height` (original pixels), `io_retries` (passed through to the sink).
     """
     b, k = out.class_ids.shape
     grid = out.maps.shape[-1]
@@ -175,5 +175,6 @@ def result_table(out: AnnotatedBatch, images: dict[str, np.ndarray], context: Ro
         "stage": pa.nulls(b, pa.string()),
         "error_type": pa.nulls(b, pa.string()),
         "message": pa.nulls(b, pa.string()),
+        "io_retries": pa.array(images["io_retries"], pa.int64()),
     }
     return pa.Table.from_arrays([columns[name] for name in ROWS.names], schema=ROWS)

@@ -36,9 +36,10 @@ from pipeline.image.decode import DecodeLimits
 from pipeline.io.lease import OutputLease
 from pipeline.io.listing import LISTING, iter_listing
 from pipeline.io.resume import PriorWork, RunState, find_resumable, prior_work, write_state
+from pipeline.io.s3 import store_failure
 from pipeline.io.schema import RUNS, SCHEMA_VERSION
 from pipeline.io.sink import CamDatasink, check_each_input_once, commit, staging_uri
-from pipeline.io.sources import S3Settings, filesystem_for, join_uri
+from pipeline.io.sources import S3Settings, filesystem_for, join_uri, store_errors
 from pipeline.models import get_spec, load_model, resolve_layer
 from pipeline.predictor import Predictor
 from pipeline.reader import read_decode_batch
@@ -292,10 +293,17 @@ def _write_text(uri: str, text: str, s3: S3Settings) -> None:
 
 
 def _write_run_row(config: JobConfig, s3: S3Settings, row: dict) -> None:
-    fs, base = filesystem_for(join_uri(config.sink.uri, "runs"), s3)
-    fs.create_dir(base, recursive=True)
     name = f"{row['run_id']}.parquet" if row["attempt"] == 1 else f"{row['run_id']}-a{row['attempt']:02d}.parquet"
-    pq.write_table(pa.Table.from_pylist([row], schema=RUNS), f"{base}/{name}", filesystem=fs)
+    try:
+        with store_errors("write of the runs row to", config.sink.uri, s3):
+            fs, base = filesystem_for(join_uri(config.sink.uri, "runs"), s3)
+            fs.create_dir(base, recursive=True)
+            pq.write_table(pa.Table.from_pylist([row], schema=RUNS), f"{base}/{name}", filesystem=fs)
+    except OSError:
+        if row["status"] == "succeeded":
+            raise  # without its row the run is not complete to readers; the error says why
+        # The store may be what failed the run: its own error, raised after this, is the one to report.
+        logger.exception("run %s: could not record its %s status in runs/", row["run_id"], row["status"])
 
 
 def _ensure_ray(config: JobConfig) -> None:
@@ -357,7 +365,11 @@ def run_job(config: JobConfig) -> RunSummary:
     started = datetime.now(UTC)
     clock = time.perf_counter()
     # Resolve the endpoint here and pass it on explicitly: workers on other nodes may not share our env.
-    s3 = S3Settings(S3Settings(config.source.s3_endpoint_url).resolved_endpoint(), config.source.s3_region)
+    s3 = S3Settings(
+        S3Settings(config.source.s3_endpoint_url).resolved_endpoint(),
+        config.source.s3_region,
+        config.source.s3_max_attempts,
+    )
     state = _Attempt(run_id=f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}")
     lease = OutputLease(config.sink.uri, state.run_id, s3, config.sink.lease_seconds)
     lease.acquire(wait_seconds=config.sink.wait_for_lease)
@@ -371,9 +383,20 @@ def run_job(config: JobConfig) -> RunSummary:
         logger.warning("run %s %s", state.run_id, state.message)
         raise
     except BaseException as exc:
-        status, state.message = "failed", f"{type(exc).__name__}: {exc}"
+        outage = store_failure(exc)
+        status, state.message = "failed", str(outage) if outage is not None else f"{type(exc).__name__}: {exc}"
+        if outage is not None and outage is not exc:  # a task's outage arrives wrapped in Ray's traceback
+            raise outage from exc
         raise
     finally:
+        counts = sink.counts
+        logger.info(
+            "run %s: %d S3 retries (read %d, write %d)",
+            state.run_id,
+            counts.io_retries,
+            counts.read_retries,
+            counts.write_retries,
+        )
         try:
             seconds = time.perf_counter() - clock
             summary = _summary(config, state, sink, status, seconds)
@@ -395,7 +418,8 @@ def _run_leased(
     input_size = config.model.input_size or loaded.spec.input_size
     del loaded
 
-    completed = _completed_runs(config.sink.uri, s3)
+    with store_errors("reading of the done work in", config.sink.uri, s3):
+        completed = _completed_runs(config.sink.uri, s3)
     fingerprint = config.fingerprint()
     resumable = (
         find_resumable(config.sink.uri, fingerprint, config.model.name, config.source.uri, set(completed), s3)
@@ -429,7 +453,8 @@ def _run_leased(
     source_uri = config.source.uri
     if source_uri == SAMPLES_URI:
         source_uri = str(export_samples(SAMPLES_FOLDER).resolve())
-    staged = _stage_listing(config, s3, state, source_uri, completed)
+    with store_errors("listing of", source_uri, s3):
+        staged = _stage_listing(config, s3, state, source_uri, completed)
     state.to_process = staged.rows
     logger.info(
         "run %s: %d listed, %d already done, %d done by earlier attempts, %d to process",
@@ -566,7 +591,7 @@ def _record_run(
             "resumed": summary.resumed,
             "images_per_second": summary.images_per_second,
             "errors_by_stage": json.dumps(dict(sorted(summary.errors_by_stage.items()))),
-            "io_retries": 0,
+            "io_retries": sink.counts.io_retries,
             "camray_version": version,
             "git_commit": commit_sha,
             "ray_version": ray.__version__,

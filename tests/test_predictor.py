@@ -26,6 +26,7 @@ def _batch(photos, names, size=224, policy="letterbox"):
         "error_stage": np.array([""] * n, dtype=object),
         "error_type": np.array([""] * n, dtype=object),
         "error_message": np.array([""] * n, dtype=object),
+        "io_retries": np.zeros(n, dtype=np.int64),
     }
 
 

@@ -40,6 +40,7 @@ def _batch() -> tuple[AnnotatedBatch, dict[str, np.ndarray]]:
         "content_sha256": np.array(["a" * 64, "b" * 64], dtype=object),
         "width": np.array([400, 80], dtype=np.int32),
         "height": np.array([200, 40], dtype=np.int32),
+        "io_retries": np.array([0, 2], dtype=np.int64),
     }
     return out, images
 
@@ -68,6 +69,7 @@ def test_rows_by_hand():
     assert first["mask"]["class_id"] == 7 and mask.shape == (200, 400)
     assert mask[:100, :200].all() and not mask[100:, :].any() and not mask[:, 200:].any()
     assert (first["image_uri"], second["width"], second["height"]) == ("s3://b/a.jpg", 80, 40)
+    assert [first["io_retries"], second["io_retries"]] == [0, 2]
     assert (first["model"], first["method"], first["run_id"], first["error_type"]) == ("m", "cam", "run", None)
 
 

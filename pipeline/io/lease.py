@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pipeline.io.sources import S3Settings, is_s3, join_uri, s3_client
+from pipeline.io.s3 import StoreUnavailableError
+from pipeline.io.sources import S3Settings, endpoint_of, is_s3, join_uri, s3_client
 
 logger = logging.getLogger(__name__)
 
@@ -153,9 +154,26 @@ class _LocalStore:
 
 
 class _S3Store:
+    """The lease as an S3 object; a store that fails every attempt raises `StoreUnavailableError` naming the
+    operation and the endpoint, as the job's other S3 calls do."""
+
     def __init__(self, uri: str, s3: S3Settings) -> None:
+        self.uri = uri
+        self.s3 = s3
         self.bucket, _, self.key = uri.removeprefix("s3://").partition("/")
         self.client = s3_client(s3)
+
+    @contextlib.contextmanager
+    def _named(self, operation: str) -> Iterator[None]:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            yield
+        except BotoCoreError as exc:
+            raise StoreUnavailableError(
+                f"S3 {operation} {self.uri} on {endpoint_of(self.s3)} failed after {self.s3.max_attempts} attempts: "
+                f"{exc}"
+            ) from exc
 
     def _precondition_failed(self, exc: Exception) -> bool:
         code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
@@ -166,7 +184,8 @@ class _S3Store:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data, IfNoneMatch="*")
+            with self._named("PutObject"):
+                self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data, IfNoneMatch="*")
         except ClientError as exc:
             if self._precondition_failed(exc):
                 return False
@@ -177,7 +196,8 @@ class _S3Store:
         from botocore.exceptions import ClientError
 
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self.key)
+            with self._named("GetObject"):
+                response = self.client.get_object(Bucket=self.bucket, Key=self.key)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
@@ -188,7 +208,8 @@ class _S3Store:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data, IfMatch=expected_tag)
+            with self._named("PutObject"):
+                self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data, IfMatch=expected_tag)
         except ClientError as exc:
             if self._precondition_failed(exc):
                 return False
@@ -199,7 +220,8 @@ class _S3Store:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=expected_tag)
+            with self._named("DeleteObject"):
+                self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=expected_tag)
         except ClientError as exc:
             if self._precondition_failed(exc):
                 return False

@@ -19,7 +19,8 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.io.sources import Listed, S3Settings, filesystem_for, is_s3, s3_client
+from pipeline.io.s3 import StoreUnavailableError
+from pipeline.io.sources import Listed, S3Settings, endpoint_of, filesystem_for, is_s3, s3_client
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,24 @@ def _walk_s3(uri: str, extensions: list[str], recursive: bool, s3: S3Settings) -
             # Milliseconds, as S3 reports them and as pyarrow's listing gave them: versions stay comparable.
             mtime_ns = int(item["LastModified"].timestamp() * 1000) * 1_000_000
             yield f"s3://{bucket}/{key}", item["Size"], f"{item['Size']}-{mtime_ns}"
+
+
+def _named_failures(pages: Iterable[dict], uri: str, s3: S3Settings) -> Iterator[dict]:
+    """Listing pages; a store that fails every attempt raises `StoreUnavailableError` naming the operation."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield from pages
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+            raise FileNotFoundError(f"input {uri} does not exist (no such bucket)") from exc
+        raise StoreUnavailableError(
+            f"S3 ListObjectsV2 {uri} on {endpoint_of(s3)} failed after up to {s3.max_attempts} attempts: {exc}"
+        ) from exc
+    except BotoCoreError as exc:
+        raise StoreUnavailableError(
+            f"S3 ListObjectsV2 {uri} on {endpoint_of(s3)} failed after {s3.max_attempts} attempts: {exc}"
+        ) from exc
 
 
 def _manifest(fs: pafs.FileSystem, path: str, uri: str) -> Iterator[tuple[str, int, str]]:

@@ -112,10 +112,12 @@ RUNS = pa.schema(
 )
 
 # What the predictor emits: every results column plus the error columns, one row per input; the sink
-# splits it into `results/` and `errors/`.
+# splits it into `results/` and `errors/`. `io_retries` (the S3 retries the row's read took) is the sink's
+# to count, and is written to neither.
 ROWS = pa.schema(
     [field for field in RESULTS]
     + [pa.field("stage", pa.string()), pa.field("error_type", pa.string()), pa.field("message", pa.string())]
+    + [pa.field("io_retries", pa.int64())]
 )
 
 

@@ -6,8 +6,8 @@ moves the files into `results/` and `errors/` and only then writes the run's row
 belongs to a completed run exactly when its `run_id` appears in `runs/` with status `succeeded`.
 
 Staged files are what a crashed run keeps: a rerun continues that run (`pipeline.io.resume`) and skips every
-input its staged files hold. So each file is complete or absent (written under a temporary name, then
-renamed; an S3 object appears whole), and its name is fixed by the run, the attempt and the write task's
+input its staged files hold. So each file is complete or absent (`write_object`: one S3 PutObject, or a local
+temporary file renamed into place), and its name is fixed by the run, the attempt and the write task's
 index: a write task that Ray retries after its worker died rewrites the same file instead of adding a second
 copy of its rows.
 """
@@ -15,7 +15,6 @@ copy of its rows.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from ray.data._internal.execution.interfaces import TaskContext
 from ray.data.datasource.datasink import WriteResult
 
 from pipeline.io.schema import ERRORS, RESULTS, ROWS
-from pipeline.io.sources import S3Settings, filesystem_for, is_s3, join_uri
+from pipeline.io.sources import S3Settings, filesystem_for, is_s3, join_uri, write_object
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +41,20 @@ class WrittenCounts:
     errors: int = 0
     files: list[str] = field(default_factory=list)
     errors_by_stage: Counter[str] = field(default_factory=Counter)
+    read_retries: int = 0  # S3 retries of the read tasks, carried in the rows' `io_retries`
+    write_retries: int = 0  # S3 retries of the staged files' PUTs
+
+    @property
+    def io_retries(self) -> int:
+        return self.read_retries + self.write_retries
 
     def add(self, other: WrittenCounts) -> None:
         self.results += other.results
         self.errors += other.errors
         self.files.extend(other.files)
         self.errors_by_stage.update(other.errors_by_stage)
+        self.read_retries += other.read_retries
+        self.write_retries += other.write_retries
 
 
 def staging_uri(output_uri: str, run_id: str) -> str:
@@ -58,15 +65,12 @@ def staged_file_name(run_id: str, attempt: int, task_index: int) -> str:
     return f"{run_id}-a{attempt:02d}-{task_index:05d}.parquet"
 
 
-def write_parquet_whole(table: pa.Table, fs: pafs.FileSystem, path: str) -> None:
-    """Writes a Parquet file that readers see complete or not at all."""
-    if isinstance(fs, pafs.S3FileSystem):  # an object becomes visible only once its upload completes
-        pq.write_table(table, path, filesystem=fs, compression="zstd")
-        return
-    directory, name = path.rsplit("/", 1)
-    temporary = f"{directory}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-    pq.write_table(table, temporary, filesystem=fs, compression="zstd")
-    fs.move(temporary, path)
+def _parquet_bytes(table: pa.Table) -> bytes:
+    """The whole file in memory, to be written in one piece (`write_object`): a file holds at most a write
+    task's rows, a few MB of maps."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue().to_pybytes()
 
 
 class CamDatasink(Datasink[WrittenCounts]):
@@ -96,15 +100,15 @@ class CamDatasink(Datasink[WrittenCounts]):
         failed = pc.is_valid(rows.column("error_type"))
         results = rows.filter(pc.invert(failed)).select(RESULTS.names).cast(RESULTS)
         errors = rows.filter(failed).select(ERRORS.names).cast(ERRORS)
-        fs, base = filesystem_for(staging_uri(self.output_uri, self.run_id), self.s3)
+        staging = staging_uri(self.output_uri, self.run_id)
         name = staged_file_name(self.run_id, self.attempt, ctx.task_idx)
         for table, kind in ((results, "results"), (errors, "errors")):
             if table.num_rows:
-                fs.create_dir(f"{base}/{kind}", recursive=True)
-                write_parquet_whole(table, fs, f"{base}/{kind}/{name}")
+                counts.write_retries += write_object(join_uri(staging, kind, name), _parquet_bytes(table), self.s3)
                 counts.files.append(f"{kind}/{name}")
         counts.results, counts.errors = results.num_rows, errors.num_rows
         counts.errors_by_stage.update(errors.column("stage").to_pylist())
+        counts.read_retries = pc.sum(rows.column("io_retries")).as_py() or 0
         return counts
 
     def on_write_complete(self, write_result: WriteResult[WrittenCounts]) -> None:

@@ -1,0 +1,313 @@
+"""A fault-injecting HTTP proxy for an S3 endpoint: asyncio, on 127.0.0.1, stopping itself at a deadline.
+
+Every request is forwarded to the real store (moto) unless its fault says otherwise. Faults are drawn per
+request from a seeded generator:
+- `slowdown`: answered here with `503 SlowDown` and S3's XML error body; the store never sees it.
+- `reset`: the connection is cut in the middle of a body and reset (RST): a request that carries a body is
+  cut after half of it (the store never sees it); otherwise the request is forwarded and the response is
+  cut after half of its body, or, when it has none, dropped whole after the store acted on it.
+- `delay`: held for `delay_seconds`, then forwarded.
+
+Rates alone would leave the rarer faults unmet on a few dozen transfers in most draws (2% resets over 40
+object reads: none in 45% of runs), and a test that never met its fault would pass without proving anything.
+So the first object reads (GET without a query) and object writes (PUT with a body, not a copy) meet each
+fault once, in a seeded order; every request after that takes its chance at the rates.
+
+Keep-alive: many requests per client connection, bodies framed by Content-Length or chunked encoding, and
+`Expect: 100-continue` answered here. Each request goes to the store on a fresh connection
+(`Connection: close`), so the store's own keep-alive never interleaves with the faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+KINDS = ("slowdown", "reset", "delay")
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy-connection", "te", "upgrade"}
+SLOWDOWN_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message><RequestId>camray-faults</RequestId></Error>"
+)
+# How long the proxy waits on the store or a client for any one read; nothing it does can hang longer.
+IO_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class FaultRates:
+    slowdown: float = 0.10
+    reset: float = 0.02
+    delay: float = 0.05
+    delay_seconds: float = 2.0
+
+
+@dataclass
+class _Request:
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+
+    def header(self, name: str) -> str | None:
+        return next((value for key, value in self.headers if key.lower() == name), None)
+
+    @property
+    def kind(self) -> str:
+        """`object-read`, `object-write` or `other`: where the forced faults go."""
+        if self.method == "GET" and "?" not in self.target:
+            return "object-read"
+        if self.method == "PUT" and self.header("x-amz-copy-source") is None and _content_length(self) > 0:
+            return "object-write"
+        return "other"
+
+
+def _content_length(message: _Request) -> int:
+    value = message.header("content-length")
+    return int(value) if value else 0
+
+
+class FaultyS3Proxy:
+    """`start()` returns the proxy's endpoint; `counts[(method, fault)]` says what was injected.
+
+    `fault` is one of `KINDS` or `ok`; `forced[(request kind, fault)]` counts the faults forced on object reads
+    and writes (see the module docstring); `log` holds every request as (method, target, fault), in order.
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        seed: int,
+        rates: FaultRates | None = None,
+        deadline_s: float = 300.0,
+        force_each: bool = True,
+    ) -> None:
+        parsed = urlparse(upstream)
+        if parsed.scheme != "http" or not parsed.hostname or not parsed.port:
+            raise ValueError(f"`upstream` must be http://HOST:PORT, got {upstream!r}")
+        self.upstream = (parsed.hostname, parsed.port)
+        self.rates = rates or FaultRates()
+        self.deadline_s = deadline_s
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.forced: Counter[tuple[str, str]] = Counter()
+        self.log: list[tuple[str, str, str]] = []
+        self._random = random.Random(seed)
+        forced = ("object-read", "object-write") if force_each else ()
+        self._pending = {kind: self._random.sample(KINDS, len(KINDS)) for kind in forced}
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="faulty-s3-proxy", daemon=True)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.endpoint = ""
+
+    def __enter__(self) -> FaultyS3Proxy:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def start(self) -> str:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(timeout=10)
+        return self.endpoint
+
+    def stop(self) -> None:
+        """Stops listening and resets every open connection: the store is gone from here on."""
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+    def injected(self, method: str | None = None) -> Counter[str]:
+        """Faults injected so far, by kind, for one HTTP method or all."""
+        injected: Counter[str] = Counter()
+        with self._lock:
+            for (m, fault), n in self.counts.items():
+                if fault != "ok" and method in (None, m):
+                    injected[fault] += n
+        return injected
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{port}"
+        # Bounded in time: a test that forgets to stop it, or hangs, does not leave it running.
+        self._loop.call_later(self.deadline_s, lambda: asyncio.ensure_future(self._close()))
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            _reset(writer)
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+    def _decide(self, request: _Request) -> str:
+        with self._lock:
+            pending = self._pending.get(request.kind)
+            if pending:
+                fault = pending.pop()
+                self.forced[(request.kind, fault)] += 1
+            else:
+                draw = self._random.random()
+                rates = self.rates
+                fault = (
+                    "slowdown"
+                    if draw < rates.slowdown
+                    else "reset"
+                    if draw < rates.slowdown + rates.reset
+                    else "delay"
+                    if draw < rates.slowdown + rates.reset + rates.delay
+                    else "ok"
+                )
+            self.counts[(request.method, fault)] += 1
+            self.log.append((request.method, request.target, fault))
+            return fault
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while True:
+                try:
+                    # No timeout between requests: closing an idle kept-alive connection would race the client's
+                    # next request on it and fail it without a fault. The deadline bounds the wait.
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    return  # the client closed its kept-alive connection
+                request = _parse_request(head)
+                fault = self._decide(request)
+                if (request.header("expect") or "").lower() == "100-continue":
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                length = _content_length(request)
+                if fault == "reset" and length > 1:
+                    await asyncio.wait_for(reader.readexactly(length // 2), IO_TIMEOUT_S)
+                    _reset(writer)
+                    return
+                body = await _read_body(reader, request)
+                if fault == "slowdown":
+                    writer.write(_slowdown_response(request.method == "HEAD"))
+                    await writer.drain()
+                    continue
+                if fault == "delay":
+                    await asyncio.sleep(self.rates.delay_seconds)
+                status_line, headers, response_body = await self._forward(request, body)
+                has_body = _response_has_body(request.method, status_line)
+                if fault == "reset":
+                    if has_body and len(response_body) > 1:
+                        writer.write(_response_head(status_line, headers, len(response_body), has_body))
+                        writer.write(response_body[: len(response_body) // 2])
+                        await writer.drain()
+                    _reset(writer)
+                    return
+                writer.write(_response_head(status_line, headers, len(response_body), has_body) + response_body)
+                await writer.drain()
+                if (request.header("connection") or "").lower() == "close":
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, asyncio.CancelledError):
+            return  # the client went away, or the proxy is stopping
+        finally:
+            self._writers.discard(writer)
+            if not writer.transport.is_closing():
+                writer.close()
+
+    async def _forward(self, request: _Request, body: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(*self.upstream), IO_TIMEOUT_S)
+        try:
+            headers = [(k, v) for k, v in request.headers if k.lower() not in HOP_BY_HOP | {"content-length"}]
+            lines = [f"{request.method} {request.target} HTTP/1.1", *(f"{k}: {v}" for k, v in headers)]
+            if body or request.method in ("PUT", "POST"):
+                lines.append(f"Content-Length: {len(body)}")
+            lines.append("Connection: close")
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IO_TIMEOUT_S)
+            status_line, response_headers = _parse_head(head)
+            if not _response_has_body(request.method, status_line):
+                return status_line, response_headers, b""
+            message = _Request("", "", "", response_headers)
+            if message.header("content-length") is None and message.header("transfer-encoding") is None:
+                return status_line, response_headers, await asyncio.wait_for(reader.read(), IO_TIMEOUT_S)
+            return status_line, response_headers, await _read_body(reader, message)
+        finally:
+            writer.close()
+
+
+def _parse_head(head: bytes) -> tuple[str, list[tuple[str, str]]]:
+    lines = head.decode("latin-1").split("\r\n")
+    headers = []
+    for line in lines[1:]:
+        if line:
+            key, _, value = line.partition(":")
+            headers.append((key.strip(), value.strip()))
+    return lines[0], headers
+
+
+def _parse_request(head: bytes) -> _Request:
+    start, headers = _parse_head(head)
+    method, target, version = start.split(" ", 2)
+    return _Request(method, target, version, headers)
+
+
+async def _read_body(reader: asyncio.StreamReader, message: _Request) -> bytes:
+    if "chunked" in (message.header("transfer-encoding") or "").lower():
+        chunks = []
+        while True:
+            size_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), IO_TIMEOUT_S)
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                while (await asyncio.wait_for(reader.readuntil(b"\r\n"), IO_TIMEOUT_S)) != b"\r\n":
+                    pass  # trailers
+                return b"".join(chunks)
+            chunks.append(await asyncio.wait_for(reader.readexactly(size), IO_TIMEOUT_S))
+            await reader.readexactly(2)
+    length = _content_length(message)
+    return await asyncio.wait_for(reader.readexactly(length), IO_TIMEOUT_S) if length else b""
+
+
+def _response_has_body(method: str, status_line: str) -> bool:
+    status = int(status_line.split(" ", 2)[1])
+    return method != "HEAD" and status >= 200 and status not in (204, 304)
+
+
+def _response_head(status_line: str, headers: list[tuple[str, str]], length: int, has_body: bool) -> bytes:
+    # A HEAD response keeps the store's Content-Length (the object's size) with no body after it.
+    kept = [
+        (k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and (not has_body or k.lower() != "content-length")
+    ]
+    if has_body:
+        kept.append(("Content-Length", str(length)))
+    lines = [status_line.replace("HTTP/1.0", "HTTP/1.1", 1), *(f"{k}: {v}" for k, v in kept)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _slowdown_response(head_only: bool) -> bytes:
+    headers = [
+        "HTTP/1.1 503 Slow Down",
+        "Content-Type: application/xml",
+        f"Content-Length: {0 if head_only else len(SLOWDOWN_BODY)}",
+        "x-amz-request-id: camray-faults",
+        f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S GMT', time.gmtime())}",
+    ]
+    return ("\r\n".join(headers) + "\r\n\r\n").encode() + (b"" if head_only else SLOWDOWN_BODY)
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Closes with RST, not FIN: the peer sees `connection reset` mid-stream, as when a load balancer dies."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass  # already closed
+    writer.transport.abort()

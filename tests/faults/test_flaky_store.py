@@ -1,0 +1,227 @@
+"""Fault tests for the object store: a flaky S3 (slow-downs, resets, delays) and an S3 that is down for good.
+
+The faults are real: `s3_proxy.FaultyS3Proxy` stands between the job and the moto server and breaks HTTP
+exchanges on the wire. Jobs run on the real Ray head, and what readers see is read back from moto directly.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import boto3
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pytest
+from PIL import Image
+from s3_proxy import FaultRates, FaultyS3Proxy
+
+from pipeline import cli
+from pipeline.config import JobConfig
+from pipeline.io.s3 import S3Settings, StoreUnavailableError, s3_objects
+from pipeline.io.sources import filesystem_for, write_object
+from pipeline.runner import run_job
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+BUCKET = "camray-flaky"
+SIDES = (64, 96, 128, 160, 192, 224)
+RETRIES_LINE = re.compile(r"run (\S+): (\d+) S3 retries \(read (\d+), write (\d+)\)")
+
+
+@pytest.fixture(scope="module")
+def uploaded(s3_server: str, photos: dict[str, bytes]) -> dict[str, bytes]:
+    """36 real photos (six, each at six sizes) and two broken files, put to moto directly, not through a proxy."""
+    files: dict[str, bytes] = {}
+    for name, data in photos.items():
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        for side in SIDES:
+            copy = image.copy()
+            copy.thumbnail((side, side))
+            encoded = io.BytesIO()
+            copy.save(encoded, format="JPEG", quality=85)
+            files[f"images/{name.rsplit('.', 1)[0]}-{side}.jpg"] = encoded.getvalue()
+    jpeg = photos["grace_hopper.jpg"]
+    files["images/broken/truncated.jpg"] = jpeg[: len(jpeg) // 3]
+    files["images/broken/notes.png"] = b"shopping list: milk, eggs\n"
+    client = boto3.client("s3", endpoint_url=s3_server)
+    client.create_bucket(Bucket=BUCKET)
+    for key, data in files.items():
+        client.put_object(Bucket=BUCKET, Key=key, Body=data)
+    return files
+
+
+@pytest.fixture
+def dead_endpoint() -> Iterator[str]:
+    """An endpoint that refuses connections: a port bound (so no one else takes it) but never listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _seen_by_readers(output: str, s3_server: str) -> tuple[list[dict], list[str]]:
+    """The `runs` rows, and the image URIs of results + errors joined to runs with status `succeeded`."""
+    fs, base = filesystem_for(output, S3Settings(endpoint_url=s3_server))
+    runs = pads.dataset(f"{base}/runs", filesystem=fs, format="parquet").to_table().to_pylist()
+    succeeded = {run["run_id"] for run in runs if run["status"] == "succeeded"}
+    uris: list[str] = []
+    for kind in ("results", "errors"):
+        if fs.get_file_info(f"{base}/{kind}").type == pafs.FileType.Directory:
+            rows = pads.dataset(f"{base}/{kind}", filesystem=fs, format="parquet").to_table(["image_uri", "run_id"])
+            uris += [row["image_uri"] for row in rows.to_pylist() if row["run_id"] in succeeded]
+    return runs, uris
+
+
+def _committed_files(output: str, s3_server: str, run_id: str) -> int:
+    """The run's Parquet files in `results/` and `errors/`."""
+    fs, base = filesystem_for(output, S3Settings(endpoint_url=s3_server))
+    return sum(
+        info.base_name.startswith(run_id)
+        for kind in ("results", "errors")
+        for info in fs.get_file_info(pafs.FileSelector(f"{base}/{kind}", allow_not_found=True))
+    )
+
+
+def _faults(log: list[tuple[str, str, str]], method: str, path: str, suffix: str = "") -> tuple[int, Counter[str]]:
+    """Requests of `method` whose target starts with `path` (and ends with `suffix`), and the faults among them."""
+    hits = [fault for m, target, fault in log if m == method and target.startswith(path) and target.endswith(suffix)]
+    return len(hits), Counter(fault for fault in hits if fault != "ok")
+
+
+def test_flaky_store_run_succeeds_exactly_once_with_bounded_counted_retries(
+    ray_cluster: str, s3_server: str, uploaded: dict[str, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    output = f"s3://{BUCKET}/out-flaky"
+    with FaultyS3Proxy(s3_server, seed=20261125, deadline_s=240) as proxy:
+        config = JobConfig.model_validate(
+            {
+                "source": {"uri": f"s3://{BUCKET}/images", "s3_endpoint_url": proxy.endpoint},
+                "sink": {"uri": output},
+                "runtime": {"batch_size": 8, "decode_batch_size": 8},
+            }
+        )
+        with caplog.at_level(logging.INFO, logger="pipeline.runner"):
+            summary = run_job(config)
+    log = list(proxy.log)
+
+    assert summary.status == "succeeded"
+    runs, seen = _seen_by_readers(output, s3_server)
+    expected = sorted(f"s3://{BUCKET}/{key}" for key in uploaded)
+    assert sorted(seen) == expected  # every input once: none lost, none twice
+    assert (summary.results, summary.errors) == (36, 2)
+
+    # The faults really happened, on the job's own reads and writes (forced once each, then at the rates).
+    reads, read_faults = _faults(log, "GET", f"/{BUCKET}/images/")
+    # The staged files; not pyarrow's folder markers, whose retries pyarrow keeps to itself.
+    writes, write_faults = _faults(log, "PUT", f"/{BUCKET}/out-flaky/_staging/", ".parquet")
+    assert set(read_faults) == set(write_faults) == {"slowdown", "reset", "delay"}
+    assert sum(proxy.injected().values()) > sum(proxy.forced.values())  # the random draws injected faults too
+
+    # Counted: the log line and the runs row agree; each slow-down or reset cost exactly one retry, and each
+    # retry was one more request on the wire, beyond one per image read and one per file written.
+    (run,) = runs
+    lines = [m for m in map(RETRIES_LINE.search, caplog.messages) if m and m.group(1) == summary.run_id]
+    assert len(lines) == 1
+    total, read_retries, write_retries = (int(lines[0].group(i)) for i in (2, 3, 4))
+    assert run["io_retries"] == total == read_retries + write_retries
+    assert read_retries == read_faults["slowdown"] + read_faults["reset"] == reads - len(uploaded)
+    files = _committed_files(output, s3_server, summary.run_id)
+    assert write_retries == write_faults["slowdown"] + write_faults["reset"] == writes - files
+    # Bounded: no transfer took more than its attempts.
+    assert read_retries <= len(uploaded) * (2 * S3Settings().max_attempts - 2)
+    assert write_retries <= files * (S3Settings().max_attempts - 1)
+
+
+@pytest.mark.parametrize("down", ["input", "output"])
+def test_store_down_for_good_fails_the_run_in_bounded_time_naming_endpoint_and_operation(
+    down: str,
+    ray_cluster: str,
+    s3_server: str,
+    uploaded: dict[str, bytes],
+    photos: dict[str, bytes],
+    dead_endpoint: str,
+    tmp_path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What the operator sees: `camray run` exits 1 with one line on stderr, not a traceback. The first S3
+    operation of the run meets the dead store: listing the input, or reading what the output already holds."""
+    local = tmp_path / "images"
+    local.mkdir()
+    (local / "chelsea.png").write_bytes(photos["chelsea.png"])
+    remote = f"s3://{BUCKET}/images" if down == "input" else f"s3://{BUCKET}/out-down"
+    source, sink = (remote, str(tmp_path / "out")) if down == "input" else (str(local), remote)
+    argv = [
+        *("--input", source, "--output", sink),
+        *("--source.s3_endpoint_url", dead_endpoint, "--source.s3_max_attempts", "3"),
+    ]
+    started = time.monotonic()
+    assert cli.main(argv) == 1
+    assert time.monotonic() - started < 120  # generous: 3 attempts take seconds
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    what = "listing of" if down == "input" else "reading of the done work in"
+    assert line.startswith(f"camray: S3 {what} {remote} on {dead_endpoint} failed (up to 3 attempts)"), line
+    assert re.search(r"during \w+ operation", line), line  # pyarrow's words for the S3 operation
+
+
+def test_store_down_for_good_fails_reads_in_bounded_time_naming_endpoint_and_operation(
+    ray_cluster: str, s3_server: str, uploaded: dict[str, bytes], dead_endpoint: str, tmp_path
+) -> None:
+    """Listing works (a local manifest), then every read meets the dead store: the run fails, it does not
+    record the images as errors of a succeeded run."""
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("".join(f"s3://{BUCKET}/{key}\n" for key in sorted(uploaded)[:6]))
+    output = tmp_path / "out"
+    config = JobConfig.model_validate(
+        {
+            "source": {"uri": str(manifest), "s3_endpoint_url": dead_endpoint, "s3_max_attempts": 3},
+            "sink": {"uri": str(output)},
+            "runtime": {"batch_size": 4, "decode_batch_size": 2},
+        }
+    )
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailableError) as failure:
+        run_job(config)
+    assert time.monotonic() - started < 120
+    # One line, not Ray's traceback: the operation, the object, the endpoint, the attempts, the cause.
+    message = str(failure.value)
+    assert "\n" not in message, message
+    pattern = rf"^S3 GetObject s3://{BUCKET}/\S+ on {re.escape(dead_endpoint)} failed after 3 attempts: .*connect"
+    assert re.search(pattern, message), message
+    runs = pads.dataset(output / "runs", format="parquet").to_table().to_pylist()
+    assert [run["status"] for run in runs] == ["failed"]
+    assert not (output / "results").exists() and not (output / "errors").exists()
+
+
+def test_counted_retries_match_injected_faults_exactly(s3_server: str, uploaded: dict[str, bytes]) -> None:
+    """Alone on a connection, each injected slow-down or reset is exactly one counted retry, reads and writes;
+    a body cut mid-way is read again, and a body cut every time fails naming the endpoint."""
+    rates = FaultRates(slowdown=0.2, reset=0.2, delay=0.0, delay_seconds=0.1)  # delays cost no retry: keep them short
+    key = sorted(uploaded)[0]
+    with FaultyS3Proxy(s3_server, seed=7, rates=rates, deadline_s=120) as proxy:
+        settings = S3Settings(endpoint_url=proxy.endpoint, max_attempts=8)
+        read_retries = 0
+        for _ in range(20):
+            data, retries = s3_objects(settings).get(f"s3://{BUCKET}/{key}")
+            assert data == uploaded[key]
+            read_retries += retries
+        write_retries = sum(
+            write_object(f"s3://{BUCKET}/counted/{i}.bin", bytes(range(256)) * 64, settings) for i in range(20)
+        )
+        _, read_faults = _faults(proxy.log, "GET", f"/{BUCKET}/{key}")
+        _, write_faults = _faults(proxy.log, "PUT", f"/{BUCKET}/counted/")
+    assert read_faults["reset"] > 0 and read_faults["slowdown"] > 0
+    assert write_faults["reset"] > 0 and write_faults["slowdown"] > 0
+    assert read_retries == read_faults["reset"] + read_faults["slowdown"]
+    assert write_retries == write_faults["reset"] + write_faults["slowdown"]
+
+    with FaultyS3Proxy(s3_server, seed=7, rates=FaultRates(0.0, 1.0, 0.0), deadline_s=60, force_each=False) as proxy:
+        settings = S3Settings(endpoint_url=proxy.endpoint, max_attempts=2)
+        with pytest.raises(StoreUnavailableError, match=rf"GetObject .* on {re.escape(proxy.endpoint)} failed after"):
+            s3_objects(settings).get(f"s3://{BUCKET}/{key}")
+        with pytest.raises(StoreUnavailableError, match=rf"PutObject .* on {re.escape(proxy.endpoint)} failed after 2"):
+            write_object(f"s3://{BUCKET}/counted/cut.bin", b"x" * 4096, settings)
