@@ -9,9 +9,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from pipeline.image.decode import (
     DecodedImage,
@@ -23,7 +25,7 @@ from pipeline.image.decode import (
     probe_image,
 )
 from pipeline.io.s3 import StoreUnavailableError
-from pipeline.io.sources import ByteReader, S3Settings
+from pipeline.io.sources import ByteReader, S3Settings, filesystem_for
 
 logger = logging.getLogger(__name__)
 
@@ -111,3 +113,24 @@ def read_decode_batch(
         out["valid_width"][i], out["valid_height"][i] = decoded.valid_width, decoded.valid_height
         out["pixels"][i] = decoded.pixels
     return out
+
+
+def read_decode_listing(
+    batch: dict[str, np.ndarray], *, listing_batch: int, s3: dict[str, Any], **decode: Any
+) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data task over listing files (`listing`: their URIs): reads each file's entries and yields decoded
+    rows `listing_batch` at a time, so that a file of thousands of inputs streams out in small blocks."""
+    settings = S3Settings(**s3)
+    for uri in batch["listing"]:
+        fs, path = filesystem_for(str(uri), settings)
+        entries = pq.read_table(path, filesystem=fs, columns=["uri", "version"])
+        for start in range(0, entries.num_rows, listing_batch):
+            part = entries.slice(start, listing_batch)
+            yield read_decode_batch(
+                {
+                    "uri": np.array(part.column("uri").to_pylist(), dtype=object),
+                    "version": np.array(part.column("version").to_pylist(), dtype=object),
+                },
+                s3=s3,
+                **decode,
+            )

@@ -42,7 +42,7 @@ from pipeline.io.sink import CamDatasink, check_each_input_once, commit, staging
 from pipeline.io.sources import S3Settings, filesystem_for, join_uri, store_errors
 from pipeline.models import get_spec, load_model, resolve_layer
 from pipeline.predictor import Predictor
-from pipeline.reader import read_decode_batch
+from pipeline.reader import read_decode_listing
 from pipeline.samples import export_samples
 
 logger = logging.getLogger(__name__)
@@ -354,6 +354,8 @@ class _Attempt:
     stats_uri: str | None = None
     message: str | None = None
     files: list[str] = field(default_factory=list)
+    nodes: int = 0
+    gpu_types: str = ""
 
 
 def run_job(config: JobConfig) -> RunSummary:
@@ -467,6 +469,8 @@ def _run_leased(
 
     _ensure_ray(config)
     _take_sigterm()
+    # Read now: after a failure the cluster may be gone, and asking it then would hang the runs row.
+    state.nodes, state.gpu_types = _cluster_facts()
     resources = plan_resources(config, ray.cluster_resources(), staged.rows)
     context = ray.data.DataContext.get_current()
     context.max_errored_blocks = config.runtime.max_errored_blocks
@@ -496,19 +500,15 @@ def _plan(
     config: JobConfig, run_id: str, staged: _StagedListing, input_size: int, s3: S3Settings, resources: Resources
 ) -> ray.data.Dataset:
     s3_plain = dataclasses.asdict(s3)  # workers rebuild S3Settings from plain data
-    fs, path = filesystem_for(staged.uri, s3)
-    ds = ray.data.read_parquet(
-        path,
-        filesystem=fs,
-        columns=["uri", "version"],
-        override_num_blocks=staged.files,
-        # The reservation of read+decode tasks, so that Ray Data fuses reading a listing file into them.
-        ray_remote_args={"num_cpus": config.runtime.decode_cpus},
-    )
+    # One item per listing file, read by the read+decode tasks themselves. Ray Data's `read_parquet` would add
+    # a file-listing task wanting a whole CPU, which a full actor pool never leaves free: the run stalled.
+    listing_files = [join_uri(staged.uri, f"part-{index:05d}.parquet") for index in range(staged.files)]
+    ds = ray.data.from_items([{"listing": uri} for uri in listing_files], override_num_blocks=staged.files)
     ds = ds.map_batches(
-        read_decode_batch,
-        batch_size=config.runtime.decode_batch_size,
+        read_decode_listing,
+        batch_size=1,
         fn_kwargs={
+            "listing_batch": config.runtime.decode_batch_size,
             "input_size": input_size,
             "policy": config.model.resize,
             "s3": s3_plain,
@@ -565,7 +565,6 @@ def _record_run(
     import torch
 
     version, commit_sha = _camray_version()
-    nodes, gpu_types = _cluster_facts()
     _write_run_row(
         config,
         s3,
@@ -596,8 +595,8 @@ def _record_run(
             "git_commit": commit_sha,
             "ray_version": ray.__version__,
             "torch_version": torch.__version__,
-            "nodes": nodes,
-            "gpu_types": gpu_types,
+            "nodes": state.nodes,
+            "gpu_types": state.gpu_types,
             "host": socket.gethostname(),
             "stats_uri": summary.stats_uri,
         },

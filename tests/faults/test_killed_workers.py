@@ -21,10 +21,10 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 # Ray titles a worker process after what it runs: `ray::MapWorker(MapBatches(Predictor))` for a predictor actor,
-# `ray::MapBatches(read_decode_batch)` and `ray::Write` for tasks while they run (`ray::IDLE` between tasks).
+# `ray::MapBatches(read_decode_listing)` and `ray::Write` for tasks while they run (`ray::IDLE` between tasks).
 TITLES = {
     "predictor actor": re.compile(r"^ray::MapWorker\(MapBatches\(Predictor\)\)"),
-    "read+decode task": re.compile(r"^ray::.*MapBatches\(read_decode_batch\)"),
+    "read+decode task": re.compile(r"^ray::.*MapBatches\(read_decode_listing\)"),
     "write task": re.compile(r"^ray::.*Write"),
 }
 
