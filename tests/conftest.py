@@ -68,28 +68,44 @@ def s3_server() -> Iterator[str]:
 _AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
 
 
-@pytest.fixture(scope="session")
-def ray_cluster(s3_server: str) -> Iterator[str]:
-    """One local Ray head with its job server, shared by the integration tests; returns the job address.
+def node_ports() -> dict[str, int]:
+    """Ports of one Ray node that would otherwise be fixed defaults (the dashboard agent's 52365): with two
+    Ray instances on the machine (the shared head and a multi-node cluster, or a benchmark beside the tests), the
+    second agent could not bind, and every job submission failed with "No available agent"."""
+    return {"dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port()}
 
-    Started after the S3 server so that workers and submitted jobs inherit the AWS_* environment.
-    """
-    import ray
+
+@pytest.fixture(scope="session")
+def ray_head(s3_server: str):
+    """One local Ray head with its job server, shared by the integration tests (`ray.cluster_utils.Cluster`,
+    this process connected to it); started after the S3 server so that workers and jobs inherit AWS_*."""
+    from ray.cluster_utils import Cluster
 
     port = free_port()
-    ray.init(
-        num_cpus=2,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=port,
-        logging_level="WARNING",
+    head = Cluster(
+        initialize_head=True,
+        connect=True,
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": port,
+            "object_store_memory": 1 << 30,
+            **node_ports(),
+        },
     )
+    head.job_address = f"http://127.0.0.1:{port}"
     try:
-        address = f"http://127.0.0.1:{port}"
-        _wait_for_job_agent(address)
-        yield address
+        _wait_for_job_agent(head.job_address)
+        yield head
     finally:
-        ray.shutdown()
+        head.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_head) -> str:
+    """The shared head's job server address."""
+    return ray_head.job_address
 
 
 @pytest.fixture(scope="session")

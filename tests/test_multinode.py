@@ -13,7 +13,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import free_port
+from conftest import _wait_for_job_agent, free_port, node_ports
 from readers import runs, succeeded_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,11 +37,13 @@ def cluster(s3_server, tmp_path_factory):
             "dashboard_host": "127.0.0.1",
             "dashboard_port": free_port(),
             "env_vars": {"CAMRAY_CACHE": str(caches / "head")},
+            **node_ports(),
         },
     )
     for name in ("worker-1", "worker-2"):
-        head.add_node(num_cpus=2, env_vars={"CAMRAY_CACHE": str(caches / name)})
+        head.add_node(num_cpus=2, env_vars={"CAMRAY_CACHE": str(caches / name)}, **node_ports())
     head.wait_for_nodes()
+    _wait_for_job_agent(f"http://{head.webui_url}")
     head.caches = caches
     try:
         yield head
@@ -155,7 +157,7 @@ def _staged_rows(output: str) -> int:
 
 @pytest.mark.faults
 def test_a_node_removed_mid_run_loses_nothing(cluster, bucket):
-    extra = cluster.add_node(num_cpus=2, env_vars={"CAMRAY_CACHE": str(cluster.caches / "worker-3")})
+    extra = cluster.add_node(num_cpus=2, env_vars={"CAMRAY_CACHE": str(cluster.caches / "worker-3")}, **node_ports())
     cluster.wait_for_nodes()
     output = f"s3://{BUCKET}/out-{uuid.uuid4().hex[:6]}"
     job = _submit(cluster, output, wait=False)

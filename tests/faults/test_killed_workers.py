@@ -75,10 +75,8 @@ class _Killer(threading.Thread):
 
 
 @pytest.mark.parametrize("victim", sorted(TITLES))
-def test_a_killed_worker_loses_and_doubles_nothing(ray_cluster, ray_address, small_photos, tmp_path, victim):
-    import ray
-
-    raylet_pid = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+def test_a_killed_worker_loses_and_doubles_nothing(ray_head, ray_address, small_photos, tmp_path, victim):
+    raylet_pid = ray_head.head_node.all_processes["raylet"][0].process.pid
     output = tmp_path / "out"
     killer = _Killer(raylet_pid, TITLES[victim], time.monotonic() + 300)
     killer.start()
