@@ -135,6 +135,36 @@ class BoxConfig(_Section):
     masks: bool = Field(True, description="Write a COCO RLE pseudo-mask of the top-1 class.")
 
 
+class TilingConfig(_Section):
+    """The tiled, multi-scale localization mode (SAHI-style slicing applied to class maps; README, Localization).
+
+    The image is letterboxed into a canvas of `grid` overlapping tiles of the model's input size. The canvas,
+    downscaled to the input size, gives the top-k classes and the coarse maps; the tiles, all in one forward
+    pass, give each top-k class's map at the finer scale, stitched over the image and fused with the coarse map.
+    """
+
+    enabled: bool = Field(False, description="Tile the image for finer maps (costs about `grid`^2 + 1 forwards).")
+    grid: int = Field(
+        3,
+        ge=2,
+        le=8,
+        description="Tiles along the image's longer side; along the shorter side as many as its extent needs.",
+    )
+    overlap: float = Field(0.25, ge=0.0, le=0.75, description="Fraction of a tile's side shared with its neighbour.")
+    fusion: Literal["max", "product", "layer"] = Field(
+        "product",
+        description="How the stitched tile map meets the coarse map: `max` of the two, `product` (the coarse map "
+        "says which object, the tiles where), or `layer`: the product further weighted by the stitched mean "
+        "activation of the earlier block `cam.refine_layer` (LayerCAM-style fusion of a finer layer).",
+    )
+    admit_ratio: float | None = Field(
+        None,
+        gt=1.0,
+        description="Admit into the last top-k place the class that a tile scores at least this many times the "
+        "whole image's probability (small objects missing from the whole image's top-k); off when unset.",
+    )
+
+
 class SinkConfig(_Section):
     """Where the Parquet goes."""
 
@@ -207,6 +237,7 @@ class JobConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     cam: CamConfig = Field(default_factory=CamConfig)
     boxes: BoxConfig = Field(default_factory=BoxConfig)
+    tiling: TilingConfig = Field(default_factory=TilingConfig)
     sink: SinkConfig = Field(default_factory=SinkConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
@@ -222,6 +253,8 @@ class JobConfig(_Section):
             include={"model": True, "cam": True, "boxes": True},
             exclude={"model": {"device", "precision", "channels_last", "compile"}},
         )
+        if self.tiling.enabled:  # untiled runs keep the fingerprints they had before tiling existed
+            relevant["tiling"] = self.tiling.model_dump()
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

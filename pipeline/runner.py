@@ -27,7 +27,7 @@ from pipeline.io.schema import RUNS, SCHEMA_VERSION
 from pipeline.io.sink import CamDatasink, commit, discard_staging
 from pipeline.io.sources import Listed, S3Settings, filesystem_for, join_uri, list_inputs
 from pipeline.models import get_spec, load_model, resolve_layer
-from pipeline.predictor import Predictor
+from pipeline.predictor import Predictor, decode_side
 from pipeline.reader import read_decode_batch
 from pipeline.samples import export_samples
 
@@ -212,7 +212,7 @@ def run_job(config: JobConfig) -> RunSummary:
                 read_decode_batch,
                 batch_size=config.runtime.decode_batch_size,
                 fn_kwargs={
-                    "input_size": input_size,
+                    "input_size": decode_side(config.tiling, input_size),
                     "policy": config.model.resize,
                     "s3": s3_plain,
                     "limits": DecodeLimits().__dict__,

@@ -20,7 +20,7 @@ from pipeline.evaluation.evalset import build
 from pipeline.evaluation.evaluate import SIZE_BUCKETS, Report, evaluate_rows, load_truth
 from pipeline.image.decode import DecodeLimits
 from pipeline.models import get_spec
-from pipeline.predictor import Predictor
+from pipeline.predictor import Predictor, decode_side
 from pipeline.reader import read_decode_batch
 
 GRID: list[dict[str, Any]] = [
@@ -46,7 +46,7 @@ def annotate_folder(config: JobConfig, images: list[Path], batch_size: int = 16)
         listing = {"uri": np.array([str(p) for p in chunk], dtype=object), "version": np.array([""] * len(chunk))}
         decoded = read_decode_batch(
             listing,
-            input_size=input_size,
+            input_size=decode_side(config.tiling, input_size),
             policy=config.model.resize,
             s3={},
             limits=DecodeLimits().__dict__,
