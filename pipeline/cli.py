@@ -11,6 +11,7 @@ import yaml
 
 from pipeline.config import ConfigError, JobConfig, load_config
 from pipeline.io.sources import S3Settings, filesystem_for
+from pipeline.presets import PRESETS
 from pipeline.runner import RunSummary, run_job
 
 logger = logging.getLogger("camray")
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         "written as Parquet. Values of --section.field flags are parsed as YAML (5, true, [a, b]).",
     )
     parser.add_argument("--config", help="YAML job config; flags override its fields")
+    parser.add_argument("--preset", choices=list(PRESETS), help="named settings under the config's and flags'")
     for flag, (_, help_text) in SHORTCUTS.items():
         parser.add_argument(f"--{flag}", help=help_text)
     for section_name, section_field in JobConfig.model_fields.items():
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for key, value in vars(args).items():
-        if value is None or key == "config":
+        if value is None or key in ("config", "preset"):
             continue
         if key in SHORTCUTS:
             overrides[SHORTCUTS[key][0]] = value
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.config, overrides_from_args(args))
+        config = load_config(args.config, overrides_from_args(args), args.preset)
     except ConfigError as exc:
         print(exc)
         return 2

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.presets import apply_preset
+
 CAM_METHODS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam")
 CamMethod = Literal["cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam"]
 
@@ -270,8 +272,14 @@ def _format(error: ValidationError) -> str:
     return "invalid job config:\n" + "\n".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> JobConfig:
-    """Reads YAML (if given), applies dotted overrides (`{"model.name": "resnet50"}`), validates."""
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, preset: str | None = None
+) -> JobConfig:
+    """Reads YAML (if given), applies dotted overrides (`{"model.name": "resnet50"}`), validates.
+
+    A preset (`pipeline.presets`), named by `preset` or else by the file's top-level `preset:` key, supplies
+    values under both: the file's fields and the overrides win over it.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -283,6 +291,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}")
         data = loaded or {}
+    file_preset = data.pop("preset", None)
     for dotted, value in (overrides or {}).items():
         section, _, field = dotted.partition(".")
         if not field:
@@ -291,6 +300,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not isinstance(target, dict):
             raise ConfigError(f"`{section}` must be a mapping")
         target[field] = value
+    try:
+        data = apply_preset(preset or file_preset, data)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid job config:\n  preset: {exc}") from exc
     try:
         return JobConfig.model_validate(data)
     except ValidationError as exc:

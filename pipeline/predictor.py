@@ -160,6 +160,14 @@ class Annotator:
         """The tiled mode: the canvas downscaled to the input size gives the top-k classes and the coarse maps;
         its overlapping tiles, all in one forward pass, give the same classes' maps at the canvas's scale, which
         are stitched over each image (mean where tiles overlap) and fused with the coarse maps."""
+        class_ids, scores, coarse, fine, layer, admitted = self._tiled_maps(pixels, valid_wh)
+        return self._boxed(class_ids, scores, self._fuse(coarse, fine, layer, admitted))
+
+    def _tiled_maps(
+        self, pixels: Tensor, valid_wh: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor]:
+        """class ids and scores (B, K), coarse and stitched maps (B, K, R, R, normalised), the stitched mean
+        activation of the refining block (B, 1, R, R) for `layer` fusion, and which images admitted a class."""
         assert self.tiling is not None
         size = self.input_size
         canvas = self.prepare(pixels, valid_wh)
@@ -181,7 +189,7 @@ class Annotator:
 
         def image_classes(tile_logits: Tensor) -> Tensor:
             nonlocal class_ids, admitted
-            if self.tiling.admit_ratio is not None:
+            if self.tiling is not None and self.tiling.admit_ratio is not None:
                 class_ids, admitted = self._admit(logits, tile_logits, class_ids, image_of)
             return class_ids[image_of]
 
@@ -189,17 +197,28 @@ class Annotator:
         _, tile_raw, _, tile_activation = self._forward(tiles, keep_layer, image_classes)
         grid, images = coarse.shape[-1], coarse.shape[0]
         fine = normalize_maps(stitch_maps(tile_raw.float(), image_of, offsets, device_wh, size, grid, images))
+        layer = None
+        if tile_activation is not None:
+            layer = normalize_maps(stitch_maps(tile_activation, image_of, offsets, device_wh, size, grid, images))
+        scores = torch.softmax(logits.float(), dim=1).gather(1, class_ids)
+        return class_ids, scores, coarse, fine, layer, admitted
+
+    def _fuse(self, coarse: Tensor, fine: Tensor, layer: Tensor | None, admitted: Tensor) -> Tensor:
+        """One map per class from the coarse and the stitched maps, per `tiling.fusion`."""
+        assert self.tiling is not None
         if self.tiling.fusion == "max":
             maps = torch.maximum(coarse, fine)
         else:
             maps = normalize_maps(coarse * fine)
-            if tile_activation is not None:
-                layer = stitch_maps(tile_activation, image_of, offsets, device_wh, size, grid, images)
-                maps = normalize_maps(maps * normalize_maps(layer).pow(self.cam_config.refine_power))
+            if layer is not None:
+                maps = normalize_maps(maps * layer.pow(self.cam_config.refine_power))
         # An admitted class was not among the whole image's top-k: it has no coarse map, only the tiles' one.
-        maps[:, -1] = torch.where(admitted.view(-1, 1, 1), fine[:, -1], maps[:, -1])
-        scores = torch.softmax(logits.float(), dim=1).gather(1, class_ids)
-        return self._boxed(class_ids, scores, maps)
+        return torch.where(
+            admitted.view(-1, 1, 1, 1)
+            & (torch.arange(maps.shape[1], device=maps.device) == maps.shape[1] - 1).view(1, -1, 1, 1),
+            fine,
+            maps,
+        )
 
     def _admit(self, logits: Tensor, tile_logits: Tensor, class_ids: Tensor, image_of: Tensor) -> tuple[Tensor, Tensor]:
         """Puts into the last top-k place of each image the class outside its top-k that one of its tiles
