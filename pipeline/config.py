@@ -159,12 +159,6 @@ class TilingConfig(_Section):
         "says which object, the tiles where), or `layer`: the product further weighted by the stitched mean "
         "activation of the earlier block `cam.refine_layer` (LayerCAM-style fusion of a finer layer).",
     )
-    admit_ratio: float | None = Field(
-        None,
-        gt=1.0,
-        description="Admit into the last top-k place the class that a tile scores at least this many times the "
-        "whole image's probability (small objects missing from the whole image's top-k); off when unset.",
-    )
 
 
 class SinkConfig(_Section):

@@ -160,14 +160,15 @@ class Annotator:
         """The tiled mode: the canvas downscaled to the input size gives the top-k classes and the coarse maps;
         its overlapping tiles, all in one forward pass, give the same classes' maps at the canvas's scale, which
         are stitched over each image (mean where tiles overlap) and fused with the coarse maps."""
-        class_ids, scores, coarse, fine, layer, admitted = self._tiled_maps(pixels, valid_wh)
-        return self._boxed(class_ids, scores, self._fuse(coarse, fine, layer, admitted))
+        class_ids, scores, coarse, fine, layer = self._tiled_maps(pixels, valid_wh)
+        return self._boxed(class_ids, scores, self._fuse(coarse, fine, layer))
 
-    def _tiled_maps(
-        self, pixels: Tensor, valid_wh: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor]:
-        """class ids and scores (B, K), coarse and stitched maps (B, K, R, R, normalised), the stitched mean
-        activation of the refining block (B, 1, R, R) for `layer` fusion, and which images admitted a class."""
+    def _tiled_maps(self, pixels: Tensor, valid_wh: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """class ids and scores (B, K), coarse and stitched maps (B, K, R, R, normalised), and the stitched mean
+        activation of the refining block (B, 1, R, R) for `layer` fusion.
+
+        Classes stay the whole image's top-k: admitting a class that a tile scores far above the whole image
+        was measured (README, Localization) and left box accuracy unchanged while adding false boxes."""
         assert self.tiling is not None
         size = self.input_size
         canvas = self.prepare(pixels, valid_wh)
@@ -185,25 +186,18 @@ class Annotator:
         )
         tiles = cut_tiles(canvas, image_of, offsets, size).contiguous(memory_format=self.memory_format)
         image_of = image_of.to(self.device)
-        admitted = torch.zeros(class_ids.shape[0], dtype=torch.bool, device=self.device)
-
-        def image_classes(tile_logits: Tensor) -> Tensor:
-            nonlocal class_ids, admitted
-            if self.tiling is not None and self.tiling.admit_ratio is not None:
-                class_ids, admitted = self._admit(logits, tile_logits, class_ids, image_of)
-            return class_ids[image_of]
-
+        tile_classes = class_ids[image_of]
         keep_layer = self.tiling.fusion == "layer"
-        _, tile_raw, _, tile_activation = self._forward(tiles, keep_layer, image_classes)
+        _, tile_raw, _, tile_activation = self._forward(tiles, keep_layer, lambda _logits: tile_classes)
         grid, images = coarse.shape[-1], coarse.shape[0]
         fine = normalize_maps(stitch_maps(tile_raw.float(), image_of, offsets, device_wh, size, grid, images))
         layer = None
         if tile_activation is not None:
             layer = normalize_maps(stitch_maps(tile_activation, image_of, offsets, device_wh, size, grid, images))
         scores = torch.softmax(logits.float(), dim=1).gather(1, class_ids)
-        return class_ids, scores, coarse, fine, layer, admitted
+        return class_ids, scores, coarse, fine, layer
 
-    def _fuse(self, coarse: Tensor, fine: Tensor, layer: Tensor | None, admitted: Tensor) -> Tensor:
+    def _fuse(self, coarse: Tensor, fine: Tensor, layer: Tensor | None) -> Tensor:
         """One map per class from the coarse and the stitched maps, per `tiling.fusion`."""
         assert self.tiling is not None
         if self.tiling.fusion == "max":
@@ -212,29 +206,7 @@ class Annotator:
             maps = normalize_maps(coarse * fine)
             if layer is not None:
                 maps = normalize_maps(maps * layer.pow(self.cam_config.refine_power))
-        # An admitted class was not among the whole image's top-k: it has no coarse map, only the tiles' one.
-        return torch.where(
-            admitted.view(-1, 1, 1, 1)
-            & (torch.arange(maps.shape[1], device=maps.device) == maps.shape[1] - 1).view(1, -1, 1, 1),
-            fine,
-            maps,
-        )
-
-    def _admit(self, logits: Tensor, tile_logits: Tensor, class_ids: Tensor, image_of: Tensor) -> tuple[Tensor, Tensor]:
-        """Puts into the last top-k place of each image the class outside its top-k that one of its tiles
-        scores highest, where that tile's probability is at least `tiling.admit_ratio` x the whole image's."""
-        assert self.tiling is not None and self.tiling.admit_ratio is not None
-        whole = torch.softmax(logits.float(), dim=1)
-        best = torch.zeros_like(whole).index_reduce_(
-            0, image_of, torch.softmax(tile_logits.float(), dim=1), "amax", include_self=False
-        )
-        best.scatter_(1, class_ids, 0.0)
-        candidate = best.argmax(1, keepdim=True)
-        ratio = best.gather(1, candidate) / whole.gather(1, candidate).clamp_min(1e-12)
-        admitted = ratio.squeeze(1) >= self.tiling.admit_ratio
-        class_ids = class_ids.clone()
-        class_ids[:, -1] = torch.where(admitted, candidate.squeeze(1), class_ids[:, -1])
-        return class_ids, admitted
+        return maps
 
     def _boxed(self, class_ids: Tensor, scores: Tensor, maps: Tensor) -> AnnotatedBatch:
         thresholds = self._thresholds(maps)
