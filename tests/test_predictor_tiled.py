@@ -39,7 +39,9 @@ def test_tiles_go_through_the_model_in_one_batch(photos, lite0) -> None:
     assert int(out.class_ids[0, 0]) in CATS
 
 
-def test_tiled_rows_follow_the_schema_and_box_the_cat(photos) -> None:
+def test_tiled_rows_follow_the_schema_and_box_on_the_cat(photos) -> None:
+    """The box lies on the cat; `accurate` shrinks it to the cat's most activated part (README, Localization),
+    so it is checked for where it is, not for covering the whole cat."""
     config = load_config(preset="accurate", overrides={"sink.uri": "unused"})
     predictor = Predictor(config.model_dump(mode="json"), "tiled-run", 224, {})
     table = predictor(_batch(photos, ["chelsea.png"], size=decode_side(config.tiling, 224)))
@@ -49,4 +51,10 @@ def test_tiled_rows_follow_the_schema_and_box_the_cat(photos) -> None:
     top = row["predictions"][0]["class_id"]
     box = next(b for b in row["boxes"] if b["class_id"] == top)
     assert top in CATS
-    assert iou((box["x0"], box["y0"], box["x1"], box["y1"]), CHELSEA_CAT) >= 0.3
+    found = (box["x0"], box["y0"], box["x1"], box["y1"])
+    inside = iou(found, CHELSEA_CAT) * (_area(found) + _area(CHELSEA_CAT)) / (1 + iou(found, CHELSEA_CAT))
+    assert inside / _area(found) >= 0.9
+
+
+def _area(box: tuple[float, ...]) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
