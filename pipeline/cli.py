@@ -20,6 +20,7 @@ from pipeline.config import ConfigError, JobConfig, load_config
 from pipeline.io.lease import LeaseHeld
 from pipeline.io.s3 import StoreUnavailableError
 from pipeline.io.sources import S3Settings, filesystem_for
+from pipeline.presets import PRESETS
 
 if TYPE_CHECKING:  # the runner loads Ray and torch: seconds that `camray runs | report | query | export` skip
     from pipeline.runner import RunSummary
@@ -50,6 +51,7 @@ def build_parser(prog: str = "cam_batch.py") -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="wait this long for another run's lease on the output instead of exiting with status 3",
     )
+    parser.add_argument("--preset", choices=list(PRESETS), help="named settings under the config's and flags'")
     for flag, (_, help_text) in SHORTCUTS.items():
         parser.add_argument(f"--{flag}", help=help_text)
     for section_name, section_field in JobConfig.model_fields.items():
@@ -67,7 +69,7 @@ def build_parser(prog: str = "cam_batch.py") -> argparse.ArgumentParser:
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for key, value in vars(args).items():
-        if value is None or key == "config":
+        if value is None or key in ("config", "preset"):
             continue
         if key in SHORTCUTS:
             overrides[SHORTCUTS[key][0]] = value
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None, prog: str = "cam_batch.py") -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser(prog).parse_args(argv)
     try:
-        config = load_config(args.config, overrides_from_args(args))
+        config = load_config(args.config, overrides_from_args(args), args.preset)
     except ConfigError as exc:
         print(exc)
         return 2

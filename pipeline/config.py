@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.presets import apply_preset
+
 CAM_METHODS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam")
 CamMethod = Literal["cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam"]
 
@@ -142,6 +144,30 @@ class BoxConfig(_Section):
     masks: bool = Field(True, description="Write a COCO RLE pseudo-mask of the top-1 class.")
 
 
+class TilingConfig(_Section):
+    """The tiled, multi-scale localization mode (SAHI-style slicing applied to class maps; README, Localization).
+
+    The image is letterboxed into a canvas of `grid` overlapping tiles of the model's input size. The canvas,
+    downscaled to the input size, gives the top-k classes and the coarse maps; the tiles, all in one forward
+    pass, give each top-k class's map at the finer scale, stitched over the image and fused with the coarse map.
+    """
+
+    enabled: bool = Field(False, description="Tile the image for finer maps (costs about `grid`^2 + 1 forwards).")
+    grid: int = Field(
+        3,
+        ge=2,
+        le=8,
+        description="Tiles along the image's longer side; along the shorter side as many as its extent needs.",
+    )
+    overlap: float = Field(0.25, ge=0.0, le=0.75, description="Fraction of a tile's side shared with its neighbour.")
+    fusion: Literal["max", "product", "layer"] = Field(
+        "product",
+        description="How the stitched tile map meets the coarse map: `max` of the two, `product` (the coarse map "
+        "says which object, the tiles where), or `layer`: the product further weighted by the stitched mean "
+        "activation of the earlier block `cam.refine_layer` (LayerCAM-style fusion of a finer layer).",
+    )
+
+
 class SinkConfig(_Section):
     """Where the Parquet goes."""
 
@@ -231,6 +257,7 @@ class JobConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     cam: CamConfig = Field(default_factory=CamConfig)
     boxes: BoxConfig = Field(default_factory=BoxConfig)
+    tiling: TilingConfig = Field(default_factory=TilingConfig)
     sink: SinkConfig = Field(default_factory=SinkConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
@@ -246,6 +273,8 @@ class JobConfig(_Section):
             include={"model": True, "cam": True, "boxes": True},
             exclude={"model": {"device", "precision", "channels_last", "compile"}},
         )
+        if self.tiling.enabled:  # untiled runs keep the fingerprints they had before tiling existed
+            relevant["tiling"] = self.tiling.model_dump()
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -261,8 +290,14 @@ def _format(error: ValidationError) -> str:
     return "invalid job config:\n" + "\n".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> JobConfig:
-    """Reads YAML (if given), applies dotted overrides (`{"model.name": "resnet50"}`), validates."""
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, preset: str | None = None
+) -> JobConfig:
+    """Reads YAML (if given), applies dotted overrides (`{"model.name": "resnet50"}`), validates.
+
+    A preset (`pipeline.presets`), named by `preset` or else by the file's top-level `preset:` key, supplies
+    values under both: the file's fields and the overrides win over it.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -274,6 +309,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}")
         data = loaded or {}
+    file_preset = data.pop("preset", None)
     for dotted, value in (overrides or {}).items():
         section, _, field = dotted.partition(".")
         if not field:
@@ -282,6 +318,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not isinstance(target, dict):
             raise ConfigError(f"`{section}` must be a mapping")
         target[field] = value
+    try:
+        data = apply_preset(preset or file_preset, data)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid job config:\n  preset: {exc}") from exc
     try:
         return JobConfig.model_validate(data)
     except ValidationError as exc:

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.cam.boxes import Components, components_from_maps
 from pipeline.cam.maps import normalize_maps, resample_regions
 from pipeline.cam.methods import MapExtractor
-from pipeline.config import BoxConfig, CamConfig, JobConfig
+from pipeline.cam.tiling import canvas_side, cut_tiles, stitch_maps, tile_layout, tile_stride
+from pipeline.config import BoxConfig, CamConfig, JobConfig, TilingConfig
 from pipeline.image.device_decode import decode_to_canvases
 from pipeline.io.schema import ROWS
 from pipeline.io.sources import S3Settings
@@ -45,11 +48,17 @@ def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return torch.bfloat16  # "auto" and "bf16": bf16 keeps fp32's range, so logits never overflow
 
 
+def decode_side(tiling: TilingConfig, input_size: int) -> int:
+    """Side of the canvas the read tasks decode to: the model's input, or the tiled mode's larger canvas."""
+    return canvas_side(input_size, tiling.grid, tiling.overlap) if tiling.enabled else input_size
+
+
 class Annotator:
     """Runs one model over batches of canvases (see `pipeline.image.decode.DecodedImage`).
 
     It readies `loaded.module` for inference in place: eval mode, batch norms folded into their convolutions
-    (`pipeline.models.fold`), moved to the device in the chosen memory format.
+    (`pipeline.models.fold`), moved to the device in the chosen memory format. With `tiling` enabled, canvases
+    are `decode_side(tiling, input_size)` pixels wide and the maps come from the tiled mode (`_annotate_tiled`).
     """
 
     def __init__(
@@ -62,8 +71,11 @@ class Annotator:
         precision: str = "auto",
         channels_last: bool = True,
         compile_model: bool = False,
+        tiling: TilingConfig | None = None,
     ) -> None:
         self.spec = loaded.spec
+        self.tiling = tiling if tiling is not None and tiling.enabled else None
+        self.canvas_size = decode_side(self.tiling, input_size) if self.tiling else input_size
         self.cam_config = cam
         self.box_config = boxes
         self.input_size = input_size
@@ -73,7 +85,10 @@ class Annotator:
         # Channels-last runs convolutions a third faster on the CPU too (oneDNN), and a permuted uint8 NHWC
         # batch already has that layout, so preparing the input copies nothing but the dtype.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        refine_path = (cam.refine_layer or self.spec.refine_layer) if cam.refine else None
+        layer_fusion = self.tiling is not None and self.tiling.fusion == "layer"
+        refine_path = (cam.refine_layer or self.spec.refine_layer) if cam.refine or layer_fusion else None
+        if layer_fusion and refine_path is None:
+            raise ValueError(f"`tiling.fusion` is `layer`, but {self.spec.name} has no `cam.refine_layer`; set one")
         module = loaded.module.eval()
         fold_batch_norms(module, keep=[self.spec.target_layer, *([refine_path] if refine_path else [])])
         module = module.to(device=device, memory_format=self.memory_format)
@@ -108,27 +123,92 @@ class Annotator:
             x.mul_(cols & rows)
         return x.contiguous(memory_format=self.memory_format)
 
-    def annotate(self, pixels: Tensor, valid_wh: Tensor) -> AnnotatedBatch:
-        """pixels (Tensor[B, S, S, 3], uint8), valid_wh (Tensor[B, 2]) -> `AnnotatedBatch`."""
-        x = self.prepare(pixels, valid_wh)
+    def _forward(
+        self, x: Tensor, keep_activation: bool, classes: Callable[[Tensor], Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """logits, raw maps and class ids of `x`, and the refining block's mean activation if asked for."""
         activation: list[Tensor] = []
 
         def keep_first(_module: nn.Module, _inputs: object, output: Tensor) -> None:
             if not activation:  # Score-CAM's masked forwards come later; the clean forward is the first
                 activation.append(output.detach().float().relu().mean(1, keepdim=True))
 
-        handle = self.refine_block.register_forward_hook(keep_first) if self.refine_block is not None else None
+        hooked = keep_activation and self.refine_block is not None
+        handle = self.refine_block.register_forward_hook(keep_first) if hooked else None
         try:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                logits, raw_maps, class_ids = self.extractor(x, self.top_k)
+                logits, raw_maps, class_ids = self.extractor(x, self.top_k, classes)
         finally:
             if handle is not None:
                 handle.remove()
+        return logits, raw_maps, class_ids, activation[0] if activation else None
+
+    def annotate(self, pixels: Tensor, valid_wh: Tensor) -> AnnotatedBatch:
+        """pixels (Tensor[B, S, S, 3], uint8), valid_wh (Tensor[B, 2]) -> `AnnotatedBatch`."""
+        if self.tiling is not None:
+            return self._annotate_tiled(pixels, valid_wh)
+        x = self.prepare(pixels, valid_wh)
+        logits, raw_maps, class_ids, activation = self._forward(x, self.cam_config.refine)
         scores = torch.softmax(logits.float(), dim=1).gather(1, class_ids)
         valid_wh = valid_wh.to(self.device)
         maps = self._whole_image_maps(raw_maps.float(), valid_wh, x.shape[-1])
-        if activation:
-            maps = self._refine(maps, activation[0], valid_wh, x.shape[-1])
+        if activation is not None:
+            maps = self._refine(maps, activation, valid_wh, x.shape[-1])
+        return self._boxed(class_ids, scores, maps)
+
+    def _annotate_tiled(self, pixels: Tensor, valid_wh: Tensor) -> AnnotatedBatch:
+        """The tiled mode: the canvas downscaled to the input size gives the top-k classes and the coarse maps;
+        its overlapping tiles, all in one forward pass, give the same classes' maps at the canvas's scale, which
+        are stitched over each image (mean where tiles overlap) and fused with the coarse maps."""
+        class_ids, scores, coarse, fine, layer = self._tiled_maps(pixels, valid_wh)
+        return self._boxed(class_ids, scores, self._fuse(coarse, fine, layer))
+
+    def _tiled_maps(self, pixels: Tensor, valid_wh: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """class ids and scores (B, K), coarse and stitched maps (B, K, R, R, normalised), and the stitched mean
+        activation of the refining block (B, 1, R, R) for `layer` fusion.
+
+        Classes stay the whole image's top-k: admitting a class that a tile scores far above the whole image
+        was measured (README, Localization) and left box accuracy unchanged while adding false boxes."""
+        assert self.tiling is not None
+        size = self.input_size
+        canvas = self.prepare(pixels, valid_wh)
+        x = F.interpolate(canvas, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = x.contiguous(memory_format=self.memory_format)
+        device_wh = valid_wh.to(self.device)
+        small_wh = device_wh.float() * (size / self.canvas_size)
+        logits, raw_maps, class_ids, activation = self._forward(x, self.cam_config.refine)
+        coarse = self._whole_image_maps(raw_maps.float(), small_wh, size)
+        if activation is not None:
+            coarse = self._refine(coarse, activation, small_wh, size)
+
+        image_of, offsets = tile_layout(
+            [(int(w), int(h)) for w, h in valid_wh.tolist()], size, tile_stride(size, self.tiling.overlap)
+        )
+        tiles = cut_tiles(canvas, image_of, offsets, size).contiguous(memory_format=self.memory_format)
+        image_of = image_of.to(self.device)
+        tile_classes = class_ids[image_of]
+        keep_layer = self.tiling.fusion == "layer"
+        _, tile_raw, _, tile_activation = self._forward(tiles, keep_layer, lambda _logits: tile_classes)
+        grid, images = coarse.shape[-1], coarse.shape[0]
+        fine = normalize_maps(stitch_maps(tile_raw.float(), image_of, offsets, device_wh, size, grid, images))
+        layer = None
+        if tile_activation is not None:
+            layer = normalize_maps(stitch_maps(tile_activation, image_of, offsets, device_wh, size, grid, images))
+        scores = torch.softmax(logits.float(), dim=1).gather(1, class_ids)
+        return class_ids, scores, coarse, fine, layer
+
+    def _fuse(self, coarse: Tensor, fine: Tensor, layer: Tensor | None) -> Tensor:
+        """One map per class from the coarse and the stitched maps, per `tiling.fusion`."""
+        assert self.tiling is not None
+        if self.tiling.fusion == "max":
+            maps = torch.maximum(coarse, fine)
+        else:
+            maps = normalize_maps(coarse * fine)
+            if layer is not None:
+                maps = normalize_maps(maps * layer.pow(self.cam_config.refine_power))
+        return maps
+
+    def _boxed(self, class_ids: Tensor, scores: Tensor, maps: Tensor) -> AnnotatedBatch:
         thresholds = self._thresholds(maps)
         components = self._components(maps, thresholds)
         b, k = class_ids.shape
@@ -204,6 +284,7 @@ class Predictor:
             job.model.precision,
             job.model.channels_last,
             job.model.compile,
+            job.tiling,
         )
         self.resize = job.model.resize
         # Lowered (never raised) when the device runs out of memory; None means the whole batch at once.
@@ -307,7 +388,7 @@ class Predictor:
                 [batch["encoded"][i] for i in ok],
                 [int(batch["orientation"][i]) for i in ok],
                 [bool(batch["device_jpeg"][i]) for i in ok],
-                self.annotator.input_size,
+                self.annotator.canvas_size,
                 self.resize,
                 self.annotator.device,
             )

