@@ -38,7 +38,26 @@ class S3Settings:
     region: str | None = None
 
     def resolved_endpoint(self) -> str | None:
-        return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if self.endpoint_url:
+            return refuse_credentials_in_endpoint(self.endpoint_url, "`source.s3_endpoint_url`")
+        for variable in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+            if os.environ.get(variable):
+                return refuse_credentials_in_endpoint(os.environ[variable], f"the {variable} environment variable")
+        return None
+
+
+def refuse_credentials_in_endpoint(url: str, origin: str) -> str:
+    """Returns `url` unless it holds `user:password@`: an endpoint is logged and stored with each run's config,
+    where a password must never go. The message names neither the user nor the password."""
+    parsed = urlparse(url if "://" in url else f"https://{url}")
+    if "@" in parsed.netloc:
+        host = parsed.netloc.rsplit("@", 1)[1]
+        raise ValueError(
+            f"{origin} must not hold credentials (`user:password@`): pass them through the AWS chain "
+            f"(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile or an instance role) and give the endpoint "
+            f"as {parsed.scheme}://{host}"
+        )
+    return url
 
 
 def is_s3(uri: str) -> bool:
