@@ -42,6 +42,7 @@ class MemorySampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._store_state: object | None = None
+        self._error: Exception | None = None
 
     @property
     def peak(self) -> int:
@@ -102,8 +103,10 @@ class MemorySampler:
     def _object_store_bytes(self) -> int:
         from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-        if self._store_state is None:
-            self._store_state = get_state_from_address()
+        if self._store_state is None:  # this process's cluster: others may run on a shared machine
+            import ray
+
+            self._store_state = get_state_from_address(ray.get_runtime_context().gcs_address)
         return int(get_memory_info_reply(self._store_state).store_stats.object_store_bytes_used)
 
     def _sweep(self, started: float, store_due: bool) -> MemorySample:
@@ -115,13 +118,16 @@ class MemorySampler:
     def _run(self) -> None:
         started = time.monotonic()
         store_read_at = -math.inf
-        while not self._stop.is_set():
-            now = time.monotonic()
-            store_due = self._object_store_every is not None and now - store_read_at >= self._object_store_every
-            if store_due:
-                store_read_at = now
-            self.samples.append(self._sweep(started, store_due))
-            time.sleep(self.interval)
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                store_due = self._object_store_every is not None and now - store_read_at >= self._object_store_every
+                if store_due:
+                    store_read_at = now
+                self.samples.append(self._sweep(started, store_due))
+                time.sleep(self.interval)
+        except Exception as exc:  # raised again on exit: a sampler that died must not report zeros
+            self._error = exc
 
     def timeline(self, buckets: int = 10) -> list[dict[str, float | None]]:
         """Peaks (MiB) within each of `buckets` equal spans of the run: flat memory shows as a flat row."""
@@ -151,3 +157,5 @@ class MemorySampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        if self._error is not None:
+            raise RuntimeError("the memory sampler failed") from self._error

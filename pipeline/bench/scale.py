@@ -76,8 +76,14 @@ def image_folder(count: int, root: Path = CACHE) -> Path:
     return folder
 
 
-def run_scale(counts: list[int], model_overrides: dict[str, object], root: Path) -> dict[str, dict[str, object]]:
-    """The job over each count's folder on the Ray cluster this process is connected to."""
+def run_scale(
+    counts: list[int],
+    model_overrides: dict[str, object],
+    root: Path,
+    done: Callable[[dict[str, dict[str, object]]], None] = lambda results: None,
+) -> dict[str, dict[str, object]]:
+    """The job over each count's folder on the Ray cluster this process is connected to; `done` gets the
+    results so far after each job (a long run keeps what it measured if stopped)."""
     from pipeline.config import load_config
     from pipeline.runner import run_job
 
@@ -111,6 +117,7 @@ def run_scale(counts: list[int], model_overrides: dict[str, object], root: Path)
             "over_time": sampler.timeline(),
         }
         print(_job_table(results[str(count)]), flush=True)
+        done(results)
     return results
 
 
@@ -253,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides: dict[str, object] = {}
         if args.batch_size:
             overrides["runtime.batch_size"] = args.batch_size
+        _write(report, args.output)
         for count in counts:  # make every folder before timing anything
             image_folder(count)
         ray.init(logging_level="ERROR", log_to_driver=False)
@@ -260,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         ray.data.DataContext.get_current().enable_progress_bars = False
         root = Path(tempfile.mkdtemp(prefix="camray-bench-scale-"))
         try:
-            report["jobs"] = run_scale(counts, overrides, root)
+            report["jobs"] = run_scale(
+                counts, overrides, root, done=lambda results: _write({**report, "jobs": results}, args.output)
+            )
         finally:
             ray.shutdown()
             shutil.rmtree(root, ignore_errors=True)
@@ -270,9 +280,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\npeaks at {counts[-1]:,} over peaks at {counts[0]:,} images (flat: <= {FLAT_MEMORY_RATIO}):")
             for key, value in ratios.items():
                 print(f"  {key.removeprefix('ratio_'):<28} {value:.2f}")
-    Path(args.output).write_text(json.dumps(report, indent=2))
+    _write(report, args.output)
     print(f"wrote {args.output}")
     return 0
+
+
+def _write(report: dict[str, object], output: str) -> None:
+    Path(output).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
