@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import platform
 import random
-import resource
 import shutil
 import tempfile
 import time
@@ -139,13 +138,20 @@ def _count(items: Iterable[object]) -> int:
     return total
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak RSS since its exec (`VmHWM`; `ru_maxrss` would carry over the forking parent's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def _measured(listing: Callable[[], Iterable[object]], queue: multiprocessing.Queue) -> None:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _peak_rss_mib()
     clock = time.perf_counter()
     entries = _count(listing())
     seconds = time.perf_counter() - clock
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put({"entries": entries, "seconds": seconds, "peak_rss_mib": peak / 1024, "before_mib": before / 1024})
+    queue.put({"entries": entries, "seconds": seconds, "peak_rss_mib": _peak_rss_mib(), "before_mib": before})
 
 
 def measure_listing(listing: Callable[[], Iterable[object]]) -> dict[str, float]:
