@@ -78,6 +78,9 @@ def ray_cluster(s3_server: str) -> Iterator[str]:
 
     port = free_port()
     ray.init(
+        # "local": a new head even where `ray start` left /tmp/ray/ray_current_cluster, which a plain
+        # `ray.init()` would join (another session's cluster on a shared machine)
+        address="local",
         num_cpus=2,
         include_dashboard=True,
         dashboard_host="127.0.0.1",

@@ -154,6 +154,7 @@ def _start_head(env: dict[str, str], temp_dir: Path, attempt: int) -> tuple[subp
                 "start",
                 "--head",
                 "--block",
+                "--disable-usage-stats",
                 "--num-cpus=2",
                 "--object-store-memory=300000000",
                 "--include-dashboard=true",
