@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test test-fast bench lint clean
+.PHONY: install browser run test test-fast bench bench-scale lint clean
 
 $(STAMP): pyproject.toml infra/install.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,9 +32,12 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pipeline.bench
 
+bench-scale: $(STAMP)
+	$(PY) -m pipeline.bench.scale
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline jobs tests
 	$(VENV)/bin/ruff format --check pipeline jobs tests
 
 clean:
-	rm -rf output data .pytest_cache bench-results.json
+	rm -rf output data .pytest_cache bench-results.json bench-scale-results.json

@@ -21,7 +21,8 @@ CamMethod = Literal["cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hire
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # A rejected value may hold a secret (an endpoint with a password): errors name the field, never echo the value.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
 
 
 class SourceConfig(_Section):
@@ -57,6 +58,13 @@ class SourceConfig(_Section):
     @classmethod
     def _lower_dotted(cls, value: list[str]) -> list[str]:
         return [ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in value]
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        from pipeline.io.s3 import refuse_credentials_in_endpoint
+
+        return value if value is None else refuse_credentials_in_endpoint(value, "the endpoint")
 
 
 class ModelConfig(_Section):

@@ -9,7 +9,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
+import re
+import stat
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,15 +29,38 @@ from pipeline.image.decode import (
     probe_image,
 )
 from pipeline.io.s3 import StoreUnavailableError
-from pipeline.io.sources import ByteReader, S3Settings, filesystem_for
+from pipeline.io.sources import ByteReader, S3Settings, filesystem_for, is_s3
 
 logger = logging.getLogger(__name__)
+
+# What the readers serve. A manifest may list anything; an entry they cannot serve is that image's error.
+READABLE_SCHEMES = ("file", "s3")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 @functools.lru_cache(maxsize=4)
 def _reader(s3: S3Settings) -> ByteReader:
     """One filesystem client per worker process and endpoint, reused across the tasks it runs."""
     return ByteReader(s3)
+
+
+def check_readable(uri: str) -> None:
+    """Raises, with a message saying why, for a URI that is no readable image: a scheme other than a local path,
+    `file://` or `s3://`, or a local path that is missing or no regular file. A FIFO would block the read and
+    a device (`/dev/zero`) never end it, so only regular files are opened."""
+    match = _SCHEME.match(uri)
+    if match and match.group(1) not in READABLE_SCHEMES:
+        raise ValueError(
+            f"unsupported scheme `{match.group(1)}://` in {uri}: inputs are local paths, file:// or s3:// URIs"
+        )
+    if is_s3(uri):
+        return
+    path = Path(uri.removeprefix("file://")).expanduser()
+    mode = os.stat(path).st_mode  # FileNotFoundError for a missing file, a dangling link, a missing folder
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{uri} is a directory, not an image file")
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{uri} is not a regular file (a FIFO, socket or device) and is not read")
 
 
 def read_decode_batch(
@@ -79,6 +106,7 @@ def read_decode_batch(
     for i, uri in enumerate(batch["uri"]):
         retries_before = reader.retries
         try:
+            check_readable(str(uri))
             data = reader.read(str(uri))
         except StoreUnavailableError:
             raise

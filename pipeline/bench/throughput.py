@@ -21,7 +21,6 @@ import os
 import platform
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.bench.memory import MemorySampler
 from pipeline.cam.methods import MapExtractor
 from pipeline.config import JobConfig, ModelConfig, load_config
 from pipeline.host_memory import retain_freed_memory
@@ -165,68 +165,6 @@ def _preset_steps(loaded, config: JobConfig, batch_size: int) -> dict[str, Calla
     return steps
 
 
-class _RssSampler:
-    """Peak summed RSS of this process and every Ray worker process, read from /proc.
-
-    It runs beside the job it measures, on the same cores, so a sweep reads one short file per known worker
-    (`statm`), and a command line only when a process is new or, if it was not a worker, once a second (a
-    process caught between the raylet's fork and its exec still shows the raylet's command line)."""
-
-    def __init__(self, interval: float = 0.1) -> None:
-        self.interval = interval
-        self.peak = 0
-        self._page_size = os.sysconf("SC_PAGE_SIZE")
-        self._workers: set[str] = set()
-        self._others_checked_at: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _worker(self, pid: str) -> bool:
-        if pid in self._workers:
-            return True
-        now = time.monotonic()
-        if now - self._others_checked_at.get(pid, -math.inf) < 1.0:
-            return False
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
-        # A new Ray worker runs `default_worker.py` until it renames itself `ray::...`.
-        if (
-            int(pid) == os.getpid()
-            or cmdline.startswith(b"ray::")
-            or b"ray/_private/workers/default_worker.py" in cmdline
-        ):
-            self._workers.add(pid)
-            return True
-        self._others_checked_at[pid] = now
-        return False
-
-    def _total(self) -> int:
-        total = 0
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            if not self._worker(pid):
-                continue
-            try:
-                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * self._page_size
-            except (OSError, ValueError, IndexError):
-                continue
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._total())
-            time.sleep(self.interval)
-
-    def __enter__(self) -> _RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def _image_folder(root: Path, count: int) -> Path:
     """`count` files cycling through the sample photos, re-encoded once as JPEG (quality 90), the format of
     nearly every photo dataset; five of the six samples ship as PNG."""
@@ -275,7 +213,7 @@ def job_benchmarks(
                 **model_overrides,
             }
         )
-        with _RssSampler() as sampler:
+        with MemorySampler() as sampler:
             clock = time.perf_counter()
             summary = run_job(config)
             timings[count].append(time.perf_counter() - clock)

@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +58,31 @@ class S3Settings:
             raise ValueError(f"`max_attempts` must be an int >= 1, got {self.max_attempts!r}")
 
     def resolved_endpoint(self) -> str | None:
-        return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if self.endpoint_url:
+            return refuse_credentials_in_endpoint(self.endpoint_url, "`source.s3_endpoint_url`")
+        for variable in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+            if os.environ.get(variable):
+                return refuse_credentials_in_endpoint(os.environ[variable], f"the {variable} environment variable")
+        return None
 
     def resolved_region(self) -> str | None:
         region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         # S3-compatible stores ignore the region; naming one avoids a lookup against AWS.
         return region or ("us-east-1" if self.resolved_endpoint() else None)
+
+
+def refuse_credentials_in_endpoint(url: str, origin: str) -> str:
+    """Returns `url` unless it holds `user:password@`: an endpoint is logged and stored with each run's config,
+    where a password must never go. The message names neither the user nor the password."""
+    parsed = urlparse(url if "://" in url else f"https://{url}")
+    if "@" in parsed.netloc:
+        host = parsed.netloc.rsplit("@", 1)[1]
+        raise ValueError(
+            f"{origin} must not hold credentials (`user:password@`): pass them through the AWS chain "
+            f"(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile or an instance role) and give the endpoint "
+            f"as {parsed.scheme}://{host}"
+        )
+    return url
 
 
 class StoreUnavailableError(ConnectionError):

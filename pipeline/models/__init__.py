@@ -41,13 +41,15 @@ class LoadedModel:
 def _resolve_weights(config: ModelConfig, spec: ModelSpec, s3: S3Settings) -> LoadedWeights:
     if config.weights:
         if config.weights.startswith("torchvision:"):
-            return load_torchvision_weights(spec.name, config.weights.removeprefix("torchvision:"))
+            return load_torchvision_weights(
+                spec.name, config.weights.removeprefix("torchvision:"), config.weights_sha256
+            )
         return load_weights_file(config.weights, s3, config.weights_sha256)
     if spec.bundled_weights is not None:
         return load_weights_file(spec.bundled_weights(), s3, config.weights_sha256)
     if ":" in spec.name:
         raise WeightsError(f"`model.weights` is required for the custom model {spec.name!r}")
-    return load_torchvision_weights(spec.name, "DEFAULT")
+    return load_torchvision_weights(spec.name, "DEFAULT", config.weights_sha256)
 
 
 def load_model(config: ModelConfig, s3: S3Settings | None = None) -> LoadedModel:

@@ -97,8 +97,10 @@ def load_weights_file(uri: str, s3: S3Settings, expected_sha256: str | None = No
     return LoadedWeights(loaded, digest, uri)
 
 
-def load_torchvision_weights(model_name: str, weights_name: str) -> LoadedWeights:
-    """Torchvision's named weights (download through torch.hub; needs internet on first use)."""
+def load_torchvision_weights(model_name: str, weights_name: str, expected_sha256: str | None = None) -> LoadedWeights:
+    """Torchvision's named weights: downloaded into torch.hub's cache (needs internet on first use), then loaded
+    like any file, so `expected_sha256` is checked before the file is unpickled (torch.hub's own loader would
+    unpickle first, and without `weights_only`)."""
     from torchvision.models import get_model_weights
 
     try:
@@ -106,14 +108,21 @@ def load_torchvision_weights(model_name: str, weights_name: str) -> LoadedWeight
         weights = enum[weights_name] if weights_name != "DEFAULT" else enum.DEFAULT
     except (KeyError, ValueError) as exc:
         raise WeightsError(f"torchvision has no weights {weights_name!r} for {model_name!r}") from exc
-    try:
-        state_dict = weights.get_state_dict(progress=False, check_hash=True)
-    except Exception as exc:  # URLError, socket errors, HTTP errors: all mean "no download here"
-        raise WeightsError(
-            f"could not download torchvision weights {weights} ({type(exc).__name__}: {exc}). "
-            f"On a machine without internet, download {weights.url} elsewhere and pass it as "
-            f"`--weights /path/to/file.pth` or `--weights s3://bucket/key.pth` (config `model.weights`)."
-        ) from exc
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    digest = sha256_of(cached) if cached.exists() else ""
-    return LoadedWeights(state_dict, digest, f"torchvision:{weights_name}")
+    if not cached.exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        # Torchvision names its files `<name>-<sha256 prefix>.pth`; torch.hub checks the prefix and writes
+        # through a temporary file, so a torn download never sits in the cache.
+        prefix = torch.hub.HASH_REGEX.search(cached.name)
+        try:
+            torch.hub.download_url_to_file(
+                weights.url, str(cached), hash_prefix=prefix.group(1) if prefix else None, progress=False
+            )
+        except Exception as exc:  # URLError, socket errors, HTTP errors: all mean "no download here"
+            raise WeightsError(
+                f"could not download torchvision weights {weights} ({type(exc).__name__}: {exc}). "
+                f"On a machine without internet, download {weights.url} elsewhere and pass it as "
+                f"`--weights /path/to/file.pth` or `--weights s3://bucket/key.pth` (config `model.weights`)."
+            ) from exc
+    loaded = load_weights_file(str(cached), S3Settings(), expected_sha256)
+    return LoadedWeights(loaded.state_dict, loaded.sha256, f"torchvision:{weights_name}")
