@@ -27,7 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.bench.memory import MemorySampler
-from pipeline.io.sources import S3Settings, list_inputs
+from pipeline.io.listing import iter_listing
+from pipeline.io.sources import S3Settings
 
 CACHE = Path("data/bench-scale")
 FLAT_MEMORY_RATIO = 1.2
@@ -213,7 +214,8 @@ def run_listing(manifest_entries: int, tree_files: int) -> dict[str, dict[str, f
         cases[f"local_tree_{tree_files}"] = local_tree(tree_files)
     results = {}
     for name, path in cases.items():
-        listing = functools.partial(list_inputs, str(path.resolve()), extensions, True, S3Settings())
+        # The job's own listing: chunks streamed through, never the whole list.
+        listing = functools.partial(iter_listing, str(path.resolve()), extensions, True, S3Settings())
         results[name] = measure_listing(listing)
         numbers = results[name]
         print(

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from PIL import Image
 
 from pipeline.bench.scale import image_folder, local_tree, manifest, measure_listing
-from pipeline.io.sources import Listed, S3Settings, list_inputs
+from pipeline.io.listing import iter_listing, list_inputs
+from pipeline.io.sources import Listed, S3Settings
 
 
 def test_image_folder_holds_varied_small_jpegs_made_once(tmp_path):
@@ -41,6 +42,8 @@ def test_measure_listing_of_a_list_and_of_a_stream_of_chunks(tmp_path):
     assert measured["peak_rss_mib"] >= measured["before_mib"] > 10
     streamed = measure_listing(functools.partial(_chunks, 10_000, 1_000))
     assert streamed["entries"] == 10_000
+    arrow = measure_listing(functools.partial(iter_listing, str(tree), [".jpg"], True, S3Settings(), 1_000))
+    assert arrow["entries"] == 2500
 
 
 def test_manifests_list_every_entry(tmp_path):
