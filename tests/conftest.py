@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,13 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from ray_helpers import free_port, node_ports, wait_for_job_agent  # noqa: E402
+
 from pipeline.samples import sample_photos  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -68,13 +63,6 @@ def s3_server() -> Iterator[str]:
 _AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
 
 
-def node_ports() -> dict[str, int]:
-    """Ports of one Ray node that would otherwise be fixed defaults (the dashboard agent's 52365): with two
-    Ray instances on the machine (the shared head and a multi-node cluster, or a benchmark beside the tests), the
-    second agent could not bind, and every job submission failed with "No available agent"."""
-    return {"dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port()}
-
-
 @pytest.fixture(scope="session")
 def ray_head(s3_server: str):
     """One local Ray head with its job server, shared by the integration tests (`ray.cluster_utils.Cluster`,
@@ -96,7 +84,7 @@ def ray_head(s3_server: str):
     )
     head.job_address = f"http://127.0.0.1:{port}"
     try:
-        _wait_for_job_agent(head.job_address)
+        wait_for_job_agent(head.job_address)
         yield head
     finally:
         head.shutdown()
@@ -135,25 +123,3 @@ def ray_address(ray_cluster: str) -> str:
     import ray
 
     return ray.get_runtime_context().gcs_address
-
-
-def _wait_for_job_agent(address: str, timeout_s: float = 180.0) -> None:
-    """Returns once the job server places jobs: its agent registers a while after `ray.init` returns, and until
-    then every submission fails with "No available agent" (for a minute on a loaded machine)."""
-    import time
-
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    client = JobSubmissionClient(address)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            job = client.submit_job(entrypoint="true")
-            break
-        except RuntimeError as exc:
-            if "No available agent" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)
-    while not client.get_job_status(job).is_terminal() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert client.get_job_status(job) == JobStatus.SUCCEEDED, client.get_job_logs(job)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import _wait_for_job_agent, free_port, node_ports
+from ray_helpers import free_port, node_ports, wait_for_job_agent
 from readers import runs, succeeded_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def cluster(s3_server, tmp_path_factory):
     for name in ("worker-1", "worker-2"):
         head.add_node(num_cpus=2, env_vars={"CAMRAY_CACHE": str(caches / name)}, **node_ports())
     head.wait_for_nodes()
-    _wait_for_job_agent(f"http://{head.webui_url}")
+    wait_for_job_agent(f"http://{head.webui_url}")
     head.caches = caches
     try:
         yield head

@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
-from conftest import free_port
+from ray_helpers import free_port
 
 from pipeline.cli import main as cli_main
 from pipeline.config import ConfigError, load_config
