@@ -38,7 +38,7 @@ from pipeline.io.listing import LISTING, iter_listing
 from pipeline.io.resume import PriorWork, RunState, find_resumable, prior_work, write_state
 from pipeline.io.s3 import store_failure
 from pipeline.io.schema import RUNS, SCHEMA_VERSION
-from pipeline.io.sink import CamDatasink, check_each_input_once, commit, staging_uri
+from pipeline.io.sink import CamDatasink, check_each_input_once, commit
 from pipeline.io.sources import S3Settings, filesystem_for, join_uri, store_errors
 from pipeline.models import get_spec, load_model, resolve_layer
 from pipeline.predictor import Predictor, decode_side
@@ -189,7 +189,8 @@ def skip_done(chunk: pa.Table, done: pa.Table | None, prior: PriorWork | None) -
 
 @dataclass
 class _StagedListing:
-    """The inputs to process, written as Parquet under the run's staging folder for Ray Data to read."""
+    """The inputs to process, written as Parquet under `_listing/` for the read tasks; removed when the attempt
+    ends (a crashed attempt's is debris that the next attempt, writing its own, does not read)."""
 
     uri: str
     files: int = 0
@@ -204,7 +205,7 @@ def _stage_listing(
     File sizes grow: the first files hold one read batch each, so that a small run still spreads over the
     cluster; later ones up to `LISTING_FILE_ROWS`, so that millions of inputs make hundreds of files, not
     tens of thousands. Each file becomes one read+decode task."""
-    staged = _StagedListing(join_uri(staging_uri(config.sink.uri, state.run_id), "_listing", f"a{state.attempt:02d}"))
+    staged = _StagedListing(join_uri(config.sink.uri, "_listing", f"{state.run_id}-a{state.attempt:02d}"))
     fs, base = filesystem_for(staged.uri, s3)
     fs.create_dir(base, recursive=True)
     done = _done_versions(config, s3, completed)
@@ -290,6 +291,17 @@ def _write_text(uri: str, text: str, s3: S3Settings) -> None:
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as stream:
         stream.write(text.encode())
+
+
+def _discard_listing(config: JobConfig, s3: S3Settings, state: _Attempt) -> None:
+    uri = join_uri(config.sink.uri, "_listing", f"{state.run_id}-a{state.attempt:02d}")
+    try:
+        fs, path = filesystem_for(uri, s3)
+        fs.delete_dir_contents(path, missing_dir_ok=True)
+        if isinstance(fs, pafs.LocalFileSystem):
+            fs.delete_dir(path)
+    except OSError as exc:  # the store may be what failed the run; a leftover listing harms no reader
+        logger.warning("run %s: could not remove its listing %s: %s", state.run_id, uri, exc)
 
 
 def _write_run_row(config: JobConfig, s3: S3Settings, row: dict) -> None:
@@ -391,6 +403,7 @@ def run_job(config: JobConfig) -> RunSummary:
             raise outage from exc
         raise
     finally:
+        _discard_listing(config, s3, state)
         counts = sink.counts
         logger.info(
             "run %s: %d S3 retries (read %d, write %d)",

@@ -87,6 +87,9 @@ def ray_head(s3_server: str):
         wait_for_job_agent(head.job_address)
         yield head
     finally:
+        import ray
+
+        ray.shutdown()  # disconnect first: `Cluster.shutdown` refuses to remove the node this process is attached to
         head.shutdown()
 
 

@@ -60,10 +60,19 @@ class _Request:
 
     @property
     def kind(self) -> str:
-        """`object-read`, `object-write` or `other`: where the forced faults go."""
-        if self.method == "GET" and "?" not in self.target:
+        """`object-read`, `object-write` or `other`: where the forced faults go. The run's own bookkeeping
+        objects (the lease, the listing, `run.json`: names under `_`, none of them Parquet results) are `other`,
+        so that the forced faults land on image reads and staged result files."""
+        control = "/_lease" in self.target or "/_listing/" in self.target
+        if self.method == "GET" and "?" not in self.target and not control and "/_" not in self.target:
             return "object-read"
-        if self.method == "PUT" and self.header("x-amz-copy-source") is None and _content_length(self) > 0:
+        if (
+            self.method == "PUT"
+            and self.header("x-amz-copy-source") is None
+            and _content_length(self) > 0
+            and self.target.split("?", 1)[0].endswith(".parquet")
+            and not control
+        ):
             return "object-write"
         return "other"
 

@@ -149,7 +149,7 @@ def test_store_down_for_good_fails_the_run_in_bounded_time_naming_endpoint_and_o
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """What the operator sees: `camray run` exits 1 with one line on stderr, not a traceback. The first S3
-    operation of the run meets the dead store: listing the input, or reading what the output already holds."""
+    operation of the run meets the dead store: listing the input, or taking the output's lease."""
     local = tmp_path / "images"
     local.mkdir()
     (local / "chelsea.png").write_bytes(photos["chelsea.png"])
@@ -163,9 +163,12 @@ def test_store_down_for_good_fails_the_run_in_bounded_time_naming_endpoint_and_o
     assert cli.main(argv) == 1
     assert time.monotonic() - started < 120  # generous: 3 attempts take seconds
     (line,) = capsys.readouterr().err.strip().splitlines()
-    what = "listing of" if down == "input" else "reading of the done work in"
-    assert line.startswith(f"camray: S3 {what} {remote} on {dead_endpoint} failed (up to 3 attempts)"), line
-    assert re.search(r"during \w+ operation", line), line  # pyarrow's words for the S3 operation
+    if down == "input":  # the input's listing, through pyarrow
+        assert line.startswith(f"camray: S3 listing of {remote} on {dead_endpoint} failed (up to 3 attempts)"), line
+        assert re.search(r"during \w+ operation", line), line  # pyarrow's words for the S3 operation
+    else:  # the output's lease, the run's first write, through boto3
+        expected = f"camray: S3 PutObject {remote}/_lease.json on {dead_endpoint} failed after 3 attempts: "
+        assert line.startswith(expected) and "connect" in line.lower(), line
 
 
 def test_store_down_for_good_fails_reads_in_bounded_time_naming_endpoint_and_operation(

@@ -23,6 +23,7 @@ from headless_chromium import render_ok, require_browser
 from run_inputs import input_files
 
 from pipeline.cli import main_camray
+from pipeline.io.schema import RUNS
 from pipeline.outputs.query import connect
 from pipeline.outputs.tables import Output
 
@@ -51,8 +52,9 @@ def _leave_debris(out: Path, run_id: str) -> None:
     row = pq.read_table(out / "runs" / f"{run_id}.parquet").to_pylist()[0]
     later = row["started_at"] + timedelta(hours=1)
     row.update(run_id=FAILED, status="failed", started_at=later, finished_at=later, results=0, errors=0)
-    newer = pa.Table.from_pylist([row]).append_column("attempt", pa.array([2], pa.int32()))
-    newer = newer.append_column("message", pa.array(["worker node lost"]))
+    row.update(attempt=2, message="worker node lost")
+    # A newer schema's row: a column this release does not know, of a type it has never seen.
+    newer = pa.Table.from_pylist([row], schema=RUNS).append_column("zones", pa.array([["eu-west-1a"]]))
     pq.write_table(newer, out / "runs" / f"{FAILED}.parquet")
 
 
@@ -87,7 +89,8 @@ def test_runs_lists_every_version_of_the_table_newest_first(run, capsys):
     runs = json.loads(out)
     assert [r["run_id"] for r in runs] == [FAILED, run.run_id]
     assert runs[0]["message"] == "worker node lost" and runs[0]["attempt"] == 2
-    assert runs[1]["message"] is None and runs[1]["attempt"] is None  # a schema-1 row: the column read as null
+    assert runs[1]["message"] is None and runs[1]["attempt"] == 1
+    assert runs[0]["zones"] == ["eu-west-1a"] and runs[1]["zones"] is None  # a column a row lacks reads as null
     assert (runs[1]["listed"], runs[1]["results"], runs[1]["errors"]) == (12, 11, 1)
     status, out, _ = _camray(capsys, "runs", "--output", str(run.out))
     header = out.splitlines()[0].split()
