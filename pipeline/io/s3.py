@@ -109,7 +109,9 @@ def store_failure(exc: BaseException) -> StoreUnavailableError | None:
             continue
         seen.add(id(current))
         if type(current) is StoreUnavailableError:  # not Ray's wrapper class, which subclasses it
-            return current
+            # Ray Data's UDF wrapper appends lines of its own ("Failed to apply UDF transform ..."): keep ours.
+            first = str(current).split("\n", 1)[0]
+            return current if first == str(current) else StoreUnavailableError(first)
         todo += [getattr(current, "cause", None), current.__cause__, current.__context__]
     lines = _OUTAGE_LINE.findall(str(exc))
     return StoreUnavailableError(lines[-1]) if lines else None
