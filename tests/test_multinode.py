@@ -31,6 +31,9 @@ def cluster(s3_server, tmp_path_factory):
     caches = tmp_path_factory.mktemp("node-caches")
     head = Cluster(
         initialize_head=True,
+        # No process reaper: stopping one with SIGTERM makes it kill its whole process group, which is this test
+        # process's and holds the shared head too; every node is stopped by its own processes below.
+        shutdown_at_exit=False,
         head_node_args={
             "num_cpus": 0,
             "include_dashboard": True,
