@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
+from collections.abc import Iterator
 
 
 def free_port() -> int:
@@ -37,3 +39,40 @@ def wait_for_job_agent(address: str, timeout_s: float = 180.0) -> None:
     while not client.get_job_status(job).is_terminal() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert client.get_job_status(job) == JobStatus.SUCCEEDED, client.get_job_logs(job)
+
+
+@contextlib.contextmanager
+def driver_kv_kept() -> Iterator[None]:
+    """Starts Ray nodes in this process without moving its driver: starting a node points Ray's process-wide
+    internal-KV client at that node's GCS, and once that cluster is torn down the first `internal_kv` call from
+    this process (Ray Data makes them) retries for 60 s and then Ray ends the whole process, pytest with it:
+    exit 1, no summary."""
+    from ray.experimental import internal_kv
+
+    saved = internal_kv.internal_kv_get_gcs_client()
+    try:
+        yield
+    finally:
+        if saved is None:
+            internal_kv._internal_kv_reset()
+        else:
+            internal_kv._initialize_internal_kv(saved)
+
+
+@contextlib.contextmanager
+def machine_default_cluster_restored() -> Iterator[None]:
+    """For a second cluster on this machine, alive for the block. Starting its head makes it the machine's
+    default (`/tmp/ray/ray_current_cluster`), which is right while it runs: a job's driver connects to the
+    cluster that file names (the job supervisor passes it `RAY_ADDRESS=auto`). Afterwards the earlier one is
+    the default again, or none is."""
+    from ray._common.utils import reset_ray_address
+    from ray._private.utils import read_ray_address, write_ray_address
+
+    saved = read_ray_address()
+    try:
+        yield
+    finally:
+        if saved is None:
+            reset_ray_address()
+        else:
+            write_ray_address(saved)

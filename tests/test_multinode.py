@@ -13,7 +13,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from ray_helpers import free_port, node_ports, wait_for_job_agent
+from ray_helpers import driver_kv_kept, free_port, machine_default_cluster_restored, node_ports, wait_for_job_agent
 from readers import runs, succeeded_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,13 +26,29 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def cluster(s3_server, tmp_path_factory):
     """A head that runs no work (as on KubeRay) and two 2-CPU worker nodes, each with its own weights cache."""
+    caches = tmp_path_factory.mktemp("node-caches")
+    with machine_default_cluster_restored():
+        with driver_kv_kept():
+            head = _start_cluster(caches)
+        try:
+            wait_for_job_agent(f"http://{head.webui_url}")
+            head.caches = caches
+            yield head
+        finally:
+            # Not `Cluster.shutdown`: its guard against removing the driver's own node compares raylet socket
+            # names, which this process's connection to the shared head can match. Each node's processes are
+            # its own.
+            for node in [*head.worker_nodes, head.head_node]:
+                node.kill_all_processes(check_alive=False, allow_graceful=True)
+
+
+def _start_cluster(caches: Path):
     from ray.cluster_utils import Cluster
 
-    caches = tmp_path_factory.mktemp("node-caches")
     head = Cluster(
         initialize_head=True,
         # No process reaper: stopping one with SIGTERM makes it kill its whole process group, which is this test
-        # process's and holds the shared head too; every node is stopped by its own processes below.
+        # process's and holds the shared head too; the fixture stops each node's own processes.
         shutdown_at_exit=False,
         head_node_args={
             "num_cpus": 0,
@@ -46,15 +62,7 @@ def cluster(s3_server, tmp_path_factory):
     for name in ("worker-1", "worker-2"):
         head.add_node(num_cpus=2, env_vars={"CAMRAY_CACHE": str(caches / name)}, **node_ports())
     head.wait_for_nodes()
-    wait_for_job_agent(f"http://{head.webui_url}")
-    head.caches = caches
-    try:
-        yield head
-    finally:
-        # Not `Cluster.shutdown`: its guard against removing the driver's own node compares raylet socket names,
-        # which this process's connection to the shared head can match. Each node's processes are its own.
-        for node in [*head.worker_nodes, head.head_node]:
-            node.kill_all_processes(check_alive=False, allow_graceful=True)
+    return head
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +171,10 @@ def _staged_rows(output: str) -> int:
 
 @pytest.mark.faults
 def test_a_node_removed_mid_run_loses_nothing(cluster, bucket):
-    extra = cluster.add_node(num_cpus=2, env_vars={"CAMRAY_CACHE": str(cluster.caches / "worker-3")}, **node_ports())
-    cluster.wait_for_nodes()
+    with driver_kv_kept():
+        cache = str(cluster.caches / "worker-3")
+        extra = cluster.add_node(num_cpus=2, env_vars={"CAMRAY_CACHE": cache}, **node_ports())
+        cluster.wait_for_nodes()
     output = f"s3://{BUCKET}/out-{uuid.uuid4().hex[:6]}"
     # A pool that fits on the nodes that survive: an actor of a lost node restarts only where there is room, and
     # its retried batch waits for it (on KubeRay or the launcher a replacement node makes the room).
