@@ -124,6 +124,18 @@ class CamConfig(_Section):
     refine_power: float = Field(
         2.0, ge=0.0, le=8.0, description="Weight of the refining activation against the class map (its exponent)."
     )
+    plain_above_score: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Images whose top-1 class scores at least this keep the plain CAM, boxed at "
+        "`plain_threshold`: no refinement, no tiles (none go through the model). An object the model is sure of "
+        "is one the image frames, and the plain map boxes it whole where refinement and tiles cut it down to its "
+        "most active part (README, Localization). None: every image alike.",
+    )
+    plain_threshold: float = Field(
+        0.4, gt=0.0, lt=1.0, description="The box threshold of the images that keep the plain CAM."
+    )
 
 
 class BoxConfig(_Section):

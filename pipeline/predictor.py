@@ -152,35 +152,63 @@ class Annotator:
         scores = torch.softmax(logits.float(), dim=1).gather(1, class_ids)
         valid_wh = valid_wh.to(self.device)
         maps = self._whole_image_maps(raw_maps.float(), valid_wh, x.shape[-1])
-        if activation is not None:
-            maps = self._refine(maps, activation, valid_wh, x.shape[-1])
-        return self._boxed(class_ids, scores, maps)
+        if activation is None:
+            return self._boxed(class_ids, scores, maps)
+        return self._boxed_keeping_plain(class_ids, scores, maps, self._refine(maps, activation, valid_wh, x.shape[-1]))
 
     def _annotate_tiled(self, pixels: Tensor, valid_wh: Tensor) -> AnnotatedBatch:
         """The tiled mode: the canvas downscaled to the input size gives the top-k classes and the coarse maps;
         its overlapping tiles, all in one forward pass, give the same classes' maps at the canvas's scale, which
-        are stitched over each image (mean where tiles overlap) and fused with the coarse maps."""
-        class_ids, scores, coarse, fine, layer = self._tiled_maps(pixels, valid_wh)
-        return self._boxed(class_ids, scores, self._fuse(coarse, fine, layer))
-
-    def _tiled_maps(self, pixels: Tensor, valid_wh: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
-        """class ids and scores (B, K), coarse and stitched maps (B, K, R, R, normalised), and the stitched mean
-        activation of the refining block (B, 1, R, R) for `layer` fusion.
+        are stitched over each image (mean where tiles overlap) and fused with the coarse maps. Images that keep
+        the plain CAM (`cam.plain_above_score`) send no tiles through the model.
 
         Classes stay the whole image's top-k: admitting a class that a tile scores far above the whole image
         was measured (README, Localization) and left box accuracy unchanged while adding false boxes."""
         assert self.tiling is not None
         size = self.input_size
         canvas = self.prepare(pixels, valid_wh)
-        x = F.interpolate(canvas, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        x = x.contiguous(memory_format=self.memory_format)
         device_wh = valid_wh.to(self.device)
+        x = F.interpolate(canvas, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         small_wh = device_wh.float() * (size / self.canvas_size)
-        logits, raw_maps, class_ids, activation = self._forward(x, self.cam_config.refine)
-        coarse = self._whole_image_maps(raw_maps.float(), small_wh, size)
-        if activation is not None:
-            coarse = self._refine(coarse, activation, small_wh, size)
+        logits, raw_maps, class_ids, activation = self._forward(
+            x.contiguous(memory_format=self.memory_format), self.cam_config.refine
+        )
+        scores = torch.softmax(logits.float(), dim=1).gather(1, class_ids)
+        plain = self._whole_image_maps(raw_maps.float(), small_wh, size)
+        coarse = plain if activation is None else self._refine(plain, activation, small_wh, size)
+        fused = coarse.clone()
+        tiled = torch.nonzero(~self._keeps_plain(scores)).flatten()
+        if tiled.numel():
+            fine, layer = self._stitched_tile_maps(canvas[tiled], device_wh[tiled], class_ids[tiled], plain.shape[-1])
+            fused[tiled] = self._fuse(coarse[tiled], fine, layer)
+        return self._boxed_keeping_plain(class_ids, scores, plain, fused)
 
+    def _keeps_plain(self, scores: Tensor) -> Tensor:
+        """(B,) bool: the images whose top-1 class scores at least `cam.plain_above_score`."""
+        if self.cam_config.plain_above_score is None:
+            return torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+        return scores[:, 0] >= self.cam_config.plain_above_score
+
+    def _boxed_keeping_plain(
+        self, class_ids: Tensor, scores: Tensor, plain: Tensor, sharpened: Tensor
+    ) -> AnnotatedBatch:
+        """Boxes from the sharpened maps (refined or tiled), but from the plain ones, at `cam.plain_threshold`,
+        for the images that keep them."""
+        keep = self._keeps_plain(scores)
+        maps = torch.where(keep.view(-1, 1, 1, 1), plain, sharpened)
+        b, k = class_ids.shape
+        thresholds = self._thresholds(maps).view(b, k)
+        thresholds[keep] = self.cam_config.plain_threshold
+        return self._boxed(class_ids, scores, maps, thresholds.flatten())
+
+    def _stitched_tile_maps(
+        self, canvas: Tensor, valid_wh: Tensor, class_ids: Tensor, grid: int
+    ) -> tuple[Tensor, Tensor | None]:
+        """The maps of classes `class_ids` (B, K) from each canvas's overlapping tiles, stitched over its image on
+        a `grid` x `grid` grid (B, K, R, R, normalised), and the stitched mean activation of the refining block
+        (B, 1, R, R) for `layer` fusion."""
+        assert self.tiling is not None
+        size = self.input_size
         image_of, offsets = tile_layout(
             [(int(w), int(h)) for w, h in valid_wh.tolist()], size, tile_stride(size, self.tiling.overlap)
         )
@@ -189,13 +217,12 @@ class Annotator:
         tile_classes = class_ids[image_of]
         keep_layer = self.tiling.fusion == "layer"
         _, tile_raw, _, tile_activation = self._forward(tiles, keep_layer, lambda _logits: tile_classes)
-        grid, images = coarse.shape[-1], coarse.shape[0]
-        fine = normalize_maps(stitch_maps(tile_raw.float(), image_of, offsets, device_wh, size, grid, images))
+        images = canvas.shape[0]
+        fine = normalize_maps(stitch_maps(tile_raw.float(), image_of, offsets, valid_wh, size, grid, images))
         layer = None
         if tile_activation is not None:
-            layer = normalize_maps(stitch_maps(tile_activation, image_of, offsets, device_wh, size, grid, images))
-        scores = torch.softmax(logits.float(), dim=1).gather(1, class_ids)
-        return class_ids, scores, coarse, fine, layer
+            layer = normalize_maps(stitch_maps(tile_activation, image_of, offsets, valid_wh, size, grid, images))
+        return fine, layer
 
     def _fuse(self, coarse: Tensor, fine: Tensor, layer: Tensor | None) -> Tensor:
         """One map per class from the coarse and the stitched maps, per `tiling.fusion`."""
@@ -208,8 +235,10 @@ class Annotator:
                 maps = normalize_maps(maps * layer.pow(self.cam_config.refine_power))
         return maps
 
-    def _boxed(self, class_ids: Tensor, scores: Tensor, maps: Tensor) -> AnnotatedBatch:
-        thresholds = self._thresholds(maps)
+    def _boxed(
+        self, class_ids: Tensor, scores: Tensor, maps: Tensor, thresholds: Tensor | None = None
+    ) -> AnnotatedBatch:
+        thresholds = self._thresholds(maps) if thresholds is None else thresholds
         components = self._components(maps, thresholds)
         b, k = class_ids.shape
         return AnnotatedBatch(

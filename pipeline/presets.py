@@ -12,16 +12,18 @@ from typing import Any
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The single pass at the model's native size: today's defaults, fastest, right for objects that fill the photo.
     "fast": {},
-    # One pass still; each class map sharpened by the mean activation of the stride-16 block (SPOL-style): the
-    # best single-pass box accuracy measured, better on small and medium objects, worse on large ones.
+    # One pass still; each class map sharpened by the mean activation of the stride-16 block (SPOL-style), except
+    # for images the model classifies with confidence, which keep the plain CAM: better than `fast` on every
+    # object size measured, at the same cost.
     "balanced": {
-        "cam": {"refine": True, "refine_power": 2.0},
+        "cam": {"refine": True, "refine_power": 2.0, "plain_above_score": 0.3},
         "boxes": {"threshold": 0.25},
     },
     # Tiled: 3 x 3 overlapping tiles of the input size (at most 10 forwards an image), the stitched tile maps
     # fused with the coarse map and the tiles' stride-16 activation: the best small-object accuracy measured.
+    # Confidently classified images keep the plain CAM and skip the tiles.
     "accurate": {
-        "cam": {"refine_power": 2.0},
+        "cam": {"refine_power": 2.0, "plain_above_score": 0.4},
         "boxes": {"threshold": 0.15},
         "tiling": {"enabled": True, "grid": 3, "overlap": 0.25, "fusion": "layer"},
     },

@@ -106,6 +106,33 @@ def test_refined_maps_are_the_class_map_times_the_finer_activation(photos, lite0
     assert (out.maps >= 0.4).float().mean() < (out_base.maps >= 0.4).float().mean()
 
 
+def test_balanced_keeps_the_plain_map_of_an_image_it_is_sure_of(photos, lite0):
+    """`balanced` refines the maps of images the model is unsure of and leaves the others as `fast` has them,
+    plain maps boxed at `cam.plain_threshold`, in one forward for the whole batch."""
+    from pipeline.config import load_config
+
+    balanced, fast = load_config(preset="balanced"), load_config(preset="fast")
+    names = ["chelsea.png", "rocket.jpg", "astronaut.png", "coffee.png"]
+    batch = _batch(photos, names)
+    pixels = torch.from_numpy(batch["pixels"])
+    valid = torch.from_numpy(np.stack([batch["valid_width"], batch["valid_height"]], 1))
+
+    def annotate(config: JobConfig, **cam: object):
+        return Annotator(lite0, config.cam.model_copy(update=cam), config.boxes, 224, torch.device("cpu")).annotate(
+            pixels, valid
+        )
+
+    out = annotate(balanced)
+    plain, refined = annotate(fast), annotate(balanced, plain_above_score=None)
+    sure = out.scores[:, 0] >= balanced.cam.plain_above_score
+    assert sure.any() and not sure.all(), out.scores[:, 0]  # the premise: a mix of sure and unsure
+    for index, keeps_plain in enumerate(sure.tolist()):
+        expected = plain if keeps_plain else refined
+        assert torch.equal(out.maps[index], expected.maps[index]), names[index]
+        assert torch.equal(out.thresholds[index], expected.thresholds[index]), names[index]
+    assert torch.equal(out.thresholds[sure], torch.full_like(out.thresholds[sure], balanced.cam.plain_threshold))
+
+
 def _faulty_predictor(factory: str) -> Predictor:
     from pipeline.models import get_spec
 

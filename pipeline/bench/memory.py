@@ -13,12 +13,20 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class MemorySample:
-    """One sweep: seconds since the sampler started, RSS in bytes, object store bytes in use (-1: not read)."""
+    """One sweep, in bytes: seconds since the sampler started; the driver's RSS; the workers' summed RSS, their
+    summed anonymous RSS (resident pages no file or shared memory backs: their heaps); their summed PSS and the
+    object store's bytes in use, each -1 where this sweep did not read it.
+
+    Summed RSS counts a page that several workers map once per worker (the ~500 MB of libtorch's code that
+    each predictor actor maps, for one), so it overstates what the workers take together; summed PSS splits
+    each shared page among the processes mapping it, so it adds up to the physical memory they hold."""
 
     seconds: float
     driver: int
     workers: int
     object_store: int
+    workers_anon: int = -1
+    workers_pss: int = -1
 
 
 class MemorySampler:
@@ -29,12 +37,16 @@ class MemorySampler:
     (`statm`), and a command line only when a process is new or, if it was not a worker, once a second (a
     process caught between the raylet's fork and its exec still shows the raylet's command line). With
     `object_store_every` set, the object store's bytes in use are read from the raylet every that many
-    seconds (a gRPC call, too costly for every sweep)."""
+    seconds (a gRPC call, too costly for every sweep); with `pss_every` set, the workers' PSS every that many
+    seconds (the kernel walks each process's page tables for it)."""
 
-    def __init__(self, interval: float = 0.1, object_store_every: float | None = None) -> None:
+    def __init__(
+        self, interval: float = 0.1, object_store_every: float | None = None, pss_every: float | None = None
+    ) -> None:
         self.interval = interval
         self.samples: list[MemorySample] = []
         self._object_store_every = object_store_every
+        self._pss_every = pss_every
         self._page_size = os.sysconf("SC_PAGE_SIZE")
         self._driver = str(os.getpid())
         self._workers: set[str] = set()
@@ -56,6 +68,14 @@ class MemorySampler:
     @property
     def peak_workers(self) -> int:
         return max((s.workers for s in self.samples), default=0)
+
+    @property
+    def peak_workers_anon(self) -> int:
+        return max((s.workers_anon for s in self.samples), default=0)
+
+    @property
+    def peak_workers_pss(self) -> int:
+        return max((s.workers_pss for s in self.samples), default=-1)
 
     @property
     def peak_object_store(self) -> int:
@@ -94,11 +114,24 @@ class MemorySampler:
                 return False
         return False
 
-    def _rss(self, pid: str) -> int:
+    def _rss(self, pid: str) -> tuple[int, int]:
+        """(resident, anonymous resident) bytes: statm's resident pages, and those less its file-backed and
+        shared-memory ones."""
         try:
-            return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * self._page_size
+            fields = Path(f"/proc/{pid}/statm").read_text().split()
+            return int(fields[1]) * self._page_size, (int(fields[1]) - int(fields[2])) * self._page_size
         except (OSError, ValueError, IndexError):
-            return 0  # the process exited between the listing and the read
+            return 0, 0  # the process exited between the listing and the read
+
+    @staticmethod
+    def _pss(pid: str) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass  # exited, or a kernel without smaps_rollup (before 4.14): counted as nothing
+        return 0
 
     def _object_store_bytes(self) -> int:
         from ray._private.internal_api import get_memory_info_reply, get_state_from_address
@@ -109,22 +142,34 @@ class MemorySampler:
             self._store_state = get_state_from_address(ray.get_runtime_context().gcs_address)
         return int(get_memory_info_reply(self._store_state).store_stats.object_store_bytes_used)
 
-    def _sweep(self, started: float, store_due: bool) -> MemorySample:
+    def _sweep(self, started: float, store_due: bool, pss_due: bool) -> MemorySample:
         pids = [pid for pid in filter(str.isdigit, os.listdir("/proc")) if pid != self._driver and self._worker(pid)]
-        workers = sum(self._rss(pid) for pid in pids)
-        store = self._object_store_bytes() if store_due else -1
-        return MemorySample(time.monotonic() - started, self._rss(self._driver), workers, store)
+        resident = [self._rss(pid) for pid in pids]
+        return MemorySample(
+            seconds=time.monotonic() - started,
+            driver=self._rss(self._driver)[0],
+            workers=sum(total for total, _ in resident),
+            object_store=self._object_store_bytes() if store_due else -1,
+            workers_anon=sum(anon for _, anon in resident),
+            workers_pss=sum(self._pss(pid) for pid in pids) if pss_due else -1,
+        )
 
     def _run(self) -> None:
         started = time.monotonic()
-        store_read_at = -math.inf
+        read_at = {"store": -math.inf, "pss": -math.inf}
+
+        def due(name: str, every: float | None, now: float) -> bool:
+            if every is None or now - read_at[name] < every:
+                return False
+            read_at[name] = now
+            return True
+
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                store_due = self._object_store_every is not None and now - store_read_at >= self._object_store_every
-                if store_due:
-                    store_read_at = now
-                self.samples.append(self._sweep(started, store_due))
+                store_due = due("store", self._object_store_every, now)
+                pss_due = due("pss", self._pss_every, now)
+                self.samples.append(self._sweep(started, store_due, pss_due))
                 time.sleep(self.interval)
         except Exception as exc:  # raised again on exit: a sampler that died must not report zeros
             self._error = exc
@@ -140,11 +185,14 @@ class MemorySampler:
             if not span:
                 continue
             store = max(s.object_store for s in span)
+            pss = max(s.workers_pss for s in span)
             rows.append(
                 {
                     "until_seconds": round((i + 1) * end / buckets, 1),
                     "driver_mib": max(s.driver for s in span) / 2**20,
                     "workers_mib": max(s.workers for s in span) / 2**20,
+                    "workers_anon_mib": max(s.workers_anon for s in span) / 2**20,
+                    "workers_pss_mib": pss / 2**20 if pss >= 0 else None,
                     "object_store_mib": store / 2**20 if store >= 0 else None,
                 }
             )

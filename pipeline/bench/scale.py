@@ -98,7 +98,7 @@ def run_scale(
                 **model_overrides,
             }
         )
-        with MemorySampler(interval=0.2, object_store_every=1.0) as sampler:
+        with MemorySampler(interval=0.2, object_store_every=1.0, pss_every=1.0) as sampler:
             clock = time.perf_counter()
             summary = run_job(config)
             seconds = time.perf_counter() - clock
@@ -112,6 +112,8 @@ def run_scale(
             "images_per_second": count / seconds,
             "peak_driver_rss_mib": sampler.peak_driver / 2**20,
             "peak_workers_rss_mib": sampler.peak_workers / 2**20,
+            "peak_workers_anon_mib": sampler.peak_workers_anon / 2**20,
+            "peak_workers_pss_mib": sampler.peak_workers_pss / 2**20,
             "peak_rss_mib": sampler.peak / 2**20,
             "peak_object_store_mib": sampler.peak_object_store / 2**20,
             "over_time": sampler.timeline(),
@@ -125,7 +127,14 @@ def memory_ratios(results: dict[str, dict[str, object]]) -> dict[str, float]:
     """Peaks at the largest count over those at the smallest, per measure."""
     counts = sorted(results, key=int)
     small, large = results[counts[0]], results[counts[-1]]
-    keys = ("peak_driver_rss_mib", "peak_workers_rss_mib", "peak_rss_mib", "peak_object_store_mib")
+    keys = (
+        "peak_driver_rss_mib",
+        "peak_workers_rss_mib",
+        "peak_workers_anon_mib",
+        "peak_workers_pss_mib",
+        "peak_rss_mib",
+        "peak_object_store_mib",
+    )
     return {f"ratio_{key}": float(large[key]) / float(small[key]) for key in keys if float(small[key]) > 0}
 
 
@@ -230,15 +239,20 @@ def _job_table(numbers: dict[str, object]) -> str:
     lines = [
         f"\njob over {numbers['images']:,} images: {numbers['seconds']:.0f} s, "
         f"{numbers['images_per_second']:.1f} images/s, {numbers['errors']} errors",
-        f"  peak driver RSS {numbers['peak_driver_rss_mib']:.0f} MiB, workers RSS (sum) "
-        f"{numbers['peak_workers_rss_mib']:.0f} MiB, object store {numbers['peak_object_store_mib']:.0f} MiB",
-        f"  {'until s':>8} {'driver MiB':>11} {'workers MiB':>12} {'store MiB':>10}",
+        f"  peak driver RSS {numbers['peak_driver_rss_mib']:.0f} MiB; workers (sums): RSS "
+        f"{numbers['peak_workers_rss_mib']:.0f} MiB, anonymous {numbers['peak_workers_anon_mib']:.0f} MiB, "
+        f"PSS {numbers['peak_workers_pss_mib']:.0f} MiB; object store {numbers['peak_object_store_mib']:.0f} MiB",
+        f"  {'until s':>8} {'driver MiB':>11} {'workers RSS':>12} {'anon':>8} {'PSS':>8} {'store MiB':>10}",
     ]
+
+    def cell(value: float | None, width: int) -> str:
+        return f"{(f'{value:.0f}' if value is not None else '-'):>{width}}"
+
     for row in numbers["over_time"]:
-        store = row["object_store_mib"]
         lines.append(
             f"  {row['until_seconds']:>8.0f} {row['driver_mib']:>11.0f} {row['workers_mib']:>12.0f} "
-            f"{(f'{store:.0f}' if store is not None else '-'):>10}"
+            f"{row['workers_anon_mib']:>8.0f} {cell(row['workers_pss_mib'], 8)} "
+            f"{cell(row['object_store_mib'], 10)}"
         )
     return "\n".join(lines)
 

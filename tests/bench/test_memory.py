@@ -52,10 +52,40 @@ def test_counts_the_driver_and_its_workers(worker):
     assert sampler.peak_workers >= 200 * MIB
     assert sampler.peak_driver > 20 * MIB
     assert sampler.peak >= sampler.peak_driver + 200 * MIB
-    assert sampler.peak_object_store == -1  # not asked for
+    assert sampler.peak_object_store == -1 and sampler.peak_workers_pss == -1  # not asked for
+    assert sampler.peak_workers_anon >= 200 * MIB  # a heap: no file backs it
     rows = sampler.timeline(buckets=3)
     assert len(rows) == 3 and all(row["workers_mib"] >= 200 for row in rows)
     assert all(row["object_store_mib"] is None for row in rows)
+
+
+# Touches `size` MiB, then forks: parent and child share those pages (copy-on-write, never written again).
+HOLD_SHARED = (
+    "import os, sys; block = bytearray({size} * 2**20); block[::4096] = b'x' * len(block[::4096]); "
+    "child = os.fork(); print('ready', flush=True) if child else None; sys.stdin.read()"
+)
+
+
+def test_summed_pss_counts_a_page_two_workers_share_once():
+    process = subprocess.Popen(
+        ["ray::FakeWorker", "-c", HOLD_SHARED.format(size=200)],
+        executable=sys.executable,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout.readline() == "ready\n"
+        with MemorySampler(interval=0.05, pss_every=0.2) as sampler:
+            time.sleep(1.5)
+    finally:
+        process.stdin.close()  # both read the same stdin: both end
+        process.wait(10)
+    assert len(sampler._workers) == 2  # the child descends from the driver through its parent
+    assert sampler.peak_workers >= 400 * MIB  # each process's RSS holds the 200 MiB
+    assert sampler.peak_workers_anon >= 400 * MIB  # anonymous pages, in both heaps though shared
+    assert 200 * MIB <= sampler.peak_workers_pss < 300 * MIB  # split between the two: once in all
+    assert any(s.workers_pss == -1 for s in sampler.samples)  # read every 0.2 s, not every sweep
 
 
 def _rss_mib(pid: int) -> float:
