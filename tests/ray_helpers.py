@@ -4,8 +4,32 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Batches, read+decode batches and Parquet files of four images: a few dozen photos make many tasks and files,
+# so that a fault injected mid-run meets work already written and work still to do.
+SMALL_BATCHES = ("--runtime.batch_size", "4", "--runtime.decode_batch_size", "4", "--sink.rows_per_file", "4")
+
+
+def submit_command(address: str, *entrypoint: str) -> list[str]:
+    """`ray job submit` of `entrypoint` to the job server at `address`, with this checkout as the working dir."""
+    return [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        str(REPO),
+        "--",
+        *entrypoint,
+    ]
 
 
 def free_port() -> int:

@@ -9,6 +9,7 @@ import duckdb
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
+from ray_helpers import submit_command
 from truth import CHELSEA_CAT, iou
 
 from pipeline.io.sources import S3Settings, filesystem_for
@@ -53,19 +54,7 @@ def test_submitted_job_annotates_s3_and_accounts_for_every_input(ray_cluster, up
         "--runtime.batch_size 4"
     )
     submitted = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ray.scripts.scripts",
-            "job",
-            "submit",
-            "--address",
-            ray_cluster,
-            "--working-dir",
-            str(REPO),
-            "--",
-            *entrypoint.split(),
-        ],
+        submit_command(ray_cluster, *entrypoint.split()),
         capture_output=True,
         text=True,
         timeout=600,

@@ -13,10 +13,18 @@ from pathlib import Path
 
 import boto3
 import pytest
-from ray_helpers import driver_kv_kept, free_port, machine_default_cluster_restored, node_ports, wait_for_job_agent
+from ray_helpers import (
+    REPO,
+    SMALL_BATCHES,
+    driver_kv_kept,
+    free_port,
+    machine_default_cluster_restored,
+    node_ports,
+    submit_command,
+    wait_for_job_agent,
+)
 from readers import runs, succeeded_inputs
 
-REPO = Path(__file__).resolve().parents[1]
 BUCKET = "camray-nodes"
 WEIGHTS_KEY = "weights/efficientnet_lite0.pth"
 
@@ -80,17 +88,8 @@ def bucket(s3_server, small_photos) -> str:
 
 
 def _submit(cluster, output: str, *extra: str, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "ray.scripts.scripts",
-        "job",
-        "submit",
-        "--address",
+    command = submit_command(
         f"http://{cluster.webui_url}",
-        "--working-dir",
-        str(REPO),
-        "--",
         sys.executable,  # the job's interpreter on this machine's nodes: the test's, with camray's dependencies
         "jobs/cam_batch.py",
         "--input",
@@ -99,14 +98,9 @@ def _submit(cluster, output: str, *extra: str, wait: bool = True) -> subprocess.
         output,
         "--weights",
         f"s3://{BUCKET}/{WEIGHTS_KEY}",
-        "--runtime.batch_size",
-        "4",
-        "--runtime.decode_batch_size",
-        "4",
-        "--sink.rows_per_file",
-        "4",
+        *SMALL_BATCHES,
         *extra,
-    ]
+    )
     if wait:
         return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

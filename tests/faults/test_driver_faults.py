@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from ray_helpers import SMALL_BATCHES
 from readers import runs, succeeded_inputs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,12 +29,7 @@ def _driver(ray_address: str, source: Path, output: Path, *extra: str) -> subpro
         str(source),
         "--output",
         str(output),
-        "--runtime.batch_size",
-        "4",
-        "--runtime.decode_batch_size",
-        "4",
-        "--sink.rows_per_file",
-        "4",
+        *SMALL_BATCHES,
         *extra,
     ]
     env = {**os.environ, "RAY_ADDRESS": ray_address}
