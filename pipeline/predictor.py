@@ -154,7 +154,8 @@ class Annotator:
         maps = self._whole_image_maps(raw_maps.float(), valid_wh, x.shape[-1])
         if activation is None:
             return self._boxed(class_ids, scores, maps)
-        return self._boxed_keeping_plain(class_ids, scores, maps, self._refine(maps, activation, valid_wh, x.shape[-1]))
+        refined = self._refine(maps, activation, valid_wh, x.shape[-1])
+        return self._boxed_keeping_plain(class_ids, scores, maps, refined, self._keeps_plain(scores))
 
     def _annotate_tiled(self, pixels: Tensor, valid_wh: Tensor) -> AnnotatedBatch:
         """The tiled mode: the canvas downscaled to the input size gives the top-k classes and the coarse maps;
@@ -176,12 +177,13 @@ class Annotator:
         scores = torch.softmax(logits.float(), dim=1).gather(1, class_ids)
         plain = self._whole_image_maps(raw_maps.float(), small_wh, size)
         coarse = plain if activation is None else self._refine(plain, activation, small_wh, size)
-        fused = coarse.clone()
-        tiled = torch.nonzero(~self._keeps_plain(scores)).flatten()
+        fused = coarse.clone()  # written into below; `coarse` may be `plain` itself
+        keep = self._keeps_plain(scores)
+        tiled = torch.nonzero(~keep).flatten()
         if tiled.numel():
             fine, layer = self._stitched_tile_maps(canvas[tiled], device_wh[tiled], class_ids[tiled], plain.shape[-1])
             fused[tiled] = self._fuse(coarse[tiled], fine, layer)
-        return self._boxed_keeping_plain(class_ids, scores, plain, fused)
+        return self._boxed_keeping_plain(class_ids, scores, plain, fused, keep)
 
     def _keeps_plain(self, scores: Tensor) -> Tensor:
         """(B,) bool: the images whose top-1 class scores at least `cam.plain_above_score`."""
@@ -190,11 +192,10 @@ class Annotator:
         return scores[:, 0] >= self.cam_config.plain_above_score
 
     def _boxed_keeping_plain(
-        self, class_ids: Tensor, scores: Tensor, plain: Tensor, sharpened: Tensor
+        self, class_ids: Tensor, scores: Tensor, plain: Tensor, sharpened: Tensor, keep: Tensor
     ) -> AnnotatedBatch:
         """Boxes from the sharpened maps (refined or tiled), but from the plain ones, at `cam.plain_threshold`,
-        for the images that keep them."""
-        keep = self._keeps_plain(scores)
+        for the images `keep` (B,) marks."""
         maps = torch.where(keep.view(-1, 1, 1, 1), plain, sharpened)
         b, k = class_ids.shape
         thresholds = self._thresholds(maps).view(b, k)
