@@ -186,6 +186,22 @@ class TilingConfig(_Section):
         "says which object, the tiles where), or `layer`: the product further weighted by the stitched mean "
         "activation of the earlier block `cam.refine_layer` (LayerCAM-style fusion of a finer layer).",
     )
+    whole_image_above_area: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Tiled images whose top-1 box covers at least this fraction of the image take their maps "
+        "from the whole image instead, refined by the `cam.refine_layer` activation and boxed at "
+        "`whole_image_threshold`: tiles are for small objects, and on a larger one they cut the box down to its "
+        "most active part (README, Localization). None: the tiled boxes stand.",
+    )
+    whole_image_threshold: float = Field(
+        0.25,
+        gt=0.0,
+        lt=1.0,
+        description="Box threshold (a fraction of the map's max) of the images `whole_image_above_area` sends "
+        "back to the whole image's map.",
+    )
 
 
 class SinkConfig(_Section):

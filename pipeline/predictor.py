@@ -48,6 +48,16 @@ def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return torch.bfloat16  # "auto" and "bf16": bf16 keeps fp32's range, so logits never overflow
 
 
+def uses_refine_layer(cam: CamConfig, tiling: TilingConfig | None) -> bool:
+    """Whether the maps need the mean activation of `cam.refine_layer`: refined maps, `layer` fusion of the
+    tiles, or the whole image's refined map for the tiled images whose box is large."""
+    if cam.refine:
+        return True
+    if tiling is None or not tiling.enabled:
+        return False
+    return tiling.fusion == "layer" or tiling.whole_image_above_area is not None
+
+
 def decode_side(tiling: TilingConfig, input_size: int) -> int:
     """Side of the canvas the read tasks decode to: the model's input, or the tiled mode's larger canvas."""
     return canvas_side(input_size, tiling.grid, tiling.overlap) if tiling.enabled else input_size
@@ -85,10 +95,12 @@ class Annotator:
         # Channels-last runs convolutions a third faster on the CPU too (oneDNN), and a permuted uint8 NHWC
         # batch already has that layout, so preparing the input copies nothing but the dtype.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        layer_fusion = self.tiling is not None and self.tiling.fusion == "layer"
-        refine_path = (cam.refine_layer or self.spec.refine_layer) if cam.refine or layer_fusion else None
-        if layer_fusion and refine_path is None:
-            raise ValueError(f"`tiling.fusion` is `layer`, but {self.spec.name} has no `cam.refine_layer`; set one")
+        refine_path = (cam.refine_layer or self.spec.refine_layer) if uses_refine_layer(cam, self.tiling) else None
+        if self.tiling is not None and refine_path is None and uses_refine_layer(cam, self.tiling):
+            raise ValueError(
+                f"`tiling.fusion` `layer` and `tiling.whole_image_above_area` need a `cam.refine_layer`, and "
+                f"{self.spec.name} has none; set one"
+            )
         module = loaded.module.eval()
         fold_batch_norms(module, keep=[self.spec.target_layer, *([refine_path] if refine_path else [])])
         module = module.to(device=device, memory_format=self.memory_format)
@@ -155,7 +167,8 @@ class Annotator:
         if activation is None:
             return self._boxed(class_ids, scores, maps)
         refined = self._refine(maps, activation, valid_wh, x.shape[-1])
-        return self._boxed_keeping_plain(class_ids, scores, maps, refined, self._keeps_plain(scores))
+        maps, thresholds = self._maps_keeping_plain(maps, refined, self._keeps_plain(scores))
+        return self._boxed(class_ids, scores, maps, thresholds)
 
     def _annotate_tiled(self, pixels: Tensor, valid_wh: Tensor) -> AnnotatedBatch:
         """The tiled mode: the canvas downscaled to the input size gives the top-k classes and the coarse maps;
@@ -164,26 +177,55 @@ class Annotator:
         the plain CAM (`cam.plain_above_score`) send no tiles through the model.
 
         Classes stay the whole image's top-k: admitting a class that a tile scores far above the whole image
-        was measured (README, Localization) and left box accuracy unchanged while adding false boxes."""
+        was measured (README, Localization) and left box accuracy unchanged while adding false boxes.
+
+        With `tiling.whole_image_above_area`, a tiled image whose top-1 box turns out large takes the whole image's
+        refined map instead (`_large_objects_from_whole_image`)."""
         assert self.tiling is not None
         size = self.input_size
         canvas = self.prepare(pixels, valid_wh)
         device_wh = valid_wh.to(self.device)
         x = F.interpolate(canvas, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         small_wh = device_wh.float() * (size / self.canvas_size)
+        whole_image_fallback = self.tiling.whole_image_above_area is not None
         logits, raw_maps, class_ids, activation = self._forward(
-            x.contiguous(memory_format=self.memory_format), self.cam_config.refine
+            x.contiguous(memory_format=self.memory_format), self.cam_config.refine or whole_image_fallback
         )
         scores = torch.softmax(logits.float(), dim=1).gather(1, class_ids)
         plain = self._whole_image_maps(raw_maps.float(), small_wh, size)
-        coarse = plain if activation is None else self._refine(plain, activation, small_wh, size)
+        refined = None if activation is None else self._refine(plain, activation, small_wh, size)
+        coarse = refined if self.cam_config.refine and refined is not None else plain
         fused = coarse.clone()  # written into below; `coarse` may be `plain` itself
         keep = self._keeps_plain(scores)
         tiled = torch.nonzero(~keep).flatten()
         if tiled.numel():
             fine, layer = self._stitched_tile_maps(canvas[tiled], device_wh[tiled], class_ids[tiled], plain.shape[-1])
             fused[tiled] = self._fuse(coarse[tiled], fine, layer)
-        return self._boxed_keeping_plain(class_ids, scores, plain, fused, keep)
+        maps, thresholds = self._maps_keeping_plain(plain, fused, keep)
+        components = None
+        if whole_image_fallback and refined is not None and tiled.numel():
+            maps, thresholds, components = self._large_objects_from_whole_image(maps, thresholds, refined, ~keep)
+        return self._boxed(class_ids, scores, maps, thresholds, components)
+
+    def _large_objects_from_whole_image(
+        self, maps: Tensor, thresholds: Tensor, whole: Tensor, tiled: Tensor
+    ) -> tuple[Tensor, Tensor, Components | None]:
+        """The images of `tiled` (B,) bool whose top-1 box from `maps` covers `tiling.whole_image_above_area` of
+        the image or more, with their maps from `whole` (B, K, R, R) at `tiling.whole_image_threshold`; and the
+        components of `maps` where no image changed (None otherwise).
+
+        Tiles and the tiles' finer activation sharpen a map to the most active part of its object: the whole of
+        a small object, but a large one's face or insignia. The box the tiles give says which of the two an
+        image holds; a large one is boxed better by the whole image's refined map (README, Localization)."""
+        assert self.tiling is not None and self.tiling.whole_image_above_area is not None
+        b, k = maps.shape[:2]
+        components = self._components(maps, thresholds)
+        large = tiled & (top1_box_fraction(components, b, k, maps.shape[-1]) >= self.tiling.whole_image_above_area)
+        if not bool(large.any()):
+            return maps, thresholds, components
+        thresholds = thresholds.view(b, k).clone()
+        thresholds[large] = self.tiling.whole_image_threshold
+        return torch.where(large.view(-1, 1, 1, 1), whole, maps), thresholds.flatten(), None
 
     def _keeps_plain(self, scores: Tensor) -> Tensor:
         """(B,) bool: the images whose top-1 class scores at least `cam.plain_above_score`."""
@@ -191,16 +233,14 @@ class Annotator:
             return torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
         return scores[:, 0] >= self.cam_config.plain_above_score
 
-    def _boxed_keeping_plain(
-        self, class_ids: Tensor, scores: Tensor, plain: Tensor, sharpened: Tensor, keep: Tensor
-    ) -> AnnotatedBatch:
-        """Boxes from the sharpened maps (refined or tiled), but from the plain ones, at `cam.plain_threshold`,
-        for the images `keep` (B,) marks."""
+    def _maps_keeping_plain(self, plain: Tensor, sharpened: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        """The sharpened maps (refined or tiled), but the plain ones for the images `keep` (B,) marks, and the
+        maps' thresholds (B * K,): `cam.plain_threshold` for the plain ones."""
         maps = torch.where(keep.view(-1, 1, 1, 1), plain, sharpened)
-        b, k = class_ids.shape
+        b, k = maps.shape[:2]
         thresholds = self._thresholds(maps).view(b, k)
         thresholds[keep] = self.cam_config.plain_threshold
-        return self._boxed(class_ids, scores, maps, thresholds.flatten())
+        return maps, thresholds.flatten()
 
     def _stitched_tile_maps(
         self, canvas: Tensor, valid_wh: Tensor, class_ids: Tensor, grid: int
@@ -237,10 +277,15 @@ class Annotator:
         return maps
 
     def _boxed(
-        self, class_ids: Tensor, scores: Tensor, maps: Tensor, thresholds: Tensor | None = None
+        self,
+        class_ids: Tensor,
+        scores: Tensor,
+        maps: Tensor,
+        thresholds: Tensor | None = None,
+        components: Components | None = None,
     ) -> AnnotatedBatch:
         thresholds = self._thresholds(maps) if thresholds is None else thresholds
-        components = self._components(maps, thresholds)
+        components = self._components(maps, thresholds) if components is None else components
         b, k = class_ids.shape
         return AnnotatedBatch(
             class_ids.cpu(), scores.cpu(), maps.cpu(), thresholds.view(b, k).cpu(), _to_cpu(components)
@@ -279,6 +324,28 @@ class Annotator:
             min_area=config.min_area_fraction * r * r,
             max_per_map=config.max_boxes_per_class,
         )
+
+
+def top1_box_fraction(components: Components, images: int, k: int, grid: int) -> Tensor:
+    """(images,) float: the share of its image that each image's first box of its top-1 class covers, 0 where
+    it has none. Maps are ``b * k + class rank`` as in `AnnotatedBatch`, on `grid` x `grid` grids covering the
+    whole image; the first box is the component with the highest peak, as rows order boxes (ties: the first)."""
+    top = components.map_index % k == 0
+    image = components.map_index[top] // k
+    peak = components.peak[top].float()
+    boxes = components.boxes[top].float()
+    fraction = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / float(grid * grid)
+    best_peak = torch.full((images,), -torch.inf, device=peak.device).scatter_reduce(0, image, peak, "amax")
+    position = torch.arange(image.numel(), device=peak.device)
+    is_best = peak == best_peak[image]
+    none = image.numel()
+    first = torch.full((images,), none, device=peak.device, dtype=torch.long).scatter_reduce(
+        0, image[is_best], position[is_best], "amin"
+    )
+    found = first < none
+    out = torch.zeros(images, device=peak.device)
+    out[found] = fraction[first[found]]
+    return out
 
 
 def _to_cpu(components: Components) -> Components:

@@ -21,11 +21,19 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # Tiled: 3 x 3 overlapping tiles of the input size (at most 10 forwards an image), the stitched tile maps
     # fused with the coarse map and the tiles' stride-16 activation: the best small-object accuracy measured.
-    # Confidently classified images keep the plain CAM and skip the tiles.
+    # Confidently classified images keep the plain CAM and skip the tiles; an image whose tiled box covers 15%
+    # of it or more holds no small object, and takes `balanced`'s refined whole-image map instead.
     "accurate": {
         "cam": {"refine_power": 2.0, "plain_above_score": 0.4},
         "boxes": {"threshold": 0.15},
-        "tiling": {"enabled": True, "grid": 3, "overlap": 0.25, "fusion": "layer"},
+        "tiling": {
+            "enabled": True,
+            "grid": 3,
+            "overlap": 0.25,
+            "fusion": "layer",
+            "whole_image_above_area": 0.15,
+            "whole_image_threshold": 0.25,
+        },
     },
 }
 

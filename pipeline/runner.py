@@ -41,7 +41,7 @@ from pipeline.io.schema import RUNS, SCHEMA_VERSION
 from pipeline.io.sink import CamDatasink, check_each_input_once, commit
 from pipeline.io.sources import S3Settings, filesystem_for, join_uri, store_errors
 from pipeline.models import get_spec, load_model, resolve_layer
-from pipeline.predictor import Predictor, decode_side
+from pipeline.predictor import Predictor, decode_side, uses_refine_layer
 from pipeline.reader import read_decode_listing
 from pipeline.samples import export_samples
 
@@ -141,10 +141,11 @@ def validate_before_work(config: JobConfig) -> None:
     """Fails fast on a model/method combination that cannot run, before listing or starting Ray."""
     spec = get_spec(config.model.name, config.model.target_layer, config.model.classifier_layer)
     resolve_method(spec, config.cam.method)
-    if config.cam.refine and not (config.cam.refine_layer or spec.refine_layer):
+    if uses_refine_layer(config.cam, config.tiling) and not (config.cam.refine_layer or spec.refine_layer):
         raise ValueError(
-            f"`cam.refine` needs `cam.refine_layer` for {config.model.name!r}: the module path of a block at twice "
-            "the resolution of the target layer (e.g. `layer3` for a ResNet)"
+            "`cam.refine`, `tiling.fusion` `layer` and `tiling.whole_image_above_area` need `cam.refine_layer` for "
+            f"{config.model.name!r}: the module path of a block at twice the resolution of the target layer "
+            "(e.g. `layer3` for a ResNet)"
         )
 
 
@@ -427,7 +428,7 @@ def _run_leased(
     """The run's work once the output is leased; returns its status."""
     # Load the model once here: bad weights or layers fail before any work, and the run records provenance.
     loaded = load_model(config.model, s3)
-    if config.cam.refine and config.cam.refine_layer:
+    if uses_refine_layer(config.cam, config.tiling) and config.cam.refine_layer:
         resolve_layer(loaded.module, config.cam.refine_layer, "cam.refine_layer")
     state.weights_source, state.weights_sha256 = loaded.weights_source, loaded.weights_sha256
     input_size = config.model.input_size or loaded.spec.input_size

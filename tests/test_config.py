@@ -65,6 +65,6 @@ def test_cli_fails_before_any_work(tmp_path):
     refine_unknown = _run_cli(
         "--model", "resnet18", "--cam.refine", "true", "--output", str(tmp_path / "out"), cwd=tmp_path
     )
-    assert refine_unknown.returncode == 2 and "`cam.refine` needs `cam.refine_layer`" in refine_unknown.stdout
+    assert refine_unknown.returncode == 2 and "need `cam.refine_layer` for 'resnet18'" in refine_unknown.stdout
     assert not (tmp_path / "out").exists()
     assert "ray" not in (bad.stderr + unknown.stderr).lower()

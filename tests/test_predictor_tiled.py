@@ -15,10 +15,11 @@ from PIL import Image
 from test_predictor import _batch
 from truth import CHELSEA_CAT, iou
 
+from pipeline.cam.boxes import Components
 from pipeline.cam.tiling import tile_layout, tile_stride
 from pipeline.config import load_config
 from pipeline.io.schema import ROWS
-from pipeline.predictor import Annotator, Predictor, decode_side
+from pipeline.predictor import Annotator, Predictor, decode_side, top1_box_fraction
 
 CATS = {281, 282, 283, 284, 285}
 
@@ -108,3 +109,78 @@ def test_tiled_rows_follow_the_schema_and_box_the_cat(photos) -> None:
     box = next(b for b in row["boxes"] if b["class_id"] == top)
     assert top in CATS and row["predictions"][0]["score"] >= config.cam.plain_above_score
     assert iou((box["x0"], box["y0"], box["x1"], box["y1"]), CHELSEA_CAT) >= 0.5
+
+
+def _first_box(out, image: int) -> tuple[float, float, float, float] | None:
+    """The first box of image `image`'s top-1 class, as rows order them (highest peak), in grid pixels."""
+    k = out.class_ids.shape[1]
+    comp = out.components
+    mine = torch.nonzero(comp.map_index == image * k).flatten()
+    if not mine.numel():
+        return None
+    best = mine[int(torch.argmax(comp.peak[mine]))]
+    return tuple(float(v) for v in comp.boxes[best])
+
+
+def test_a_large_tiled_box_takes_the_whole_images_refined_map(photos, lite0) -> None:
+    """`tiling.whole_image_above_area`, both images tiled: the close-up cat's tiled box is larger than the wide
+    shot's small cat's; with the threshold between the two, the cat takes the whole image's refined map at
+    `whole_image_threshold`, and the small cat keeps the tiled map and its threshold. (In `accurate` the close-up
+    cat never gets this far: the model is sure of it, so it keeps the plain map; the sweep measures the rule.)"""
+    config = load_config(preset="accurate", overrides={"cam.plain_above_score": None})
+    side = decode_side(config.tiling, 224)
+    batch = _batch({**photos, "wide.png": _small_cat_on_grass(photos)}, ["chelsea.png", "wide.png"], size=side)
+
+    def annotated(whole_image_above_area: float | None):
+        tiling = config.tiling.model_copy(update={"whole_image_above_area": whole_image_above_area})
+        annotator = Annotator(copy.deepcopy(lite0), config.cam, config.boxes, 224, torch.device("cpu"), tiling=tiling)
+        valid = torch.from_numpy(np.stack([batch["valid_width"], batch["valid_height"]], 1))
+        return annotator.annotate(torch.from_numpy(batch["pixels"]), valid)
+
+    tiled_only = annotated(None)
+    grid = tiled_only.maps.shape[-1]
+    cat, small = (
+        (x1 - x0) * (y1 - y0) / grid**2 for x0, y0, x1, y1 in (_first_box(tiled_only, 0), _first_box(tiled_only, 1))
+    )
+    assert cat > small  # the premise
+
+    between = annotated((cat + small) / 2)
+    whole_only = annotated(1e-6)
+    assert torch.equal(between.maps[0], whole_only.maps[0]) and torch.equal(between.maps[1], tiled_only.maps[1])
+    assert not torch.allclose(between.maps[0], tiled_only.maps[0], atol=0.05)
+    assert between.thresholds[0].eq(config.tiling.whole_image_threshold).all()
+    assert between.thresholds[1].eq(config.boxes.threshold).all()
+
+
+def test_top1_box_fraction_matches_a_loop() -> None:
+    """The vectorised first-box lookup against the obvious loop: highest peak of the top-1 map, ties to the
+    first component, 0 for images without one."""
+    rng = np.random.default_rng(0)
+    images, k, grid = 7, 3, 16
+    count = 40
+    map_index = torch.from_numpy(np.sort(rng.integers(0, images * k, count)))
+    x0 = torch.from_numpy(rng.integers(0, grid - 1, count))
+    y0 = torch.from_numpy(rng.integers(0, grid - 1, count))
+    boxes = torch.stack(
+        [
+            x0,
+            y0,
+            x0 + 1 + torch.from_numpy(rng.integers(0, 4, count)),
+            y0 + 1 + torch.from_numpy(rng.integers(0, 4, count)),
+        ],
+        1,
+    ).clamp(max=grid)
+    peak = torch.from_numpy(rng.choice([0.5, 0.75, 1.0], count).astype(np.float32))  # ties on purpose
+    components = Components(map_index, boxes, torch.ones(count), torch.ones(count), peak)
+    expected = []
+    for image in range(images):
+        best = None
+        for i in range(count):
+            if int(map_index[i]) == image * k and (best is None or float(peak[i]) > float(peak[best])):
+                best = i
+        if best is None:
+            expected.append(0.0)
+        else:
+            bx0, by0, bx1, by1 = boxes[best].tolist()
+            expected.append((bx1 - bx0) * (by1 - by0) / grid**2)
+    assert torch.allclose(top1_box_fraction(components, images, k, grid), torch.tensor(expected))
