@@ -99,8 +99,6 @@ def print_summary(summary: RunSummary, config: JobConfig, examples: int = 5) -> 
 
 
 def main(argv: list[str] | None = None, prog: str = "cam_batch.py") -> int:
-    from pipeline.runner import RunInterrupted, run_job
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser(prog).parse_args(argv)
     try:
@@ -108,6 +106,9 @@ def main(argv: list[str] | None = None, prog: str = "cam_batch.py") -> int:
     except ConfigError as exc:
         print(exc)
         return 2
+    # Ray and torch only once the config is valid: a bad one is refused in a second, not after their imports.
+    from pipeline.runner import RunInterrupted, run_job
+
     try:
         summary = run_job(config)
     except LeaseHeld as exc:

@@ -6,7 +6,7 @@ not fit in cache: a quarter of EfficientNet-Lite0's CPU forward time in the job,
 memory bus (py-spy). The fold is applied where the pairing is certain from the structure alone:
 - consecutive `Conv2d`, `BatchNorm2d` children of an `nn.Sequential` (torchvision's `Conv2dNormActivation`,
   hence MobileNet, EfficientNet, MNASNet, RegNet, ShuffleNet; VGG-BN; EfficientNet-Lite; DenseNet's stem);
-- the attribute pairs of torchvision blocks whose `forward` applies them back to back (`_BLOCK_PAIRS`).
+- the attribute pairs of torchvision blocks whose `forward` applies them back to back (`_TORCHVISION_BLOCK_PAIRS`).
 DenseNet's layers normalise before their convolution (pre-activation), which has no convolution to fold into;
 they stay as they are. A folded batch norm is replaced by `nn.Identity`, so its module path still resolves and
 a hook on it still sees the normalised output.
@@ -14,23 +14,35 @@ a hook on it still sees the normalised output.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Collection
 
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from torchvision.models.googlenet import BasicConv2d as GoogLeNetConv
-from torchvision.models.inception import BasicConv2d as InceptionConv
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-# torchvision block classes -> (conv attribute, batch-norm attribute) pairs that their `forward` applies back
-# to back. Matched by exact type, not by name: a user's pre-activation "Bottleneck" normalises before it convolves.
-_BLOCK_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
-    ResNet: (("conv1", "bn1"),),
-    BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
-    Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
-    GoogLeNetConv: (("conv", "bn"),),
-    InceptionConv: (("conv", "bn"),),
+# torchvision modules and block classes -> (conv attribute, batch-norm attribute) pairs that their `forward`
+# applies back to back. Matched by exact type, not by name: a user's pre-activation "Bottleneck" normalises
+# before it convolves.
+_TORCHVISION_BLOCK_PAIRS: dict[str, dict[str, tuple[tuple[str, str], ...]]] = {
+    "torchvision.models.resnet": {
+        "ResNet": (("conv1", "bn1"),),
+        "BasicBlock": (("conv1", "bn1"), ("conv2", "bn2")),
+        "Bottleneck": (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+    },
+    "torchvision.models.googlenet": {"BasicConv2d": (("conv", "bn"),)},
+    "torchvision.models.inception": {"BasicConv2d": (("conv", "bn"),)},
 }
+
+
+def _block_pairs() -> dict[type[nn.Module], tuple[tuple[str, str], ...]]:
+    """The block classes of `_TORCHVISION_BLOCK_PAIRS` whose modules are loaded: a model holding one has imported
+    it, and importing torchvision only to compare types would cost an EfficientNet-Lite actor 2.5 s."""
+    pairs: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {}
+    for module_name, blocks in _TORCHVISION_BLOCK_PAIRS.items():
+        module = sys.modules.get(module_name)
+        if module is not None:
+            pairs.update({getattr(module, name): attributes for name, attributes in blocks.items()})
+    return pairs
 
 
 def _foldable(conv: nn.Module | None, bn: nn.Module | None) -> bool:
@@ -51,13 +63,14 @@ def fold_batch_norms(module: nn.Module, keep: Collection[str] = ()) -> int:
     if module.training:
         raise ValueError("batch norms fold only in eval mode: call `module.eval()` first")
     folded = 0
+    block_pairs = _block_pairs()
     for path, parent in list(module.named_modules()):
         prefix = f"{path}." if path else ""
         if isinstance(parent, nn.Sequential):
             names = [name for name, _ in parent.named_children()]
             pairs = list(zip(names, names[1:], strict=False))
         else:
-            pairs = list(_BLOCK_PAIRS.get(type(parent), ()))
+            pairs = list(block_pairs.get(type(parent), ()))
         for conv_name, bn_name in pairs:
             conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
             if not _foldable(conv, bn) or f"{prefix}{conv_name}" in keep:

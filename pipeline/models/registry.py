@@ -2,19 +2,25 @@
 layer classifies, how to preprocess, and its labels. Nothing here is guessed at run time.
 
 torchvision families are registered by rule from torchvision's own builders and weight metadata (sizes,
-mean/std, categories are read from `Weights.transforms()` and `meta`, which need no download).
+mean/std, categories are read from `Weights.transforms()` and `meta`, which need no download). They are
+registered the first time a name outside the bundled EfficientNet-Lite models is asked for: importing
+torchvision loads `torch._dynamo`, 2.5 s of CPU in every process, which a Lite actor, driver or CLI would pay
+for nothing.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
+import importlib.util
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from torch import nn
-from torchvision.models import get_model, get_model_weights, list_models
-from torchvision.models._meta import _IMAGENET_CATEGORIES
 
 from pipeline.models.efficientnet_lite import LITE_VARIANTS, efficientnet_lite, stride16_block
 
@@ -59,6 +65,25 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
+@functools.cache
+def imagenet_categories() -> tuple[str, ...]:
+    """torchvision's 1,000 ImageNet labels (`torchvision.models._meta._IMAGENET_CATEGORIES`), read from its
+    source file as a literal where torchvision is not imported yet (see the module docstring)."""
+    loaded = sys.modules.get("torchvision.models._meta")
+    if loaded is not None:
+        return tuple(loaded._IMAGENET_CATEGORIES)
+    package = importlib.util.find_spec("torchvision")
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("torchvision is not installed")
+    source = Path(next(iter(package.submodule_search_locations))) / "models" / "_meta.py"
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "_IMAGENET_CATEGORIES" for target in node.targets
+        ):
+            return tuple(ast.literal_eval(node.value))
+    raise ImportError(f"no `_IMAGENET_CATEGORIES` in {source}")
+
+
 def register_model(spec: ModelSpec) -> ModelSpec:
     if spec.name in _REGISTRY:
         raise ValueError(f"model {spec.name!r} is already registered")
@@ -85,7 +110,7 @@ for _index, (_name, (_, _, _resolution, _)) in enumerate(LITE_VARIANTS.items()):
             input_size=_resolution,
             mean=LITE_MEAN,
             std=LITE_STD,
-            categories=tuple(_IMAGENET_CATEGORIES),
+            categories=imagenet_categories(),
             bundled_weights=_bundled_lite_path(_index),
             refine_layer=stride16_block(_name),
         )
@@ -133,8 +158,11 @@ _TORCHVISION_FAMILIES: tuple[tuple[str, str, str | None, bool, dict, tuple[str, 
 )
 
 
+@functools.cache
 def _register_torchvision() -> None:
+    """Registers the torchvision families, once per process (cached)."""
     import torchvision.models as tv_models
+    from torchvision.models import get_model, get_model_weights, list_models
 
     for name in list_models(module=tv_models):
         for pattern, target, classifier, relu, kwargs, aux in _TORCHVISION_FAMILIES:
@@ -159,15 +187,15 @@ def _register_torchvision() -> None:
                 break
 
 
-_register_torchvision()
-
-
 def available_models() -> list[str]:
+    _register_torchvision()
     return sorted(_REGISTRY)
 
 
 def get_spec(name: str, target_layer: str | None = None, classifier_layer: str | None = None) -> ModelSpec:
     """The spec of a registered model, or of a user's `module:factory` (then `target_layer` is required)."""
+    if name not in _REGISTRY and ":" not in name:
+        _register_torchvision()
     if name in _REGISTRY:
         spec = _REGISTRY[name]
         overrides = {}
@@ -195,7 +223,7 @@ def get_spec(name: str, target_layer: str | None = None, classifier_layer: str |
             input_size=224,
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
-            categories=tuple(_IMAGENET_CATEGORIES),
+            categories=imagenet_categories(),
         )
     raise ValueError(
         f"`model.name` {name!r} is not a registered model; choose one of {', '.join(available_models())}, "

@@ -105,3 +105,24 @@ def test_a_custom_model_loads_with_its_weights_and_layers(tmp_path):
     assert maps.shape == (1, 2, 3, 3) and class_ids.shape == (1, 2)
     with pytest.raises(WeightsError, match="`model.weights` is required"):
         load_model(ModelConfig(name="torchvision.models:resnet18", target_layer="layer4"))
+
+
+def test_a_lite_predictor_never_imports_torchvision():
+    """The bundled models' path (driver checks, predictor actors) leaves torchvision unloaded: its import pulls in
+    `torch._dynamo`, 2.5 s of CPU in every such process. Its labels are torchvision's own."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from pipeline.config import JobConfig\n"
+        "from pipeline.models.registry import imagenet_categories\n"
+        "from pipeline.predictor import Predictor\n"
+        "Predictor(JobConfig().model_dump(mode='json'), 'run', 224, {})\n"
+        "assert 'torchvision' not in sys.modules and 'torch._dynamo' not in sys.modules, 'torchvision was imported'\n"
+        "import torchvision.models._meta as meta\n"
+        "assert imagenet_categories() == tuple(meta._IMAGENET_CATEGORIES)\n"
+        "assert len(imagenet_categories()) == 1000\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
