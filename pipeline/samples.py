@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -26,7 +27,11 @@ def export_samples(folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, path in sample_photos().items():
         if not (folder / name).exists():
-            shutil.copyfile(path, folder / name)
+            # Copied under a name of this process's, then renamed: a second run exporting at the same time
+            # never sees half a photo.
+            partial = folder / f".{name}.{os.getpid()}.partial"
+            shutil.copyfile(path, partial)
+            partial.replace(folder / name)
     return folder
 
 

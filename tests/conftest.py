@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ray_helpers import free_port, node_ports, wait_for_job_agent  # noqa: E402
+from ray_helpers import cluster_temp_dir, free_port, name_for_its_jobs, node_ports, wait_for_job_agent  # noqa: E402
 
 from pipeline.samples import sample_photos  # noqa: E402
 
@@ -70,6 +71,7 @@ def ray_head(s3_server: str):
     from ray.cluster_utils import Cluster
 
     port = free_port()
+    temp_dir = cluster_temp_dir()
     head = Cluster(
         initialize_head=True,
         connect=True,
@@ -79,9 +81,11 @@ def ray_head(s3_server: str):
             "dashboard_host": "127.0.0.1",
             "dashboard_port": port,
             "object_store_memory": 1 << 30,
+            "temp_dir": temp_dir,
             **node_ports(),
         },
     )
+    name_for_its_jobs(head.gcs_address, temp_dir)
     head.job_address = f"http://127.0.0.1:{port}"
     try:
         wait_for_job_agent(head.job_address)
@@ -91,6 +95,7 @@ def ray_head(s3_server: str):
 
         ray.shutdown()  # disconnect first: `Cluster.shutdown` refuses to remove the node this process is attached to
         head.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

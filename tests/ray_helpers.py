@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,22 @@ def node_ports() -> dict[str, int]:
     Ray instances on the machine (the shared head and a multi-node cluster, or a benchmark beside the tests), the
     second agent could not bind, and every job submission failed with "No available agent"."""
     return {"dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port()}
+
+
+def cluster_temp_dir() -> str:
+    """A Ray temp folder of one cluster's own (short: Ray's socket paths live below it). A job's driver finds its
+    cluster through the address file in the temp folder of the node that runs it (the job supervisor passes it
+    `RAY_ADDRESS=auto`): two clusters sharing `/tmp/ray` (the tests' own, another session's `ray start`, a
+    benchmark beside the tests) would send one's jobs to the other."""
+    return tempfile.mkdtemp(prefix="camray-ray-", dir="/tmp")
+
+
+def name_for_its_jobs(gcs_address: str, temp_dir: str) -> None:
+    """Writes the cluster's address into its own temp folder, where its job drivers look (`ray start` does this;
+    `ray.cluster_utils.Cluster` writes the machine's default `/tmp/ray` instead)."""
+    from ray._private.utils import write_ray_address
+
+    write_ray_address(gcs_address, temp_dir)
 
 
 def wait_for_job_agent(address: str, timeout_s: float = 180.0) -> None:

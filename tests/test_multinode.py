@@ -5,6 +5,7 @@ Jobs go through `ray job submit`, reading and writing S3 (moto), with weights fr
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -16,9 +17,11 @@ import pytest
 from ray_helpers import (
     REPO,
     SMALL_BATCHES,
+    cluster_temp_dir,
     driver_kv_kept,
     free_port,
     machine_default_cluster_restored,
+    name_for_its_jobs,
     node_ports,
     submit_command,
     wait_for_job_agent,
@@ -48,11 +51,13 @@ def cluster(s3_server, tmp_path_factory):
             # its own.
             for node in [*head.worker_nodes, head.head_node]:
                 node.kill_all_processes(check_alive=False, allow_graceful=True)
+            shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 
 def _start_cluster(caches: Path):
     from ray.cluster_utils import Cluster
 
+    temp_dir = cluster_temp_dir()  # the worker nodes take the head's
     head = Cluster(
         initialize_head=True,
         # No process reaper: stopping one with SIGTERM makes it kill its whole process group, which is this test
@@ -64,9 +69,12 @@ def _start_cluster(caches: Path):
             "dashboard_host": "127.0.0.1",
             "dashboard_port": free_port(),
             "env_vars": {"CAMRAY_CACHE": str(caches / "head")},
+            "temp_dir": temp_dir,
             **node_ports(),
         },
     )
+    head.temp_dir = temp_dir
+    name_for_its_jobs(head.gcs_address, temp_dir)
     for name in ("worker-1", "worker-2"):
         head.add_node(num_cpus=2, env_vars={"CAMRAY_CACHE": str(caches / name)}, **node_ports())
     head.wait_for_nodes()

@@ -9,10 +9,12 @@ the S3 secret nor the Ray token anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -165,6 +167,7 @@ def _start_head(env: dict[str, str], temp_dir: Path, attempt: int) -> tuple[subp
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its processes form a group of their own, stopped together
         )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -173,9 +176,23 @@ def _start_head(env: dict[str, str], temp_dir: Path, attempt: int) -> tuple[subp
         if "block forever" in log.read_text():
             return head, port
         time.sleep(1)
-    head.terminate()
-    head.wait(60)
+    _stop_head(head)
     return None
+
+
+def _stop_head(head: subprocess.Popen) -> None:
+    """Stops every process of the head at once: `ray start --block` on SIGTERM stops them one by one, each with
+    its own grace period (half a minute here), and the test needs none of them to say goodbye."""
+    try:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=2)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):  # whatever of the group outlived its SIGTERM
+        os.killpg(head.pid, signal.SIGKILL)
+    head.wait()
 
 
 @pytest.fixture(scope="module")
@@ -208,8 +225,7 @@ def secured_ray(signed_s3: SignedS3) -> Iterator[SecuredRay]:
             time.sleep(2)
         yield cluster
     finally:
-        head.terminate()  # `ray start --block` stops every process it started on SIGTERM
-        head.wait(60)
+        _stop_head(head)
         if os.environ.get("CAMRAY_KEEP_SECRETS_TEST_DIR") is None:
             shutil.rmtree(temp_dir, ignore_errors=True)
 

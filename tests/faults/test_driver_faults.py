@@ -30,6 +30,9 @@ def _driver(ray_address: str, source: Path, output: Path, *extra: str) -> subpro
         "--output",
         str(output),
         *SMALL_BATCHES,
+        # One predictor actor: these faults hit the driver, and a second actor would only add its start-up.
+        "--runtime.num_actors",
+        "1",
         *extra,
     ]
     env = {**os.environ, "RAY_ADDRESS": ray_address}

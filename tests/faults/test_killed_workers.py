@@ -29,30 +29,27 @@ TITLES = {
 }
 
 
-def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) for every process visible in /proc."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+def _children(pid: int) -> list[int]:
+    """The processes `pid`'s threads forked (Ray workers are the raylet's children), from /proc's `children`
+    files: a few reads a sweep, where reading every process on a shared machine 100 times a second would take
+    a core from the run under test."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            found += [int(child) for child in (task / "children").read_text().split()]
         except OSError:
-            continue
-        found[int(entry)] = (int(stat.rsplit(")", 1)[1].split()[1]), command.strip())
+            continue  # a thread that just ended
     return found
 
 
-def _descendants(root: int, processes: dict[int, tuple[int, str]]) -> dict[int, str]:
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _) in processes.items():
-        children.setdefault(parent, []).append(pid)
-    out, todo = {}, list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        out[pid] = processes[pid][1]
-        todo.extend(children.get(pid, []))
+def _workers(raylet_pid: int) -> dict[int, str]:
+    """pid -> command line (Ray's title) of each worker process of the raylet."""
+    out = {}
+    for pid in _children(raylet_pid):
+        try:
+            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
     return out
 
 
@@ -66,7 +63,7 @@ class _Killer(threading.Thread):
 
     def run(self) -> None:
         while self.killed is None and time.monotonic() < self.deadline:
-            for pid, command in _descendants(self.raylet_pid, _processes()).items():
+            for pid, command in _workers(self.raylet_pid).items():
                 if self.title.search(command):
                     os.kill(pid, signal.SIGKILL)
                     self.killed = (pid, command)
