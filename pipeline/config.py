@@ -280,6 +280,13 @@ class RuntimeConfig(_Section):
         description="Intra-op threads of a predictor running on CPU; default 1 (many single-threaded actors "
         "keep a shared node busier than one multi-threaded actor).",
     )
+    object_store_mib: int | None = Field(
+        None,
+        ge=64,
+        description="Object-store memory Ray Data may fill with the run's blocks (read-ahead, results waiting for "
+        "their write). Default: eight predictor batches of canvases per actor (at least 256 MiB) plus one "
+        "Parquet file's rows: enough to keep every actor fed, and the same at 5,000 images as at 5 million.",
+    )
     max_errored_blocks: int = Field(
         0, ge=-1, description="Ray Data blocks allowed to fail outright before the job fails (-1: any)."
     )

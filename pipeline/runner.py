@@ -88,18 +88,28 @@ class Resources:
     gpus_per_actor: float
     cpus_per_actor: float
     cpu_threads: int
+    block_bytes: int = 0
+    object_store_bytes: int = 0
 
 
 # On CPU nodes, the share of logical CPUs the predictor actors reserve; the rest is left to read+decode tasks,
 # which Ray would otherwise have no room to schedule.
 ACTOR_CPU_SHARE = 0.75
+# Bytes of one result row in the object store (maps, boxes, mask), rounded up: what a write task's input holds.
+RESULT_ROW_BYTES = 32 << 10
+# Predictor batches of canvases per actor that Ray Data may hold ahead in the object store.
+BATCHES_AHEAD = 8
+MIN_OBJECT_STORE_BYTES = 256 << 20
+
 # CPUs reserved per Parquet write task. Ray Data's default (1) finds no room beside a full actor pool on a
 # small node, so every write would wait for the end of the run and the output pile up in the object store.
 WRITE_CPUS = 0.25
 
 
-def plan_resources(config: JobConfig, cluster: dict[str, float], images: int | None = None) -> Resources:
-    """Batch size, pool size, threads and reservations, chosen together from the cluster unless configured.
+def plan_resources(
+    config: JobConfig, cluster: dict[str, float], images: int | None = None, canvas_side: int = 224
+) -> Resources:
+    """Batch size, pool size, threads, reservations and memory, chosen together from the cluster unless configured.
 
     GPU clusters: one actor per GPU, batch 256. CPU clusters: single-threaded actors, one per CPU, batch 16.
     Many one-thread actors beat one many-thread actor on a shared node: an OpenMP team waits at every
@@ -134,7 +144,21 @@ def plan_resources(config: JobConfig, cluster: dict[str, float], images: int | N
         # handful of images failed once with "The actor is dead because all references to the actor were
         # removed ... cancelled before it started running".
         num_actors = max(1, min(num_actors, math.ceil(images / batch_size)))
-    return Resources(batch_size, num_actors, gpus_per_actor, cpus_per_actor, cpu_threads)
+    # Ray Data merges what a task yields into blocks of up to 128 MiB by default: a read task over a 4,096-entry
+    # listing file handed the predictors blocks of ~850 canvases, held whole by the actor that took one, and the
+    # object store filled with them (measured: the two actors' heaps went from 1.2 to 2.0 GB as the large blocks
+    # arrived, and a 50,000-image run's store reached 1.9 GB). One read batch a block and a budget for the store
+    # that depends on the pool, not on the input, keep memory where it starts.
+    canvas_bytes = canvas_side * canvas_side * 3
+    block_bytes = max(1 << 20, math.ceil(runtime.decode_batch_size * canvas_bytes * 1.25))
+    if runtime.object_store_mib is not None:
+        object_store_bytes = runtime.object_store_mib << 20
+    else:
+        read_ahead = max(MIN_OBJECT_STORE_BYTES, num_actors * BATCHES_AHEAD * batch_size * canvas_bytes)
+        object_store_bytes = read_ahead + config.sink.rows_per_file * RESULT_ROW_BYTES
+    return Resources(
+        batch_size, num_actors, gpus_per_actor, cpus_per_actor, cpu_threads, block_bytes, object_store_bytes
+    )
 
 
 def validate_before_work(config: JobConfig) -> None:
@@ -485,9 +509,21 @@ def _run_leased(
     _take_sigterm()
     # Read now: after a failure the cluster may be gone, and asking it then would hang the runs row.
     state.nodes, state.gpu_types = _cluster_facts()
-    resources = plan_resources(config, ray.cluster_resources(), staged.rows)
+    resources = plan_resources(config, ray.cluster_resources(), staged.rows, decode_side(config.tiling, input_size))
     context = ray.data.DataContext.get_current()
     context.max_errored_blocks = config.runtime.max_errored_blocks
+    context.target_max_block_size = resources.block_bytes
+    context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
+        object_store_memory=resources.object_store_bytes
+    )
+    logger.info(
+        "run %s: %d predictor actors, batches of %d, blocks up to %.0f MiB, object store budget %.0f MiB",
+        state.run_id,
+        resources.num_actors,
+        resources.batch_size,
+        resources.block_bytes / 2**20,
+        resources.object_store_bytes / 2**20,
+    )
 
     if staged.rows:
         ds = _plan(config, state.run_id, staged, input_size, s3, resources)

@@ -74,3 +74,22 @@ def test_listing_files_start_fine_then_grow():
     assert _listing_file_rows(FINE_LISTING_FILES, 32) == LISTING_FILE_ROWS
     # A million inputs in batches of 32: some hundreds of read tasks, not tens of thousands.
     assert FINE_LISTING_FILES + (1_000_000 - 32 * FINE_LISTING_FILES) / LISTING_FILE_ROWS < 400
+
+
+def test_blocks_hold_one_read_batch_and_the_store_budget_follows_the_pool_not_the_input():
+    config = load_config(overrides={"sink.uri": "out"})
+    small = plan_resources(config, {"CPU": 2.0}, 5_000)
+    large = plan_resources(config, {"CPU": 2.0}, 5_000_000)
+    assert small == large  # nothing of the memory plan grows with the input
+    canvas = 224 * 224 * 3
+    assert (
+        config.runtime.decode_batch_size * canvas <= small.block_bytes < 2 * config.runtime.decode_batch_size * canvas
+    )
+    tiled = plan_resources(config, {"CPU": 2.0}, 5_000, canvas_side=560)
+    assert tiled.block_bytes > small.block_bytes
+    # Room for the actors' read-ahead and one Parquet file's rows waiting for their write.
+    assert small.object_store_bytes >= 256 * 2**20 + config.sink.rows_per_file * 16 * 2**10
+    gpus = plan_resources(config, {"CPU": 64.0, "GPU": 8.0}, 5_000_000)
+    assert gpus.object_store_bytes >= gpus.num_actors * 8 * gpus.batch_size * canvas
+    configured = load_config(overrides={"sink.uri": "out", "runtime.object_store_mib": 1024})
+    assert plan_resources(configured, {"CPU": 2.0}).object_store_bytes == 1024 * 2**20
