@@ -32,6 +32,14 @@ def photos() -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="session")
+def built_evalset(tmp_path_factory) -> Path:
+    """The truth CSV of one build of the evaluation set (about 9 s of CPU), shared read-only by the tests."""
+    from pipeline.evaluation.evalset import build
+
+    return build(tmp_path_factory.mktemp("evalset_built"))
+
+
+@pytest.fixture(scope="session")
 def lite0():
     from pipeline.config import ModelConfig
     from pipeline.models import load_model

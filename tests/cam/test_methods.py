@@ -179,12 +179,14 @@ def test_scorecam_equals_torchcam():
     from torchcam.methods import ScoreCAM
 
     torch.manual_seed(0)
-    spec = get_spec("resnet18")
+    # layer3: a 4x4 map at this input where layer4's is 2x2, and half the channels, each one forward pass a class.
+    spec = get_spec("resnet18", target_layer="layer3")
     module = spec.build().eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     ours, class_ids = _ours(module, spec, "scorecam", x)
+    assert ours.shape[-2:] == (4, 4)
     expected = []
-    with ScoreCAM(copy.deepcopy(module), target_layer="layer4", batch_size=64, input_shape=(3, 64, 64)) as extractor:
+    with ScoreCAM(copy.deepcopy(module), target_layer="layer3", batch_size=64, input_shape=(3, 64, 64)) as extractor:
         for k in range(TOP_K):
             scores = extractor.model(x)
             (cam,) = extractor(class_idx=class_ids[:, k].tolist(), scores=scores, normalized=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from pipeline.evaluation.evalset import VOC_TO_IMAGENET, annotated_photos, build
+from pipeline.evaluation.evalset import VOC_TO_IMAGENET, annotated_photos
 from pipeline.evaluation.evaluate import edge_iou, evaluate_rows, load_truth, size_bucket
 
 
@@ -24,12 +24,13 @@ def test_voc_and_arc_photos_ship_with_their_boxes() -> None:
     assert rgb.shape == (480, 640, 3) and len(boxes) == 8 and not any(classes for *_, classes in boxes)
 
 
-def test_build_writes_the_photos_and_per_object_truth(tmp_path) -> None:
-    truth = load_truth(build(tmp_path))
+def test_build_writes_the_photos_and_per_object_truth(built_evalset) -> None:
+    truth = load_truth(built_evalset)
+    folder = built_evalset.parent
     voc = truth["photo_voc.png"]
     assert len(voc.boxes) == 19 and len(voc.box_classes) == 19
     assert sum(1 for classes in voc.box_classes if not classes) == 7  # persons
-    written = np.asarray(Image.open(tmp_path / "images" / "photo_voc.png"))
+    written = np.asarray(Image.open(folder / "images" / "photo_voc.png"))
     assert written.shape == (375, 500, 3)
     assert len(truth["photo_arc2017.png"].boxes) == 8
     assert sum(name.startswith("paste_") for name in truth) == 60

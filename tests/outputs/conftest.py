@@ -17,12 +17,12 @@ PASTES = ("cat_grass_1", "coffee_gravel_2", "motorbike_brick_0", "rocket_hubble_
 
 
 @pytest.fixture(scope="session")
-def evalset(tmp_path_factory) -> tuple[list[Path], Path]:
+def evalset(built_evalset, tmp_path_factory) -> tuple[list[Path], Path]:
     """Ten evaluation images and their truth CSV (the subset of `pipeline.evaluation.evalset.build`)."""
-    from pipeline.evaluation.evalset import OBJECTS, build
+    from pipeline.evaluation.evalset import OBJECTS
 
-    full = tmp_path_factory.mktemp("evalset_full")
-    truth = build(full)
+    truth = built_evalset
+    full = truth.parent
     wanted = {f"photo_{name}.png" for name in OBJECTS} | {f"paste_{name}.png" for name in PASTES}
     subset = tmp_path_factory.mktemp("evalset")
     with truth.open(newline="") as handle:
