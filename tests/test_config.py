@@ -45,26 +45,40 @@ def test_fingerprint_follows_results_not_runtime():
     assert base.fingerprint() != load_config(overrides={"boxes.threshold": 0.3}).fingerprint()
 
 
-def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "cam_batch.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def _run_clis(*commands: tuple[str, ...], cwd: Path) -> list[subprocess.CompletedProcess]:
+    """Each command's CLI process, all at once: each is a fresh interpreter that spends its seconds importing."""
+    started = [
+        (
+            args,
+            subprocess.Popen(
+                [sys.executable, str(REPO / "jobs" / "cam_batch.py"), *args],
+                cwd=cwd,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            ),
+        )
+        for args in commands
+    ]
+    finished = []
+    for args, process in started:
+        stdout, stderr = process.communicate(timeout=120)
+        finished.append(subprocess.CompletedProcess(args, process.returncode, stdout, stderr))
+    return finished
 
 
 def test_cli_fails_before_any_work(tmp_path):
-    bad = _run_cli("--cam.top_k", "0", "--output", str(tmp_path / "out"), cwd=tmp_path)
-    assert bad.returncode == 2 and "cam.top_k" in bad.stdout
-    unknown = _run_cli("--model", "resnet5", "--output", str(tmp_path / "out"), cwd=tmp_path)
-    assert unknown.returncode == 2 and "`model.name` 'resnet5'" in unknown.stdout
-    cam_on_vgg = _run_cli("--model", "vgg16", "--cam.method", "cam", "--output", str(tmp_path / "out"), cwd=tmp_path)
-    assert cam_on_vgg.returncode == 2 and "`cam.method` is `cam`" in cam_on_vgg.stdout
-    refine_unknown = _run_cli(
-        "--model", "resnet18", "--cam.refine", "true", "--output", str(tmp_path / "out"), cwd=tmp_path
+    out = str(tmp_path / "out")
+    bad, unknown, cam_on_vgg, refine_unknown = _run_clis(
+        ("--cam.top_k", "0", "--output", out),
+        ("--model", "resnet5", "--output", out),
+        ("--model", "vgg16", "--cam.method", "cam", "--output", out),
+        ("--model", "resnet18", "--cam.refine", "true", "--output", out),
+        cwd=tmp_path,
     )
+    assert bad.returncode == 2 and "cam.top_k" in bad.stdout
+    assert unknown.returncode == 2 and "`model.name` 'resnet5'" in unknown.stdout
+    assert cam_on_vgg.returncode == 2 and "`cam.method` is `cam`" in cam_on_vgg.stdout
     assert refine_unknown.returncode == 2 and "need `cam.refine_layer` for 'resnet18'" in refine_unknown.stdout
     assert not (tmp_path / "out").exists()
     assert "ray" not in (bad.stderr + unknown.stderr).lower()
