@@ -88,8 +88,8 @@ class Resources:
     gpus_per_actor: float
     cpus_per_actor: float
     cpu_threads: int
-    block_bytes: int = 0
-    object_store_bytes: int = 0
+    block_bytes: int
+    object_store_bytes: int
 
 
 # On CPU nodes, the share of logical CPUs the predictor actors reserve; the rest is left to read+decode tasks,
