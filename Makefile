@@ -30,14 +30,14 @@ test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not integration"
 
 bench: $(STAMP)
-	$(PY) -m pipeline.bench
+	$(PY) -m camray.bench
 
 bench-scale: $(STAMP)
-	$(PY) -m pipeline.bench.scale
+	$(PY) -m camray.bench.scale
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pipeline jobs tests
-	$(VENV)/bin/ruff format --check pipeline jobs tests
+	$(VENV)/bin/ruff check camray jobs tests
+	$(VENV)/bin/ruff format --check camray jobs tests
 
 clean:
 	rm -rf output data .pytest_cache bench-results.json bench-scale-results.json

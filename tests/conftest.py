@@ -23,7 +23,7 @@ if str(REPO) not in sys.path:
 
 from ray_helpers import cluster_temp_dir, free_port, name_for_its_jobs, node_ports, wait_for_job_agent  # noqa: E402
 
-from pipeline.samples import sample_photos  # noqa: E402
+from camray.samples import sample_photos  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -34,15 +34,15 @@ def photos() -> dict[str, bytes]:
 @pytest.fixture(scope="session")
 def built_evalset(tmp_path_factory) -> Path:
     """The truth CSV of one build of the evaluation set (about 9 s of CPU), shared read-only by the tests."""
-    from pipeline.evaluation.evalset import build
+    from camray.evaluation.evalset import build
 
     return build(tmp_path_factory.mktemp("evalset_built"))
 
 
 @pytest.fixture(scope="session")
 def lite0():
-    from pipeline.config import ModelConfig
-    from pipeline.models import load_model
+    from camray.config import ModelConfig
+    from camray.models import load_model
 
     return load_model(ModelConfig(name="efficientnet_lite0"))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pipeline.models.efficientnet_lite import EfficientNetLite, efficientnet_lite
+from camray.models.efficientnet_lite import EfficientNetLite, efficientnet_lite
 
 BATCH_LIMIT = 3
 # The magenta patch (255, 0, 255) after ImageNet normalisation, which custom models get.

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from pipeline.io.schema import RUNS
-from pipeline.io.sources import S3Settings, filesystem_for, join_uri
+from camray.io.schema import RUNS
+from camray.io.sources import S3Settings, filesystem_for, join_uri
 
 
 def _table(output: str | Path, kind: str, schema=None):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, JobConfig, load_config
+from camray.config import ConfigError, JobConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

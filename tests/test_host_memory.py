@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from pipeline.host_memory import ALLOCATOR_ENV
+from camray.host_memory import ALLOCATOR_ENV
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are glibc's")
 
@@ -68,14 +68,14 @@ def test_the_environment_keeps_freed_buffers_for_reuse(default_faults):
 
 
 def test_mallopt_does_the_same_in_a_running_process(default_faults):
-    prelude = "from pipeline.host_memory import retain_freed_memory\nassert retain_freed_memory()"
+    prelude = "from camray.host_memory import retain_freed_memory\nassert retain_freed_memory()"
     assert _in_fresh_process(prelude) < 0.1 * default_faults
 
 
 @pytest.mark.integration
 def test_ray_starts_workers_with_the_environment(ray_cluster):
     """glibc reads the settings once, at process start: Ray must start the worker with them, not set them in
-    `os.environ` of a running one. The predictor actors get them this way (`pipeline.runner`)."""
+    `os.environ` of a running one. The predictor actors get them this way (`camray.runner`)."""
     import ray
     from ray import cloudpickle
 

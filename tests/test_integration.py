@@ -12,7 +12,7 @@ import pytest
 from ray_helpers import submit_command
 from truth import CHELSEA_CAT, iou
 
-from pipeline.io.sources import S3Settings, filesystem_for
+from camray.io.sources import S3Settings, filesystem_for
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "camray-it"
@@ -121,7 +121,7 @@ def test_submitted_job_annotates_s3_and_accounts_for_every_input(ray_cluster, up
     assert error_count == (4,)
 
     # The evaluator reads the same results from the endpoint.
-    from pipeline.evaluation.evaluate import evaluate
+    from camray.evaluation.evaluate import evaluate
 
     truth = tmp_path / "truth.csv"
     truth.write_text("file,x0,y0,x1,y1,class_id\nchelsea.png,20,0,400,300,281 282 283 284 285\n")
@@ -133,8 +133,8 @@ def test_nightly_rerun_skips_what_is_done(ray_cluster, uploaded):
     """A second run over the same bucket re-tries only the failures, and a new photo."""
     import boto3
 
-    from pipeline.config import load_config
-    from pipeline.runner import run_job
+    from camray.config import load_config
+    from camray.runner import run_job
 
     boto3.client("s3").put_object(Bucket=BUCKET, Key="images/new/rocket_copy.jpg", Body=uploaded["images/rocket.jpg"])
     config = load_config(
@@ -154,8 +154,8 @@ def test_a_crashed_run_leaves_nothing_that_looks_complete(ray_cluster, tmp_path,
     run is recorded as failed."""
     import pyarrow.parquet as pq
 
-    from pipeline.config import load_config
-    from pipeline.runner import run_job
+    from camray.config import load_config
+    from camray.runner import run_job
 
     images = tmp_path / "images"
     images.mkdir()
@@ -178,8 +178,8 @@ def test_a_torchvision_model_with_its_weights_file_runs_grad_cam_in_the_actors(r
     import torch
     import torchvision
 
-    from pipeline.config import load_config
-    from pipeline.runner import run_job
+    from camray.config import load_config
+    from camray.runner import run_job
 
     images = tmp_path / "images"
     images.mkdir()
@@ -200,7 +200,7 @@ def test_a_torchvision_model_with_its_weights_file_runs_grad_cam_in_the_actors(r
     assert (summary.status, summary.results, summary.errors) == ("succeeded", 3, 0)
     rows = pq.read_table(tmp_path / "out" / "results").to_pylist()
     assert {row["method"] for row in rows} == {"gradcam"} and {row["model"] for row in rows} == {"mobilenet_v3_small"}
-    from pipeline.io.schema import decode_heatmap
+    from camray.io.schema import decode_heatmap
 
     for row in rows:
         assert len(row["cams"]) == 3
@@ -217,8 +217,8 @@ def test_device_decoding_through_ray_and_files_sized_by_rows(ray_cluster, tmp_pa
     Parquet file per `sink.rows_per_file` rows rather than one per block."""
     import pyarrow.parquet as pq
 
-    from pipeline.config import load_config
-    from pipeline.runner import run_job
+    from camray.config import load_config
+    from camray.runner import run_job
 
     images = tmp_path / "images"
     images.mkdir()

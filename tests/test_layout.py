@@ -1,9 +1,9 @@
 """The tree's rules, checked by reading every module's imports with `ast` (nothing is imported to check).
 
-- No import cycles between `pipeline` modules (imports at module level, which run at import time).
-- Pure compute (`pipeline.cam`, `pipeline.image.decode`) loads nothing of Ray, S3 or `pipeline.io`, not even
+- No import cycles between `camray` modules (imports at module level, which run at import time).
+- Pure compute (`camray.cam`, `camray.image.decode`) loads nothing of Ray, S3 or `camray.io`, not even
   through another module: what it imports at module level, and what those import in turn, is followed.
-- `pipeline.io` imports nothing from `pipeline.models` or `pipeline.cam`, anywhere in its code.
+- `camray.io` imports nothing from `camray.models` or `camray.cam`, anywhere in its code.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "pipeline"
+PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "camray"
 
-PURE = ("pipeline.cam", "pipeline.image.decode")
-FORBIDDEN_IN_PURE = ("ray", "boto3", "botocore", "s3fs", "pyarrow.fs", "pipeline.io")
+PURE = ("camray.cam", "camray.image.decode")
+FORBIDDEN_IN_PURE = ("ray", "boto3", "botocore", "s3fs", "pyarrow.fs", "camray.io")
 
 
 def _module_name(path: Path) -> str:
@@ -72,7 +72,7 @@ def _internal_targets(names: set[str], modules: dict[str, Path]) -> set[str]:
     """Pipeline modules an import statement loads: the named module and every package above it."""
     targets = set()
     for name in names:
-        if not name.startswith("pipeline"):
+        if not name.startswith("camray"):
             continue
         parts = name.split(".")
         for end in range(1, len(parts) + 1):
@@ -97,9 +97,9 @@ def _graph(top_level_only: bool) -> tuple[dict[str, set[str]], dict[str, set[str
 
 def test_the_walker_sees_every_module_and_known_imports():
     raw, internal = _graph(top_level_only=True)
-    assert {"pipeline.runner", "pipeline.predictor", "pipeline.cam.maps", "pipeline.io.sink"} <= raw.keys()
-    assert "ray" in {name.split(".")[0] for name in raw["pipeline.io.sink"]}
-    assert {"pipeline.io.schema", "pipeline.io.sources"} <= internal["pipeline.io.sink"]
+    assert {"camray.runner", "camray.predictor", "camray.cam.maps", "camray.io.sink"} <= raw.keys()
+    assert "ray" in {name.split(".")[0] for name in raw["camray.io.sink"]}
+    assert {"camray.io.schema", "camray.io.sources"} <= internal["camray.io.sink"]
 
 
 def test_no_import_cycles():
@@ -140,7 +140,7 @@ def _loaded_by(module: str, raw: dict[str, set[str]], internal: dict[str, set[st
 def test_pure_compute_loads_nothing_of_ray_s3_or_io():
     raw, internal = _graph(top_level_only=True)
     pure = [name for name in raw if any(name == p or name.startswith(p + ".") for p in PURE)]
-    assert "pipeline.cam.maps" in pure and "pipeline.image.decode" in pure
+    assert "camray.cam.maps" in pure and "camray.image.decode" in pure
     for module in pure:
         loaded = _loaded_by(module, raw, internal)
         bad = sorted(name for name in loaded if any(name == f or name.startswith(f + ".") for f in FORBIDDEN_IN_PURE))
@@ -150,6 +150,6 @@ def test_pure_compute_loads_nothing_of_ray_s3_or_io():
 def test_io_knows_nothing_of_models_or_cam():
     raw, _ = _graph(top_level_only=False)
     for module, names in raw.items():
-        if module == "pipeline.io" or module.startswith("pipeline.io."):
-            bad = sorted(n for n in names if n.startswith(("pipeline.models", "pipeline.cam")))
+        if module == "camray.io" or module.startswith("camray.io."):
+            bad = sorted(n for n in names if n.startswith(("camray.models", "camray.cam")))
             assert not bad, f"{module} imports {bad}"

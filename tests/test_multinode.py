@@ -83,7 +83,7 @@ def _start_cluster(caches: Path):
 
 @pytest.fixture(scope="module")
 def bucket(s3_server, small_photos) -> str:
-    from pipeline.models import get_spec
+    from camray.models import get_spec
 
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=BUCKET)

@@ -4,11 +4,11 @@ import pytest
 import torch
 from truth import CHELSEA_CAT, iou
 
-from pipeline.cam.maps import normalize_maps
-from pipeline.config import JobConfig
-from pipeline.image.decode import decode_image
-from pipeline.io.schema import ROWS, decode_heatmap, decode_mask
-from pipeline.predictor import Annotator, Predictor
+from camray.cam.maps import normalize_maps
+from camray.config import JobConfig
+from camray.image.decode import decode_image
+from camray.io.schema import ROWS, decode_heatmap, decode_mask
+from camray.predictor import Annotator, Predictor
 
 
 def _batch(photos, names, size=224, policy="letterbox"):
@@ -109,7 +109,7 @@ def test_refined_maps_are_the_class_map_times_the_finer_activation(photos, lite0
 def test_balanced_keeps_the_plain_map_of_an_image_it_is_sure_of(photos, lite0):
     """`balanced` refines the maps of images the model is unsure of and leaves the others as `fast` has them,
     plain maps boxed at `cam.plain_threshold`, in one forward for the whole batch."""
-    from pipeline.config import load_config
+    from camray.config import load_config
 
     balanced, fast = load_config(preset="balanced"), load_config(preset="fast")
     names = ["chelsea.png", "rocket.jpg", "astronaut.png", "coffee.png"]
@@ -134,7 +134,7 @@ def test_balanced_keeps_the_plain_map_of_an_image_it_is_sure_of(photos, lite0):
 
 
 def _faulty_predictor(factory: str) -> Predictor:
-    from pipeline.models import get_spec
+    from camray.models import get_spec
 
     config = JobConfig.model_validate(
         {
@@ -166,7 +166,7 @@ def test_a_poison_image_costs_only_itself(photos, caplog):
             torch.tensor(np.stack([batch["valid_width"], batch["valid_height"]], axis=1)),
         )
     ).tolist() == [False, False, False, True, False, False]
-    with caplog.at_level(logging.WARNING, logger="pipeline.predictor"):
+    with caplog.at_level(logging.WARNING, logger="camray.predictor"):
         rows = {row["image_uri"].rsplit("/", 1)[-1]: row for row in predictor(batch).to_pylist()}
     assert sorted(rows) == sorted(names)
     poisoned = rows["astronaut.png"]
@@ -187,7 +187,7 @@ def test_out_of_device_memory_halves_the_batch_and_says_so_once_per_halving(phot
 
     names = ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png", "grace_hopper.jpg"]
     predictor = _faulty_predictor("memory_bound_lite0")
-    with caplog.at_level(logging.WARNING, logger="pipeline.predictor"):
+    with caplog.at_level(logging.WARNING, logger="camray.predictor"):
         first = predictor(_batch(photos, names + names[:2]))
         second = predictor(_batch(photos, names))
     for table in (first, second):

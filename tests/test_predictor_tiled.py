@@ -15,11 +15,11 @@ from PIL import Image
 from test_predictor import _batch
 from truth import CHELSEA_CAT, iou
 
-from pipeline.cam.boxes import Components
-from pipeline.cam.tiling import tile_layout, tile_stride
-from pipeline.config import load_config
-from pipeline.io.schema import ROWS
-from pipeline.predictor import Annotator, Predictor, decode_side, top1_box_fraction
+from camray.cam.boxes import Components
+from camray.cam.tiling import tile_layout, tile_stride
+from camray.config import load_config
+from camray.io.schema import ROWS
+from camray.predictor import Annotator, Predictor, decode_side, top1_box_fraction
 
 CATS = {281, 282, 283, 284, 285}
 

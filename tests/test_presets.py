@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.cli import build_parser, overrides_from_args
-from pipeline.config import ConfigError, JobConfig, load_config
-from pipeline.presets import PRESETS, apply_preset, preset_values
+from camray.cli import build_parser, overrides_from_args
+from camray.config import ConfigError, JobConfig, load_config
+from camray.presets import PRESETS, apply_preset, preset_values
 
 
 def _field(config: JobConfig, section: str, name: str):

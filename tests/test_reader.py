@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.reader import check_readable, read_decode_batch
+from camray.reader import check_readable, read_decode_batch
 
 PHOTOS = ("chelsea.png", "grace_hopper.jpg")
 
@@ -75,8 +75,8 @@ def test_read_stage_turns_bad_entries_into_error_columns(tmp_path, photos):
 def test_a_job_over_a_manifest_of_bad_entries_accounts_for_each(ray_cluster, tmp_path, photos):
     """A real run on Ray over a .txt manifest: the photos are annotated, every other entry is an error row with
     stage `read`, and the run succeeds."""
-    from pipeline.config import load_config
-    from pipeline.runner import run_job
+    from camray.config import load_config
+    from camray.runner import run_job
 
     good, bad = _entries(tmp_path, photos)
     manifest = tmp_path / "manifest.txt"

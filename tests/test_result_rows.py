@@ -6,9 +6,9 @@ import pytest
 import torch
 from pycocotools import mask as coco_mask
 
-from pipeline.cam.boxes import Components
-from pipeline.io.schema import ROWS, decode_heatmap, decode_mask
-from pipeline.result_rows import AnnotatedBatch, RowContext, mask_rle, result_table
+from camray.cam.boxes import Components
+from camray.io.schema import ROWS, decode_heatmap, decode_mask
+from camray.result_rows import AnnotatedBatch, RowContext, mask_rle, result_table
 
 CATEGORIES = pa.array([f"class {i}" for i in range(10)])
 

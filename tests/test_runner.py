@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.runner import WRITE_CPUS, plan_resources
+from camray.config import load_config
+from camray.runner import WRITE_CPUS, plan_resources
 
 
 def _plan(cluster, **overrides):
@@ -46,9 +46,9 @@ def test_no_more_actors_than_batches_unless_configured():
 def test_skip_done_keeps_new_versions_unversioned_entries_and_what_no_attempt_holds():
     import pyarrow as pa
 
-    from pipeline.io.listing import LISTING
-    from pipeline.io.resume import PriorWork
-    from pipeline.runner import skip_done
+    from camray.io.listing import LISTING
+    from camray.io.resume import PriorWork
+    from camray.runner import skip_done
 
     chunk = pa.Table.from_pylist(
         [
@@ -68,7 +68,7 @@ def test_skip_done_keeps_new_versions_unversioned_entries_and_what_no_attempt_ho
 
 
 def test_listing_files_start_fine_then_grow():
-    from pipeline.runner import FINE_LISTING_FILES, LISTING_FILE_ROWS, _listing_file_rows
+    from camray.runner import FINE_LISTING_FILES, LISTING_FILE_ROWS, _listing_file_rows
 
     assert [_listing_file_rows(i, 32) for i in (0, FINE_LISTING_FILES - 1)] == [32, 32]
     assert _listing_file_rows(FINE_LISTING_FILES, 32) == LISTING_FILE_ROWS

@@ -29,9 +29,9 @@ import pyarrow.fs as pafs
 import pytest
 from ray_helpers import free_port
 
-from pipeline.cli import main as cli_main
-from pipeline.config import ConfigError, load_config
-from pipeline.io.sources import S3Settings
+from camray.cli import main as cli_main
+from camray.config import ConfigError, load_config
+from camray.io.sources import S3Settings
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "camray-secrets"

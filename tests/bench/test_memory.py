@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pipeline.bench.memory import MemorySampler
+from camray.bench.memory import MemorySampler
 
 MIB = 2**20
 # A process holding `size` MiB of touched memory until its stdin closes.

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 from PIL import Image
 
-from pipeline.bench.scale import image_folder, local_tree, manifest, measure_listing
-from pipeline.io.listing import iter_listing, list_inputs
-from pipeline.io.sources import Listed, S3Settings
+from camray.bench.scale import image_folder, local_tree, manifest, measure_listing
+from camray.io.listing import iter_listing, list_inputs
+from camray.io.sources import Listed, S3Settings
 
 
 def test_image_folder_holds_varied_small_jpegs_made_once(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from pipeline.cam.boxes import (
+from camray.cam.boxes import (
     components_from_maps,
     label_by_propagation,
     label_components,
@@ -67,9 +67,9 @@ def _slow_components(maps: np.ndarray, threshold: float, min_area: float, max_pe
 @pytest.mark.parametrize("seed", range(3))
 def test_components_match_slow_reference(seed, dtype, tolerance, path, monkeypatch):
     if path != "opencv":  # the GPU path's statistics (and, for "device", its labelling) exercised on the CPU
-        monkeypatch.setattr("pipeline.cam.boxes.statistics_by_opencv", statistics_by_scatter)
+        monkeypatch.setattr("camray.cam.boxes.statistics_by_opencv", statistics_by_scatter)
     if path == "device":
-        monkeypatch.setattr("pipeline.cam.boxes.label_components", label_by_propagation)
+        monkeypatch.setattr("camray.cam.boxes.label_components", label_by_propagation)
     generator = torch.Generator().manual_seed(seed)
     # Smooth random fields have several blobs per map, like real CAMs.
     noise = torch.rand(5, 1, 8, 8, generator=generator, dtype=torch.float64)

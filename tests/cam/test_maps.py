@@ -3,10 +3,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from pipeline.cam.maps import class_activation_maps, normalize_maps, resample_regions
-from pipeline.cam.methods import MapExtractor
-from pipeline.image.decode import decode_image
-from pipeline.predictor import Annotator
+from camray.cam.maps import class_activation_maps, normalize_maps, resample_regions
+from camray.cam.methods import MapExtractor
+from camray.image.decode import decode_image
+from camray.predictor import Annotator
 
 
 def test_cam_matches_a_loop_over_channels():
@@ -92,7 +92,7 @@ def test_batched_gradients_equal_one_backward_per_class(lite0):
 
 
 def _configs():
-    from pipeline.config import BoxConfig, CamConfig
+    from camray.config import BoxConfig, CamConfig
 
     return CamConfig(), BoxConfig()
 

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.cam.methods import MapExtractor
-from pipeline.models import get_spec, resolve_layer
+from camray.cam.methods import MapExtractor
+from camray.models import get_spec, resolve_layer
 
 # One member of every family (the smallest, to keep CPU time low); the registry handles the rest by rule.
 FAMILIES = [

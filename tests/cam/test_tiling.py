@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from pipeline.cam.maps import resample_regions
-from pipeline.cam.tiling import axis_offsets, canvas_side, cut_tiles, stitch_maps, tile_layout, tile_stride
+from camray.cam.maps import resample_regions
+from camray.cam.tiling import axis_offsets, canvas_side, cut_tiles, stitch_maps, tile_layout, tile_stride
 
 
 def test_canvas_holds_grid_tiles_at_stride() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from pipeline.evaluation.evalset import VOC_TO_IMAGENET, annotated_photos
-from pipeline.evaluation.evaluate import edge_iou, evaluate_rows, load_truth, size_bucket
+from camray.evaluation.evalset import VOC_TO_IMAGENET, annotated_photos
+from camray.evaluation.evaluate import edge_iou, evaluate_rows, load_truth, size_bucket
 
 
 def test_voc_and_arc_photos_ship_with_their_boxes() -> None:
@@ -60,6 +60,6 @@ def test_object_recall_counts_each_object_by_its_own_size() -> None:
 
 
 def load_truth_from_rows():
-    from pipeline.evaluation.evaluate import Truth
+    from camray.evaluation.evaluate import Truth
 
     return {"a.png": Truth(boxes=[(10, 10, 21, 21), (0, 30, 100, 100)], classes={1}, box_classes=[{1}, set()])}

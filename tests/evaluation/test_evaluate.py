@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.evaluation.evalset import build
-from pipeline.evaluation.evaluate import (
+from camray.evaluation.evalset import build
+from camray.evaluation.evaluate import (
     boxes_from_scoremap,
     edge_iou,
     evaluate_rows,
@@ -15,7 +15,7 @@ from pipeline.evaluation.evaluate import (
     pixel_ap,
     resize_box,
 )
-from pipeline.io.schema import encode_heatmap
+from camray.io.schema import encode_heatmap
 
 
 def test_inclusive_iou_by_hand():

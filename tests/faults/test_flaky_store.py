@@ -21,11 +21,11 @@ import pytest
 from PIL import Image
 from s3_proxy import FaultRates, FaultyS3Proxy
 
-from pipeline import cli
-from pipeline.config import JobConfig
-from pipeline.io.s3 import S3Settings, StoreUnavailableError, s3_objects
-from pipeline.io.sources import filesystem_for, write_object
-from pipeline.runner import run_job
+from camray import cli
+from camray.config import JobConfig
+from camray.io.s3 import S3Settings, StoreUnavailableError, s3_objects
+from camray.io.sources import filesystem_for, write_object
+from camray.runner import run_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -105,7 +105,7 @@ def test_flaky_store_run_succeeds_exactly_once_with_bounded_counted_retries(
                 "runtime": {"batch_size": 8, "decode_batch_size": 8},
             }
         )
-        with caplog.at_level(logging.INFO, logger="pipeline.runner"):
+        with caplog.at_level(logging.INFO, logger="camray.runner"):
             summary = run_job(config)
     log = list(proxy.log)
 

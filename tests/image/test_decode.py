@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.image.decode import DecodedImage, DecodeError, DecodeLimits, decode_image, fit_size
+from camray.image.decode import DecodedImage, DecodeError, DecodeLimits, decode_image, fit_size
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from pipeline.config import JobConfig
-from pipeline.image.decode import DecodedImage, decode_image, probe_image
-from pipeline.image.device_decode import decode_to_canvases, orient
-from pipeline.predictor import Predictor
-from pipeline.reader import read_decode_batch
+from camray.config import JobConfig
+from camray.image.decode import DecodedImage, decode_image, probe_image
+from camray.image.device_decode import decode_to_canvases, orient
+from camray.predictor import Predictor
+from camray.reader import read_decode_batch
 
 CPU = torch.device("cpu")
 

@@ -34,7 +34,7 @@ from infra_manifests import (
     submit_command,
 )
 
-from pipeline.config import JobConfig, load_config
+from camray.config import JobConfig, load_config
 
 BIN = Path(sys.executable).parent
 KUBERAY_KINDS = ("RayCluster", "RayJob", "RayCronJob")
@@ -356,7 +356,7 @@ def test_the_image_is_rays_for_the_pinned_versions_and_installs_as_make_install_
     assert "infra/install.sh $(PY) --with-tests" in makefile
     copied = {m for line in re.findall(r"^COPY \S+ (.+) \S+$", dockerfile, flags=re.M) for m in line.split()}
     # What the install needs: the project's metadata (its readme too), the package, the entry point, the script.
-    assert copied == {"pyproject.toml", "README.md", "pipeline/", "jobs/", "infra/install.sh"}
+    assert copied == {"pyproject.toml", "README.md", "camray/", "jobs/", "infra/install.sh"}
     assert _dockerfile_workdir() == "/home/ray/camray"
 
 

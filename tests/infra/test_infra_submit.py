@@ -25,7 +25,7 @@ import pytest
 import yaml
 from infra_manifests import MOUNTED_CONFIG, REPO, iam_policy, job_config_text, manifest, submit_command
 
-from pipeline.io.sources import S3Settings, filesystem_for
+from camray.io.sources import S3Settings, filesystem_for
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ import uuid
 import boto3
 import pytest
 
-from pipeline.io.lease import LEASE_NAME, LeaseHeld, LeaseRecord, OutputLease
-from pipeline.io.sources import S3Settings
+from camray.io.lease import LEASE_NAME, LeaseHeld, LeaseRecord, OutputLease
+from camray.io.sources import S3Settings
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -91,7 +91,7 @@ def test_an_expired_lease_is_taken_over_and_the_takeover_logged(output, caplog):
         LeaseRecord("crashed-run", "another-host", 4242, None, "2026-01-01T00:00:00", "2026-01-01T00:05:00"),
     )
     lease = OutputLease(output, "run-b", S3Settings(), seconds=60)
-    with caplog.at_level(logging.WARNING, logger="pipeline.io.lease"):
+    with caplog.at_level(logging.WARNING, logger="camray.io.lease"):
         lease.acquire()
     try:
         assert _read(output).run_id == "run-b"
@@ -113,7 +113,7 @@ def test_the_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(output
         [
             sys.executable,
             "-c",
-            "import sys, time; from pipeline.io.lease import OutputLease; from pipeline.io.sources import S3Settings; "
+            "import sys, time; from camray.io.lease import OutputLease; from camray.io.sources import S3Settings; "
             f"OutputLease({output!r}, 'killed-run', S3Settings(), seconds=600).acquire(); "
             "print('held', flush=True); time.sleep(600)",
         ],

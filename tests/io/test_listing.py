@@ -7,8 +7,8 @@ import boto3
 import pyarrow.fs as pafs
 import pytest
 
-from pipeline.io.listing import LISTING, iter_listing
-from pipeline.io.sources import S3Settings, filesystem_for
+from camray.io.listing import LISTING, iter_listing
+from camray.io.sources import S3Settings, filesystem_for
 
 
 def test_a_large_manifest_streams_in_chunks(tmp_path):

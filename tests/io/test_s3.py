@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipeline.io.s3 import S3Settings, StoreUnavailableError, s3_objects, store_failure
-from pipeline.io.sources import ByteReader, write_object
+from camray.io.s3 import S3Settings, StoreUnavailableError, s3_objects, store_failure
+from camray.io.sources import ByteReader, write_object
 
 
 def test_settings_refuse_fewer_than_one_attempt():
@@ -44,7 +44,7 @@ def test_an_outage_is_found_behind_ray_s_wrapping():
     # Ray pickles a task's exception without its cause chain: only the worker's traceback text is left.
     text = (
         'ray::MapBatches(read_decode_batch)() (pid=1, ip=10.0.0.1)\n  File "reader.py", line 80\n'
-        f"pipeline.io.s3.StoreUnavailableError: {outage}\n"
+        f"camray.io.s3.StoreUnavailableError: {outage}\n"
     )
     found = store_failure(RuntimeError(text))
     assert type(found) is StoreUnavailableError and str(found) == str(outage)

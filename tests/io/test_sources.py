@@ -2,8 +2,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.io.listing import list_inputs
-from pipeline.io.sources import ByteReader, S3Settings
+from camray.io.listing import list_inputs
+from camray.io.sources import ByteReader, S3Settings
 
 IMAGES = [".jpg", ".png"]
 

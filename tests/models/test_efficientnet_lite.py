@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import ModelConfig
-from pipeline.models import load_model
-from pipeline.models.efficientnet_lite import LITE_VARIANTS
+from camray.config import ModelConfig
+from camray.models import load_model
+from camray.models.efficientnet_lite import LITE_VARIANTS
 
 
 def _batch(photos: dict[str, bytes], size: int) -> torch.Tensor:

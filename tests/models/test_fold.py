@@ -8,11 +8,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from pipeline.cam.methods import MapExtractor
-from pipeline.config import ModelConfig
-from pipeline.models import load_model
-from pipeline.models.efficientnet_lite import SamePadConv2d
-from pipeline.models.fold import fold_batch_norms
+from camray.cam.methods import MapExtractor
+from camray.config import ModelConfig
+from camray.models import load_model
+from camray.models.efficientnet_lite import SamePadConv2d
+from camray.models.fold import fold_batch_norms
 
 
 def _batch_norms(module: nn.Module) -> int:
@@ -34,7 +34,7 @@ def _with_trained_statistics(module: nn.Module) -> nn.Module:
 
 
 def test_lite0_folds_every_batch_norm_and_keeps_its_logits_and_maps(photos):
-    from pipeline.bench.throughput import _batch
+    from camray.bench.throughput import _batch
 
     loaded = load_model(ModelConfig(name="efficientnet_lite0"))
     reference = copy.deepcopy(loaded.module)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from pipeline.config import ModelConfig
-from pipeline.io.sources import S3Settings
-from pipeline.models import WeightsError, available_models, get_spec, load_model
+from camray.config import ModelConfig
+from camray.io.sources import S3Settings
+from camray.models import WeightsError, available_models, get_spec, load_model
 
 
 def test_registry_knows_the_classic_families():
@@ -55,7 +55,7 @@ def test_weights_from_s3_are_cached(s3_server, tmp_path, monkeypatch):
     import boto3
     import torchvision
 
-    from pipeline.models import weights as weights_module
+    from camray.models import weights as weights_module
 
     monkeypatch.setattr(weights_module, "CACHE_DIR", tmp_path / "cache")
     state = torchvision.models.shufflenet_v2_x0_5(weights=None).state_dict()
@@ -93,7 +93,7 @@ def test_a_wrong_target_layer_lists_the_real_ones(tmp_path):
 def test_a_custom_model_loads_with_its_weights_and_layers(tmp_path):
     import torchvision
 
-    from pipeline.cam.methods import MapExtractor
+    from camray.cam.methods import MapExtractor
 
     path = tmp_path / "mine.pth"
     torch.save({"state_dict": torchvision.models.resnet18(weights=None).state_dict()}, path)  # a checkpoint
@@ -115,9 +115,9 @@ def test_a_lite_predictor_never_imports_torchvision():
 
     script = (
         "import sys\n"
-        "from pipeline.config import JobConfig\n"
-        "from pipeline.models.registry import imagenet_categories\n"
-        "from pipeline.predictor import Predictor\n"
+        "from camray.config import JobConfig\n"
+        "from camray.models.registry import imagenet_categories\n"
+        "from camray.predictor import Predictor\n"
         "Predictor(JobConfig().model_dump(mode='json'), 'run', 224, {})\n"
         "assert 'torchvision' not in sys.modules and 'torch._dynamo' not in sys.modules, 'torchvision was imported'\n"
         "import torchvision.models._meta as meta\n"

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torchvision
 
-from pipeline.config import ModelConfig
-from pipeline.io.sources import S3Settings
-from pipeline.models import WeightsError, load_model
-from pipeline.models.weights import load_weights_file, sha256_of
+from camray.config import ModelConfig
+from camray.io.sources import S3Settings
+from camray.models import WeightsError, load_model
+from camray.models.weights import load_weights_file, sha256_of
 
 REPO = Path(__file__).resolve().parents[2]
 # Calls that unpickle a file; each must say `weights_only=True`. torch.hub's loaders default to False.
@@ -103,7 +103,7 @@ def test_every_unpickling_call_in_the_code_says_weights_only():
     """Read with `ast`: every such call in the package and the job scripts passes `weights_only=True`, and
     nothing imports a pickler."""
     checked = 0
-    for path in sorted([*(REPO / "pipeline").rglob("*.py"), *(REPO / "jobs").rglob("*.py")]):
+    for path in sorted([*(REPO / "camray").rglob("*.py"), *(REPO / "jobs").rglob("*.py")]):
         tree = ast.parse(path.read_text(), filename=str(path))
         calls = _unsafe_loads(tree)
         assert all(call == "ok" for call in calls), f"{path.relative_to(REPO)}: {calls}"
@@ -111,7 +111,7 @@ def test_every_unpickling_call_in_the_code_says_weights_only():
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert not imported & {"pickle", "dill", "cloudpickle"}, f"{path} imports a pickler"
-    assert checked >= 1  # the scan sees the loader in pipeline/models/weights.py
+    assert checked >= 1  # the scan sees the loader in camray/models/weights.py
 
 
 def test_the_scan_catches_unsafe_loads():

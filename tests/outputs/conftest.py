@@ -18,8 +18,8 @@ PASTES = ("cat_grass_1", "coffee_gravel_2", "motorbike_brick_0", "rocket_hubble_
 
 @pytest.fixture(scope="session")
 def evalset(built_evalset, tmp_path_factory) -> tuple[list[Path], Path]:
-    """Ten evaluation images and their truth CSV (the subset of `pipeline.evaluation.evalset.build`)."""
-    from pipeline.evaluation.evalset import OBJECTS
+    """Ten evaluation images and their truth CSV (the subset of `camray.evaluation.evalset.build`)."""
+    from camray.evaluation.evalset import OBJECTS
 
     truth = built_evalset
     full = truth.parent

@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.io.schema import ERRORS, RESULTS, RUNS
-from pipeline.outputs.athena import create_table, create_tables
+from camray.io.schema import ERRORS, RESULTS, RUNS
+from camray.outputs.athena import create_table, create_tables
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "athena.sql"
 EXAMPLE_LOCATION = "s3://my-annotations/cam"

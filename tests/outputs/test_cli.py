@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main_camray
+from camray.cli import main_camray
 
 REPO = Path(__file__).resolve().parents[2]
 VERBS = (["runs"], ["report"], ["query"], ["export", "coco"], ["export", "yolo"])
@@ -17,7 +17,7 @@ VERBS = (["runs"], ["report"], ["query"], ["export", "coco"], ["export", "yolo"]
 
 def test_console_script_is_declared():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["camray"] == "pipeline.cli:main_camray"
+    assert scripts["camray"] == "camray.cli:main_camray"
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=" ".join)
@@ -52,7 +52,7 @@ def test_usage_errors_exit_2(tmp_path, capsys):
 def test_tools_start_without_ray_or_torch_and_fail_in_one_line(tmp_path):
     """`camray runs | report | query | export` load neither Ray nor torch (seconds of start-up each time)."""
     code = (
-        "import sys; from pipeline.cli import main_camray; status = main_camray(sys.argv[1:]); "
+        "import sys; from camray.cli import main_camray; status = main_camray(sys.argv[1:]); "
         "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'torch', 'torchvision'}); "
         "print(loaded, file=sys.stderr); sys.exit(status)"
     )

@@ -22,10 +22,10 @@ import pytest
 from headless_chromium import render_ok, require_browser
 from run_inputs import input_files
 
-from pipeline.cli import main_camray
-from pipeline.io.schema import RUNS
-from pipeline.outputs.query import connect
-from pipeline.outputs.tables import Output
+from camray.cli import main_camray
+from camray.io.schema import RUNS
+from camray.outputs.query import connect
+from camray.outputs.tables import Output
 
 pytestmark = pytest.mark.integration
 
@@ -212,7 +212,7 @@ def test_coco_export_loads_and_cocoeval_agrees_with_the_evaluator(run, tmp_path,
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from pipeline.evaluation.evaluate import evaluate_rows, load_truth
+    from camray.evaluation.evaluate import evaluate_rows, load_truth
 
     dest = tmp_path / "coco.json"
     assert _camray(capsys, "export", "coco", "--output", str(run.out), "--run", run.run_id, "--dest", str(dest))[0] == 0
@@ -272,7 +272,7 @@ def test_coco_export_loads_and_cocoeval_agrees_with_the_evaluator(run, tmp_path,
     precision = evaluator.eval["precision"][0, :, 0, 0, 0]
     ap = float(precision[precision > -1].mean())
 
-    # `pipeline.evaluation.evaluate` on this run's rows (the crash debris beside them copies them under another id).
+    # `camray.evaluation.evaluate` on this run's rows (the crash debris beside them copies them under another id).
     rows = Output(str(run.out)).table("results", [run.run_id]).to_pylist()
     report = evaluate_rows({Path(row["image_uri"]).name: row for row in rows}, load_truth(run.truth))
     assert report.images == 10
@@ -293,7 +293,7 @@ def test_coco_export_filters(run, tmp_path, capsys):
 
 
 def test_yolo_export(run, tmp_path, capsys):
-    from pipeline.outputs.tables import Output as Out
+    from camray.outputs.tables import Output as Out
 
     dest = tmp_path / "yolo"
     status, out, _ = _camray(capsys, "export", "yolo", "--output", str(run.out), "--dest", str(dest))

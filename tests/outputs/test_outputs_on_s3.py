@@ -10,7 +10,7 @@ import pytest
 from headless_chromium import render_ok, require_browser
 from run_inputs import input_files
 
-from pipeline.cli import main_camray
+from camray.cli import main_camray
 
 pytestmark = pytest.mark.integration
 
@@ -22,8 +22,8 @@ OUT = f"s3://{BUCKET}/cam"
 def s3_run(ray_cluster, s3_server, evalset, photos) -> str:
     import boto3
 
-    from pipeline.config import load_config
-    from pipeline.runner import run_job
+    from camray.config import load_config
+    from camray.runner import run_job
 
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=BUCKET)

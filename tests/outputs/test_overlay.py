@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from pipeline.outputs.overlay import BOX_COLOURS, RAMP_STOPS, LabelledBox, draw_boxes, overlay, ramp
+from camray.outputs.overlay import BOX_COLOURS, RAMP_STOPS, LabelledBox, draw_boxes, overlay, ramp
 
 
 def _hex(colour: np.ndarray) -> str:

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.io.schema import RESULTS, RUNS
-from pipeline.outputs.tables import Output, OutputNotFound
+from camray.io.schema import RESULTS, RUNS
+from camray.outputs.tables import Output, OutputNotFound
 
 # The runs columns of schema version 1, before the operator's columns were added.
 RUNS_V1 = pa.schema([RUNS.field(name) for name in RUNS.names[: RUNS.names.index("schema_version") + 1]])

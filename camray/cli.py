@@ -1,0 +1,362 @@
+"""Command line of the batch job: config file, shortcuts, and a `--section.field` flag for every field."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.parquet as pq
+import yaml
+
+from camray.config import ConfigError, JobConfig, load_config
+from camray.io.lease import LeaseHeld
+from camray.io.s3 import StoreUnavailableError
+from camray.io.sources import S3Settings, filesystem_for
+from camray.presets import PRESETS
+
+if TYPE_CHECKING:  # the runner loads Ray and torch: seconds that `camray runs | report | query | export` skip
+    from camray.runner import RunSummary
+
+logger = logging.getLogger("camray")
+
+SHORTCUTS = {
+    "input": ("source.uri", "input folder, s3://bucket/prefix or manifest (source.uri)"),
+    "output": ("sink.uri", "output folder or s3://bucket/prefix (sink.uri)"),
+    "model": ("model.name", "classifier name (model.name)"),
+    "weights": ("model.weights", "weights file, s3:// URI or torchvision:NAME (model.weights)"),
+}
+
+
+def build_parser(prog: str = "cam_batch.py") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Top-k predictions, class activation maps, boxes and pseudo-masks for a set of images, "
+        "written as Parquet. Values of --section.field flags are parsed as YAML (5, true, [a, b]).",
+        epilog=f"example:\n  {prog} --input s3://my-images/incoming/ --output s3://my-annotations/cam/ "
+        f"--cam.top_k 3\n\n{EXIT_CODES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML job config; flags override its fields")
+    parser.add_argument(
+        "--wait-for-lease",
+        dest="sink.wait_for_lease",
+        metavar="SECONDS",
+        help="wait this long for another run's lease on the output instead of exiting with status 3",
+    )
+    parser.add_argument("--preset", choices=list(PRESETS), help="named settings under the config's and flags'")
+    for flag, (_, help_text) in SHORTCUTS.items():
+        parser.add_argument(f"--{flag}", help=help_text)
+    for section_name, section_field in JobConfig.model_fields.items():
+        group = parser.add_argument_group(section_name)
+        for field_name, field in section_field.annotation.model_fields.items():
+            group.add_argument(
+                f"--{section_name}.{field_name}",
+                dest=f"{section_name}.{field_name}",
+                metavar="VALUE",
+                help=field.description,
+            )
+    return parser
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if value is None or key in ("config", "preset"):
+            continue
+        if key in SHORTCUTS:
+            overrides[SHORTCUTS[key][0]] = value
+        else:
+            overrides[key] = yaml.safe_load(value) if isinstance(value, str) else value
+    return overrides
+
+
+def print_summary(summary: RunSummary, config: JobConfig, examples: int = 5) -> None:
+    print(
+        f"camray run {summary.run_id} {summary.status}: {summary.listed} listed, {summary.skipped} skipped "
+        f"(already done), {summary.results} results, {summary.errors} errors, "
+        f"{summary.images_per_second:.1f} images/s over {summary.seconds:.1f} s; output in {summary.output_uri}"
+    )
+    if not summary.result_files:
+        return
+    s3 = S3Settings(config.source.s3_endpoint_url, config.source.s3_region)
+    fs, path = filesystem_for(summary.result_files[0], s3)
+    table = pq.read_table(path, filesystem=fs, columns=["image_uri", "predictions", "boxes"])
+    for row in table.slice(0, examples).to_pylist():
+        top = row["predictions"][0]
+        line = f"  {row['image_uri'].rsplit('/', 1)[-1]}: {top['label']} ({top['score']:.2f})"
+        if row["boxes"]:
+            box = row["boxes"][0]
+            line += f", box [{box['x0']:.0f}, {box['y0']:.0f}, {box['x1']:.0f}, {box['y1']:.0f}] {box['label']}"
+        print(line)
+
+
+def main(argv: list[str] | None = None, prog: str = "cam_batch.py") -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser(prog).parse_args(argv)
+    try:
+        config = load_config(args.config, overrides_from_args(args), args.preset)
+    except ConfigError as exc:
+        print(exc)
+        return 2
+    # Ray and torch only once the config is valid: a bad one is refused in a second, not after their imports.
+    from camray.runner import RunInterrupted, run_job
+
+    try:
+        summary = run_job(config)
+    except LeaseHeld as exc:
+        print(f"camray: {exc}", file=sys.stderr)
+        return 3
+    except RunInterrupted as exc:
+        print(f"camray: run interrupted ({exc}); the work done so far is kept and the next run resumes it")
+        return 1
+    except ValueError as exc:  # setup errors (model, layers, method) carry a message naming the field
+        print(f"camray: {exc}")
+        return 2
+    except StoreUnavailableError as exc:  # names the endpoint and the operation; the traceback adds nothing
+        print(f"camray: {exc}", file=sys.stderr)
+        return 1
+    print_summary(summary, config)
+    return 0 if summary.status == "succeeded" else 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `camray`: one console script, verbs as subcommands. `camray run` is `python jobs/cam_batch.py`; the others read
+# an output (local or s3://) through the same S3 settings as the job.
+
+EXIT_CODES = """exit status: 0 done; 1 the run failed or is incomplete, or the output is missing or unreadable;
+2 bad usage, config, run id or SQL; 3 the output is leased by another run (camray run)."""
+
+EXAMPLES = {
+    "run": "camray run --input s3://my-images/incoming/ --output s3://my-annotations/cam/",
+    "runs": "camray runs --output s3://my-annotations/cam/ --limit 5",
+    "report": "camray report --output output --dest output/report && xdg-open output/report/index.html",
+    "query": 'camray query --output output "SELECT label, count(*) AS images FROM predictions WHERE rank = 1 '
+    'GROUP BY label ORDER BY images DESC"',
+    "export coco": "camray export coco --output output --min-score 0.2 --dest output/coco.json",
+    "export yolo": "camray export yolo --output output --classes 'Egyptian cat' tabby --dest output/yolo",
+}
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _common(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--output", required=True, metavar="URI", help="the job's output: a folder or s3://bucket/prefix")
+    sub.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
+    sub.add_argument("--s3-region", metavar="REGION", help="S3 region (default: the AWS chain)")
+    sub.add_argument("--verbose", action="store_true", help="tracebacks and progress logs")
+
+
+def _subparser(subparsers: Any, name: str, help_text: str, example_key: str | None = None) -> argparse.ArgumentParser:
+    return subparsers.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=f"example:\n  {EXAMPLES[example_key or name]}\n\n{EXIT_CODES}",
+        formatter_class=_formatter,
+    )
+
+
+def _filters(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--run", metavar="RUN_ID", help="one run (default: the newest row of each image, succeeded runs)")
+    sub.add_argument("--min-score", type=float, metavar="S", help="keep boxes with score >= S")
+    sub.add_argument("--classes", nargs="+", metavar="CLASS", help="keep boxes of these ImageNet ids or labels")
+
+
+def build_camray_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="camray",
+        description="Class activation maps on Ray: run the job, and look at, query and export its output.",
+        epilog="examples:\n" + "\n".join(f"  {example}" for example in EXAMPLES.values()) + f"\n\n{EXIT_CODES}",
+        formatter_class=_formatter,
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="{run,runs,report,query,export}", required=True)
+    # `camray run ARGS` is handed to `main` whole (see main_camray); listed here for `camray --help`.
+    subparsers.add_parser("run", help="run the job (the same as python jobs/cam_batch.py; camray run --help)")
+
+    runs = _subparser(subparsers, "runs", "list the last runs of an output, newest first")
+    _common(runs)
+    runs.add_argument("--limit", type=int, default=20, metavar="N", help="runs shown (default 20)")
+    runs.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    report = _subparser(subparsers, "report", "write a static HTML report of a run: open DEST/index.html from disk")
+    _common(report)
+    report.add_argument("--run", metavar="RUN_ID", help="the run (default: the newest succeeded run)")
+    report.add_argument("--limit", type=int, default=24, metavar="N", help="images in the gallery (default 24)")
+    report.add_argument("--dest", required=True, metavar="DIR", help="folder to write index.html and images/ into")
+
+    query = _subparser(subparsers, "query", "run SQL (DuckDB) over views results, errors, runs, predictions, boxes")
+    _common(query)
+    query.add_argument("sql", nargs="?", metavar="SQL", help="one DuckDB SQL statement")
+    query.add_argument("--all-runs", action="store_true", help="include rows of failed and incomplete runs")
+    query.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
+    query.add_argument("--dest", metavar="FILE", help="write the result here (needed for parquet; default stdout)")
+    query.add_argument("--max-rows", type=int, default=50, metavar="N", help="rows printed as a table (default 50)")
+    query.add_argument(
+        "--athena-ddl", action="store_true", help="print Athena/Glue CREATE EXTERNAL TABLE statements for the output"
+    )
+
+    export = subparsers.add_parser(
+        "export", help="write the boxes as COCO instances JSON or YOLO labels", formatter_class=_formatter
+    )
+    formats = export.add_subparsers(dest="format", metavar="{coco,yolo}", required=True)
+    coco = _subparser(formats, "coco", "COCO instances JSON: images, categories, annotations (+ RLE)", "export coco")
+    _common(coco)
+    _filters(coco)
+    coco.add_argument("--dest", required=True, metavar="FILE.json", help="the JSON file to write")
+    yolo = _subparser(formats, "yolo", "YOLO labels: one class cx cy w h file per image, classes.txt", "export yolo")
+    _common(yolo)
+    _filters(yolo)
+    yolo.add_argument("--dest", required=True, metavar="DIR", help="folder for labels/, classes.txt, images.txt")
+    return parser
+
+
+def _output(args: argparse.Namespace):
+    from camray.outputs.tables import Output
+
+    return Output(args.output, S3Settings(args.s3_endpoint_url, args.s3_region))
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _print_table(table: Any, fmt: str, dest: str | None = None, more_rows: bool = False) -> None:
+    """`table` (pyarrow) as aligned text, CSV (nested values as text, as DuckDB writes them) or JSON."""
+    from camray.outputs.terminal import format_table
+
+    if fmt == "table":
+        print(format_table(table, more_rows))
+    elif fmt == "csv":
+        import duckdb
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = dest or f"{folder}/table.csv"
+            duckdb.connect().from_arrow(table).write_csv(path)
+            if dest is None:
+                with open(path, "rb") as handle:
+                    sys.stdout.flush()
+                    shutil.copyfileobj(handle, sys.stdout.buffer)
+                    sys.stdout.buffer.flush()
+    else:
+        text = json.dumps(table.to_pylist(), default=_json_value, indent=1)
+        if dest:
+            with open(dest, "w") as handle:
+                handle.write(text + "\n")
+        else:
+            print(text)
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    import pyarrow.compute as pc
+
+    output = _output(args)
+    output.check_exists()
+    runs = output.runs().slice(0, max(0, args.limit))
+    if args.format == "table":
+        if "images_per_second" not in runs.column_names:  # schema 1 runs rows: derived from what they have
+            done = pc.add(runs.column("results"), runs.column("errors"))
+            runs = runs.append_column("images_per_second", pc.divide(pc.cast(done, "float64"), runs.column("seconds")))
+        wanted = ["run_id", "status", "started_at", "seconds", "listed", "skipped", "results", "errors"]
+        wanted += ["images_per_second", "model", "attempt", "camray_version", "git_commit", "message", "stats_uri"]
+        runs = runs.select([name for name in wanted if name in runs.column_names])
+    _print_table(runs, args.format)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from camray.outputs.report import write_report
+
+    index = write_report(_output(args), args.dest, args.run, args.limit)
+    print(f"report: {index.resolve()}")
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from camray.outputs.athena import create_tables
+    from camray.outputs.query import connect
+
+    if args.athena_ddl:
+        print(create_tables(args.output), end="")
+        return 0
+    if not args.sql:
+        raise ValueError('give one SQL statement, e.g. camray query --output output "SELECT * FROM runs"')
+    if args.format == "parquet" and not args.dest:
+        raise ValueError("--format parquet needs --dest FILE")
+    con = connect(_output(args), all_runs=args.all_runs)
+    relation = con.sql(args.sql.strip().rstrip(";"))
+    if relation is None:  # a statement without a result (e.g. CREATE VIEW): nothing to print
+        return 0
+    if args.format == "table":
+        table = relation.limit(args.max_rows + 1).to_arrow_table()
+        _print_table(table.slice(0, args.max_rows), "table", more_rows=table.num_rows > args.max_rows)
+    elif args.format == "parquet":
+        relation.write_parquet(args.dest)
+    else:
+        _print_table(relation.to_arrow_table(), args.format, args.dest)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from camray.outputs.export import write_coco, write_yolo
+
+    options = {"run_id": args.run, "min_score": args.min_score, "classes": args.classes}
+    writer = write_coco if args.format == "coco" else write_yolo
+    path = writer(_output(args), args.dest, **options)
+    print(f"{args.format}: {path.resolve()}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "runs": _cmd_runs,
+    "report": _cmd_report,
+    "query": _cmd_query,
+    "export": _cmd_export,
+}
+
+
+def _exit_status(exc: BaseException) -> int:
+    """Bad usage, bad values, an unknown run and bad SQL are the user's to fix (2); an output that is missing or
+    cannot be read, and anything else, mean the work failed (1)."""
+    import duckdb
+
+    if isinstance(exc, duckdb.ParserException | duckdb.BinderException | duckdb.CatalogException):
+        return 2
+    if isinstance(exc, ValueError | TypeError | LookupError) and not isinstance(exc, duckdb.Error):
+        return 2
+    return 1
+
+
+def main_camray(argv: list[str] | None = None) -> int:
+    """The `camray` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "run":
+        return main(argv[1:], prog="camray run")
+    args = build_camray_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    name = f"camray {args.command}" + (f" {args.format}" if args.command == "export" else "")
+    try:
+        return COMMANDS[args.command](args)
+    except Exception as exc:  # one line to stderr; the traceback only on request
+        if args.verbose:
+            traceback.print_exc()
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"{name}: error: {message}", file=sys.stderr)
+        return _exit_status(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main_camray())

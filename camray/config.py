@@ -1,0 +1,371 @@
+"""The job configuration: one pydantic model, loadable from YAML, unknown keys rejected.
+
+S3 credentials never appear here: they come from the standard AWS chain (environment, profile, instance
+role). Only the endpoint of an S3-compatible store is configurable, because MinIO and Ceph need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from camray.presets import apply_preset
+
+CAM_METHODS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam")
+CamMethod = Literal["cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam"]
+
+
+class _Section(BaseModel):
+    # A rejected value may hold a secret (an endpoint with a password): errors name the field, never echo the value.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+
+
+class SourceConfig(_Section):
+    """Where the images come from."""
+
+    uri: str = Field(
+        "samples",
+        description="A local folder, an `s3://bucket/prefix`, or a manifest file (.txt: one URI per line; "
+        ".csv or .parquet: a `uri` column). `samples` means the bundled demo photos.",
+    )
+    extensions: list[str] = Field(
+        default=[".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"],
+        description="File suffixes (case-insensitive) that count as images when listing a folder or prefix. "
+        "Empty means every object.",
+    )
+    recursive: bool = Field(True, description="List sub-folders / the whole prefix below `uri`.")
+    limit: int | None = Field(None, ge=1, description="Process at most this many listed images (for trials).")
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint of an S3-compatible store (MinIO, Ceph). Defaults to the AWS_ENDPOINT_URL "
+        "environment variable, then to AWS.",
+    )
+    s3_region: str | None = Field(None, description="S3 region; defaults to the AWS chain's.")
+    s3_max_attempts: int = Field(
+        6,
+        ge=1,
+        le=20,
+        description="Attempts in all (retries + 1) for each S3 request of the run, inputs and output alike, with "
+        "AWS's standard backoff; the retries taken are counted in the run's log and `runs.io_retries`.",
+    )
+
+    @field_validator("extensions")
+    @classmethod
+    def _lower_dotted(cls, value: list[str]) -> list[str]:
+        return [ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in value]
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        from camray.io.s3 import refuse_credentials_in_endpoint
+
+        return value if value is None else refuse_credentials_in_endpoint(value, "the endpoint")
+
+
+class ModelConfig(_Section):
+    """Which classifier, with which weights."""
+
+    name: str = Field(
+        "efficientnet_lite0",
+        description="Registry name: `efficientnet_lite0/1/2` (bundled weights) or a torchvision builder "
+        "name (`resnet50`, `densenet121`, `vgg16_bn`, ...).",
+    )
+    weights: str | None = Field(
+        None,
+        description="Weights: a local path, `file://` or `s3://` URI of a state dict, or `torchvision:NAME` "
+        "(downloads; needs internet). Default: the bundled weights, else torchvision's DEFAULT.",
+    )
+    weights_sha256: str | None = Field(None, description="Expected sha256 of the weights file, checked on load.")
+    target_layer: str | None = Field(
+        None, description="Module path of the feature layer to explain; default from the registry."
+    )
+    classifier_layer: str | None = Field(
+        None, description="Module path of the final linear layer (CAM); default from the registry."
+    )
+    input_size: int | None = Field(
+        None, ge=32, le=2048, description="Side of the square model input; default: the model's native size."
+    )
+    resize: Literal["squash", "letterbox"] = Field(
+        "letterbox",
+        description="`letterbox` keeps the aspect ratio and pads; `squash` stretches to a square. Both keep "
+        "the whole image in view (no centre crop).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Autocast dtype on GPU; `auto` is bf16 where supported. CPU always runs fp32."
+    )
+    channels_last: bool = Field(True, description="Channels-last memory format (faster convolutions on GPU and CPU).")
+    compile: bool = Field(False, description="torch.compile the model on GPU (slow start, faster steady state).")
+
+
+class CamConfig(_Section):
+    """How maps are computed and stored."""
+
+    method: CamMethod | None = Field(
+        None, description="CAM method; default `cam` for GAP+linear networks, `gradcam` otherwise."
+    )
+    top_k: int = Field(5, ge=1, le=50, description="Predictions, maps and boxes for the top-k classes.")
+    upsample: int = Field(
+        8, ge=1, le=32, description="Maps are upsampled to this multiple of the feature map before boxing."
+    )
+    refine: bool = Field(
+        False,
+        description="Multiply each class map by the mean activation of a block at twice its resolution "
+        "(`refine_layer`), raised to `refine_power`: tighter boxes on small objects, looser on large ones and on "
+        "natural photos (README, Localization). Needs a `refine_layer` (the registry names one for "
+        "EfficientNet-Lite).",
+    )
+    refine_layer: str | None = Field(None, description="Module path of the refining block; default from the registry.")
+    refine_power: float = Field(
+        2.0, ge=0.0, le=8.0, description="Weight of the refining activation against the class map (its exponent)."
+    )
+    plain_above_score: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Images whose top-1 class scores at least this keep the plain CAM, boxed at "
+        "`plain_threshold`: no refinement, no tiles (none go through the model). An object the model is sure of "
+        "is one the image frames, and the plain map boxes it whole where refinement and tiles cut it down to its "
+        "most active part (README, Localization). None: every image alike.",
+    )
+    plain_threshold: float = Field(
+        0.4, gt=0.0, lt=1.0, description="The box threshold of the images that keep the plain CAM."
+    )
+
+
+class BoxConfig(_Section):
+    """How maps become boxes and masks."""
+
+    threshold: float = Field(
+        0.4,
+        gt=0.0,
+        lt=1.0,
+        description="Foreground where the normalised map >= threshold (a fraction of max); calibrated on the "
+        "evaluation set (README, Localization).",
+    )
+    threshold_rule: Literal["max_fraction", "percentile"] = Field(
+        "max_fraction",
+        description="`max_fraction`: threshold x the map's max. `percentile`: threshold x the map's "
+        "`percentile`-th value (Bae et al., ECCV 2020), robust to a single hot spot.",
+    )
+    percentile: float = Field(90.0, gt=0.0, le=100.0, description="Percentile used by the `percentile` rule.")
+    max_boxes_per_class: int = Field(3, ge=1, le=20, description="Keep at most this many components per class.")
+    min_area_fraction: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Components other than the largest must cover this fraction of the image to be kept.",
+    )
+    masks: bool = Field(True, description="Write a COCO RLE pseudo-mask of the top-1 class.")
+
+
+class TilingConfig(_Section):
+    """The tiled, multi-scale localization mode (SAHI-style slicing applied to class maps; README, Localization).
+
+    The image is letterboxed into a canvas of `grid` overlapping tiles of the model's input size. The canvas,
+    downscaled to the input size, gives the top-k classes and the coarse maps; the tiles, all in one forward
+    pass, give each top-k class's map at the finer scale, stitched over the image and fused with the coarse map.
+    """
+
+    enabled: bool = Field(False, description="Tile the image for finer maps (costs about `grid`^2 + 1 forwards).")
+    grid: int = Field(
+        3,
+        ge=2,
+        le=8,
+        description="Tiles along the image's longer side; along the shorter side as many as its extent needs.",
+    )
+    overlap: float = Field(0.25, ge=0.0, le=0.75, description="Fraction of a tile's side shared with its neighbour.")
+    fusion: Literal["max", "product", "layer"] = Field(
+        "product",
+        description="How the stitched tile map meets the coarse map: `max` of the two, `product` (the coarse map "
+        "says which object, the tiles where), or `layer`: the product further weighted by the stitched mean "
+        "activation of the earlier block `cam.refine_layer` (LayerCAM-style fusion of a finer layer).",
+    )
+    whole_image_above_area: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Tiled images whose top-1 box covers at least this fraction of the image take their maps "
+        "from the whole image instead, refined by the `cam.refine_layer` activation and boxed at "
+        "`whole_image_threshold`: tiles are for small objects, and on a larger one they cut the box down to its "
+        "most active part (README, Localization). None: the tiled boxes stand.",
+    )
+    whole_image_threshold: float = Field(
+        0.25,
+        gt=0.0,
+        lt=1.0,
+        description="Box threshold (a fraction of the map's max) of the images `whole_image_above_area` sends "
+        "back to the whole image's map.",
+    )
+
+
+class SinkConfig(_Section):
+    """Where the Parquet goes."""
+
+    uri: str = Field("output", description="A local folder or an `s3://bucket/prefix`.")
+    incremental: bool = Field(
+        True,
+        description="Skip images a previous completed run already annotated with the same model and settings "
+        "(same URI and same listing version: S3 ETag or local size+mtime).",
+    )
+    resume: bool = Field(
+        True,
+        description="Continue a run on this output that did not finish (crashed, killed, interrupted, incomplete) "
+        "with the same model, settings and input: its staged files are kept and only the rest is processed.",
+    )
+    lease_seconds: float = Field(
+        300.0,
+        ge=3.0,
+        le=86400.0,
+        description="Lifetime of the output's lease (one run at a time), renewed every third of it while the run "
+        "lasts; a crashed run's lease is taken over once it expires (at once if its process on this host is gone).",
+    )
+    wait_for_lease: float = Field(
+        0.0,
+        ge=0.0,
+        description="Seconds to wait for another run's lease on the output; 0 refuses at once (exit status 3).",
+    )
+    rows_per_file: int = Field(
+        4096,
+        ge=1,
+        description="Rows gathered before a Parquet file is written (about 20 KB per result row): query engines "
+        "read a few large files far faster than many small ones. The last file of a run holds the remainder.",
+    )
+
+
+class RuntimeConfig(_Section):
+    """How the work is spread over the cluster."""
+
+    batch_size: int | None = Field(
+        None, ge=1, le=4096, description="Images per predictor batch; default 256 on GPU, 16 on CPU."
+    )
+    num_actors: int | None = Field(
+        None, ge=1, description="Predictor actors; default one per GPU, else one per `cpu_threads` CPUs."
+    )
+    gpus_per_actor: float | None = Field(
+        None,
+        ge=0,
+        le=8,
+        description="GPUs per predictor actor; default 1 where the cluster has GPUs, else 0.",
+    )
+    cpus_per_actor: float | None = Field(
+        None,
+        gt=0,
+        description="CPUs reserved per predictor actor; default 1 on GPU, else `cpu_threads` capped so that the "
+        "actors together reserve at most 3/4 of the cluster's CPUs (the rest runs read+decode tasks).",
+    )
+    decode_batch_size: int = Field(32, ge=1, le=4096, description="Images per read+decode task batch.")
+    decode: Literal["cpu", "device"] = Field(
+        "cpu",
+        description="Where images are decoded: `cpu` in the read tasks; `device` in the predictor, JPEGs batched "
+        "on its device (nvJPEG on GPU, for GPU nodes whose CPUs cannot decode as fast as the GPU classifies), "
+        "other formats on its CPU. Read tasks check every header either way.",
+    )
+    decode_cpus: float = Field(
+        0.5,
+        gt=0,
+        le=16,
+        description="CPUs reserved per read+decode task. Differing from `cpus_per_actor` keeps Ray Data from "
+        "fusing decoding into the predictor actors, so the two overlap.",
+    )
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        le=512,
+        description="Intra-op threads of a predictor running on CPU; default 1 (many single-threaded actors "
+        "keep a shared node busier than one multi-threaded actor).",
+    )
+    object_store_mib: int | None = Field(
+        None,
+        ge=64,
+        description="Object-store memory Ray Data may fill with the run's blocks (read-ahead, results waiting for "
+        "their write). Default: eight predictor batches of canvases per actor (at least 256 MiB) plus one "
+        "Parquet file's rows: enough to keep every actor fed, and the same at 5,000 images as at 5 million.",
+    )
+    max_errored_blocks: int = Field(
+        0, ge=-1, description="Ray Data blocks allowed to fail outright before the job fails (-1: any)."
+    )
+    ray_address: str | None = Field(None, description="Ray cluster address; default RAY_ADDRESS, else local.")
+
+
+class JobConfig(_Section):
+    """One batch-CAM job."""
+
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    cam: CamConfig = Field(default_factory=CamConfig)
+    boxes: BoxConfig = Field(default_factory=BoxConfig)
+    tiling: TilingConfig = Field(default_factory=TilingConfig)
+    sink: SinkConfig = Field(default_factory=SinkConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _source_is_not_sink(self) -> JobConfig:
+        if self.source.uri.rstrip("/") == self.sink.uri.rstrip("/"):
+            raise ValueError("`source.uri` and `sink.uri` must differ: results would be read back as inputs")
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of the settings that change results; runtime, paths and `limit` don't."""
+        relevant = self.model_dump(
+            include={"model": True, "cam": True, "boxes": True},
+            exclude={"model": {"device", "precision", "channels_last", "compile"}},
+        )
+        if self.tiling.enabled:  # untiled runs keep the fingerprints they had before tiling existed
+            relevant["tiling"] = self.tiling.model_dump()
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A job configuration that cannot run; the message names the field."""
+
+
+def _format(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(config)"
+        lines.append(f"  {field}: {item['msg']}")
+    return "invalid job config:\n" + "\n".join(lines)
+
+
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, preset: str | None = None
+) -> JobConfig:
+    """Reads YAML (if given), applies dotted overrides (`{"model.name": "resnet50"}`), validates.
+
+    A preset (`camray.presets`), named by `preset` or else by the file's top-level `preset:` key, supplies
+    values under both: the file's fields and the overrides win over it.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}")
+        data = loaded or {}
+    file_preset = data.pop("preset", None)
+    for dotted, value in (overrides or {}).items():
+        section, _, field = dotted.partition(".")
+        if not field:
+            raise ConfigError(f"override `{dotted}` must be `section.field`")
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"`{section}` must be a mapping")
+        target[field] = value
+    try:
+        data = apply_preset(preset or file_preset, data)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid job config:\n  preset: {exc}") from exc
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc)) from exc

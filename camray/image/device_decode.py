@@ -1,0 +1,129 @@
+"""JPEG bytes -> letterboxed canvases on the predictor's device, for `runtime.decode: device`.
+
+On a GPU node the CPU decode of the read tasks becomes the ceiling well before the model does (a JPEG costs
+a few milliseconds of a CPU core; an H100 classifies thousands of images a second). Here the predictor
+decodes the whole batch with `torchvision.io.decode_jpeg(..., device="cuda")` (nvJPEG, batched), applies the
+EXIF orientation and resizes on the device. The read tasks have already checked every header
+(`camray.image.decode.probe_image`): size limits, format and orientation. Whatever the device cannot decode
+(PNG and other formats, CMYK JPEG, or a stream nvJPEG rejects) goes through `camray.image.decode.decode_image` on
+the CPU, the same code as `runtime.decode: cpu`, so the output differs only by resampling rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from camray.image.decode import DecodedImage, DecodeError, DecodeLimits, ResizePolicy, decode_image, fit_size
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CanvasBatch:
+    """Decoded canvases on the device, and why the others failed.
+
+    pixels (Tensor[M, S, S, 3], uint8): one canvas per decoded image, in the order of `decoded`.
+    valid_wh (Tensor[M, 2]): the valid region of each canvas (CPU).
+    decoded (list[int]): positions (into the input lists) of the images in `pixels`.
+    failed (dict[int, DecodeError]): positions that could not be decoded at all.
+    """
+
+    pixels: Tensor
+    valid_wh: Tensor
+    decoded: list[int]
+    failed: dict[int, DecodeError]
+
+
+def orient(image: Tensor, orientation: int) -> Tensor:
+    """Applies an EXIF orientation (1-8) to a (C, H, W) image, as `PIL.ImageOps.exif_transpose` does."""
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip(-2, -1)
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:
+        return image.transpose(-2, -1)
+    if orientation == 6:
+        return image.rot90(-1, dims=(-2, -1))
+    if orientation == 7:
+        return image.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:
+        return image.rot90(1, dims=(-2, -1))
+    return image
+
+
+def _decode_jpegs(encoded: list[Tensor], device: torch.device) -> list[Tensor | None]:
+    """Batched JPEG decode; nvJPEG fails a whole batch for one bad stream, so a failure retries one by one."""
+    with warnings.catch_warnings():
+        # torchvision 0.29 flags its image codecs as deprecated in favour of TorchCodec; nvJPEG is the same.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            out: list[Tensor | None] = []
+            for data in encoded:
+                try:
+                    out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    out.append(None)
+            return out
+
+
+def _fit(image: Tensor, size: int, policy: ResizePolicy, canvas: Tensor) -> tuple[int, int]:
+    """Resizes a (3, H, W) uint8 image into the top-left of `canvas` (S, S, 3); returns the valid (w, h)."""
+    height, width = image.shape[-2:]
+    target_w, target_h = fit_size(width, height, size, policy)
+    # Antialiased bilinear, like PIL's resize in the CPU path: downscaling a large photo averages its pixels.
+    resized = F.interpolate(
+        image.unsqueeze(0).float(), size=(target_h, target_w), mode="bilinear", antialias=True, align_corners=False
+    )
+    canvas[:target_h, :target_w] = resized[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+    return target_w, target_h
+
+
+def decode_to_canvases(
+    encoded: list[bytes],
+    orientations: list[int],
+    on_device: list[bool],
+    size: int,
+    policy: ResizePolicy,
+    device: torch.device,
+    limits: DecodeLimits | None = None,
+) -> CanvasBatch:
+    """Decodes a batch: entries with `on_device` on the device, the rest (and device failures) on the CPU."""
+    n = len(encoded)
+    pixels = torch.zeros((n, size, size, 3), dtype=torch.uint8, device=device)
+    valid = torch.zeros((n, 2), dtype=torch.int64)
+    done = np.zeros(n, dtype=bool)
+    failed: dict[int, DecodeError] = {}
+
+    jpeg_positions = [i for i in range(n) if on_device[i]]
+    if jpeg_positions:
+        streams = [torch.frombuffer(bytearray(encoded[i]), dtype=torch.uint8) for i in jpeg_positions]
+        for position, image in zip(jpeg_positions, _decode_jpegs(streams, device), strict=True):
+            if image is None:
+                continue  # left for the CPU decoder, which reports the reason if it fails too
+            valid[position] = torch.tensor(_fit(orient(image, orientations[position]), size, policy, pixels[position]))
+            done[position] = True
+    for position in np.flatnonzero(~done):
+        result = decode_image(encoded[position], size, policy, limits or DecodeLimits())
+        if isinstance(result, DecodeError):
+            failed[int(position)] = result
+            continue
+        assert isinstance(result, DecodedImage)
+        pixels[position] = torch.from_numpy(result.pixels).to(device)
+        valid[position] = torch.tensor([result.valid_width, result.valid_height])
+        done[position] = True
+    decoded = np.flatnonzero(done).tolist()
+    index = torch.tensor(decoded, dtype=torch.int64)
+    return CanvasBatch(pixels[index.to(device)], valid[index], decoded, failed)

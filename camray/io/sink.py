@@ -1,0 +1,188 @@
+"""Writing results and errors with a commit, so that a crashed run leaves nothing readers take as complete.
+
+Write tasks put Parquet files under `<output>/_staging/<run_id>/` (readers of `results/*.parquet` never see
+a leading-underscore folder, nor do Spark, Hive or Athena). When every input is accounted for, the driver
+moves the files into `results/` and `errors/` and only then writes the run's row in `runs/`: a result row
+belongs to a completed run exactly when its `run_id` appears in `runs/` with status `succeeded`.
+
+Staged files are what a crashed run keeps: a rerun continues that run (`camray.io.resume`) and skips every
+input its staged files hold. So each file is complete or absent (`write_object`: one S3 PutObject, or a local
+temporary file renamed into place), and its name is fixed by the run, the attempt and the write task's
+index: a write task that Ray retries after its worker died rewrites the same file instead of adding a second
+copy of its rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from ray.data import Datasink
+from ray.data._internal.execution.interfaces import TaskContext
+from ray.data.datasource.datasink import WriteResult
+
+from camray.io.schema import ERRORS, RESULTS, ROWS
+from camray.io.sources import S3Settings, filesystem_for, is_s3, join_uri, write_object
+
+logger = logging.getLogger(__name__)
+
+TABLES = ("results", "errors")
+
+
+@dataclass
+class WrittenCounts:
+    results: int = 0
+    errors: int = 0
+    files: list[str] = field(default_factory=list)
+    errors_by_stage: Counter[str] = field(default_factory=Counter)
+    read_retries: int = 0  # S3 retries of the read tasks, carried in the rows' `io_retries`
+    write_retries: int = 0  # S3 retries of the staged files' PUTs
+
+    @property
+    def io_retries(self) -> int:
+        return self.read_retries + self.write_retries
+
+    def add(self, other: WrittenCounts) -> None:
+        self.results += other.results
+        self.errors += other.errors
+        self.files.extend(other.files)
+        self.errors_by_stage.update(other.errors_by_stage)
+        self.read_retries += other.read_retries
+        self.write_retries += other.write_retries
+
+
+def staging_uri(output_uri: str, run_id: str) -> str:
+    return join_uri(output_uri, "_staging", run_id)
+
+
+def staged_file_name(run_id: str, attempt: int, task_index: int) -> str:
+    return f"{run_id}-a{attempt:02d}-{task_index:05d}.parquet"
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    """The whole file in memory, to be written in one piece (`write_object`): a file holds at most a write
+    task's rows, a few MB of maps."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue().to_pybytes()
+
+
+class CamDatasink(Datasink[WrittenCounts]):
+    """Splits predictor rows into `results/` and `errors/` Parquet files in the run's staging folder."""
+
+    def __init__(
+        self, output_uri: str, run_id: str, s3: S3Settings, rows_per_file: int | None = None, attempt: int = 1
+    ) -> None:
+        self.output_uri = output_uri
+        self.run_id = run_id
+        self.attempt = attempt
+        self.s3 = s3
+        self.rows_per_file = rows_per_file
+        self.counts = WrittenCounts()
+        self.failed: Exception | None = None
+
+    @property
+    def min_rows_per_write(self) -> int | None:
+        return self.rows_per_file
+
+    def write(self, blocks: Iterable[pa.Table], ctx: TaskContext) -> WrittenCounts:
+        tables = [block for block in blocks if block.num_rows]
+        counts = WrittenCounts()
+        if not tables:
+            return counts
+        rows = pa.concat_tables([table.select(ROWS.names).cast(ROWS) for table in tables])
+        failed = pc.is_valid(rows.column("error_type"))
+        results = rows.filter(pc.invert(failed)).select(RESULTS.names).cast(RESULTS)
+        errors = rows.filter(failed).select(ERRORS.names).cast(ERRORS)
+        staging = staging_uri(self.output_uri, self.run_id)
+        name = staged_file_name(self.run_id, self.attempt, ctx.task_idx)
+        for table, kind in ((results, "results"), (errors, "errors")):
+            if table.num_rows:
+                counts.write_retries += write_object(join_uri(staging, kind, name), _parquet_bytes(table), self.s3)
+                counts.files.append(f"{kind}/{name}")
+        counts.results, counts.errors = results.num_rows, errors.num_rows
+        counts.errors_by_stage.update(errors.column("stage").to_pylist())
+        counts.read_retries = pc.sum(rows.column("io_retries")).as_py() or 0
+        return counts
+
+    def on_write_complete(self, write_result: WriteResult[WrittenCounts]) -> None:
+        for item in write_result.write_returns:
+            self.counts.add(item)
+
+    def on_write_failed(self, error: Exception) -> None:
+        self.failed = error
+
+
+def staged_files(output_uri: str, run_id: str, s3: S3Settings) -> list[str]:
+    """The run's complete staged files, as `results/NAME` and `errors/NAME` (temporary files left out)."""
+    fs, staging = filesystem_for(staging_uri(output_uri, run_id), s3)
+    found = []
+    for kind in TABLES:
+        selector = pafs.FileSelector(f"{staging}/{kind}", allow_not_found=True)
+        for info in fs.get_file_info(selector):
+            if (
+                info.type == pafs.FileType.File
+                and not info.base_name.startswith(".")
+                and info.path.endswith(".parquet")
+            ):
+                found.append(f"{kind}/{info.base_name}")
+    return sorted(found)
+
+
+def committed_files(output_uri: str, run_id: str, s3: S3Settings) -> list[str]:
+    """Files of `run_id` already moved into `results/` or `errors/` (by a commit that did not finish)."""
+    fs, out = filesystem_for(output_uri, s3)
+    found = []
+    for kind in TABLES:
+        for info in fs.get_file_info(pafs.FileSelector(f"{out}/{kind}", allow_not_found=True)):
+            if info.type == pafs.FileType.File and info.base_name.startswith(f"{run_id}-"):
+                found.append(f"{kind}/{info.base_name}")
+    return sorted(found)
+
+
+def check_each_input_once(output_uri: str, run_id: str, s3: S3Settings) -> int:
+    """Counts the run's rows, staged or committed; raises if any input appears twice (then nothing is committed)."""
+    fs, out = filesystem_for(output_uri, s3)
+    _, staging = filesystem_for(staging_uri(output_uri, run_id), s3)
+    paths = [f"{staging}/{f}" for f in staged_files(output_uri, run_id, s3)]
+    paths += [f"{out}/{f}" for f in committed_files(output_uri, run_id, s3)]
+    if not paths:
+        return 0
+    uris = pa.chunked_array(
+        [pq.read_table(path, filesystem=fs, columns=["image_uri"]).column(0) for path in paths], type=pa.string()
+    )
+    distinct = pc.count_distinct(uris).as_py()
+    if distinct != len(uris):
+        counts = pc.value_counts(uris)
+        twice = [item["values"] for item in counts.to_pylist() if item["counts"] > 1][:5]
+        raise RuntimeError(
+            f"run {run_id} holds {len(uris) - distinct} duplicate rows (for example {twice}); nothing was committed"
+        )
+    return len(uris)
+
+
+def commit(output_uri: str, run_id: str, s3: S3Settings) -> list[str]:
+    """Moves every staged file of the run into place (`results/`, `errors/`), then removes its staging folder."""
+    fs, staging = filesystem_for(staging_uri(output_uri, run_id), s3)
+    _, out = filesystem_for(output_uri, s3)
+    moved = staged_files(output_uri, run_id, s3)
+    for kind in {relative.split("/", 1)[0] for relative in moved}:
+        fs.create_dir(f"{out}/{kind}", recursive=True)
+    for relative in moved:
+        fs.move(f"{staging}/{relative}", f"{out}/{relative}")
+    discard_staging(output_uri, run_id, s3)
+    return sorted(set(moved) | set(committed_files(output_uri, run_id, s3)))
+
+
+def discard_staging(output_uri: str, run_id: str, s3: S3Settings) -> None:
+    fs, staging = filesystem_for(staging_uri(output_uri, run_id), s3)
+    if is_s3(output_uri) or fs.get_file_info(staging).type == pafs.FileType.Directory:
+        fs.delete_dir_contents(staging, missing_dir_ok=True)
+        if not is_s3(output_uri):
+            fs.delete_dir(staging)

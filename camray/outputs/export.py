@@ -1,0 +1,183 @@
+"""`camray export`: an output's boxes as COCO instances JSON or as YOLO label files.
+
+Both take the results of one run, or, without a run, the newest row of every image across succeeded runs;
+boxes can be kept by score (`min_score`, on the box's score = class probability x the map's peak inside
+the box) and by class (ImageNet ids or labels).
+
+COCO: `images` (`id`, `file_name` = the input URI, `width`, `height`); `categories` for the classes that
+occur, `id` = the ImageNet class index (0-999, as in the evaluator's truth files); `annotations` with `bbox`
+`[x, y, w, h]` in pixels, `score`, `category_id`, `area`, `iscrowd` 0, and, for boxes of the class that has
+the pseudo-mask (the top-1 class), `segmentation`: the COCO RLE of the mask inside that box.
+
+YOLO: `labels/<path>.txt` per image, one `class cx cy w h` line per box (normalised to the image, class =
+line number in `classes.txt`), `<path>` being the input's path under the inputs' common folder;
+`classes.txt`, one label a line; `images.txt`, the input URIs in the order of the label files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from camray.io.schema import decode_mask
+from camray.outputs.tables import Output
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ["image_uri", "width", "height", "boxes", "mask"]
+
+
+def _class_filter(rows: list[dict[str, Any]], classes: Sequence[str] | None) -> set[int] | None:
+    """ImageNet ids named by `classes` (ids or labels, case-insensitive); None keeps every class."""
+    if not classes:
+        return None
+    labels: dict[str, int] = {}
+    for row in rows:
+        for box in row["boxes"] or []:
+            labels[box["label"].lower()] = box["class_id"]
+    wanted: set[int] = set()
+    for name in classes:
+        if name.strip().isdigit():
+            wanted.add(int(name))
+        elif name.strip().lower() in labels:
+            wanted.add(labels[name.strip().lower()])
+        else:
+            logger.warning("class %r is in no box of these results", name)
+    return wanted
+
+
+def _kept_boxes(row: dict[str, Any], min_score: float | None, wanted: set[int] | None) -> list[dict[str, Any]]:
+    return [
+        box
+        for box in row["boxes"] or []
+        if (min_score is None or box["score"] >= min_score) and (wanted is None or box["class_id"] in wanted)
+    ]
+
+
+def _rows(output: Output, run_id: str | None) -> list[dict[str, Any]]:
+    output.check_exists()
+    rows = output.latest_results(run_id, COLUMNS).to_pylist()
+    rows.sort(key=lambda row: row["image_uri"])
+    return rows
+
+
+def _segment(mask: np.ndarray, box: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
+    """The mask inside the box's pixels as COCO RLE (counts as a string), and its area; None when empty."""
+    from pycocotools import mask as coco_mask
+
+    height, width = mask.shape
+    x0, y0 = max(0, int(np.floor(box["x0"]))), max(0, int(np.floor(box["y0"])))
+    x1, y1 = min(width, int(np.ceil(box["x1"]))), min(height, int(np.ceil(box["y1"])))
+    inside = np.zeros_like(mask)
+    inside[y0:y1, x0:x1] = mask[y0:y1, x0:x1]
+    area = int(inside.sum())
+    if area == 0:
+        return None
+    rle = coco_mask.encode(np.asfortranarray(inside.astype(np.uint8)))
+    return {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}, area
+
+
+def coco(
+    output: Output,
+    run_id: str | None = None,
+    min_score: float | None = None,
+    classes: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The COCO instances dataset (see the module docstring) as a JSON-ready dict."""
+    rows = _rows(output, run_id)
+    wanted = _class_filter(rows, classes)
+    images, annotations, categories = [], [], {}
+    for image_id, row in enumerate(rows, start=1):
+        images.append({"id": image_id, "file_name": row["image_uri"], "width": row["width"], "height": row["height"]})
+        boxes = _kept_boxes(row, min_score, wanted)
+        mask = row["mask"]
+        mask_pixels = decode_mask(mask) if mask and any(b["class_id"] == mask["class_id"] for b in boxes) else None
+        for box in boxes:
+            categories[box["class_id"]] = box["label"]
+            width, height = float(box["x1"]) - float(box["x0"]), float(box["y1"]) - float(box["y0"])
+            annotation: dict[str, Any] = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": box["class_id"],
+                "bbox": [float(box["x0"]), float(box["y0"]), width, height],
+                "area": width * height,
+                "iscrowd": 0,
+                "score": float(box["score"]),
+            }
+            if mask_pixels is not None and box["class_id"] == mask["class_id"]:
+                segment = _segment(mask_pixels, box)
+                if segment is not None:
+                    annotation["segmentation"], annotation["area"] = segment
+            annotations.append(annotation)
+    return {
+        "info": {"description": f"camray boxes from {output.uri}", "run_id": run_id},
+        "images": images,
+        "categories": [
+            {"id": class_id, "name": name, "supercategory": "imagenet"} for class_id, name in sorted(categories.items())
+        ],
+        "annotations": annotations,
+    }
+
+
+def write_coco(output: Output, dest: str | Path, **options: Any) -> Path:
+    dataset = coco(output, **options)
+    path = Path(dest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dataset))
+    logger.info("%d images, %d annotations written to %s", len(dataset["images"]), len(dataset["annotations"]), path)
+    return path
+
+
+def _label_paths(uris: list[str]) -> list[str]:
+    """Each URI's path under the URIs' common folder, with `.txt` for its suffix."""
+    paths = [uri.removeprefix("s3://").removeprefix("file://") for uri in uris]
+    common = posixpath.commonpath([posixpath.dirname(path) for path in paths]) if paths else ""
+    names = [
+        posixpath.splitext(posixpath.relpath(path, common) if common else path.lstrip("/"))[0] + ".txt"
+        for path in paths
+    ]
+    seen: dict[str, str] = {}
+    for uri, name in zip(uris, names, strict=True):
+        if name in seen:
+            raise ValueError(f"{seen[name]} and {uri} would share the label file {name}; export them separately")
+        seen[name] = uri
+    return names
+
+
+def write_yolo(
+    output: Output,
+    dest: str | Path,
+    run_id: str | None = None,
+    min_score: float | None = None,
+    classes: Sequence[str] | None = None,
+) -> Path:
+    """Writes the YOLO labels (see the module docstring) under `dest`; returns `dest`."""
+    rows = _rows(output, run_id)
+    wanted = _class_filter(rows, classes)
+    kept = [_kept_boxes(row, min_score, wanted) for row in rows]
+    labels = {box["class_id"]: box["label"] for boxes in kept for box in boxes}
+    index = {class_id: position for position, class_id in enumerate(sorted(labels))}
+    dest = Path(dest)
+    (dest / "labels").mkdir(parents=True, exist_ok=True)
+    names = _label_paths([row["image_uri"] for row in rows])
+    for row, boxes, name in zip(rows, kept, names, strict=True):
+        lines = []
+        for box in boxes:
+            cx = (box["x0"] + box["x1"]) / 2 / row["width"]
+            cy = (box["y0"] + box["y1"]) / 2 / row["height"]
+            w = (box["x1"] - box["x0"]) / row["width"]
+            h = (box["y1"] - box["y0"]) / row["height"]
+            lines.append(f"{index[box['class_id']]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n")
+        path = dest / "labels" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(lines))
+    (dest / "classes.txt").write_text("".join(f"{labels[class_id]}\n" for class_id in sorted(labels)))
+    (dest / "images.txt").write_text("".join(f"{row['image_uri']}\n" for row in rows))
+    logger.info("%d label files, %d classes written to %s", len(rows), len(labels), dest)
+    return dest

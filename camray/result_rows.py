@@ -1,0 +1,180 @@
+"""An annotated batch -> Arrow result rows (the `ROWS` schema), built column by column.
+
+Building the nested columns from flat arrays (offsets + struct children) instead of one Python dict per row
+keeps the per-image cost of the predictor's output in the microseconds: at GPU batch rates a per-row Python
+loop (1.4 ms an image before) caps an actor at a few hundred images a second. The COCO RLE mask is the one
+step per image left; it costs grid rows x image width (`mask_rle`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pycocotools import mask as coco_mask
+from torch import Tensor
+
+from camray.cam.boxes import Components
+from camray.io.schema import BOX, CAM, MASK, PREDICTION, ROWS, quantize_heatmaps
+
+
+@dataclass(frozen=True)
+class AnnotatedBatch:
+    """Per-image outputs on the CPU. `maps` cover each whole original image on an R x R grid.
+
+    class_ids (Tensor[B, K]), scores (Tensor[B, K]): top-k, best first; scores are softmax probabilities.
+    maps (Tensor[B, K, R, R]): normalised to [0, 1].
+    thresholds (Tensor[B, K]): the foreground threshold each map was boxed at.
+    components: boxes in grid pixel-edge coordinates; `map_index` is ``b * K + k``.
+    """
+
+    class_ids: Tensor
+    scores: Tensor
+    maps: Tensor
+    thresholds: Tensor
+    components: Components
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """What every row of a run shares."""
+
+    model: str
+    method: str
+    config_fingerprint: str
+    run_id: str
+    categories: pa.Array  # label by class id
+    write_masks: bool
+
+
+def mask_rle(mask: np.ndarray, width: int, height: int) -> dict[str, Any]:
+    """A grid mask (bool[R, C], covering the whole image) -> COCO RLE at `height` x `width`, nearest neighbour.
+
+    The runs are built from the grid's cells: cost grows with the grid height times the image width, not with
+    the pixel count (0.2 ms for 451x300, 6 ms for 4000x3000, against 150 ms for encoding the full mask).
+    """
+    grid_h, grid_w = mask.shape
+    rows = ((np.arange(height) + 0.5) * (grid_h / height)).astype(np.intp)
+    cols = ((np.arange(width) + 0.5) * (grid_w / width)).astype(np.intp)
+    row_repeats = np.bincount(rows, minlength=grid_h)  # original rows per grid row
+    # Column-major walk over the image, one grid cell per (original column, grid row), weighted by how many
+    # original rows that grid row covers.
+    cells = (cols[:, None] * grid_h + np.arange(grid_h)[None, :]).ravel()
+    value = mask.T.ravel()[cells]
+    length = np.tile(row_repeats, width)
+    present = length > 0
+    value, length = value[present], length[present]
+    # Merge neighbouring runs of equal value (across column boundaries too); COCO counts start with zeros.
+    starts = np.flatnonzero(np.r_[True, value[1:] != value[:-1]])
+    counts = np.add.reduceat(length, starts)
+    if value[0]:
+        counts = np.r_[0, counts]
+    rle = coco_mask.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode()}
+
+
+def _lists(offsets: np.ndarray, values: pa.Array) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+
+
+def _binary(flat: np.ndarray) -> pa.Array:
+    """Rows of a uint8 matrix (N, L) as a binary array, without a Python object per row."""
+    n, length = flat.shape
+    offsets = np.arange(0, (n + 1) * length, length, dtype=np.int32)
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(flat.tobytes())])
+
+
+def result_table(out: AnnotatedBatch, images: dict[str, np.ndarray], context: RowContext) -> pa.Table:
+    """One `ROWS` row per image of `out`.
+
+    `images` holds the per-image columns, aligned with `out`: `image_uri`, `source_version`,
+    `content_sha256`, `width`, `height` (original pixels), `io_retries` (passed through to the sink).
+    """
+    b, k = out.class_ids.shape
+    grid = out.maps.shape[-1]
+    width = images["width"].astype(np.int32)
+    height = images["height"].astype(np.int32)
+    ids = out.class_ids.numpy().astype(np.int32).ravel()
+    scores = out.scores.numpy().astype(np.float32).ravel()
+    per_image_k = np.arange(0, b * k + 1, k)
+
+    predictions = _lists(
+        per_image_k,
+        pa.StructArray.from_arrays(
+            [pa.array(ids), context.categories.take(pa.array(ids)), pa.array(scores)], fields=list(PREDICTION)
+        ),
+    )
+    heatmaps = quantize_heatmaps(out.maps.numpy()).reshape(b * k, grid * grid)
+    sides = pa.array(np.full(b * k, grid, dtype=np.int32))
+    cams = _lists(
+        per_image_k, pa.StructArray.from_arrays([pa.array(ids), sides, sides, _binary(heatmaps)], fields=list(CAM))
+    )
+
+    comp = out.components
+    map_index = comp.map_index.numpy()
+    image = map_index // k
+    box_class = ids[map_index]
+    box_score = scores[map_index] * comp.peak.numpy().astype(np.float32)
+    order = np.lexsort((-box_score, image))  # per image, best score first; ties keep the components' order
+    image, box_class, box_score = image[order], box_class[order], box_score[order]
+    xyxy = comp.boxes.numpy()[order].astype(np.float64)
+    scale_x, scale_y = width[image] / grid, height[image] / grid
+    box_offsets = np.r_[0, np.cumsum(np.bincount(image, minlength=b))]
+    boxes = _lists(
+        box_offsets,
+        pa.StructArray.from_arrays(
+            [
+                pa.array(box_class),
+                context.categories.take(pa.array(box_class)),
+                pa.array(box_score),
+                pa.array((xyxy[:, 0] * scale_x).astype(np.float32)),
+                pa.array((xyxy[:, 1] * scale_y).astype(np.float32)),
+                pa.array((xyxy[:, 2] * scale_x).astype(np.float32)),
+                pa.array((xyxy[:, 3] * scale_y).astype(np.float32)),
+            ],
+            fields=list(BOX),
+        ),
+    )
+
+    if context.write_masks:
+        top_maps = out.maps[:, 0].numpy()
+        top_thresholds = out.thresholds[:, 0].numpy()
+        encoded = [
+            mask_rle(top_maps[i] >= top_thresholds[i], int(width[i]), int(height[i]))["counts"] for i in range(b)
+        ]
+        masks = pa.StructArray.from_arrays(
+            [
+                pa.array(ids[::k]),
+                _lists(np.arange(0, 2 * b + 1, 2), pa.array(np.stack([height, width], 1).ravel())),
+                pa.array(encoded, pa.string()),
+            ],
+            fields=list(MASK),
+        )
+    else:
+        masks = pa.nulls(b, MASK)
+
+    def repeated(value: str) -> pa.Array:
+        return pa.array([value] * b, pa.string())
+
+    columns = {
+        "image_uri": pa.array(images["image_uri"].tolist(), pa.string()),
+        "source_version": pa.array(images["source_version"].tolist(), pa.string()),
+        "content_sha256": pa.array(images["content_sha256"].tolist(), pa.string()),
+        "width": pa.array(width),
+        "height": pa.array(height),
+        "model": repeated(context.model),
+        "method": repeated(context.method),
+        "predictions": predictions,
+        "cams": cams,
+        "boxes": boxes,
+        "mask": masks,
+        "config_fingerprint": repeated(context.config_fingerprint),
+        "run_id": repeated(context.run_id),
+        "stage": pa.nulls(b, pa.string()),
+        "error_type": pa.nulls(b, pa.string()),
+        "message": pa.nulls(b, pa.string()),
+        "io_retries": pa.array(images["io_retries"], pa.int64()),
+    }
+    return pa.Table.from_arrays([columns[name] for name in ROWS.names], schema=ROWS)
