@@ -117,7 +117,7 @@ class CamConfig(_Section):
         False,
         description="Multiply each class map by the mean activation of a block at twice its resolution "
         "(`refine_layer`), raised to `refine_power`: tighter boxes on small objects, looser on large ones and on "
-        "natural photos (README, Localization). Needs a `refine_layer` (the registry names one for "
+        "natural photos (docs/localization.md). Needs a `refine_layer` (the registry names one for "
         "EfficientNet-Lite).",
     )
     refine_layer: str | None = Field(None, description="Module path of the refining block; default from the registry.")
@@ -131,7 +131,7 @@ class CamConfig(_Section):
         description="Images whose top-1 class scores at least this keep the plain CAM, boxed at "
         "`plain_threshold`: no refinement, no tiles (none go through the model). An object the model is sure of "
         "is one the image frames, and the plain map boxes it whole where refinement and tiles cut it down to its "
-        "most active part (README, Localization). None: every image alike.",
+        "most active part (docs/localization.md). None: every image alike.",
     )
     plain_threshold: float = Field(
         0.4, gt=0.0, lt=1.0, description="The box threshold of the images that keep the plain CAM."
@@ -146,7 +146,7 @@ class BoxConfig(_Section):
         gt=0.0,
         lt=1.0,
         description="Foreground where the normalised map >= threshold (a fraction of max); calibrated on the "
-        "evaluation set (README, Localization).",
+        "evaluation set (docs/localization.md).",
     )
     threshold_rule: Literal["max_fraction", "percentile"] = Field(
         "max_fraction",
@@ -165,7 +165,7 @@ class BoxConfig(_Section):
 
 
 class TilingConfig(_Section):
-    """The tiled, multi-scale localization mode (SAHI-style slicing applied to class maps; README, Localization).
+    """The tiled, multi-scale localization mode (SAHI-style slicing applied to class maps; docs/localization.md).
 
     The image is letterboxed into a canvas of `grid` overlapping tiles of the model's input size. The canvas,
     downscaled to the input size, gives the top-k classes and the coarse maps; the tiles, all in one forward
@@ -193,7 +193,7 @@ class TilingConfig(_Section):
         description="Tiled images whose top-1 box covers at least this fraction of the image take their maps "
         "from the whole image instead, refined by the `cam.refine_layer` activation and boxed at "
         "`whole_image_threshold`: tiles are for small objects, and on a larger one they cut the box down to its "
-        "most active part (README, Localization). None: the tiled boxes stand.",
+        "most active part (docs/localization.md). None: the tiled boxes stand.",
     )
     whole_image_threshold: float = Field(
         0.25,
