@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from camray import config
 from camray.config import JobConfig
 from camray.presets import PRESETS
 
@@ -64,7 +65,7 @@ def _type_name(annotation: Any) -> str:
         return "one of " + ", ".join(f"`{value}`" for value in args)
     if origin in (typing.Union, types.UnionType):
         named = [_type_name(arg) for arg in args if arg is not type(None)]
-        return " or ".join(named) + (" or none" if type(None) in args else "")
+        return " or ".join(named) + (" or null" if type(None) in args else "")
     if origin in (list, tuple, set, frozenset):
         return f"list of {_type_name(args[0])}" if args else "list"
     if origin is dict:
@@ -92,7 +93,7 @@ def _bounds(field: FieldInfo) -> str:
 def _yaml(value: Any) -> str:
     """A value as it is written in the YAML file or after a flag."""
     if value is None:
-        return "none"
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list | tuple):
@@ -168,6 +169,24 @@ def _presets() -> str:
     return "\n".join([*lines, ""])
 
 
+def _renamed() -> str:
+    """Old spellings the loader still reads, with a warning (`camray.config.DEPRECATED_FIELDS`, where it exists)."""
+    renamed = getattr(config, "DEPRECATED_FIELDS", {})
+    if not renamed:
+        return ""
+    lines = [
+        "## Old field names",
+        "",
+        "Still read, with a warning, for one more version; a file that sets both spellings to different values is "
+        "refused.",
+        "",
+        "| old | new |",
+        "|---|---|",
+        *(f"| `{old}` | `{new}` |" for old, new in renamed.items()),
+    ]
+    return "\n".join([*lines, ""])
+
+
 def render() -> str:
     """docs/configuration.md as it must read for the current `JobConfig` and presets."""
     parts = [HEADER]
@@ -176,7 +195,8 @@ def render() -> str:
         if inspect.isclass(section) and issubclass(section, BaseModel):
             parts.append(_section(name, section))
     parts.append(_presets())
-    return "\n".join(parts)
+    parts.append(_renamed())
+    return "\n".join(part for part in parts if part)
 
 
 def main(argv: list[str] | None = None) -> int:

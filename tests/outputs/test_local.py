@@ -127,14 +127,14 @@ def test_report_errors_are_one_line_with_exit_status(run, tmp_path, capsys):
     assert status == 1 and err.startswith("camray report: error:") and "no runs/ table" in err
 
 
-def _readme_queries() -> list[list[str]]:
-    text = (REPO / "README.md").read_text().replace("\\\n", " ")
+def _documented_queries() -> list[list[str]]:
+    text = (REPO / "docs" / "output.md").read_text().replace("\\\n", " ")
     return [shlex.split(line) for line in text.splitlines() if line.startswith("camray query --output output ")]
 
 
-def test_readme_query_examples(run, tmp_path, capsys, monkeypatch):
+def test_documented_query_examples(run, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative --dest files land here
-    examples = _readme_queries()
+    examples = _documented_queries()
     assert len(examples) == 6
     answers = []
     for argv in examples:
