@@ -177,7 +177,7 @@ class Annotator:
         the plain CAM (`cam.plain_above_score`) send no tiles through the model.
 
         Classes stay the whole image's top-k: admitting a class that a tile scores far above the whole image
-        was measured (README, Localization) and left box accuracy unchanged while adding false boxes.
+        was measured (docs/research/localization.md) and left box accuracy unchanged while adding false boxes.
 
         With `tiling.whole_image_above_area`, a tiled image whose top-1 box turns out large takes the whole image's
         refined map instead (`_large_objects_from_whole_image`)."""
@@ -216,7 +216,7 @@ class Annotator:
 
         Tiles and the tiles' finer activation sharpen a map to the most active part of its object: the whole of
         a small object, but a large one's face or insignia. The box the tiles give says which of the two an
-        image holds; a large one is boxed better by the whole image's refined map (README, Localization)."""
+        image holds; a large one is boxed better by the whole image's refined map (docs/localization.md)."""
         assert self.tiling is not None and self.tiling.whole_image_above_area is not None
         b, k = maps.shape[:2]
         components = self._components(maps, thresholds)

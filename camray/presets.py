@@ -1,7 +1,7 @@
 """Named presets: sets of config field values chosen together, applied under the user's own settings.
 
-A preset names values for `model`, `cam`, `boxes` and `tiling` fields that were measured together (README,
-Localization); a config file and `--section.field` flags override any of them. Runs record the resolved
+A preset names values for `cam`, `boxes` and `tiling` fields that were measured together
+(docs/localization.md); a config file and `--section.field` flags override any of them. Runs record the resolved
 config, and its fingerprint changes with every value a preset sets that changes results.
 """
 

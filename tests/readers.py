@@ -1,4 +1,4 @@
-"""What readers see of an output, read as the README says: rows of runs whose status is `succeeded`."""
+"""What readers see of an output, read as docs/output.md says: rows of runs whose status is `succeeded`."""
 
 from __future__ import annotations
 

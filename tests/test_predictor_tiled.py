@@ -98,7 +98,7 @@ def test_a_confident_image_keeps_the_plain_map_and_sends_no_tiles(photos, lite0)
 
 def test_tiled_rows_follow_the_schema_and_box_the_cat(photos) -> None:
     """The close-up cat is an image the model is sure of: `accurate` keeps its plain map, whose box covers the
-    whole cat (with every image tiled, the box would shrink to the cat's most activated part: README)."""
+    whole cat (with every image tiled, the box would shrink to the cat's most activated part: docs/localization.md)."""
     config = load_config(preset="accurate", overrides={"sink.uri": "unused"})
     predictor = Predictor(config.model_dump(mode="json"), "tiled-run", 224, {})
     table = predictor(_batch(photos, ["chelsea.png"], size=decode_side(config.tiling, 224)))

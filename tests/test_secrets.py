@@ -231,7 +231,7 @@ def secured_ray(signed_s3: SignedS3) -> Iterator[SecuredRay]:
 
 
 def _ray_cli(cluster: SecuredRay, *args: str, token: bool = True) -> subprocess.CompletedProcess:
-    """`ray job ...` as a user runs it: the token as README says, no AWS credentials on this side."""
+    """`ray job ...` as a user runs it: the token as docs/deployment.md says, no AWS credentials on this side."""
     env = _clean_env()
     if token:
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=cluster.token)

@@ -4,7 +4,7 @@
 [--set model.input_size=320 boxes.threshold=0.3 ...]` runs in-process without Ray, one configuration per preset
 and per `--set` group (or the built-in grid), and prints a table per configuration: box accuracy overall, by
 object size and for natural photos and composites apart (so a gain on one cannot hide a loss on the other),
-object recall and box precision, MaxBoxAcc and MaxBoxAccV2. The README's localization tables come from it.
+object recall and box precision, MaxBoxAcc and MaxBoxAccV2. docs/localization.md's tables come from it.
 """
 
 from __future__ import annotations

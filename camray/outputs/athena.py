@@ -2,7 +2,7 @@
 
 The statements map Arrow types to Hive types (`int32` -> `int`, `list<...>` -> `array<...>`, `struct` ->
 `struct<name:type,...>`, timestamps -> `timestamp`). Athena reads every file under a table's location, also
-those of failed or incomplete runs: join on `runs.status = 'succeeded'`, as the README's examples do.
+those of failed or incomplete runs: join on `runs.status = 'succeeded'`, as docs/output.md's examples do.
 """
 
 from __future__ import annotations
