@@ -90,6 +90,15 @@ def test_shell_commands_are_ones_the_code_accepts(document, monkeypatch):
             assert re.search(rf"^{re.escape(words[1])}:", makefile, re.M), f"no make target {words[1]}"
 
 
+@pytest.mark.parametrize("document", DOCUMENTS, ids=_names(DOCUMENTS))
+def test_yaml_examples_are_valid_job_configs(document, tmp_path):
+    for index, (language, body) in enumerate(FENCE.findall(document.read_text())):
+        if language == "yaml":
+            path = tmp_path / f"example-{index}.yaml"
+            path.write_text(body)
+            load_config(path)
+
+
 def test_readme_queries_are_among_the_ones_the_output_tests_run():
     """tests/outputs/test_local.py runs every `camray query --output output` line of docs/output.md."""
     documented = set(_shell_lines((REPO / "docs" / "output.md").read_text()))
