@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from camray import config
+from camray import config, presets
 from camray.config import JobConfig
 from camray.presets import PRESETS
 
@@ -32,7 +32,9 @@ HEADER = """# Configuration reference
 camray/presets.py; edit those, not this file. -->
 
 A job is configured by one YAML file (`--config FILE`), a preset (`--preset NAME`, or a top-level `preset:`
-key in the file) and flags. Precedence, lowest first: the field's default, the preset, the file, the flags.
+key in the file) and flags. Precedence, lowest first: the field's default, the preset, the file, the flags:
+the defaults in the tables below are the fields' own, and a preset ([Presets](#presets), at the end) may set
+some of them.
 Unknown keys are rejected, and an invalid value exits with status 2 and a message naming the field, before
 Ray starts. Examples: `jobs/configs/demo.yaml`, `jobs/configs/s3_nightly.yaml`.
 
@@ -159,13 +161,19 @@ def _presets() -> str:
         "| preset | fields it sets |",
         "|---|---|",
     ]
+    default = getattr(presets, "DEFAULT_PRESET", None)
+    if default is not None:
+        lines[2] += (
+            f" A job that names no preset gets `{default}`: its values stand in for the defaults in the tables above."
+        )
     for preset, sections in PRESETS.items():
         values = [
             f"`{section}.{key}: {_yaml(value)}`"
             for section, fields in sections.items()
             for key, value in fields.items()
         ]
-        lines.append(f"| `{preset}` | {', '.join(values) if values else 'none: every field keeps its default'} |")
+        name = f"`{preset}` (the default)" if preset == default else f"`{preset}`"
+        lines.append(f"| {name} | {', '.join(values) if values else 'none: every field keeps its default'} |")
     return "\n".join([*lines, ""])
 
 
