@@ -32,11 +32,10 @@ HEADER = """# Configuration reference
 camray/presets.py; edit those, not this file. -->
 
 A job is configured by one YAML file (`--config FILE`), a preset (`--preset NAME`, or a top-level `preset:`
-key in the file) and flags. Precedence, lowest first: the field's default, the preset, the file, the flags:
-the defaults in the tables below are the fields' own, and a preset ([Presets](#presets), at the end) may set
-some of them.
-Unknown keys are rejected, and an invalid value exits with status 2 and a message naming the field, before
-Ray starts. Examples: `jobs/configs/demo.yaml`, `jobs/configs/s3_nightly.yaml`.
+key in the file) and flags. Precedence, lowest first: the field's default, the preset, the file, the flags.
+The defaults in the tables below are the fields' own; a preset ([Presets](#presets), at the end) may set some
+of them. Unknown keys are rejected, and an invalid value exits with status 2 and a message naming the field,
+before Ray starts. Examples: `jobs/configs/demo.yaml`, `jobs/configs/s3_nightly.yaml`.
 
 Every field has a flag named `--SECTION.FIELD` whose value is parsed as YAML (`--cam.top_k 3`,
 `--source.extensions '[.jpg, .png]'`, `--sink.incremental false`). Four shortcuts name the fields set most
