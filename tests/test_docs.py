@@ -113,3 +113,14 @@ def test_architecture_tree_has_one_line_per_folder():
     folders = [line.split()[0] for line in tree.group(1).splitlines() if line.strip()]
     packages = sorted(f"{path.parent.relative_to(REPO)}/" for path in (REPO / "camray").rglob("__init__.py"))
     assert sorted(folders) == sorted([*packages, "jobs/", "infra/", "docs/", "tests/"])
+
+
+def test_architecture_names_every_module():
+    text = (REPO / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"`(camray/[\w/]+\.py)`", text))
+    modules = {
+        str(path.relative_to(REPO))
+        for path in (REPO / "camray").rglob("*.py")
+        if path.name not in ("__init__.py", "__main__.py")
+    }
+    assert not modules - named, f"docs/architecture.md's module table lacks {sorted(modules - named)}"
