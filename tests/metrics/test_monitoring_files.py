@@ -188,7 +188,7 @@ def dashboard_exprs() -> list[str]:
     return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
 
 
-def test_the_dashboard_is_importable_and_every_panel_queries_the_chosen_prometheus():
+def test_the_dashboard_imports_and_reads_one_prometheus():
     dashboard = json.loads(DASHBOARD.read_text())
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
