@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,7 +27,6 @@ from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
 if TYPE_CHECKING:
     from camray.config import MetricsConfig
     from camray.io.sink import WrittenCounts
-    from camray.runner import RunSummary
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +37,18 @@ STAGES = ("read", "decode", "predict")
 IMAGE_OUTCOMES = ("results", "errors", "skipped")
 # Seconds of one predictor batch: 16 images on a CPU core take seconds, 256 on a GPU well under one.
 BATCH_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0)
+
+
+class RunSummary(Protocol):
+    """What the outcome reads of `camray.runner.RunSummary` (named here: the runner imports this module)."""
+
+    status: str
+    output_uri: str
+    seconds: float
+    results: int
+    errors: int
+    skipped: int
+    errors_by_stage: Mapping[str, int]
 
 
 @dataclass(frozen=True)
