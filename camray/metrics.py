@@ -39,7 +39,7 @@ IMAGE_OUTCOMES = ("results", "errors", "skipped")
 BATCH_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0)
 
 
-class RunSummary(Protocol):
+class SummaryFields(Protocol):
     """What the outcome reads of `camray.runner.RunSummary` (named here: the runner imports this module)."""
 
     status: str
@@ -67,7 +67,7 @@ class RunOutcome:
     write_retries: int = 0
 
     @classmethod
-    def of(cls, summary: RunSummary, counts: WrittenCounts, finished_at: float | None = None) -> RunOutcome:
+    def of(cls, summary: SummaryFields, counts: WrittenCounts, finished_at: float | None = None) -> RunOutcome:
         return cls(
             status=summary.status,
             output_uri=summary.output_uri,
@@ -130,7 +130,7 @@ def pushgateway_url(config: MetricsConfig) -> str | None:
     return config.pushgateway_url or os.environ.get(PUSHGATEWAY_ENV) or None
 
 
-def push_outcome(config: MetricsConfig, summary: RunSummary, counts: WrittenCounts) -> bool:
+def push_outcome(config: MetricsConfig, summary: SummaryFields, counts: WrittenCounts) -> bool:
     """Pushes the run's outcome where configured; returns whether it was pushed. Never raises: the run's own
     result stands whatever the Pushgateway does, and a failed push costs one warning line."""
     url = pushgateway_url(config)
