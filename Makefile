@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test test-fast bench bench-scale lint clean
+.PHONY: install browser system-packages run test test-fast bench bench-scale lint clean
 
 $(STAMP): pyproject.toml infra/install.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,11 +19,18 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "chromium is missing (apt-get install chromium, as root): the browser tests will skip"; fi; }
 
+# The monitoring tests (tests/metrics) start Debian's prometheus, promtool and prometheus-pushgateway.
+system-packages:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus-pushgateway >/dev/null 2>&1 || { \
+	if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends prometheus prometheus-pushgateway; \
+	else echo "prometheus or prometheus-pushgateway is missing (apt-get install them, as root): the monitoring tests will skip"; fi; }
+
 run: $(STAMP)
 	$(PY) jobs/cam_batch.py --config jobs/configs/demo.yaml
 	$(VENV)/bin/camray report --output output --dest output/report
 
-test: $(STAMP) browser
+test: $(STAMP) browser system-packages
 	$(PY) -m pytest tests
 
 test-fast: $(STAMP)

@@ -293,6 +293,34 @@ class RuntimeConfig(_Section):
     ray_address: str | None = Field(None, description="Ray cluster address; default RAY_ADDRESS, else local.")
 
 
+class MetricsConfig(_Section):
+    """Where the run's outcome goes for monitoring (docs/monitoring.md)."""
+
+    pushgateway_url: str | None = Field(
+        None,
+        description="Prometheus Pushgateway (`http://host:9091`) that receives the run's outcome when it ends: "
+        "status, duration, images by outcome, errors by stage, S3 retries, and the time of the last success. "
+        "Default: the CAMRAY_PUSHGATEWAY_URL environment variable, else nothing is pushed. A Pushgateway that "
+        "cannot be reached costs a warning, never the run.",
+    )
+    job_name: str = Field(
+        "camray",
+        min_length=1,
+        description="The `job` label of the pushed metrics; with the output URI (`output` label) it names the "
+        "Pushgateway group each run replaces. Alerts and the dashboard select on it.",
+    )
+    push_timeout_seconds: float = Field(
+        10.0, gt=0.0, le=300.0, description="Seconds the push may take before it is given up (with a warning)."
+    )
+
+    @field_validator("pushgateway_url")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        if value is not None and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError("must not hold credentials (`user:password@`): it is stored with each run's config")
+        return value
+
+
 class JobConfig(_Section):
     """One batch-CAM job."""
 
@@ -303,6 +331,7 @@ class JobConfig(_Section):
     tiling: TilingConfig = Field(default_factory=TilingConfig)
     sink: SinkConfig = Field(default_factory=SinkConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @model_validator(mode="after")
     def _source_is_not_sink(self) -> JobConfig:

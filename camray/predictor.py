@@ -25,6 +25,7 @@ from camray.config import BoxConfig, CamConfig, JobConfig, TilingConfig
 from camray.image.device_decode import decode_to_canvases
 from camray.io.schema import ROWS
 from camray.io.sources import S3Settings
+from camray.metrics import timed_batch
 from camray.models import LoadedModel, load_model, resolve_layer
 from camray.models.fold import fold_batch_norms
 from camray.result_rows import AnnotatedBatch, RowContext, result_table
@@ -402,6 +403,7 @@ class Predictor:
         if self.cpu_threads and torch.get_num_threads() != self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
 
+    @timed_batch
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         self._use_cpu_threads()
         ok = np.flatnonzero(batch["error_type"] == "")

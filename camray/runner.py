@@ -40,6 +40,7 @@ from camray.io.s3 import store_failure
 from camray.io.schema import RUNS, SCHEMA_VERSION
 from camray.io.sink import CamDatasink, check_each_input_once, commit
 from camray.io.sources import S3Settings, filesystem_for, join_uri, store_errors
+from camray.metrics import push_outcome
 from camray.models import get_spec, load_model, resolve_layer
 from camray.predictor import Predictor, decode_side, uses_refine_layer
 from camray.reader import read_decode_listing
@@ -441,6 +442,7 @@ def run_job(config: JobConfig) -> RunSummary:
             seconds = time.perf_counter() - clock
             summary = _summary(config, state, sink, status, seconds)
             _record_run(config, s3, state, sink, summary, started)
+            push_outcome(config.metrics, summary, counts)
         finally:
             lease.release()
     return summary

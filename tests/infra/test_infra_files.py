@@ -42,7 +42,8 @@ CORE_KINDS = ("ConfigMap", "ServiceAccount", "CronJob")
 # The oldest and the newest Kubernetes whose schemas kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.25.0", "1.37.0")
 
-# Every file under infra/ and the check that covers it.
+# Every file under infra/ and the check that covers it; `path::test` where another folder's tests hold it.
+MONITORING_TESTS = "tests/metrics/test_monitoring_files.py"
 CHECKS = {
     "README.md": "test_infra_readme_names_every_file_and_only_files_that_exist",
     "install.sh": "test_install_script_passes_shellcheck",
@@ -55,13 +56,23 @@ CHECKS = {
     "kuberay/rayjob.yaml": "test_kuberay_objects_pass_the_strict_crd_schema",
     "kuberay/raycronjob.yaml": "test_kuberay_objects_pass_the_strict_crd_schema",
     "kuberay/iam-policy.json": "test_iam_policy_grants_only_the_configs_prefixes",
+    "monitoring/prometheusrule.yaml": f"{MONITORING_TESTS}::test_the_operator_objects_pass_the_strict_crd_schema",
+    "monitoring/podmonitor.yaml": f"{MONITORING_TESTS}::test_the_operator_objects_pass_the_strict_crd_schema",
+    "monitoring/rules.yml": f"{MONITORING_TESTS}::test_each_alert_fires_and_stays_quiet_at_the_right_times",
+    "monitoring/grafana-dashboard.json": f"{MONITORING_TESTS}::test_the_dashboard_imports_and_reads_one_prometheus",
 }
+
+
+def _check_exists(check: str) -> bool:
+    """A test of this module, or `path::test` of another (tests/metrics checks infra/monitoring/)."""
+    path, _, name = check.rpartition("::")
+    return name in globals() if not path else f"def {name}(" in (REPO / path).read_text()
 
 
 def test_every_file_under_infra_is_checked():
     present = {path.relative_to(INFRA).as_posix() for path in INFRA.rglob("*") if path.is_file()}
     assert present == set(CHECKS), f"unchecked: {present - set(CHECKS)}; missing: {set(CHECKS) - present}"
-    assert all(name in globals() for name in CHECKS.values())
+    assert all(_check_exists(check) for check in CHECKS.values())
 
 
 # KubeRay CRDs ------------------------------------------------------------------------------------------------
@@ -423,7 +434,7 @@ def test_launcher_checks_reject_misspelt_fields():
 
 def test_infra_readme_names_every_file_and_only_files_that_exist():
     readme = (INFRA / "README.md").read_text()
-    named = set(re.findall(r"`((?:infra/)?(?:docker|kuberay|aws)/[\w./-]+|install\.sh)`", readme))
+    named = set(re.findall(r"`((?:infra/)?(?:docker|kuberay|aws|monitoring)/[\w./-]+|install\.sh)`", readme))
     named = {name.removeprefix("infra/") for name in named}
     assert {name for name in CHECKS if name != "README.md"} <= named
     assert all((INFRA / name).exists() for name in named), named
