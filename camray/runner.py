@@ -405,9 +405,9 @@ def run_job(config: JobConfig) -> RunSummary:
     clock = time.perf_counter()
     # Resolve the endpoint here and pass it on explicitly: workers on other nodes may not share our env.
     s3 = S3Settings(
-        S3Settings(config.source.s3_endpoint_url).resolved_endpoint(),
-        config.source.s3_region,
-        config.source.s3_max_attempts,
+        S3Settings(config.storage.s3_endpoint_url).resolved_endpoint(),
+        config.storage.s3_region,
+        config.storage.s3_max_attempts,
     )
     state = _Attempt(run_id=f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}")
     lease = OutputLease(config.sink.uri, state.run_id, s3, config.sink.lease_seconds)
