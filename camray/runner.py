@@ -43,7 +43,7 @@ from camray.io.sources import S3Settings, filesystem_for, join_uri, store_errors
 from camray.models import get_spec, load_model, resolve_layer
 from camray.predictor import Predictor, decode_side, uses_refine_layer
 from camray.reader import read_decode_listing
-from camray.samples import export_samples
+from camray.samples import export_samples, require_demo_packages
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,10 @@ def plan_resources(
 
 
 def validate_before_work(config: JobConfig) -> None:
-    """Fails fast on a model/method combination that cannot run, before listing or starting Ray."""
+    """Fails fast on what cannot run (the demo without its photos, a model/method combination), before listing or
+    starting Ray."""
+    if config.source.uri == SAMPLES_URI:
+        require_demo_packages()
     spec = get_spec(config.model.name, config.model.target_layer, config.model.classifier_layer)
     resolve_method(spec, config.cam.method)
     if uses_refine_layer(config.cam, config.tiling) and not (config.cam.refine_layer or spec.refine_layer):

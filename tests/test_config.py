@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,19 @@ def test_the_cam_methods_have_one_list():
         CamConfig(method=name)
     with pytest.raises(ValueError, match="cam.method"):
         load_config(overrides={"cam.method": "gradcam++"})
+
+
+def test_the_demo_without_its_data_packages_fails_fast_naming_the_extra(tmp_path):
+    # The worker image goes without the `demo` extra; here its package is made unimportable for one process.
+    code = "import sys; sys.modules['skimage'] = None; from camray.cli import main; sys.exit(main(['--output', 'out']))"
+    ran = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    assert "photos ship in scikit-image, not installed" in ran.stdout and "pip install 'camray[demo]'" in ran.stdout
+    assert not (tmp_path / "out").exists()
