@@ -109,10 +109,12 @@ def main(argv: list[str] | None = None, prog: str = "cam_batch.py") -> int:
         print(exc)
         return 2
     # Ray and torch only once the config is valid: a bad one is refused in a second, not after their imports.
+    from camray.logs import run_output
     from camray.runner import RunInterrupted, run_job
 
     try:
-        summary = run_job(config)
+        with run_output():  # Ray's lines go to the run's log; the terminal shows progress, then the summary
+            summary = run_job(config)
     except LeaseHeld as exc:
         print(f"camray: {exc}", file=sys.stderr)
         return 3

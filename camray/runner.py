@@ -40,6 +40,7 @@ from camray.io.s3 import store_failure
 from camray.io.schema import RUNS, SCHEMA_VERSION
 from camray.io.sink import CamDatasink, check_each_input_once, commit
 from camray.io.sources import S3Settings, filesystem_for, join_uri, store_errors
+from camray.logs import save_run_log
 from camray.models import get_spec, load_model, resolve_layer
 from camray.predictor import Predictor, decode_side, uses_refine_layer
 from camray.reader import read_decode_listing
@@ -440,6 +441,7 @@ def run_job(config: JobConfig) -> RunSummary:
             counts.read_retries,
             counts.write_retries,
         )
+        save_run_log(join_uri(config.sink.uri, "_logs", f"{state.run_id}-a{state.attempt:02d}-log.txt"), s3)
         try:
             seconds = time.perf_counter() - clock
             summary = _summary(config, state, sink, status, seconds)
