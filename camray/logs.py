@@ -112,7 +112,7 @@ _active: _Capture | None = None
 def progress_text(images: int, seconds: float) -> str:
     rate = images / seconds if seconds > 0 else 0.0
     minutes, secs = divmod(int(seconds), 60)
-    return f"camray: {images:,} images annotated, {rate:.1f} images/s, {minutes}:{secs:02d} elapsed"
+    return f"camray: {images:,} images processed, {rate:.1f} images/s, {minutes}:{secs:02d} elapsed"
 
 
 class ProgressCallback(ExecutionCallback):

@@ -81,8 +81,8 @@ def test_a_run_shows_progress_and_summary_and_leaves_rays_lines_in_its_log(ray_a
     run_id = log.name.removesuffix("-a01-log.txt")
     # Off a TTY, a progress line every 30 s (a loaded machine may take that long), then the last count.
     *progress, last, log_line = ran.stderr.splitlines()
-    assert all(line.startswith("camray: ") and " images annotated, " in line for line in progress), ran.stderr
-    assert last.startswith("camray: 12 images annotated, ") and " images/s, " in last
+    assert all(line.startswith("camray: ") and " images processed, " in line for line in progress), ran.stderr
+    assert last.startswith("camray: 12 images processed, ") and " images/s, " in last
     assert log_line == f"log: {log}"
     summary, *examples = ran.stdout.splitlines()
     assert summary.startswith(f"camray run {run_id} succeeded: 12 listed") and len(examples) == 5
