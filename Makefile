@@ -45,6 +45,7 @@ bench-scale: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check camray jobs tests
 	$(VENV)/bin/ruff format --check camray jobs tests
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf output data .pytest_cache bench-results.json bench-scale-results.json

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 import yaml
 
-from camray.config import ConfigError, JobConfig, load_config
+from camray.config import DEPRECATED_FIELDS, ConfigError, JobConfig, load_config
 from camray.io.lease import LeaseHeld
 from camray.io.s3 import StoreUnavailableError
 from camray.io.sources import S3Settings, filesystem_for
@@ -63,6 +63,8 @@ def build_parser(prog: str = "cam_batch.py") -> argparse.ArgumentParser:
                 metavar="VALUE",
                 help=field.description,
             )
+    for old in DEPRECATED_FIELDS:  # still read, with a warning naming the new flag; no longer shown
+        parser.add_argument(f"--{old}", dest=old, metavar="VALUE", help=argparse.SUPPRESS)
     return parser
 
 
@@ -86,7 +88,7 @@ def print_summary(summary: RunSummary, config: JobConfig, examples: int = 5) -> 
     )
     if not summary.result_files:
         return
-    s3 = S3Settings(config.source.s3_endpoint_url, config.source.s3_region)
+    s3 = S3Settings(config.storage.s3_endpoint_url, config.storage.s3_region)
     fs, path = filesystem_for(summary.result_files[0], s3)
     table = pq.read_table(path, filesystem=fs, columns=["image_uri", "predictions", "boxes"])
     for row in table.slice(0, examples).to_pylist():
@@ -107,10 +109,12 @@ def main(argv: list[str] | None = None, prog: str = "cam_batch.py") -> int:
         print(exc)
         return 2
     # Ray and torch only once the config is valid: a bad one is refused in a second, not after their imports.
+    from camray.logs import run_output
     from camray.runner import RunInterrupted, run_job
 
     try:
-        summary = run_job(config)
+        with run_output():  # Ray's lines go to the run's log; the terminal shows progress, then the summary
+            summary = run_job(config)
     except LeaseHeld as exc:
         print(f"camray: {exc}", file=sys.stderr)
         return 3

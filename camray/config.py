@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from camray.cam.method_names import CamMethod
 from camray.presets import apply_preset
 
-CAM_METHODS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam")
-CamMethod = Literal["cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam"]
+logger = logging.getLogger(__name__)
+
+# Old spelling -> new, read for one more version with a warning: the S3 settings were `source` fields, but they
+# apply to the output too.
+DEPRECATED_FIELDS = {
+    "source.s3_endpoint_url": "storage.s3_endpoint_url",
+    "source.s3_region": "storage.s3_region",
+    "source.s3_max_attempts": "storage.s3_max_attempts",
+}
 
 
 class _Section(BaseModel):
@@ -40,6 +50,16 @@ class SourceConfig(_Section):
     )
     recursive: bool = Field(True, description="List sub-folders / the whole prefix below `uri`.")
     limit: int | None = Field(None, ge=1, description="Process at most this many listed images (for trials).")
+
+    @field_validator("extensions")
+    @classmethod
+    def _lower_dotted(cls, value: list[str]) -> list[str]:
+        return [ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in value]
+
+
+class StorageConfig(_Section):
+    """How S3 is reached, for the inputs, the weights and the output alike."""
+
     s3_endpoint_url: str | None = Field(
         None,
         description="Endpoint of an S3-compatible store (MinIO, Ceph). Defaults to the AWS_ENDPOINT_URL "
@@ -53,11 +73,6 @@ class SourceConfig(_Section):
         description="Attempts in all (retries + 1) for each S3 request of the run, inputs and output alike, with "
         "AWS's standard backoff; the retries taken are counted in the run's log and `runs.io_retries`.",
     )
-
-    @field_validator("extensions")
-    @classmethod
-    def _lower_dotted(cls, value: list[str]) -> list[str]:
-        return [ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in value]
 
     @field_validator("s3_endpoint_url")
     @classmethod
@@ -325,6 +340,7 @@ class JobConfig(_Section):
     """One batch-CAM job."""
 
     source: SourceConfig = Field(default_factory=SourceConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     cam: CamConfig = Field(default_factory=CamConfig)
     boxes: BoxConfig = Field(default_factory=BoxConfig)
@@ -332,6 +348,32 @@ class JobConfig(_Section):
     sink: SinkConfig = Field(default_factory=SinkConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_deprecated_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)  # the caller's mapping stays as it was given
+        for old, new in DEPRECATED_FIELDS.items():
+            old_section, old_field = old.split(".")
+            new_section, new_field = new.split(".")
+            section = data.get(old_section)
+            if not isinstance(section, dict) or old_field not in section:
+                continue
+            section = dict(section)
+            value = section.pop(old_field)
+            data[old_section] = section
+            target = data.get(new_section, {})
+            if not isinstance(target, dict):
+                continue  # the section's own validation names it
+            if new_field in target and target[new_field] != value:
+                raise ValueError(f"`{old}` is the old name of `{new}`, and the two differ: set only `{new}`")
+            data[new_section] = {**target, new_field: value}
+            message = f"`{old}` is deprecated and will be removed in the next version: set `{new}` instead"
+            warnings.warn(message, DeprecationWarning, stacklevel=2)
+            logger.warning(message)
+        return data
 
     @model_validator(mode="after")
     def _source_is_not_sink(self) -> JobConfig:

@@ -40,11 +40,12 @@ from camray.io.s3 import store_failure
 from camray.io.schema import RUNS, SCHEMA_VERSION
 from camray.io.sink import CamDatasink, check_each_input_once, commit
 from camray.io.sources import S3Settings, filesystem_for, join_uri, store_errors
+from camray.logs import save_run_log
 from camray.metrics import push_outcome
 from camray.models import get_spec, load_model, resolve_layer
 from camray.predictor import Predictor, decode_side, uses_refine_layer
 from camray.reader import read_decode_listing
-from camray.samples import export_samples
+from camray.samples import export_samples, require_demo_packages
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,10 @@ def plan_resources(
 
 
 def validate_before_work(config: JobConfig) -> None:
-    """Fails fast on a model/method combination that cannot run, before listing or starting Ray."""
+    """Fails fast on what cannot run (the demo without its photos, a model/method combination), before listing or
+    starting Ray."""
+    if config.source.uri == SAMPLES_URI:
+        require_demo_packages()
     spec = get_spec(config.model.name, config.model.target_layer, config.model.classifier_layer)
     resolve_method(spec, config.cam.method)
     if uses_refine_layer(config.cam, config.tiling) and not (config.cam.refine_layer or spec.refine_layer):
@@ -406,9 +410,9 @@ def run_job(config: JobConfig) -> RunSummary:
     clock = time.perf_counter()
     # Resolve the endpoint here and pass it on explicitly: workers on other nodes may not share our env.
     s3 = S3Settings(
-        S3Settings(config.source.s3_endpoint_url).resolved_endpoint(),
-        config.source.s3_region,
-        config.source.s3_max_attempts,
+        S3Settings(config.storage.s3_endpoint_url).resolved_endpoint(),
+        config.storage.s3_region,
+        config.storage.s3_max_attempts,
     )
     state = _Attempt(run_id=f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}")
     lease = OutputLease(config.sink.uri, state.run_id, s3, config.sink.lease_seconds)
@@ -438,6 +442,7 @@ def run_job(config: JobConfig) -> RunSummary:
             counts.read_retries,
             counts.write_retries,
         )
+        save_run_log(join_uri(config.sink.uri, "_logs", f"{state.run_id}-a{state.attempt:02d}-log.txt"), s3)
         try:
             seconds = time.perf_counter() - clock
             summary = _summary(config, state, sink, status, seconds)

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
 
+from camray.config import ConfigError
+
+# The packages the photos ship in: the `demo` extra, which the worker image goes without.
+DEMO_PACKAGES = {"skimage": "scikit-image", "matplotlib": "matplotlib"}
+
+
+def require_demo_packages() -> None:
+    """Raises a ConfigError naming the extra to install unless the packages holding the demo photos are there."""
+    missing = [dist for module, dist in DEMO_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ConfigError(
+            f"`source.uri` `samples` runs the demo, whose photos ship in {' and '.join(missing)}, not installed "
+            "here: install the demo extra (pip install 'camray[demo]') or give your own images with --input"
+        )
+
 
 def sample_photos() -> dict[str, Path]:
     """File name -> path inside the installed scikit-image and matplotlib packages."""
+    require_demo_packages()
     import matplotlib
     import skimage
 

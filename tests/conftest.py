@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +16,6 @@ import pytest
 # shared between threads: a test that parses modules meanwhile fails with "AST constructor recursion depth
 # mismatch" (CPython gh-106905). Nothing may be sent home from a test anyway.
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from ray_helpers import cluster_temp_dir, free_port, name_for_its_jobs, node_ports, wait_for_job_agent  # noqa: E402
 
@@ -40,11 +36,18 @@ def built_evalset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def lite0():
+def _lite0_as_loaded():
     from camray.config import ModelConfig
     from camray.models import load_model
 
     return load_model(ModelConfig(name="efficientnet_lite0"))
+
+
+@pytest.fixture
+def lite0(_lite0_as_loaded):
+    """The bundled EfficientNet-Lite0 as `load_model` returns it, a copy for each test: `Annotator` folds and
+    converts the module it is given in place, and no test may see what an earlier one did to it."""
+    return copy.deepcopy(_lite0_as_loaded)
 
 
 @pytest.fixture(scope="session")

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,87 @@ def test_cli_fails_before_any_work(tmp_path):
     assert refine_unknown.returncode == 2 and "need `cam.refine_layer` for 'resnet18'" in refine_unknown.stdout
     assert not (tmp_path / "out").exists()
     assert "ray" not in (bad.stderr + unknown.stderr).lower()
+
+
+# The fingerprint of the default config before the S3 settings moved to `storage`: outputs written then keep
+# skipping their done work.
+DEFAULT_FINGERPRINT = "7c0a8234eb15cec4"
+
+
+def test_s3_settings_live_in_storage_and_leave_the_fingerprint_alone():
+    config = load_config(
+        overrides={"storage.s3_endpoint_url": "http://minio:9000", "storage.s3_region": "eu-west-1"},
+    )
+    assert config.storage.s3_endpoint_url == "http://minio:9000" and config.storage.s3_region == "eu-west-1"
+    assert config.storage.s3_max_attempts == 6
+    assert JobConfig().fingerprint() == config.fingerprint() == DEFAULT_FINGERPRINT
+
+
+def test_the_old_s3_spellings_still_work_with_a_warning_naming_the_new_field(tmp_path, caplog):
+    path = tmp_path / "job.yaml"
+    path.write_text("source:\n  uri: photos\n  s3_endpoint_url: http://minio:9000\n  s3_max_attempts: 3\n")
+    with pytest.warns(DeprecationWarning) as warned:
+        config = load_config(path, {"source.s3_region": "eu-west-1"})
+    assert config.source.uri == "photos"
+    assert (config.storage.s3_endpoint_url, config.storage.s3_region, config.storage.s3_max_attempts) == (
+        "http://minio:9000",
+        "eu-west-1",
+        3,
+    )
+    messages = sorted(str(item.message) for item in warned)
+    assert messages == [
+        f"`source.{name}` is deprecated and will be removed in the next version: set `storage.{name}` instead"
+        for name in ("s3_endpoint_url", "s3_max_attempts", "s3_region")
+    ]
+    assert sorted(r.getMessage() for r in caplog.records if r.name == "camray.config") == messages
+    assert config.fingerprint() == DEFAULT_FINGERPRINT
+    assert "s3_endpoint_url" not in config.model_dump()["source"]  # what runs record is the new spelling
+
+
+def test_an_old_and_a_new_spelling_that_differ_are_refused():
+    with pytest.raises(ConfigError, match=r"`source.s3_region` is the old name of `storage.s3_region`"):
+        load_config(overrides={"source.s3_region": "eu-west-1", "storage.s3_region": "us-east-1"})
+    with pytest.warns(DeprecationWarning):  # the same value twice is no conflict
+        load_config(overrides={"source.s3_region": "eu-west-1", "storage.s3_region": "eu-west-1"})
+
+
+def test_the_old_s3_flags_parse_into_storage():
+    from camray.cli import build_parser, overrides_from_args
+
+    args = build_parser().parse_args(["--source.s3_max_attempts", "4", "--storage.s3_region", "eu-west-1"])
+    with pytest.warns(DeprecationWarning, match="set `storage.s3_max_attempts` instead"):
+        config = load_config(overrides=overrides_from_args(args))
+    assert config.storage.s3_max_attempts == 4 and config.storage.s3_region == "eu-west-1"
+    assert "source.s3_max_attempts" not in build_parser().format_help()  # read, no longer offered
+
+
+def test_the_cam_methods_have_one_list():
+    from typing import get_args
+
+    from camray.cam.method_names import CAM_METHODS, GRADIENT_METHODS
+    from camray.cam.methods import GRADIENT_MAPS
+    from camray.config import CamConfig
+
+    method = CamConfig.model_fields["method"].annotation
+    assert tuple(arg for literal in get_args(method) for arg in get_args(literal)) == CAM_METHODS
+    assert set(GRADIENT_MAPS) == set(GRADIENT_METHODS) < set(CAM_METHODS)
+    for name in CAM_METHODS:
+        CamConfig(method=name)
+    with pytest.raises(ValueError, match="cam.method"):
+        load_config(overrides={"cam.method": "gradcam++"})
+
+
+def test_the_demo_without_its_data_packages_fails_fast_naming_the_extra(tmp_path):
+    # The worker image goes without the `demo` extra; here its package is made unimportable for one process.
+    code = "import sys; sys.modules['skimage'] = None; from camray.cli import main; sys.exit(main(['--output', 'out']))"
+    ran = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    assert "photos ship in scikit-image, not installed" in ran.stdout and "pip install 'camray[demo]'" in ran.stdout
+    assert not (tmp_path / "out").exists()

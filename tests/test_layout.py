@@ -1,155 +1,65 @@
-"""The tree's rules, checked by reading every module's imports with `ast` (nothing is imported to check).
+"""The tree's layering rules are import-linter contracts in pyproject.toml; `lint-imports` checks them.
 
-- No import cycles between `camray` modules (imports at module level, which run at import time).
 - Pure compute (`camray.cam`, `camray.image.decode`) loads nothing of Ray, S3 or `camray.io`, not even
-  through another module: what it imports at module level, and what those import in turn, is followed.
-- `camray.io` imports nothing from `camray.models` or `camray.cam`, anywhere in its code.
+  through another camray module.
+- `camray.io` imports nothing from `camray.models` or `camray.cam`.
+- No import cycles between sibling modules or packages.
 """
 
 from __future__ import annotations
 
-import ast
+import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "camray"
+import pytest
 
-PURE = ("camray.cam", "camray.image.decode")
-FORBIDDEN_IN_PURE = ("ray", "boto3", "botocore", "s3fs", "pyarrow.fs", "camray.io")
-
-
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE_ROOT.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+REPO = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
-def _modules() -> dict[str, Path]:
-    return {_module_name(path): path for path in sorted(PACKAGE_ROOT.rglob("*.py"))}
+def _lint_imports(root: Path) -> subprocess.CompletedProcess:
+    # `--no-cache`: a cache written for the real tree must not answer for a changed copy.
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=root,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-def _is_type_checking_block(node: ast.AST) -> bool:
-    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+def _contract_names() -> list[str]:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    return [contract["name"] for contract in config["contracts"]]
 
 
-def _imported_names(node: ast.Import | ast.ImportFrom, module: str, is_package: bool) -> list[str]:
-    if isinstance(node, ast.Import):
-        return [alias.name for alias in node.names]
-    base = node.module or ""
-    if node.level:
-        anchor = module.split(".") if is_package else module.split(".")[:-1]
-        anchor = anchor[: len(anchor) - (node.level - 1)]
-        base = ".".join([*anchor, base] if base else anchor)
-    # `from pkg import name` may name a submodule; both candidates are resolved against the real tree below.
-    return [base, *(f"{base}.{alias.name}" for alias in node.names)]
+def test_the_tree_keeps_its_import_contracts():
+    checked = _lint_imports(REPO)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for name in _contract_names():
+        assert f"{name} KEPT" in checked.stdout
 
 
-def _imports(path: Path, module: str, top_level_only: bool) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
-    is_package = path.name == "__init__.py"
-    found: set[str] = set()
-
-    def visit(nodes: list[ast.stmt], top: bool) -> None:
-        for node in nodes:
-            if _is_type_checking_block(node):
-                continue
-            if isinstance(node, ast.Import | ast.ImportFrom):
-                found.update(_imported_names(node, module, is_package))
-            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-                if not top_level_only or isinstance(node, ast.ClassDef):
-                    visit(node.body, top)
-            else:
-                for field in ("body", "orelse", "finalbody", "handlers"):
-                    children = getattr(node, field, None)
-                    if children:
-                        visit([c for c in children if isinstance(c, ast.stmt | ast.ExceptHandler)], top)
-                if isinstance(node, ast.ExceptHandler):
-                    visit(node.body, top)
-
-    visit(tree.body, True)
-    return found
-
-
-def _internal_targets(names: set[str], modules: dict[str, Path]) -> set[str]:
-    """Pipeline modules an import statement loads: the named module and every package above it."""
-    targets = set()
-    for name in names:
-        if not name.startswith("camray"):
-            continue
-        parts = name.split(".")
-        for end in range(1, len(parts) + 1):
-            candidate = ".".join(parts[:end])
-            if candidate in modules:
-                targets.add(candidate)
-    return targets
-
-
-def _ancestors(module: str) -> set[str]:
-    parts = module.split(".")
-    return {".".join(parts[:end]) for end in range(1, len(parts))}
-
-
-def _graph(top_level_only: bool) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-    modules = _modules()
-    raw = {name: _imports(path, name, top_level_only) for name, path in modules.items()}
-    # A module's own parent packages are initialised before it, whatever it imports: not an edge.
-    internal = {name: _internal_targets(names, modules) - {name, *_ancestors(name)} for name, names in raw.items()}
-    return raw, internal
-
-
-def test_the_walker_sees_every_module_and_known_imports():
-    raw, internal = _graph(top_level_only=True)
-    assert {"camray.runner", "camray.predictor", "camray.cam.maps", "camray.io.sink"} <= raw.keys()
-    assert "ray" in {name.split(".")[0] for name in raw["camray.io.sink"]}
-    assert {"camray.io.schema", "camray.io.sources"} <= internal["camray.io.sink"]
-
-
-def test_no_import_cycles():
-    _, internal = _graph(top_level_only=True)
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def walk(node: str) -> None:
-        state[node] = 1
-        stack.append(node)
-        for target in sorted(internal[node]):
-            if state.get(target) == 1:
-                cycle = stack[stack.index(target) :] + [target]
-                raise AssertionError("import cycle: " + " -> ".join(cycle))
-            if target not in state:
-                walk(target)
-        stack.pop()
-        state[node] = 2
-
-    for module in sorted(internal):
-        if module not in state:
-            walk(module)
-
-
-def _loaded_by(module: str, raw: dict[str, set[str]], internal: dict[str, set[str]]) -> set[str]:
-    """Every name imported at module level by `module` and, transitively, by the pipeline modules it loads."""
-    seen, todo, names = set(), [module], set()
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        names |= raw[current] | {current}
-        todo.extend(internal[current])
-    return names
-
-
-def test_pure_compute_loads_nothing_of_ray_s3_or_io():
-    raw, internal = _graph(top_level_only=True)
-    pure = [name for name in raw if any(name == p or name.startswith(p + ".") for p in PURE)]
-    assert "camray.cam.maps" in pure and "camray.image.decode" in pure
-    for module in pure:
-        loaded = _loaded_by(module, raw, internal)
-        bad = sorted(name for name in loaded if any(name == f or name.startswith(f + ".") for f in FORBIDDEN_IN_PURE))
-        assert not bad, f"{module} loads {bad}"
-
-
-def test_io_knows_nothing_of_models_or_cam():
-    raw, _ = _graph(top_level_only=False)
-    for module, names in raw.items():
-        if module == "camray.io" or module.startswith("camray.io."):
-            bad = sorted(n for n in names if n.startswith(("camray.models", "camray.cam")))
-            assert not bad, f"{module} imports {bad}"
+@pytest.mark.parametrize(
+    ("module", "added_import", "contract"),
+    [
+        # Indirect: the pure module imports a camray module that imports Ray.
+        ("cam/maps.py", "import camray.reader", "Pure compute (cam, image decoding) loads nothing of Ray"),
+        ("image/decode.py", "import boto3", "Pure compute (cam, image decoding) loads nothing of Ray"),
+        ("io/schema.py", "from camray.models import registry", "IO knows nothing of models or CAM"),
+        ("cam/maps.py", "import camray.predictor", "No import cycles between sibling modules or packages"),
+    ],
+)
+def test_a_broken_rule_fails_the_check(tmp_path, module, added_import, contract):
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copytree(REPO / "camray", tmp_path / "camray", ignore=shutil.ignore_patterns("__pycache__"))
+    target = tmp_path / "camray" / module
+    target.write_text(target.read_text() + f"\n{added_import}\n")
+    checked = _lint_imports(tmp_path)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    broken = [name for name in _contract_names() if f"{name} BROKEN" in checked.stdout]
+    assert any(name.startswith(contract) for name in broken), checked.stdout

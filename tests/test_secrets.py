@@ -43,9 +43,9 @@ PASSWORD = "hunter2-do-not-print"
 )
 def test_an_endpoint_with_credentials_is_refused_naming_the_field(endpoint):
     with pytest.raises(ConfigError) as info:
-        load_config(overrides={"source.s3_endpoint_url": endpoint})
+        load_config(overrides={"storage.s3_endpoint_url": endpoint})
     message = str(info.value)
-    assert "source.s3_endpoint_url" in message and "must not hold credentials" in message
+    assert "storage.s3_endpoint_url" in message and "must not hold credentials" in message
     assert PASSWORD not in message and "minio-user" not in message
     assert PASSWORD not in str(info.value.__cause__)  # nor the pydantic error it wraps, shown in tracebacks
 

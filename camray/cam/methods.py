@@ -17,11 +17,10 @@ from torch import Tensor, nn
 
 from camray.cam.layers import resolve_layer
 from camray.cam.maps import class_activation_maps
+from camray.cam.method_names import CAM_METHODS, GRADIENT_METHODS
 
 if TYPE_CHECKING:  # the spec is only read here; importing `camray.models` would pull in weight IO
     from camray.models.registry import ModelSpec
-
-GRADIENT_METHODS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam")
 
 
 def _gradcam(acts: Tensor, grads: Tensor) -> Tensor:
@@ -70,7 +69,7 @@ def resolve_method(spec: ModelSpec, method: str | None) -> str:
             f"`cam.method` is `cam`, but {spec.name} has no global-average-pooling + linear ending; "
             f"use a gradient method such as `gradcam`"
         )
-    if method not in ("cam", "scorecam", *GRADIENT_METHODS):
+    if method not in CAM_METHODS:
         raise ValueError(
             f"`cam.method` {method!r} is not implemented; choose cam, scorecam or {', '.join(GRADIENT_METHODS)}"
         )

@@ -59,7 +59,7 @@ class S3Settings:
 
     def resolved_endpoint(self) -> str | None:
         if self.endpoint_url:
-            return refuse_credentials_in_endpoint(self.endpoint_url, "`source.s3_endpoint_url`")
+            return refuse_credentials_in_endpoint(self.endpoint_url, "`storage.s3_endpoint_url`")
         for variable in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
             if os.environ.get(variable):
                 return refuse_credentials_in_endpoint(os.environ[variable], f"the {variable} environment variable")

@@ -100,7 +100,8 @@ def test_flaky_store_run_succeeds_exactly_once_with_bounded_counted_retries(
     with FaultyS3Proxy(s3_server, seed=20261125, deadline_s=240) as proxy:
         config = JobConfig.model_validate(
             {
-                "source": {"uri": f"s3://{BUCKET}/images", "s3_endpoint_url": proxy.endpoint},
+                "source": {"uri": f"s3://{BUCKET}/images"},
+                "storage": {"s3_endpoint_url": proxy.endpoint},
                 "sink": {"uri": output},
                 "runtime": {"batch_size": 8, "decode_batch_size": 8},
             }
@@ -157,7 +158,7 @@ def test_store_down_for_good_fails_the_run_in_bounded_time_naming_endpoint_and_o
     source, sink = (remote, str(tmp_path / "out")) if down == "input" else (str(local), remote)
     argv = [
         *("--input", source, "--output", sink),
-        *("--source.s3_endpoint_url", dead_endpoint, "--source.s3_max_attempts", "3"),
+        *("--storage.s3_endpoint_url", dead_endpoint, "--storage.s3_max_attempts", "3"),
     ]
     started = time.monotonic()
     assert cli.main(argv) == 1
@@ -181,7 +182,8 @@ def test_store_down_for_good_fails_reads_in_bounded_time_naming_endpoint_and_ope
     output = tmp_path / "out"
     config = JobConfig.model_validate(
         {
-            "source": {"uri": str(manifest), "s3_endpoint_url": dead_endpoint, "s3_max_attempts": 3},
+            "source": {"uri": str(manifest)},
+            "storage": {"s3_endpoint_url": dead_endpoint, "s3_max_attempts": 3},
             "sink": {"uri": str(output)},
             "runtime": {"batch_size": 4, "decode_batch_size": 2},
         }

@@ -384,6 +384,31 @@ def test_install_script_refuses_a_wrong_command_line_before_installing(args):
     assert ran.returncode == 2 and ran.stderr.startswith("usage: ")
 
 
+def _install_targets(tmp_path: Path, *flags: str) -> list[str]:
+    """What install.sh asks pip to install, read from the command lines it gives an interpreter that records them."""
+    calls = tmp_path / "calls.txt"
+    tmp_path.mkdir()
+    recorder = tmp_path / "python"
+    recorder.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {shlex.quote(str(calls))}\n')
+    recorder.chmod(0o755)
+    ran = subprocess.run(["bash", str(INFRA / "install.sh"), str(recorder), *flags], capture_output=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    installs = [line.split() for line in calls.read_text().splitlines() if " -e " in f" {line} "]
+    return [words[words.index("-e") + 1] for words in installs]
+
+
+def test_the_image_goes_without_the_demo_data_that_make_install_adds(tmp_path):
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[=<>\[ ]", requirement)[0] for requirement in requirements}
+
+    demo = names(project["optional-dependencies"]["demo"])
+    assert demo == {"scikit-image", "matplotlib", "imgviz"} and not demo & names(project["dependencies"])
+    assert _install_targets(tmp_path / "image") == [str(REPO)]  # the Dockerfile's call
+    assert _install_targets(tmp_path / "dev", "--with-tests") == [f"{REPO}[test,demo]"]  # make install's
+
+
 # Ray's cluster launcher on AWS -----------------------------------------------------------------------------------
 
 
