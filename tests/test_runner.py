@@ -3,7 +3,7 @@
 import pytest
 
 from camray.config import load_config
-from camray.runner import WRITE_CPUS, plan_resources
+from camray.planning import WRITE_CPUS, plan_resources
 
 
 def _plan(cluster, **overrides):
