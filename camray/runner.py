@@ -255,6 +255,13 @@ class Attempt:
     def resumed(self) -> bool:
         return self.number > 1
 
+    def agrees_with(self, other: Attempt) -> bool:
+        """Both resolutions found no run to resume (a new run's id is each invocation's own), or the same attempt
+        of the same run (a concurrent attempt of that run may have taken the number meanwhile)."""
+        if not (self.resumed or other.resumed):
+            return True
+        return (self.run_id, self.number) == (other.run_id, other.number)
+
 
 def _resolve_attempt(config: JobConfig, s3: S3Settings, started: datetime, quiet: bool = False) -> Attempt:
     if config.sink.resume:
@@ -290,10 +297,7 @@ def _lease_attempt(config: JobConfig, s3: S3Settings, started: datetime) -> tupl
         except BaseException:
             lease.release()
             raise
-        if not (attempt.resumed or confirmed.resumed) or (confirmed.run_id, confirmed.number) == (
-            attempt.run_id,
-            attempt.number,
-        ):
+        if confirmed.agrees_with(attempt):
             return attempt, lease
         logger.info(
             "run %s: the output changed while waiting for its lease (now %s); resolving the attempt again",
