@@ -51,8 +51,6 @@ from camray.provenance import ClusterFacts, ModelFacts, RunSummary, cluster_fact
 from camray.reader import read_decode_listing
 from camray.samples import export_samples
 
-__all__ = ["RunInterrupted", "RunSummary", "plan_resources", "run_job", "skip_done", "validate_before_work"]
-
 logger = logging.getLogger(__name__)
 
 SAMPLES_URI = "samples"
