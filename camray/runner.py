@@ -261,6 +261,10 @@ class Attempt:
         return (self.run_id, self.number) == (other.run_id, other.number)
 
 
+def _new_attempt(started: datetime) -> Attempt:
+    return Attempt(f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}", 1, started, started.isoformat())
+
+
 def _resolve_attempt(config: JobConfig, s3: S3Settings, started: datetime, quiet: bool = False) -> Attempt:
     if config.sink.resume:
         with store_errors("reading of the done work in", config.sink.uri, s3):
@@ -270,7 +274,7 @@ def _resolve_attempt(config: JobConfig, s3: S3Settings, started: datetime, quiet
         )
         if unfinished is not None:
             return Attempt(unfinished.run_id, unfinished.attempt + 1, started, unfinished.started_at)
-    return Attempt(f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}", 1, started, started.isoformat())
+    return _new_attempt(started)
 
 
 # Resolutions that another run's commit or crash may overturn before this run holds the lease; each takes that
@@ -284,24 +288,38 @@ def _lease_attempt(config: JobConfig, s3: S3Settings, started: datetime) -> tupl
     The attempt is resolved before the lease, so that the lease, the sink and every file carry the run's id from
     the start, and resolved again once the lease is held, when no other run can change the output: a run that held
     it meanwhile (this one waited for it, or raced it) may have committed the run this one meant to resume, or left
-    one unfinished. Then the lease is given back and the attempt resolved anew."""
+    one unfinished. Then the lease is given back and the attempt resolved anew.
+
+    Only the answer under the lease counts. Where the output cannot be read, the look before the lease gives no
+    answer (a new run), and the look under it fails: a new run then goes ahead, meets the same error in its first
+    steps and fails with its runs row; a resumption is not trusted, and the lease is taken again as a new run."""
     deadline = time.monotonic() + config.sink.wait_for_lease
+    unreadable = False
     for _ in range(LEASE_RESOLUTIONS):
-        attempt = _resolve_attempt(config, s3, started, quiet=True)
-        lease = OutputLease(config.sink.uri, attempt.run_id, s3, config.sink.lease_seconds)
+        try:
+            expected = _new_attempt(started) if unreadable else _resolve_attempt(config, s3, started, quiet=True)
+        except Exception as exc:  # answered under the lease, where a failure is the run's
+            logger.debug("the attempt could not be resolved before the lease: %s", exc)
+            expected = _new_attempt(started)
+        lease = OutputLease(config.sink.uri, expected.run_id, s3, config.sink.lease_seconds)
         lease.acquire(wait_seconds=max(0.0, deadline - time.monotonic()))
         try:
             confirmed = _resolve_attempt(config, s3, started)
-        except BaseException:
+        except Exception:
+            if not expected.resumed:
+                return expected, lease
+            unreadable = True
+        except BaseException:  # interrupted while looking: the lease is not left to expire
             lease.release()
             raise
-        if confirmed.agrees_with(attempt):
-            return attempt, lease
-        logger.info(
-            "run %s: the output changed while waiting for its lease (now %s); resolving the attempt again",
-            attempt.run_id,
-            f"attempt {confirmed.number} of run {confirmed.run_id}" if confirmed.resumed else "a new run",
-        )
+        else:
+            if confirmed.agrees_with(expected):
+                return expected, lease
+            logger.info(
+                "run %s: the output changed while waiting for its lease (now %s); resolving the attempt again",
+                expected.run_id,
+                f"attempt {confirmed.number} of run {confirmed.run_id}" if confirmed.resumed else "a new run",
+            )
         lease.release()
     raise RuntimeError(
         f"the runs on {config.sink.uri} changed under this run {LEASE_RESOLUTIONS} times while it waited for the "

@@ -117,11 +117,12 @@ def _hold_lease(output: str, run_id: str):
     return holder
 
 
-@pytest.mark.parametrize("meanwhile", ["committed", "left unfinished"])
+@pytest.mark.parametrize("meanwhile", ["committed", "left unfinished", "made unreadable"])
 def test_the_attempt_is_resolved_before_the_lease_and_confirmed_under_it(meanwhile, tmp_path, caplog):
     """A run waiting for the lease resolved its attempt from what it saw then; the holder's run may commit (the run
-    to resume is done) or crash (a run to resume appears) before the lease is free. The attempt it works on is the
-    one true under the lease, and the lease names it."""
+    to resume is done) or crash (a run to resume appears) before the lease is free, or the output becomes
+    unreadable (then no resumption is trusted). The attempt it works on is the one true under the lease, and the
+    lease names it."""
     import logging
     import threading
     from datetime import UTC, datetime
@@ -147,6 +148,8 @@ def test_the_attempt_is_resolved_before_the_lease_and_confirmed_under_it(meanwhi
     holder_id = "holder-run"
     if meanwhile == "committed":
         leave_unfinished(holder_id)  # the holder is itself attempt 2 of an unfinished run, about to commit
+    elif meanwhile == "made unreadable":
+        leave_unfinished("crashed-run")
     holder = _hold_lease(out, holder_id)
     got: dict = {}
     waiter = threading.Thread(target=lambda: got.update(result=_lease_attempt(config, s3, datetime.now(UTC))))
@@ -162,19 +165,25 @@ def test_the_attempt_is_resolved_before_the_lease_and_confirmed_under_it(meanwhi
                 (tmp_path / "out" / "runs").mkdir()
                 pq.write_table(pa.Table.from_pylist([row], schema=RUNS), f"{out}/runs/{holder_id}-a02.parquet")
                 discard_staging(out, holder_id, s3)
-            else:
+            elif meanwhile == "left unfinished":
                 leave_unfinished(holder_id)
+            else:
+                (tmp_path / "out" / "runs").mkdir()
+                (tmp_path / "out" / "runs" / "garbage.parquet").write_bytes(b"not parquet" * 8)
             holder.kill()
             holder.wait()
             waiter.join(timeout=60)
         assert not waiter.is_alive()
         attempt, lease = got["result"]
         try:
-            assert any("resolving the attempt again" in record.message for record in caplog.records)
             if meanwhile == "committed":
                 assert attempt.number == 1 and attempt.run_id != holder_id
-            else:
+            elif meanwhile == "left unfinished":
                 assert (attempt.run_id, attempt.number) == (holder_id, 2)
+            else:
+                assert attempt.number == 1 and attempt.run_id not in (holder_id, "crashed-run")
+            if meanwhile != "made unreadable":
+                assert any("resolving the attempt again" in record.message for record in caplog.records)
             held = LeaseRecord.from_bytes((tmp_path / "out" / "_lease.json").read_bytes())
             assert held.run_id == attempt.run_id
         finally:

@@ -89,10 +89,11 @@ NOT_PARQUET = b"written by something else, not Parquet" * 4
 @pytest.mark.parametrize("corrupt", ["runs", "results"])
 def test_a_run_failing_on_a_pyarrow_error_exits_1_with_that_error(corrupt, tmp_path, photos, capsys):
     """pyarrow's `ArrowInvalid` is a `ValueError`, and a run that meets one fails (1), naming it: it is no bad
-    config (2). A corrupt runs file stops the run as it reads which runs succeeded, before it takes the lease; a
-    corrupt results file, once it holds the lease and skips the work done, and its runs row records the failure."""
+    config (2). A corrupt runs file stops the run where it reads which runs succeeded, a corrupt results file where
+    it skips the work they did; either way under the lease, and its runs row records the failure."""
+    import pyarrow.parquet as pq
+
     from camray.cli import main
-    from camray.outputs.tables import Output
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -111,10 +112,10 @@ def test_a_run_failing_on_a_pyarrow_error_exits_1_with_that_error(corrupt, tmp_p
     assert last.startswith("camray: run failed: ArrowInvalid: ") and broken.name in last and "magic bytes" in last
     assert "camray:" not in printed.out
     assert not (out / "_lease.json").exists()
-    if corrupt == "results":
-        newest = Output(str(out)).runs().to_pylist()[0]
-        assert newest["status"] == "failed" and newest["run_id"] != "earlier-run"
-        assert newest["message"].startswith("ArrowInvalid: ") and broken.name in newest["message"]
+    seeded = {"earlier-run.parquet", broken.name}
+    [row] = [pq.read_table(path).to_pylist()[0] for path in (out / "runs").iterdir() if path.name not in seeded]
+    assert row["status"] == "failed" and row["attempt"] == 1
+    assert row["message"].startswith("ArrowInvalid: ") and broken.name in row["message"]
 
 
 def test_tools_exit_2_only_for_what_the_user_asked_wrongly(tmp_path, capsys):
