@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from camray.config import DEPRECATED_FIELDS, ConfigError, JobConfig, load_config
-from camray.io.lease import LeaseHeld
+from camray.errors import LeaseHeld, SetupError, UsageError
 from camray.io.s3 import StoreUnavailableError
 from camray.io.sources import S3Settings, filesystem_for
 from camray.presets import PRESETS
@@ -121,11 +121,15 @@ def main(argv: list[str] | None = None, prog: str = "cam_batch.py") -> int:
     except RunInterrupted as exc:
         print(f"camray: run interrupted ({exc}); the work done so far is kept and the next run resumes it")
         return 1
-    except ValueError as exc:  # setup errors (model, layers, method) carry a message naming the field
+    except SetupError as exc:  # the model, a layer, the method or the endpoint: the message names the field
         print(f"camray: {exc}")
         return 2
     except StoreUnavailableError as exc:  # names the endpoint and the operation; the traceback adds nothing
         print(f"camray: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # anything else failed the run (its runs row says so too): exit 1, its own message
+        logger.exception("run failed")
+        print(f"camray: run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print_summary(summary, config)
     return 0 if summary.status == "succeeded" else 1
@@ -294,12 +298,17 @@ def _cmd_query(args: argparse.Namespace) -> int:
     if args.athena_ddl:
         print(create_tables(args.output), end="")
         return 0
+    import duckdb
+
     if not args.sql:
-        raise ValueError('give one SQL statement, e.g. camray query --output output "SELECT * FROM runs"')
+        raise UsageError('give one SQL statement, e.g. camray query --output output "SELECT * FROM runs"')
     if args.format == "parquet" and not args.dest:
-        raise ValueError("--format parquet needs --dest FILE")
+        raise UsageError("--format parquet needs --dest FILE")
     con = connect(_output(args), all_runs=args.all_runs)
-    relation = con.sql(args.sql.strip().rstrip(";"))
+    try:
+        relation = con.sql(args.sql.strip().rstrip(";"))
+    except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException) as exc:
+        raise UsageError(str(exc)) from exc  # SQL that does not parse, or names what is not there
     if relation is None:  # a statement without a result (e.g. CREATE VIEW): nothing to print
         return 0
     if args.format == "table":
@@ -331,15 +340,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _exit_status(exc: BaseException) -> int:
-    """Bad usage, bad values, an unknown run and bad SQL are the user's to fix (2); an output that is missing or
-    cannot be read, and anything else, mean the work failed (1)."""
-    import duckdb
-
-    if isinstance(exc, duckdb.ParserException | duckdb.BinderException | duckdb.CatalogException):
-        return 2
-    if isinstance(exc, ValueError | TypeError | LookupError) and not isinstance(exc, duckdb.Error):
-        return 2
-    return 1
+    """Bad usage, bad values, an unknown run and bad SQL are the user's to fix (2, camray's `SetupError`s); an
+    output that is missing or cannot be read, and anything else, mean the work failed (1)."""
+    return 2 if isinstance(exc, SetupError) else 1
 
 
 def main_camray(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from camray.cam.method_names import CamMethod
+from camray.errors import ConfigError
 from camray.presets import apply_preset
 
 logger = logging.getLogger(__name__)
@@ -390,10 +391,6 @@ class JobConfig(_Section):
         if self.tiling.enabled:  # untiled runs keep the fingerprints they had before tiling existed
             relevant["tiling"] = self.tiling.model_dump()
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class ConfigError(ValueError):
-    """A job configuration that cannot run; the message names the field."""
 
 
 def _format(error: ValidationError) -> str:

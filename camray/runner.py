@@ -1,26 +1,29 @@
-"""Builds and runs the Ray Data pipeline for one `JobConfig`: list, skip done work, read+decode (CPU
-tasks), predict (actor pool, GPU where present), write with a commit, record the run."""
+"""One run of a `JobConfig`, as a short list of named steps (`run_job`, `_work`):
+
+1. check the setup (model, layers, CAM method, S3 endpoint) before anything is touched;
+2. resolve the attempt (a new run, or the next attempt of an unfinished one) and lease the output under its id;
+3. load the model, read what earlier attempts of the run left, stage the listing without what is done;
+4. start Ray, plan the resources, read+decode (CPU tasks), predict (actor pool, GPU where present), write;
+5. account for every input and commit;
+6. however it ended: remove the listing, write the runs row, release the lease.
+
+Resources and Ray Data's settings are `camray.planning`'s; the runs row is `camray.provenance`'s; where things
+live under the output is `camray.io.layout`'s."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 import os
 import signal
-import socket
-import subprocess
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,19 +34,22 @@ import ray
 
 from camray.cam.methods import resolve_method
 from camray.config import JobConfig
+from camray.errors import SetupError
 from camray.host_memory import ALLOCATOR_ENV
 from camray.image.decode import DecodeLimits
+from camray.io import layout
 from camray.io.lease import OutputLease
 from camray.io.listing import LISTING, iter_listing
 from camray.io.resume import PriorWork, RunState, find_resumable, prior_work, write_state
 from camray.io.s3 import store_failure
-from camray.io.schema import RUNS, SCHEMA_VERSION
 from camray.io.sink import CamDatasink, check_each_input_once, commit
 from camray.io.sources import S3Settings, filesystem_for, join_uri, store_errors
 from camray.logs import save_run_log
 from camray.metrics import push_outcome
 from camray.models import get_spec, load_model, resolve_layer
+from camray.planning import WRITE_CPUS, Resources, configure_data_context, plan_resources
 from camray.predictor import Predictor, decode_side, uses_refine_layer
+from camray.provenance import ClusterFacts, ModelFacts, RunSummary, cluster_facts, runs_row, write_runs_row
 from camray.reader import read_decode_listing
 from camray.samples import export_samples, require_demo_packages
 
@@ -59,110 +65,6 @@ class RunInterrupted(KeyboardInterrupt):
     A KeyboardInterrupt, so that Ray Data shuts its execution down as for Ctrl-C rather than wrapping it."""
 
 
-@dataclass(frozen=True)
-class RunSummary:
-    run_id: str
-    status: str
-    listed: int
-    skipped: int
-    results: int
-    errors: int
-    seconds: float
-    output_uri: str
-    result_files: tuple[str, ...]
-    attempt: int = 1
-    resumed: int = 0
-    processed: int = 0
-    message: str | None = None
-    stats_uri: str | None = None
-    errors_by_stage: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def images_per_second(self) -> float:
-        """Inputs this attempt accounted for, per second of its wall time."""
-        return self.processed / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class Resources:
-    batch_size: int
-    num_actors: int
-    gpus_per_actor: float
-    cpus_per_actor: float
-    cpu_threads: int
-    block_bytes: int
-    object_store_bytes: int
-
-
-# On CPU nodes, the share of logical CPUs the predictor actors reserve; the rest is left to read+decode tasks,
-# which Ray would otherwise have no room to schedule.
-ACTOR_CPU_SHARE = 0.75
-# Bytes of one result row in the object store (maps, boxes, mask), rounded up: what a write task's input holds.
-RESULT_ROW_BYTES = 32 << 10
-# Predictor batches of canvases per actor that Ray Data may hold ahead in the object store.
-BATCHES_AHEAD = 8
-MIN_OBJECT_STORE_BYTES = 256 << 20
-
-# CPUs reserved per Parquet write task. Ray Data's default (1) finds no room beside a full actor pool on a
-# small node, so every write would wait for the end of the run and the output pile up in the object store.
-WRITE_CPUS = 0.25
-
-
-def plan_resources(
-    config: JobConfig, cluster: dict[str, float], images: int | None = None, canvas_side: int = 224
-) -> Resources:
-    """Batch size, pool size, threads, reservations and memory, chosen together from the cluster unless configured.
-
-    GPU clusters: one actor per GPU, batch 256. CPU clusters: single-threaded actors, one per CPU, batch 16.
-    Many one-thread actors beat one many-thread actor on a shared node: an OpenMP team waits at every
-    operator's barrier for its slowest thread, so any other process (decoding, Ray's own) preempting one
-    thread stalls them all (measured on 2 CPUs: two 1-thread actors 8% faster than one 2-thread actor).
-    """
-    runtime = config.runtime
-    cpus = max(1.0, cluster.get("CPU", 1.0))
-    gpus = cluster.get("GPU", 0.0)
-    gpus_per_actor = runtime.gpus_per_actor if runtime.gpus_per_actor is not None else (1.0 if gpus else 0.0)
-    cpu_threads = runtime.cpu_threads or 1
-    if runtime.num_actors is not None:
-        num_actors = runtime.num_actors
-    elif gpus_per_actor > 0:
-        num_actors = max(1, int(gpus // gpus_per_actor))
-    else:
-        num_actors = max(1, int(cpus // cpu_threads))
-    if runtime.cpus_per_actor is not None:
-        cpus_per_actor = runtime.cpus_per_actor
-    elif gpus_per_actor > 0:
-        cpus_per_actor = 1.0
-    else:
-        # At least one read+decode task and one write task must fit beside the actors.
-        share = min(ACTOR_CPU_SHARE * cpus, cpus - runtime.decode_cpus - WRITE_CPUS)
-        cpus_per_actor = max(0.01, round(min(float(cpu_threads), share / num_actors), 3))
-        if cpus_per_actor == runtime.decode_cpus:  # equal resources would let Ray Data fuse decoding into the actors
-            cpus_per_actor = round(cpus_per_actor * 0.99, 3)
-    batch_size = runtime.batch_size or (256 if gpus_per_actor > 0 else 16)
-    if images is not None and runtime.num_actors is None:
-        # No more actors than batches: an actor with nothing to do still loads a model, and Ray Data releases
-        # idle and still-starting actors of a pool whose inputs are all consumed, which is when a run over a
-        # handful of images failed once with "The actor is dead because all references to the actor were
-        # removed ... cancelled before it started running".
-        num_actors = max(1, min(num_actors, math.ceil(images / batch_size)))
-    # Ray Data merges what a task yields into blocks of up to 128 MiB by default: a read task over a 4,096-entry
-    # listing file handed the predictors blocks of ~850 canvases, held whole by the actor that took one, and the
-    # object store filled with them (measured: the two actors' heaps went from 1.2 to 2.0 GB as the large blocks
-    # arrived, and a 50,000-image run's store reached 1.9 GB). One read batch a block and a budget for the store
-    # that depends on the pool, not on the input, keep memory where it starts.
-    canvas_bytes = canvas_side * canvas_side * 3
-    block_bytes = max(1 << 20, math.ceil(runtime.decode_batch_size * canvas_bytes * 1.25))
-    if runtime.object_store_mib is not None:
-        object_store_bytes = runtime.object_store_mib << 20
-    else:
-        read_ahead = max(MIN_OBJECT_STORE_BYTES, num_actors * BATCHES_AHEAD * batch_size * canvas_bytes)
-        object_store_bytes = read_ahead + config.sink.rows_per_file * RESULT_ROW_BYTES
-    return Resources(
-        batch_size, num_actors, gpus_per_actor, cpus_per_actor, cpu_threads, block_bytes, object_store_bytes
-    )
-
-
 def validate_before_work(config: JobConfig) -> None:
     """Fails fast on what cannot run (the demo without its photos, a model/method combination), before listing or
     starting Ray."""
@@ -176,14 +78,6 @@ def validate_before_work(config: JobConfig) -> None:
             f"{config.model.name!r}: the module path of a block at twice the resolution of the target layer "
             "(e.g. `layer3` for a ResNet)"
         )
-
-
-def _completed_runs(output_uri: str, s3: S3Settings) -> list[str]:
-    fs, base = filesystem_for(join_uri(output_uri, "runs"), s3)
-    if fs.get_file_info(base).type != pafs.FileType.Directory:
-        return []
-    runs = pads.dataset(base, filesystem=fs, format="parquet").to_table(columns=["run_id", "status"])
-    return [run for run, status in zip(*runs.to_pydict().values(), strict=True) if status == "succeeded"]
 
 
 def _done_versions(config: JobConfig, s3: S3Settings, completed: list[str]) -> pa.Table | None:
@@ -228,7 +122,7 @@ class _StagedListing:
 
 
 def _stage_listing(
-    config: JobConfig, s3: S3Settings, state: _Attempt, source_uri: str, completed: list[str]
+    config: JobConfig, s3: S3Settings, state: _ListingProgress, source_uri: str, completed: list[str]
 ) -> _StagedListing:
     """Streams the listing through the skip rules into Parquet files, holding one chunk at a time.
 
@@ -281,41 +175,6 @@ def _listing_file_rows(index: int, read_batch: int) -> int:
     return read_batch if index < FINE_LISTING_FILES else max(read_batch, LISTING_FILE_ROWS)
 
 
-def _camray_version() -> tuple[str, str | None]:
-    """The package version, and the git commit where the code runs from a checkout."""
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        version = metadata.version("camray")
-    except metadata.PackageNotFoundError:  # submitted with `--working-dir` to a cluster that lacks the package
-        text = (repo / "pyproject.toml").read_text() if (repo / "pyproject.toml").exists() else ""
-        version = next((line.split('"')[1] for line in text.splitlines() if line.startswith("version")), "unknown")
-    commit = None
-    if (repo / ".git").exists():
-        try:
-            commit = subprocess.run(
-                ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            commit = None
-    return version, commit
-
-
-def _cluster_facts() -> tuple[int, str]:
-    """Alive nodes and their GPU types (Ray's `accelerator_type:*` resources), for the runs row."""
-    if not ray.is_initialized():
-        return 0, ""
-    nodes = [node for node in ray.nodes() if node.get("Alive")]
-    gpus = sorted(
-        {
-            key.split(":", 1)[1]
-            for node in nodes
-            for key in node.get("Resources", {})
-            if key.startswith("accelerator_type:")
-        }
-    )
-    return len(nodes), ",".join(gpus)
-
-
 def _write_text(uri: str, text: str, s3: S3Settings) -> None:
     fs, path = filesystem_for(uri, s3)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
@@ -323,29 +182,15 @@ def _write_text(uri: str, text: str, s3: S3Settings) -> None:
         stream.write(text.encode())
 
 
-def _discard_listing(config: JobConfig, s3: S3Settings, state: _Attempt) -> None:
-    uri = join_uri(config.sink.uri, "_listing", f"{state.run_id}-a{state.attempt:02d}")
+def _discard_listing(config: JobConfig, s3: S3Settings, attempt: Attempt) -> None:
+    uri = layout.listing_uri(config.sink.uri, attempt.run_id, attempt.number)
     try:
         fs, path = filesystem_for(uri, s3)
         fs.delete_dir_contents(path, missing_dir_ok=True)
         if isinstance(fs, pafs.LocalFileSystem):
             fs.delete_dir(path)
     except OSError as exc:  # the store may be what failed the run; a leftover listing harms no reader
-        logger.warning("run %s: could not remove its listing %s: %s", state.run_id, uri, exc)
-
-
-def _write_run_row(config: JobConfig, s3: S3Settings, row: dict) -> None:
-    name = f"{row['run_id']}.parquet" if row["attempt"] == 1 else f"{row['run_id']}-a{row['attempt']:02d}.parquet"
-    try:
-        with store_errors("write of the runs row to", config.sink.uri, s3):
-            fs, base = filesystem_for(join_uri(config.sink.uri, "runs"), s3)
-            fs.create_dir(base, recursive=True)
-            pq.write_table(pa.Table.from_pylist([row], schema=RUNS), f"{base}/{name}", filesystem=fs)
-    except OSError:
-        if row["status"] == "succeeded":
-            raise  # without its row the run is not complete to readers; the error says why
-        # The store may be what failed the run: its own error, raised after this, is the one to report.
-        logger.exception("run %s: could not record its %s status in runs/", row["run_id"], row["status"])
+        logger.warning("run %s: could not remove its listing %s: %s", attempt.run_id, uri, exc)
 
 
 def _ensure_ray(config: JobConfig) -> None:
@@ -381,151 +226,205 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@dataclass
-class _Attempt:
-    """What one invocation of `run_job` knows about its run as it goes, for the runs row."""
+def storage_settings(config: JobConfig) -> S3Settings:
+    """The run's S3 settings, endpoint resolved here and passed on explicitly: workers on other nodes may not
+    share the driver's environment."""
+    return S3Settings(
+        S3Settings(config.storage.s3_endpoint_url).resolved_endpoint(),
+        config.storage.s3_region,
+        config.storage.s3_max_attempts,
+    )
+
+
+def _check_setup(config: JobConfig) -> None:
+    """The checks that need no lease, no listing and no Ray; what they refuse is the user's to fix."""
+    try:
+        validate_before_work(config)
+    except (ValueError, LookupError) as exc:  # the model registry's and the CAM methods' refusals name the field
+        raise SetupError(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Which run this invocation works on: a new run (attempt 1), or the next attempt of an unfinished run with
+    the same settings on the same input, which keeps that run's id."""
 
     run_id: str
-    attempt: int = 1
+    number: int
+    started: datetime  # this attempt's, for its runs row
+    run_started_at: str  # the run's first attempt's, kept in its `run.json`
+
+    @property
+    def resumed(self) -> bool:
+        return self.number > 1
+
+    def agrees_with(self, other: Attempt) -> bool:
+        """Both resolutions found no run to resume (a new run's id is each invocation's own), or the same attempt
+        of the same run (a concurrent attempt of that run may have taken the number meanwhile)."""
+        if not (self.resumed or other.resumed):
+            return True
+        return (self.run_id, self.number) == (other.run_id, other.number)
+
+
+def _new_attempt(started: datetime) -> Attempt:
+    return Attempt(f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}", 1, started, started.isoformat())
+
+
+def _resolve_attempt(config: JobConfig, s3: S3Settings, started: datetime, quiet: bool = False) -> Attempt:
+    if config.sink.resume:
+        with store_errors("reading of the done work in", config.sink.uri, s3):
+            succeeded = set(layout.succeeded_run_ids(config.sink.uri, s3))
+        unfinished = find_resumable(
+            config.sink.uri, config.fingerprint(), config.model.name, config.source.uri, succeeded, s3, quiet=quiet
+        )
+        if unfinished is not None:
+            return Attempt(unfinished.run_id, unfinished.attempt + 1, started, unfinished.started_at)
+    return _new_attempt(started)
+
+
+# Resolutions that another run's commit or crash may overturn before this run holds the lease; each takes that
+# other run holding the output meanwhile, so a second one is already rare.
+LEASE_RESOLUTIONS = 5
+
+
+def _lease_attempt(config: JobConfig, s3: S3Settings, started: datetime) -> tuple[Attempt, OutputLease]:
+    """The attempt, and the output's lease taken under its run id.
+
+    The attempt is resolved before the lease, so that the lease, the sink and every file carry the run's id from
+    the start, and resolved again once the lease is held, when no other run can change the output: a run that held
+    it meanwhile (this one waited for it, or raced it) may have committed the run this one meant to resume, or left
+    one unfinished. Then the lease is given back and the attempt resolved anew.
+
+    Only the answer under the lease counts. Where the output cannot be read, the look before the lease gives no
+    answer (a new run), and the look under it fails: a new run then goes ahead, meets the same error in its first
+    steps and fails with its runs row; a resumption is not trusted, and the lease is taken again as a new run."""
+    deadline = time.monotonic() + config.sink.wait_for_lease
+    unreadable = False
+    for _ in range(LEASE_RESOLUTIONS):
+        try:
+            expected = _new_attempt(started) if unreadable else _resolve_attempt(config, s3, started, quiet=True)
+        except Exception as exc:  # answered under the lease, where a failure is the run's
+            logger.debug("the attempt could not be resolved before the lease: %s", exc)
+            expected = _new_attempt(started)
+        lease = OutputLease(config.sink.uri, expected.run_id, s3, config.sink.lease_seconds)
+        lease.acquire(wait_seconds=max(0.0, deadline - time.monotonic()))
+        try:
+            confirmed = _resolve_attempt(config, s3, started)
+        except Exception:
+            if not expected.resumed:
+                return expected, lease
+            unreadable = True
+        except BaseException:  # interrupted while looking: the lease is not left to expire
+            lease.release()
+            raise
+        else:
+            if confirmed.agrees_with(expected):
+                return expected, lease
+            logger.info(
+                "run %s: the output changed while waiting for its lease (now %s); resolving the attempt again",
+                expected.run_id,
+                f"attempt {confirmed.number} of run {confirmed.run_id}" if confirmed.resumed else "a new run",
+            )
+        lease.release()
+    raise RuntimeError(
+        f"the runs on {config.sink.uri} changed under this run {LEASE_RESOLUTIONS} times while it waited for the "
+        "lease; run it again"
+    )
+
+
+@dataclass
+class _ListingProgress:
+    """The listing step's counts as it goes (a run that fails mid-listing still records how far it got)."""
+
+    run_id: str
+    attempt: int
+    prior: PriorWork | None
     listed: int = 0
     skipped: int = 0
-    to_process: int = 0
+
+
+@dataclass
+class _Record:
+    """What the attempt has established so far, for its summary and runs row however it ends. Each step returns
+    its result and `_work` files it here; no step reads it."""
+
+    model: ModelFacts | None = None
     prior: PriorWork | None = None
-    weights_source: str | None = None
-    weights_sha256: str | None = None
+    listing: _ListingProgress | None = None
+    cluster: ClusterFacts = ClusterFacts()
     stats_uri: str | None = None
+    files: tuple[str, ...] = ()
     message: str | None = None
-    files: list[str] = field(default_factory=list)
-    nodes: int = 0
-    gpu_types: str = ""
 
 
 def run_job(config: JobConfig) -> RunSummary:
     """Runs one job under the output's lease and returns its summary.
 
-    Raises `LeaseHeld` when another run holds the output, `ValueError` on setup errors and the underlying error
-    when the run fails; `RunInterrupted` on SIGTERM. Every run that took the lease leaves its runs row."""
-    validate_before_work(config)
+    Raises `LeaseHeld` when another run holds the output, `SetupError` (or `ConfigError`) when the job cannot
+    start as configured, and the underlying error when the run fails; `RunInterrupted` on SIGTERM. Every run that
+    took the lease leaves its runs row."""
+    _check_setup(config)
+    s3 = storage_settings(config)
     started = datetime.now(UTC)
     clock = time.perf_counter()
-    # Resolve the endpoint here and pass it on explicitly: workers on other nodes may not share our env.
-    s3 = S3Settings(
-        S3Settings(config.storage.s3_endpoint_url).resolved_endpoint(),
-        config.storage.s3_region,
-        config.storage.s3_max_attempts,
-    )
-    state = _Attempt(run_id=f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}")
-    lease = OutputLease(config.sink.uri, state.run_id, s3, config.sink.lease_seconds)
-    lease.acquire(wait_seconds=config.sink.wait_for_lease)
-    sink = CamDatasink(config.sink.uri, state.run_id, s3, config.sink.rows_per_file)
+    attempt, lease = _lease_attempt(config, s3, started)
+    sink = CamDatasink(config.sink.uri, attempt.run_id, s3, config.sink.rows_per_file, attempt.number)
+    record = _Record()
     status = "failed"
     try:
         with _sigterm_interrupts():
-            status = _run_leased(config, s3, lease, state, sink, started)
+            status = _work(config, s3, attempt, lease, sink, record)
     except RunInterrupted as exc:
-        status, state.message = "interrupted", f"interrupted: {exc}; the work done so far is kept for the next run"
-        logger.warning("run %s %s", state.run_id, state.message)
+        status, record.message = "interrupted", f"interrupted: {exc}; the work done so far is kept for the next run"
+        logger.warning("run %s %s", attempt.run_id, record.message)
         raise
     except BaseException as exc:
         outage = store_failure(exc)
-        status, state.message = "failed", str(outage) if outage is not None else f"{type(exc).__name__}: {exc}"
+        status, record.message = "failed", str(outage) if outage is not None else f"{type(exc).__name__}: {exc}"
         if outage is not None and outage is not exc:  # a task's outage arrives wrapped in Ray's traceback
             raise outage from exc
         raise
     finally:
-        _discard_listing(config, s3, state)
+        _discard_listing(config, s3, attempt)
         counts = sink.counts
         logger.info(
             "run %s: %d S3 retries (read %d, write %d)",
-            state.run_id,
+            attempt.run_id,
             counts.io_retries,
             counts.read_retries,
             counts.write_retries,
         )
-        save_run_log(join_uri(config.sink.uri, "_logs", f"{state.run_id}-a{state.attempt:02d}-log.txt"), s3)
+        save_run_log(layout.log_uri(config.sink.uri, attempt.run_id, attempt.number), s3)
         try:
-            seconds = time.perf_counter() - clock
-            summary = _summary(config, state, sink, status, seconds)
-            _record_run(config, s3, state, sink, summary, started)
+            summary = _summary(config, attempt, record, sink, status, time.perf_counter() - clock)
+            row = runs_row(config, summary, attempt.started, record.model, record.cluster, counts.io_retries)
+            write_runs_row(config.sink.uri, s3, row)
             push_outcome(config.metrics, summary, counts)
         finally:
             lease.release()
     return summary
 
 
-def _run_leased(
-    config: JobConfig, s3: S3Settings, lease: OutputLease, state: _Attempt, sink: CamDatasink, started: datetime
+def _work(
+    config: JobConfig, s3: S3Settings, attempt: Attempt, lease: OutputLease, sink: CamDatasink, record: _Record
 ) -> str:
-    """The run's work once the output is leased; returns its status."""
-    # Load the model once here: bad weights or layers fail before any work, and the run records provenance.
-    loaded = load_model(config.model, s3)
-    if uses_refine_layer(config.cam, config.tiling) and config.cam.refine_layer:
-        resolve_layer(loaded.module, config.cam.refine_layer, "cam.refine_layer")
-    state.weights_source, state.weights_sha256 = loaded.weights_source, loaded.weights_sha256
-    input_size = config.model.input_size or loaded.spec.input_size
-    del loaded
-
-    with store_errors("reading of the done work in", config.sink.uri, s3):
-        completed = _completed_runs(config.sink.uri, s3)
-    fingerprint = config.fingerprint()
-    resumable = (
-        find_resumable(config.sink.uri, fingerprint, config.model.name, config.source.uri, set(completed), s3)
-        if config.sink.resume
-        else None
-    )
-    if resumable is not None:
-        state.run_id, state.attempt = resumable.run_id, resumable.attempt + 1
-        lease.relabel(state.run_id)
-        sink.run_id, sink.attempt = state.run_id, state.attempt
-        state.prior = prior_work(config.sink.uri, state.run_id, s3)
-        logger.warning(
-            "resuming run %s (attempt %d): %d inputs already done by earlier attempts",
-            state.run_id,
-            state.attempt,
-            len(state.prior.inputs),
-        )
-    write_state(
-        config.sink.uri,
-        RunState(
-            state.run_id,
-            state.attempt,
-            fingerprint,
-            config.model.name,
-            config.source.uri,
-            resumable.started_at if resumable else started.isoformat(),
-        ),
-        s3,
-    )
-
-    source_uri = config.source.uri
-    if source_uri == SAMPLES_URI:
-        source_uri = str(export_samples(SAMPLES_FOLDER).resolve())
-    with store_errors("listing of", source_uri, s3):
-        staged = _stage_listing(config, s3, state, source_uri, completed)
-    state.to_process = staged.rows
-    logger.info(
-        "run %s: %d listed, %d already done, %d done by earlier attempts, %d to process",
-        state.run_id,
-        state.listed,
-        state.skipped,
-        len(state.prior.inputs) if state.prior else 0,
-        state.to_process,
-    )
+    """The attempt's steps once the output is leased; returns its status."""
+    record.model = model = _load_model(config, s3)
+    record.prior = prior = _resume(config, s3, attempt)
+    record.listing = listing = _ListingProgress(attempt.run_id, attempt.number, prior)
+    staged = _list_inputs(config, s3, listing)
 
     _ensure_ray(config)
     _take_sigterm()
     # Read now: after a failure the cluster may be gone, and asking it then would hang the runs row.
-    state.nodes, state.gpu_types = _cluster_facts()
-    resources = plan_resources(config, ray.cluster_resources(), staged.rows, decode_side(config.tiling, input_size))
-    context = ray.data.DataContext.get_current()
-    context.max_errored_blocks = config.runtime.max_errored_blocks
-    context.target_max_block_size = resources.block_bytes
-    context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
-        object_store_memory=resources.object_store_bytes
+    record.cluster = cluster_facts()
+    resources = plan_resources(
+        config, ray.cluster_resources(), staged.rows, decode_side(config.tiling, model.input_size)
     )
+    configure_data_context(config, resources)
     logger.info(
         "run %s: %d predictor actors, batches of %d, blocks up to %.0f MiB, object store budget %.0f MiB",
-        state.run_id,
+        attempt.run_id,
         resources.num_actors,
         resources.batch_size,
         resources.block_bytes / 2**20,
@@ -533,24 +432,100 @@ def _run_leased(
     )
 
     if staged.rows:
-        ds = _plan(config, state.run_id, staged, input_size, s3, resources)
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
-        # Ray Data's per-operator statistics run to hundreds of lines: a file beside the output, linked from the
-        # runs row, rather than the terminal.
-        state.stats_uri = join_uri(config.sink.uri, "_logs", f"{state.run_id}-a{state.attempt:02d}-stats.txt")
-        _write_text(state.stats_uri, ds.stats(), s3)
+        record.stats_uri = _annotate(config, s3, attempt, staged, model.input_size, resources, sink)
     accounted = sink.counts.results + sink.counts.errors
-    if accounted != state.to_process:
-        state.message = (
-            f"accounted for {accounted} of {state.to_process} inputs (blocks dropped under "
+    if accounted != staged.rows:
+        record.message = (
+            f"accounted for {accounted} of {staged.rows} inputs (blocks dropped under "
             "`runtime.max_errored_blocks`); the staged work is kept and the next run finishes the rest"
         )
-        logger.error("run %s %s", state.run_id, state.message)
+        logger.error("run %s %s", attempt.run_id, record.message)
         return "incomplete"
-    lease.check()
-    check_each_input_once(config.sink.uri, state.run_id, s3)
-    state.files = commit(config.sink.uri, state.run_id, s3)
+    record.files = _commit(config, s3, attempt, lease)
     return "succeeded"
+
+
+def _load_model(config: JobConfig, s3: S3Settings) -> ModelFacts:
+    """Loads the model once in the driver: bad weights or layers fail before any work, and the run records which
+    weights it used."""
+    try:
+        loaded = load_model(config.model, s3)
+        if uses_refine_layer(config.cam, config.tiling) and config.cam.refine_layer:
+            resolve_layer(loaded.module, config.cam.refine_layer, "cam.refine_layer")
+    except ValueError as exc:  # a layer or head the model does not have, named by its field
+        raise SetupError(str(exc)) from exc
+    return ModelFacts(loaded.weights_source, loaded.weights_sha256, config.model.input_size or loaded.spec.input_size)
+
+
+def _resume(config: JobConfig, s3: S3Settings, attempt: Attempt) -> PriorWork | None:
+    """What earlier attempts of a resumed run hold (read under the lease, where no attempt is writing), and this
+    attempt's `run.json`, written before any work so that a crash leaves a run the next one can resume."""
+    prior = prior_work(config.sink.uri, attempt.run_id, s3) if attempt.resumed else None
+    if prior is not None:
+        logger.warning(
+            "resuming run %s (attempt %d): %d inputs already done by earlier attempts",
+            attempt.run_id,
+            attempt.number,
+            len(prior.inputs),
+        )
+    state = RunState(
+        attempt.run_id,
+        attempt.number,
+        config.fingerprint(),
+        config.model.name,
+        config.source.uri,
+        attempt.run_started_at,
+    )
+    write_state(config.sink.uri, state, s3)
+    return prior
+
+
+def _list_inputs(config: JobConfig, s3: S3Settings, listing: _ListingProgress) -> _StagedListing:
+    """Lists the source and stages what is left to do under `_listing/`, for the read tasks."""
+    with store_errors("reading of the done work in", config.sink.uri, s3):
+        completed = layout.succeeded_run_ids(config.sink.uri, s3)
+    source_uri = config.source.uri
+    if source_uri == SAMPLES_URI:
+        source_uri = str(export_samples(SAMPLES_FOLDER).resolve())
+    with store_errors("listing of", source_uri, s3):
+        staged = _stage_listing(config, s3, listing, source_uri, completed)
+    logger.info(
+        "run %s: %d listed, %d already done, %d done by earlier attempts, %d to process",
+        listing.run_id,
+        listing.listed,
+        listing.skipped,
+        len(listing.prior.inputs) if listing.prior else 0,
+        staged.rows,
+    )
+    return staged
+
+
+def _annotate(
+    config: JobConfig,
+    s3: S3Settings,
+    attempt: Attempt,
+    staged: _StagedListing,
+    input_size: int,
+    resources: Resources,
+    sink: CamDatasink,
+) -> str:
+    """Reads, decodes, predicts and writes the staged inputs into the sink; returns where Ray Data's statistics went.
+
+    Ray Data's per-operator statistics run to hundreds of lines: a file beside the output, linked from the runs
+    row, rather than the terminal."""
+    ds = _plan(config, attempt.run_id, staged, input_size, s3, resources)
+    ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
+    stats_uri = layout.stats_uri(config.sink.uri, attempt.run_id, attempt.number)
+    _write_text(stats_uri, ds.stats(), s3)
+    return stats_uri
+
+
+def _commit(config: JobConfig, s3: S3Settings, attempt: Attempt, lease: OutputLease) -> tuple[str, ...]:
+    """Moves the run's staged files into the tables, once: only while this run still holds the lease, and only
+    if no input appears twice."""
+    lease.check()
+    check_each_input_once(config.sink.uri, attempt.run_id, s3)
+    return tuple(commit(config.sink.uri, attempt.run_id, s3))
 
 
 def _plan(
@@ -559,7 +534,7 @@ def _plan(
     s3_plain = dataclasses.asdict(s3)  # workers rebuild S3Settings from plain data
     # One item per listing file, read by the read+decode tasks themselves. Ray Data's `read_parquet` would add
     # a file-listing task wanting a whole CPU, which a full actor pool never leaves free: the run stalled.
-    listing_files = [join_uri(staged.uri, f"part-{index:05d}.parquet") for index in range(staged.files)]
+    listing_files = [join_uri(staged.uri, layout.listing_file_name(index)) for index in range(staged.files)]
     ds = ray.data.from_items([{"listing": uri} for uri in listing_files], override_num_blocks=staged.files)
     ds = ds.map_batches(
         read_decode_listing,
@@ -594,67 +569,26 @@ def _plan(
     )
 
 
-def _summary(config: JobConfig, state: _Attempt, sink: CamDatasink, status: str, seconds: float) -> RunSummary:
-    prior_results = state.prior.results if state.prior else 0
-    prior_errors = state.prior.errors if state.prior else 0
+def _summary(
+    config: JobConfig, attempt: Attempt, record: _Record, sink: CamDatasink, status: str, seconds: float
+) -> RunSummary:
+    prior = record.prior
+    prior_results = prior.results if prior else 0
+    prior_errors = prior.errors if prior else 0
     return RunSummary(
-        run_id=state.run_id,
+        run_id=attempt.run_id,
         status=status,
-        listed=state.listed,
-        skipped=state.skipped,
+        listed=record.listing.listed if record.listing else 0,
+        skipped=record.listing.skipped if record.listing else 0,
         results=sink.counts.results + prior_results,
         errors=sink.counts.errors + prior_errors,
         seconds=seconds,
         output_uri=config.sink.uri,
-        result_files=tuple(join_uri(config.sink.uri, f) for f in state.files if f.startswith("results/")),
-        attempt=state.attempt,
+        result_files=tuple(join_uri(config.sink.uri, f) for f in record.files if f.startswith("results/")),
+        attempt=attempt.number,
         resumed=prior_results + prior_errors,
         processed=sink.counts.results + sink.counts.errors,
-        message=state.message,
-        stats_uri=state.stats_uri,
-        errors_by_stage=dict(sink.counts.errors_by_stage + (state.prior.errors_by_stage if state.prior else Counter())),
-    )
-
-
-def _record_run(
-    config: JobConfig, s3: S3Settings, state: _Attempt, sink: CamDatasink, summary: RunSummary, started: datetime
-) -> None:
-    import torch
-
-    version, commit_sha = _camray_version()
-    _write_run_row(
-        config,
-        s3,
-        {
-            "run_id": summary.run_id,
-            "status": summary.status,
-            "started_at": started,
-            "finished_at": datetime.now(UTC),
-            "config_fingerprint": config.fingerprint(),
-            "config_json": json.dumps(config.model_dump(mode="json"), sort_keys=True),
-            "model": config.model.name,
-            "weights_source": state.weights_source,
-            "weights_sha256": state.weights_sha256,
-            "input_uri": config.source.uri,
-            "listed": summary.listed,
-            "skipped": summary.skipped,
-            "results": summary.results,
-            "errors": summary.errors,
-            "seconds": summary.seconds,
-            "schema_version": SCHEMA_VERSION,
-            "attempt": summary.attempt,
-            "message": summary.message,
-            "resumed": summary.resumed,
-            "images_per_second": summary.images_per_second,
-            "errors_by_stage": json.dumps(dict(sorted(summary.errors_by_stage.items()))),
-            "io_retries": sink.counts.io_retries,
-            "camray_version": version,
-            "git_commit": commit_sha,
-            "ray_version": ray.__version__,
-            "torch_version": torch.__version__,
-            "nodes": state.nodes,
-            "gpu_types": state.gpu_types,
-            "host": socket.gethostname(),
-            "stats_uri": summary.stats_uri,
-        },
+        message=record.message,
+        stats_uri=record.stats_uri,
+        errors_by_stage=dict(sink.counts.errors_by_stage + (prior.errors_by_stage if prior else Counter())),
     )

@@ -1,9 +1,11 @@
 """Resource planning: what a job asks of the cluster, by cluster shape and config."""
 
+import time
+
 import pytest
 
 from camray.config import load_config
-from camray.runner import WRITE_CPUS, plan_resources
+from camray.planning import WRITE_CPUS, plan_resources
 
 
 def _plan(cluster, **overrides):
@@ -93,3 +95,99 @@ def test_blocks_hold_one_read_batch_and_the_store_budget_follows_the_pool_not_th
     assert gpus.object_store_bytes >= gpus.num_actors * 8 * gpus.batch_size * canvas
     configured = load_config(overrides={"sink.uri": "out", "runtime.object_store_mib": 1024})
     assert plan_resources(configured, {"CPU": 2.0}).object_store_bytes == 1024 * 2**20
+
+
+def _hold_lease(output: str, run_id: str):
+    """A live process of this host holding the output's lease as `run_id` (another run's driver)."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from camray.io.lease import OutputLease; from camray.io.sources import S3Settings; "
+            f"OutputLease({output!r}, {run_id!r}, S3Settings(), seconds=600).acquire(); "
+            "print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+@pytest.mark.parametrize("meanwhile", ["committed", "left unfinished", "made unreadable"])
+def test_the_attempt_is_resolved_before_the_lease_and_confirmed_under_it(meanwhile, tmp_path, caplog):
+    """A run waiting for the lease resolved its attempt from what it saw then; the holder's run may commit (the run
+    to resume is done) or crash (a run to resume appears) before the lease is free, or the output becomes
+    unreadable (then no resumption is trusted). The attempt it works on is the one true under the lease, and the
+    lease names it."""
+    import logging
+    import threading
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from camray.io.lease import LeaseRecord
+    from camray.io.resume import RunState, write_state
+    from camray.io.schema import RUNS
+    from camray.io.sink import discard_staging
+    from camray.io.sources import S3Settings
+    from camray.runner import _lease_attempt
+
+    out = str(tmp_path / "out")
+    config = load_config(overrides={"source.uri": str(tmp_path / "in"), "sink.uri": out, "sink.wait_for_lease": 120})
+    s3 = S3Settings()
+
+    def leave_unfinished(run_id: str) -> None:
+        state = RunState(run_id, 1, config.fingerprint(), config.model.name, config.source.uri, "2026-11-25T01:00:00")
+        write_state(out, state, s3)
+
+    holder_id = "holder-run"
+    if meanwhile == "committed":
+        leave_unfinished(holder_id)  # the holder is itself attempt 2 of an unfinished run, about to commit
+    elif meanwhile == "made unreadable":
+        leave_unfinished("crashed-run")
+    holder = _hold_lease(out, holder_id)
+    got: dict = {}
+    waiter = threading.Thread(target=lambda: got.update(result=_lease_attempt(config, s3, datetime.now(UTC))))
+    try:
+        with caplog.at_level(logging.INFO, logger="camray"):
+            waiter.start()
+            deadline = time.monotonic() + 60
+            while not any("waiting for the lease" in record.message for record in caplog.records):
+                assert time.monotonic() < deadline, "the second run never waited for the lease"
+                time.sleep(0.1)
+            if meanwhile == "committed":
+                row = dict.fromkeys(RUNS.names) | {"run_id": holder_id, "status": "succeeded", "attempt": 2}
+                (tmp_path / "out" / "runs").mkdir()
+                pq.write_table(pa.Table.from_pylist([row], schema=RUNS), f"{out}/runs/{holder_id}-a02.parquet")
+                discard_staging(out, holder_id, s3)
+            elif meanwhile == "left unfinished":
+                leave_unfinished(holder_id)
+            else:
+                (tmp_path / "out" / "runs").mkdir()
+                (tmp_path / "out" / "runs" / "garbage.parquet").write_bytes(b"not parquet" * 8)
+            holder.kill()
+            holder.wait()
+            waiter.join(timeout=60)
+        assert not waiter.is_alive()
+        attempt, lease = got["result"]
+        try:
+            if meanwhile == "committed":
+                assert attempt.number == 1 and attempt.run_id != holder_id
+            elif meanwhile == "left unfinished":
+                assert (attempt.run_id, attempt.number) == (holder_id, 2)
+            else:
+                assert attempt.number == 1 and attempt.run_id not in (holder_id, "crashed-run")
+            if meanwhile != "made unreadable":
+                assert any("resolving the attempt again" in record.message for record in caplog.records)
+            held = LeaseRecord.from_bytes((tmp_path / "out" / "_lease.json").read_bytes())
+            assert held.run_id == attempt.run_id
+        finally:
+            lease.release()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -4,7 +4,8 @@
 
 Truth: COCO JSON (`images`, `annotations` with `bbox` [x, y, w, h], optional `segmentation`) or a CSV with
 `file,x0,y0,x1,y1[,class_id]` (several rows per file for several objects; `class_id` may list several
-acceptable ids separated by spaces). Results rows are matched to truth by file name.
+acceptable ids separated by spaces). Of the output's results, the newest row of each image across succeeded runs
+is evaluated (the rule of `camray export`), matched to truth by file name.
 
 Measures (Choe et al., CVPR 2020, "Evaluating Weakly Supervised Object Localization Methods Right", with the
 definitions of clovaai/wsolevaluation: maps and boxes resized to 224 x 224, uint8 maps thresholded with
@@ -31,16 +32,19 @@ import argparse
 import csv
 import json
 import math
+import posixpath
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pyarrow.dataset as pads
+import torch
+from torchvision.ops import box_iou
 
 from camray.io.schema import decode_heatmap
-from camray.io.sources import S3Settings, filesystem_for
+from camray.outputs.tables import Output
 
 RESIZE = 224
 IOU_V2 = (0.3, 0.5, 0.7)
@@ -103,17 +107,19 @@ def resize_box(box: tuple[float, ...], image_size: tuple[int, int], size: int = 
     return int(x0 * size / width), int(y0 * size / height), int(x1 * size / width), int(y1 * size / height)
 
 
+def edge_ious(boxes_a: Sequence | np.ndarray, boxes_b: Sequence | np.ndarray) -> np.ndarray:
+    """IoU of every pair of pixel-edge boxes (the job's convention: a box covers `[x0, x1) x [y0, y1)`),
+    float64[A, B]; torchvision's `box_iou`, with 0 where both boxes are empty."""
+    a = torch.as_tensor(np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4))
+    b = torch.as_tensor(np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4))
+    return box_iou(a, b).nan_to_num(0.0).numpy()
+
+
 def multiple_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """IoU of every pair, inclusive-pixel convention (areas count x1 - x0 + 1), as in wsolevaluation."""
-    a = boxes_a[:, None, :].astype(np.float64)
-    b = boxes_b[None, :, :].astype(np.float64)
-    inter_w = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
-    inter_h = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
-    inter = inter_w * inter_h
-    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
-    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
-    union = area_a + area_b - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    """IoU of every pair, inclusive-pixel convention (areas count x1 - x0 + 1), as in wsolevaluation: the boxes'
+    far edges moved out by one pixel, then as pixel-edge boxes."""
+    grow = np.array([0, 0, 1, 1], dtype=np.float64)
+    return edge_ious(np.asarray(boxes_a, dtype=np.float64) + grow, np.asarray(boxes_b, dtype=np.float64) + grow)
 
 
 def boxes_from_scoremap(scoremap: np.ndarray, threshold: float, multi_contour: bool) -> np.ndarray:
@@ -151,10 +157,8 @@ def pixel_ap(scores: list[np.ndarray], masks: list[np.ndarray], thresholds: np.n
 
 
 def edge_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    """IoU of pixel-edge boxes in original pixels (the job's convention)."""
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    """IoU of two pixel-edge boxes in original pixels (the job's convention)."""
+    return float(edge_ious([a], [b])[0, 0])
 
 
 @dataclass(frozen=True)
@@ -212,21 +216,30 @@ def _area(box: tuple[float, ...]) -> float:
     return (box[2] - box[0]) * (box[3] - box[1])
 
 
+def _corners(box: dict) -> tuple[float, float, float, float]:
+    return box["x0"], box["y0"], box["x1"], box["y1"]
+
+
 def size_bucket(box: tuple[float, ...], width: int, height: int) -> str:
     fraction = _area(box) / (width * height)
     return next(name for name, low, high in SIZE_BUCKETS if low <= fraction < high)
 
 
+def output_of(results_uri: str) -> str:
+    """The output that a `results/` folder belongs to; any other URI is taken to be the output itself."""
+    path = results_uri.rstrip("/")
+    if posixpath.basename(path) != "results":
+        return path
+    return posixpath.dirname(path) or "."
+
+
 def _latest_rows(results_uri: str) -> dict[str, dict]:
-    fs, path = filesystem_for(results_uri, S3Settings())
+    """The newest row of each image across succeeded runs (`Output.latest_results`, the exports' rule), keyed by
+    file name as the truth is; of two inputs with one file name, the later URI in sort order."""
+    output = Output(output_of(results_uri))
+    output.check_exists()
     columns = ["image_uri", "width", "height", "predictions", "cams", "boxes", "run_id"]
-    table = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns)
-    latest: dict[str, dict] = {}
-    for row in table.to_pylist():
-        name = row["image_uri"].rsplit("/", 1)[-1]
-        if name not in latest or row["run_id"] > latest[name]["run_id"]:
-            latest[name] = row
-    return latest
+    return {row["image_uri"].rsplit("/", 1)[-1]: row for row in output.latest_results(None, columns).to_pylist()}
 
 
 def evaluate_rows(rows: dict[str, dict], truth: dict[str, Truth], interval: float = 0.01) -> Report:
@@ -265,24 +278,22 @@ def evaluate_rows(rows: dict[str, dict], truth: dict[str, Truth], interval: floa
             for iou in IOU_V2:
                 correct_multi[iou][index] += best >= iou
         own = [b for b in row["boxes"] if b["class_id"] == top1]
-        hit = (
-            bool(own)
-            and max(edge_iou((own[0]["x0"], own[0]["y0"], own[0]["x1"], own[0]["y1"]), g) for g in gt.boxes) >= 0.5
-        )
+        hit = bool(own) and bool(edge_ious([_corners(own[0])], gt.boxes).max() >= 0.5)
         box_hits += hit
         largest = max(gt.boxes, key=_area)
         tally = bucket_hits[size_bucket(largest, *size)]
         tally[0] += hit
         tally[1] += 1
-        job_boxes = [((b["x0"], b["y0"], b["x1"], b["y1"]), b["class_id"]) for b in row["boxes"]]
+        job_classes = [b["class_id"] for b in row["boxes"]]
+        matches = edge_ious([_corners(b) for b in row["boxes"]], gt.boxes) >= 0.5  # [job box, truth box]
         box_classes = gt.box_classes or [gt.classes] * len(gt.boxes)
-        for truth_box, classes in zip(gt.boxes, box_classes, strict=True):
-            found = any(edge_iou(box, truth_box) >= 0.5 for box, c in job_boxes if not classes or c in classes)
+        for index, (truth_box, classes) in enumerate(zip(gt.boxes, box_classes, strict=True)):
+            found = any(matches[j, index] for j, c in enumerate(job_classes) if not classes or c in classes)
             tally = object_hits[size_bucket(truth_box, *size)]
             tally[0] += found
             tally[1] += 1
-        boxes_out += len(job_boxes)
-        boxes_matched += sum(max(edge_iou(box, g) for g in gt.boxes) >= 0.5 for box, _ in job_boxes)
+        boxes_out += len(job_classes)
+        boxes_matched += int(matches.any(axis=1).sum())
         cls_ok = not gt.classes or top1 in gt.classes
         cls_hits += cls_ok
         loc_hits += hit and cls_ok
@@ -321,7 +332,9 @@ def evaluate(results_uri: str, truth_path: str | Path, interval: float = 0.01) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", required=True, help="the `results/` folder or s3:// prefix of a job's output")
+    parser.add_argument(
+        "--results", required=True, help="a job's output, or its `results/` folder (a folder or s3:// prefix)"
+    )
     parser.add_argument("--truth", required=True, help="COCO JSON or CSV of boxes")
     parser.add_argument("--cam-curve-interval", type=float, default=0.01)
     parser.add_argument("--json", help="also write the report as JSON here")

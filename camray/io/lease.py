@@ -28,23 +28,14 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from camray.errors import LeaseHeld
+from camray.io.layout import LEASE_NAME, lease_uri
 from camray.io.s3 import StoreUnavailableError
-from camray.io.sources import S3Settings, endpoint_of, is_s3, join_uri, s3_client
+from camray.io.sources import S3Settings, endpoint_of, is_s3, s3_client
 
 logger = logging.getLogger(__name__)
 
-LEASE_NAME = "_lease.json"
-
-
-class LeaseHeld(RuntimeError):
-    """The output is leased by another run; the message names the holder and when the lease expires."""
-
-    def __init__(self, uri: str, holder: LeaseRecord) -> None:
-        self.holder = holder
-        super().__init__(
-            f"output {uri} is leased by run {holder.run_id} on {holder.host} (pid {holder.pid}) until "
-            f"{holder.expires_at} UTC; retry after that, or pass --wait-for-lease SECONDS to wait for it"
-        )
+__all__ = ["LEASE_NAME", "LeaseHeld", "LeaseLost", "LeaseRecord", "OutputLease"]
 
 
 class LeaseLost(RuntimeError):
@@ -236,7 +227,7 @@ class OutputLease:
         if seconds < 3:
             raise ValueError("`sink.lease_seconds` must be at least 3")
         self.output_uri = output_uri
-        self.uri = join_uri(output_uri, LEASE_NAME)
+        self.uri = lease_uri(output_uri)
         self.run_id = run_id
         self.seconds = seconds
         if is_s3(output_uri):
@@ -270,7 +261,9 @@ class OutputLease:
         if current is None:  # released between our create and read: try again at once
             return self._try_once()
         holder = LeaseRecord.from_bytes(current[0])
-        if holder.run_id == self.run_id:
+        # The same run id in another process is another attempt of this run (a resumed run keeps its id): a holder
+        # like any other. Only this process holding it already is a mistake.
+        if holder.run_id == self.run_id and (holder.host, holder.pid) == (socket.gethostname(), os.getpid()):
             raise RuntimeError(f"run id {self.run_id} is already leasing {self.output_uri}")
         if holder.expired() or holder.holder_is_gone():
             if self._store.replace(record.to_bytes(), current[1]):
@@ -288,9 +281,17 @@ class OutputLease:
             return self._try_once()
         return holder
 
+    def _is_ours(self, record: LeaseRecord) -> bool:
+        return (record.run_id, record.host, record.pid, record.acquired_at) == (
+            self.run_id,
+            socket.gethostname(),
+            os.getpid(),
+            self._acquired_at,
+        )
+
     def _current_tag(self) -> str:
         current = self._store.read()
-        if current is None or LeaseRecord.from_bytes(current[0]).run_id != self.run_id:
+        if current is None or not self._is_ours(LeaseRecord.from_bytes(current[0])):
             raise RuntimeError(f"the lease of {self.output_uri} vanished right after it was created")
         return current[1]
 
@@ -321,14 +322,6 @@ class OutputLease:
                 self._tag = self._current_tag()
             except Exception as exc:  # a store hiccup: the next renewal may succeed before expiry
                 logger.warning("renewing the lease of %s failed: %s", self.output_uri, exc)
-
-    def relabel(self, run_id: str) -> None:
-        """Names another run id as the holder (a run resumed under its original id), at once."""
-        self.run_id = run_id
-        if not self._store.replace(self._record().to_bytes(), self._tag or ""):
-            self.lost = f"the lease of {self.output_uri} was taken over by another run"
-            raise LeaseLost(self.lost)
-        self._tag = self._current_tag()
 
     def check(self) -> None:
         """Raises `LeaseLost` if another run took the lease over: committing now could duplicate its work."""

@@ -3,9 +3,10 @@ continues it instead of starting over.
 
 Each run writes `_staging/<run_id>/run.json` (settings fingerprint, model, input, attempt) before any work.
 A run that crashes, is killed, is interrupted or ends incomplete leaves that folder behind; the next run on the
-output (it holds the lease, so nothing else is writing there) looks for such a folder with the same
-fingerprint, model and input, takes over its run id as attempt n + 1, and processes only the inputs that the
-folder's files (and any of the run's files a half-done commit already moved) do not hold. The run commits once,
+output looks for such a folder with the same fingerprint, model and input and takes over its run id as attempt
+n + 1: it looks before taking the lease, so as to take it under that id, and again once it holds the lease, when
+nothing else can change the answer. It then processes only the inputs that the folder's files (and any of the
+run's files a half-done commit already moved) do not hold, read under the lease. The run commits once,
 at the end, with every attempt's files: readers never see a partial run.
 """
 
@@ -21,12 +22,11 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from camray.io.sink import committed_files, discard_staging, staged_files, staging_uri
-from camray.io.sources import S3Settings, filesystem_for, join_uri
+from camray.io.layout import STATE_NAME, staging_root, staging_uri, state_uri
+from camray.io.sink import committed_files, discard_staging, staged_files
+from camray.io.sources import S3Settings, filesystem_for
 
 logger = logging.getLogger(__name__)
-
-STATE_NAME = "run.json"
 
 
 @dataclass(frozen=True)
@@ -50,14 +50,14 @@ class PriorWork:
 
 
 def write_state(output_uri: str, state: RunState, s3: S3Settings) -> None:
-    fs, staging = filesystem_for(staging_uri(output_uri, state.run_id), s3)
-    fs.create_dir(staging, recursive=True)
-    with fs.open_output_stream(f"{staging}/{STATE_NAME}") as stream:
+    fs, path = filesystem_for(state_uri(output_uri, state.run_id), s3)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
         stream.write(json.dumps(asdict(state), sort_keys=True).encode())
 
 
 def _states(output_uri: str, s3: S3Settings) -> list[RunState]:
-    fs, root = filesystem_for(join_uri(output_uri, "_staging"), s3)
+    fs, root = filesystem_for(staging_root(output_uri), s3)
     states = []
     for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
         if info.type != pafs.FileType.Directory:
@@ -71,19 +71,27 @@ def _states(output_uri: str, s3: S3Settings) -> list[RunState]:
 
 
 def find_resumable(
-    output_uri: str, fingerprint: str, model: str, input_uri: str, succeeded: set[str], s3: S3Settings
+    output_uri: str,
+    fingerprint: str,
+    model: str,
+    input_uri: str,
+    succeeded: set[str],
+    s3: S3Settings,
+    quiet: bool = False,
 ) -> RunState | None:
-    """The latest unfinished run with these settings on this input, or None.
+    """The latest unfinished run with these settings on this input, or None; `quiet` leaves out the warnings
+    about other settings' runs (for a look that is repeated under the lease).
 
     Staging left by a run that did succeed (a crash after its runs row, before the folder was removed) is
-    debris and is removed. Staging of runs with other settings is left for a rerun of those settings."""
+    debris and is removed: safe without the lease too, as a run is `succeeded` only after its commit has emptied
+    that folder. Staging of runs with other settings is left for a rerun of those settings."""
     candidates = []
     for state in _states(output_uri, s3):
         if state.run_id in succeeded:
             discard_staging(output_uri, state.run_id, s3)
         elif (state.fingerprint, state.model, state.input_uri) == (fingerprint, model, input_uri):
             candidates.append(state)
-        else:
+        elif not quiet:
             logger.warning(
                 "run %s (model %s, settings %s, input %s) did not finish; its staged files stay in place for a rerun "
                 "with those settings",

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from camray.errors import SetupError
+
 logger = logging.getLogger(__name__)
 
 # 6 attempts in all. Where one request in eight fails (the flaky-store test's rates), a request then fails for
@@ -77,7 +79,7 @@ def refuse_credentials_in_endpoint(url: str, origin: str) -> str:
     parsed = urlparse(url if "://" in url else f"https://{url}")
     if "@" in parsed.netloc:
         host = parsed.netloc.rsplit("@", 1)[1]
-        raise ValueError(
+        raise SetupError(
             f"{origin} must not hold credentials (`user:password@`): pass them through the AWS chain "
             f"(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile or an instance role) and give the endpoint "
             f"as {parsed.scheme}://{host}"

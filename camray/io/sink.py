@@ -27,12 +27,11 @@ from ray.data import Datasink
 from ray.data._internal.execution.interfaces import TaskContext
 from ray.data.datasource.datasink import WriteResult
 
+from camray.io.layout import ROW_TABLES, staged_file_name, staging_uri
 from camray.io.schema import ERRORS, RESULTS, ROWS
 from camray.io.sources import S3Settings, filesystem_for, is_s3, join_uri, write_object
 
 logger = logging.getLogger(__name__)
-
-TABLES = ("results", "errors")
 
 
 @dataclass
@@ -57,14 +56,6 @@ class WrittenCounts:
         self.write_retries += other.write_retries
 
 
-def staging_uri(output_uri: str, run_id: str) -> str:
-    return join_uri(output_uri, "_staging", run_id)
-
-
-def staged_file_name(run_id: str, attempt: int, task_index: int) -> str:
-    return f"{run_id}-a{attempt:02d}-{task_index:05d}.parquet"
-
-
 def _parquet_bytes(table: pa.Table) -> bytes:
     """The whole file in memory, to be written in one piece (`write_object`): a file holds at most a write
     task's rows, a few MB of maps."""
@@ -85,7 +76,6 @@ class CamDatasink(Datasink[WrittenCounts]):
         self.s3 = s3
         self.rows_per_file = rows_per_file
         self.counts = WrittenCounts()
-        self.failed: Exception | None = None
 
     @property
     def min_rows_per_write(self) -> int | None:
@@ -115,15 +105,12 @@ class CamDatasink(Datasink[WrittenCounts]):
         for item in write_result.write_returns:
             self.counts.add(item)
 
-    def on_write_failed(self, error: Exception) -> None:
-        self.failed = error
-
 
 def staged_files(output_uri: str, run_id: str, s3: S3Settings) -> list[str]:
     """The run's complete staged files, as `results/NAME` and `errors/NAME` (temporary files left out)."""
     fs, staging = filesystem_for(staging_uri(output_uri, run_id), s3)
     found = []
-    for kind in TABLES:
+    for kind in ROW_TABLES:
         selector = pafs.FileSelector(f"{staging}/{kind}", allow_not_found=True)
         for info in fs.get_file_info(selector):
             if (
@@ -139,7 +126,7 @@ def committed_files(output_uri: str, run_id: str, s3: S3Settings) -> list[str]:
     """Files of `run_id` already moved into `results/` or `errors/` (by a commit that did not finish)."""
     fs, out = filesystem_for(output_uri, s3)
     found = []
-    for kind in TABLES:
+    for kind in ROW_TABLES:
         for info in fs.get_file_info(pafs.FileSelector(f"{out}/{kind}", allow_not_found=True)):
             if info.type == pafs.FileType.File and info.base_name.startswith(f"{run_id}-"):
                 found.append(f"{kind}/{info.base_name}")

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from camray.io.schema import ERRORS, RESULTS, RUNS, SCHEMA_VERSION
-
-TABLES = {"results": RESULTS, "errors": ERRORS, "runs": RUNS}
+from camray.io.layout import TABLES
+from camray.io.schema import SCHEMA_VERSION
 
 
 def hive_type(arrow_type: pa.DataType) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from camray.errors import UsageError
 from camray.io.schema import decode_mask
 from camray.outputs.tables import Output
 
@@ -145,7 +146,7 @@ def _label_paths(uris: list[str]) -> list[str]:
     seen: dict[str, str] = {}
     for uri, name in zip(uris, names, strict=True):
         if name in seen:
-            raise ValueError(f"{seen[name]} and {uri} would share the label file {name}; export them separately")
+            raise UsageError(f"{seen[name]} and {uri} would share the label file {name}; export them separately")
         seen[name] = uri
     return names
 

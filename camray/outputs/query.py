@@ -17,9 +17,10 @@ from __future__ import annotations
 import duckdb
 import pyarrow.dataset as pads
 
+from camray.io.layout import TABLES
 from camray.outputs.tables import Output
 
-VIEWS = ("results", "errors", "runs", "predictions", "boxes")
+VIEWS = (*TABLES, "predictions", "boxes")
 
 _DERIVED = {
     "predictions": """
@@ -42,7 +43,7 @@ def connect(output: Output | str, all_runs: bool = False) -> duckdb.DuckDBPyConn
         raise TypeError(f"`output` must be an Output or a URI, not {type(output).__name__}")
     output.check_exists()
     con = duckdb.connect()
-    datasets: dict[str, pads.Dataset] = {name: output.dataset(name) for name in ("results", "errors", "runs")}
+    datasets: dict[str, pads.Dataset] = {name: output.dataset(name) for name in TABLES}
     if not all_runs:
         succeeded = output.succeeded_run_ids()
         datasets = {name: dataset.filter(pads.field("run_id").isin(succeeded)) for name, dataset in datasets.items()}

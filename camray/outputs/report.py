@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from camray.errors import UsageError
 from camray.io.schema import decode_heatmap
 from camray.io.sources import ByteReader
 from camray.outputs.overlay import LabelledBox, draw_boxes, overlay, ramp, resize_map
@@ -298,7 +299,7 @@ def write_report(output: Output, dest: str | Path, run_id: str | None = None, li
     """Writes `dest/index.html` (and `dest/images/`) for `run_id`, or the newest succeeded run; returns the
     page's path. `limit` bounds the gallery; histograms and the error list cover the whole run."""
     if limit < 0:
-        raise ValueError(f"`limit` must be >= 0, not {limit}")
+        raise UsageError(f"`limit` must be >= 0, not {limit}")
     run = output.pick_run(run_id)
     dest = Path(dest)
     if (dest / "images").exists():

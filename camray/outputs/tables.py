@@ -1,29 +1,46 @@
 """Reading an output's tables (`results/`, `errors/`, `runs/`), local or `s3://`, for the users' tools.
 
-`runs/` holds one small file per run, written by every version of the job: its files are all inspected and
-their schemas unified with the current `RUNS` (columns a file lacks read as null, columns this version does
-not know are kept). `results/` and `errors/` are large: they are read with the current schema unified with
-one file's, which is enough because their columns only ever grow.
+Where the tables live and how their schemas are merged is `camray.io.layout`'s. This module adds what the
+tools share on top: picking a run, and the newest row of each image.
+
+The newest row of each image is one rule for every reader (exports, report, evaluator): among the rows of
+succeeded runs, the row of the run that comes last in run order (`started_at`, then `run_id`). DuckDB computes
+it over the pyarrow dataset (`QUALIFY row_number() OVER (...) = 1`), within `DUCKDB_MEMORY_LIMIT` and spilling
+to a temporary folder beyond it, so the history's size does not decide the memory it takes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 
-from camray.io.schema import ERRORS, RESULTS, RUNS
-from camray.io.sources import S3Settings, filesystem_for, join_uri
+from camray.errors import RunNotFound
+from camray.io import layout
+from camray.io.sources import S3Settings
 
-TABLES = {"results": RESULTS, "errors": ERRORS, "runs": RUNS}
+# DuckDB's working memory for the tools' set operations; beyond it DuckDB spills to a temporary folder.
+DUCKDB_MEMORY_LIMIT = "1GB"
 
 
 class OutputNotFound(FileNotFoundError):
     """The output URI holds no camray tables."""
+
+
+@contextmanager
+def bounded_duckdb(memory_limit: str = DUCKDB_MEMORY_LIMIT) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB connection that keeps to `memory_limit` and spills to a temporary folder removed after."""
+    with tempfile.TemporaryDirectory(prefix="camray-duckdb-") as spill:
+        con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": spill})
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 @dataclass(frozen=True)
@@ -35,24 +52,10 @@ class Output:
 
     def dataset(self, table: str) -> pads.Dataset:
         """The whole table as a pyarrow dataset (empty, with the current schema, when the folder is absent)."""
-        if table not in TABLES:
-            raise ValueError(f"`table` must be one of {sorted(TABLES)}, not {table!r}")
-        fs, path = filesystem_for(join_uri(self.uri, table), self.s3)
-        if fs.get_file_info(path).type != pafs.FileType.Directory:
-            return pads.dataset(TABLES[table].empty_table())
-        factory = pads.FileSystemDatasetFactory(
-            fs,
-            pafs.FileSelector(path, recursive=True),
-            pads.ParquetFileFormat(),
-            pads.FileSystemFactoryOptions(selector_ignore_prefixes=[".", "_"]),
-        )
-        inspected = factory.inspect(fragments=None if table == "runs" else 1, promote_options="permissive")
-        schema = pa.unify_schemas([TABLES[table], inspected], promote_options="permissive")
-        return factory.finish(schema)
+        return layout.table_dataset(self.uri, table, self.s3)
 
     def check_exists(self) -> None:
-        fs, path = filesystem_for(join_uri(self.uri, "runs"), self.s3)
-        if fs.get_file_info(path).type != pafs.FileType.Directory:
+        if not layout.has_runs(self.uri, self.s3):
             raise OutputNotFound(f"{self.uri} has no runs/ table: not a camray output, or no job has finished there")
 
     def runs(self) -> pa.Table:
@@ -63,8 +66,8 @@ class Output:
         return table.sort_by([("started_at", "descending"), ("run_id", "descending")])
 
     def succeeded_run_ids(self) -> list[str]:
-        runs = self.dataset("runs").to_table(columns=["run_id", "status"])
-        return runs.filter(pc.equal(runs.column("status"), "succeeded")).column("run_id").to_pylist()
+        """Succeeded runs, newest first."""
+        return layout.succeeded_run_ids(self.uri, self.s3)
 
     def pick_run(self, run_id: str | None) -> dict:
         """The named run, or the newest succeeded one, or (none succeeded) the newest of any status."""
@@ -74,10 +77,10 @@ class Output:
             for run in runs:
                 if run["run_id"] == run_id:
                     return run
-            raise LookupError(f"run {run_id!r} is not in {self.uri}/runs; `camray runs --output {self.uri}` lists them")
+            raise RunNotFound(f"run {run_id!r} is not in {self.uri}/runs; `camray runs --output {self.uri}` lists them")
         if not runs:
             raise OutputNotFound(f"{self.uri}/runs holds no run")
-        return next((run for run in runs if run["status"] == "succeeded"), runs[0])
+        return next((run for run in runs if run["status"] == layout.SUCCEEDED), runs[0])
 
     def table(
         self,
@@ -93,21 +96,26 @@ class Output:
         return self.dataset(table).to_table(columns=columns, filter=expression)
 
     def latest_results(self, run_id: str | None, columns: list[str] | None = None) -> pa.Table:
-        """Results of one run, or, without a run, the newest succeeded row of every image across succeeded runs
-        (non-incremental reruns write an image again)."""
+        """Results of one run, or, without a run, the newest row of every image across succeeded runs
+        (non-incremental reruns write an image again), ordered by `image_uri`."""
         if run_id is not None:
             return self.table("results", [run_id], columns)
-        runs = self.runs()
-        succeeded = runs.filter(pc.equal(runs.column("status"), "succeeded"))
-        order = {run: index for index, run in enumerate(succeeded.column("run_id").to_pylist())}  # newest first
-        wanted = None if columns is None else list(dict.fromkeys([*columns, "image_uri", "run_id"]))
-        table = self.table("results", list(order), wanted)
-        if table.num_rows == 0:
-            return table if columns is None else table.select(columns)
-        rank = pa.array([order[run] for run in table.column("run_id").to_pylist()], pa.int64())
-        table = table.append_column("_rank", rank).sort_by([("image_uri", "ascending"), ("_rank", "ascending")])
-        uris = table.column("image_uri")
-        keep = pc.invert(pc.equal(uris.slice(1), uris.slice(0, len(uris) - 1))) if len(uris) > 1 else None
-        mask = pa.concat_arrays([pa.array([True]), keep.combine_chunks()]) if keep is not None else pa.array([True])
-        table = table.filter(mask).drop_columns(["_rank"])
-        return table if columns is None else table.select(columns)
+        dataset = self.dataset("results")
+        wanted = dataset.schema.names if columns is None else columns
+        succeeded = layout.succeeded_runs(self.uri, self.s3)
+        ordered = succeeded.append_column("run_order", pa.array(range(succeeded.num_rows), pa.int64()))
+        rows = dataset.filter(pads.field("run_id").isin(succeeded.column("run_id")))
+        selected = ", ".join(f'r."{name}"' for name in wanted)
+        with bounded_duckdb() as con:
+            con.register("succeeded_rows", rows)
+            con.register("run_order", ordered.select(["run_id", "run_order"]))
+            newest = con.sql(
+                f"""
+                SELECT {selected}
+                FROM succeeded_rows r JOIN run_order o USING (run_id)
+                QUALIFY row_number() OVER (PARTITION BY r.image_uri ORDER BY o.run_order) = 1
+                ORDER BY r.image_uri
+                """
+            ).to_arrow_table()
+        # DuckDB's Arrow types may differ in details (list field names, string kinds): back to the table's own.
+        return newest.cast(pa.schema([dataset.schema.field(name) for name in wanted]))

@@ -9,6 +9,7 @@ from camray.evaluation.evalset import build
 from camray.evaluation.evaluate import (
     boxes_from_scoremap,
     edge_iou,
+    edge_ious,
     evaluate_rows,
     load_truth,
     multiple_iou,
@@ -128,3 +129,73 @@ def test_evalset_is_deterministic_and_boxes_lie_inside(built_evalset, tmp_path):
         for x0, y0, x1, y1 in entry.boxes:
             assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
         assert entry.classes or name == "photo_arc2017.png"  # its products have no ImageNet class
+
+
+def test_ious_match_the_obvious_loops():
+    rng = np.random.default_rng(0)
+    corners = rng.uniform(0, 100, size=(40, 4))
+    boxes = np.concatenate([np.minimum(corners[:, :2], corners[:, 2:]), np.maximum(corners[:, :2], corners[:, 2:])], 1)
+    boxes[:3] = boxes[3:6]  # identical pairs
+    boxes[6, 2:] = boxes[6, :2]  # an empty box
+
+    def edge(a, b):
+        inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+        return inter / union if union > 0 else 0.0
+
+    def inclusive(a, b):
+        return edge((a[0], a[1], a[2] + 1, a[3] + 1), (b[0], b[1], b[2] + 1, b[3] + 1))
+
+    expected_edge = np.array([[edge(a, b) for b in boxes[20:]] for a in boxes[:20]])
+    np.testing.assert_allclose(edge_ious(boxes[:20], boxes[20:]), expected_edge, atol=1e-12)
+    assert edge_iou(tuple(boxes[6]), tuple(boxes[6])) == 0.0
+    pixels = np.floor(boxes).astype(np.int64)
+    expected_inclusive = np.array([[inclusive(a, b) for b in pixels[20:]] for a in pixels[:20]])
+    np.testing.assert_allclose(multiple_iou(pixels[:20], pixels[20:]), expected_inclusive, atol=1e-12)
+
+
+def _results_table(rows: list[dict]):
+    import pyarrow as pa
+
+    from camray.io.schema import RESULTS
+
+    full = []
+    for row in rows:
+        entry = dict.fromkeys(RESULTS.names)
+        entry.update(row)
+        full.append(entry)
+    return pa.Table.from_pylist(full, schema=RESULTS)
+
+
+def test_evaluate_reads_the_newest_row_of_succeeded_runs_in_run_order(tmp_path):
+    """The exports' rule, not the largest run id: run `r9` failed, and `r0` is newer than `r5` though its id is
+    smaller."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from camray.evaluation.evaluate import evaluate
+    from camray.io.schema import RUNS
+
+    grid = np.zeros((56, 56), dtype=np.float32)
+    grid[14:42, 14:42] = 1.0
+    right, wrong = (100, 100, 300, 300), (0, 0, 50, 50)
+    out = tmp_path / "out"
+    (out / "runs").mkdir(parents=True)
+    (out / "results").mkdir()
+    for run_id, status, hour, box in (
+        ("r5", "succeeded", 1, wrong),
+        ("r0", "succeeded", 2, right),
+        ("r9", "failed", 3, wrong),
+    ):
+        when = datetime(2026, 11, 25, hour, tzinfo=UTC)
+        run = dict.fromkeys(RUNS.names) | {"run_id": run_id, "status": status, "started_at": when}
+        pq.write_table(pa.Table.from_pylist([run], schema=RUNS), out / "runs" / f"{run_id}.parquet")
+        row = _row(grid, 400, 400, top1=8, box=box, cam_class=8) | {"image_uri": "/photos/a.png", "run_id": run_id}
+        pq.write_table(_results_table([row]), out / "results" / f"{run_id}-a01-00000.parquet")
+    truth = tmp_path / "truth.csv"
+    truth.write_text("file,x0,y0,x1,y1,class_id\na.png,100,100,300,300,8\n")
+    for uri in (str(out / "results"), f"{out}/results/", str(out)):
+        report = evaluate(uri, truth)
+        assert report.images == 1 and report.box_acc == 1.0 and report.top1_loc == 1.0, uri

@@ -148,3 +148,37 @@ def test_a_run_whose_lease_was_taken_over_does_not_commit(output):
     finally:
         lease.release()
     assert _read(output).run_id == "new-run"  # not ours to delete
+
+
+def test_another_attempt_of_the_same_run_is_a_holder_like_any_other(output):
+    """A resumed run leases under its original id: a live process holding that id makes it wait or refuse, and a
+    dead one's lease is taken over; only this very process leasing twice is a mistake."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from camray.io.lease import OutputLease; from camray.io.sources import S3Settings; "
+            f"OutputLease({output!r}, 'resumed-run', S3Settings(), seconds=600).acquire(); "
+            "print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LeaseHeld, match=f"resumed-run on {socket.gethostname()} \\(pid {holder.pid}\\)"):
+            OutputLease(output, "resumed-run", S3Settings(), seconds=60).acquire(wait_seconds=0.5, poll_seconds=0.2)
+    finally:
+        holder.kill()
+        holder.wait()
+    lease = OutputLease(output, "resumed-run", S3Settings(), seconds=60)
+    lease.acquire()
+    try:
+        assert lease.took_over is not None and lease.took_over.pid == holder.pid
+        held = _read(output)
+        assert held.run_id == "resumed-run" and held.pid != holder.pid
+        with pytest.raises(RuntimeError, match="already leasing"):
+            OutputLease(output, "resumed-run", S3Settings(), seconds=60).acquire()
+    finally:
+        lease.release()
+    assert _read(output) is None

@@ -68,3 +68,72 @@ def test_tools_start_without_ray_or_torch_and_fail_in_one_line(tmp_path):
         assert done.returncode == 1 and lines[-1] == "[]", done.stderr
         assert lines[0].startswith(f"camray {verb[0]}: error:") and "no runs/ table" in lines[0]
         assert len(lines) == 2  # the one error line, then this test's own print
+
+
+def _succeeded_run(out: Path, run_id: str) -> None:
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from camray.io.schema import RUNS
+
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    row = dict.fromkeys(RUNS.names) | {"run_id": run_id, "status": "succeeded", "started_at": datetime.now(UTC)}
+    pq.write_table(pa.Table.from_pylist([row], schema=RUNS), out / "runs" / f"{run_id}.parquet")
+
+
+NOT_PARQUET = b"written by something else, not Parquet" * 4
+
+
+@pytest.mark.parametrize("corrupt", ["runs", "results"])
+def test_a_run_failing_on_a_pyarrow_error_exits_1_with_that_error(corrupt, tmp_path, photos, capsys):
+    """pyarrow's `ArrowInvalid` is a `ValueError`, and a run that meets one fails (1), naming it: it is no bad
+    config (2). A corrupt runs file stops the run where it reads which runs succeeded, a corrupt results file where
+    it skips the work they did; either way under the lease, and its runs row records the failure."""
+    import pyarrow.parquet as pq
+
+    from camray.cli import main
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "cat.png").write_bytes(photos["chelsea.png"])
+    out = tmp_path / "out"
+    _succeeded_run(out, "earlier-run")
+    broken = out / corrupt / "earlier-run-a01-00000.parquet"
+    broken.parent.mkdir(exist_ok=True)
+    broken.write_bytes(NOT_PARQUET)
+
+    capsys.readouterr()
+    status = main(["--input", str(inputs), "--output", str(out)])
+    printed = capsys.readouterr()
+    assert status == 1, printed
+    last = printed.err.strip().splitlines()[-1]
+    assert last.startswith("camray: run failed: ArrowInvalid: ") and broken.name in last and "magic bytes" in last
+    assert "camray:" not in printed.out
+    assert not (out / "_lease.json").exists()
+    seeded = {"earlier-run.parquet", broken.name}
+    [row] = [pq.read_table(path).to_pylist()[0] for path in (out / "runs").iterdir() if path.name not in seeded]
+    assert row["status"] == "failed" and row["attempt"] == 1
+    assert row["message"].startswith("ArrowInvalid: ") and broken.name in row["message"]
+
+
+def test_tools_exit_2_only_for_what_the_user_asked_wrongly(tmp_path, capsys):
+    out = tmp_path / "out"
+    _succeeded_run(out, "earlier-run")
+
+    def query(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        status = main_camray(["query", "--output", str(out), *argv])
+        return status, capsys.readouterr().err
+
+    assert query()[0] == 2  # no SQL
+    assert query("SELEC 1")[0] == 2
+    assert query("SELECT * FROM nowhere")[0] == 2
+    status, err = query("SELECT CAST('one' AS INTEGER)")  # well-formed: the data makes it fail
+    assert status == 1 and "Conversion Error" in err
+    assert query("SELECT count(*) FROM runs")[0] == 0
+    (out / "results").mkdir()
+    (out / "results" / "earlier-run-a01-00000.parquet").write_bytes(NOT_PARQUET)
+    status, err = query("SELECT count(*) FROM results")
+    assert status == 1 and err.startswith("camray query: error:") and "magic bytes" in err

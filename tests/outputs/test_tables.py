@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from camray.io.schema import RESULTS, RUNS
-from camray.outputs.tables import Output, OutputNotFound
+from camray.outputs.tables import Output, OutputNotFound, bounded_duckdb
 
 # The runs columns of schema version 1, before the operator's columns were added.
 RUNS_V1 = pa.schema([RUNS.field(name) for name in RUNS.names[: RUNS.names.index("schema_version") + 1]])
@@ -74,3 +75,34 @@ def test_missing_output_is_named(tmp_path):
     with pytest.raises(OutputNotFound, match="no runs/ table"):
         Output(str(tmp_path / "nothing")).check_exists()
     assert Output(str(tmp_path)).dataset("results").to_table().schema.names == RESULTS.names
+
+
+def test_newest_row_follows_run_order_not_run_ids_and_keeps_the_schema(output, tmp_path):
+    # An older succeeded run whose id sorts after every other: the largest id is not the newest run.
+    pq.write_table(
+        pa.Table.from_pylist([_run_row("zz", "succeeded", 0)], schema=RUNS_V1), tmp_path / "runs" / "zz.parquet"
+    )
+    rows = [_result("img/2.png", "zz", "older-than-a"), _result("img/3.png", "zz", "only-zz")]
+    pq.write_table(pa.Table.from_pylist(rows, schema=RESULTS), tmp_path / "results" / "zz.parquet")
+    assert output.succeeded_run_ids() == ["b", "a", "zz"]
+    latest = output.latest_results(None)
+    assert latest.schema.names == RESULTS.names and latest.schema.equals(RESULTS, check_metadata=False)
+    labels = {row["image_uri"]: (row["run_id"], row["predictions"][0]["label"]) for row in latest.to_pylist()}
+    assert labels == {"img/1.png": ("b", "new"), "img/2.png": ("a", "only-a"), "img/3.png": ("zz", "only-zz")}
+
+
+def test_the_newest_row_query_keeps_to_its_memory_limit_and_spills_to_a_removed_folder():
+    with bounded_duckdb("32MB") as con:
+        limit, spill = con.execute(
+            "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
+        ).fetchone()
+        assert limit == "30.5 MiB" and Path(spill).is_dir()
+        # The newest-row query's shape over ~150 MB of rows: within 32 MB only if DuckDB spills.
+        newest = """
+            SELECT count(*), sum(i) FROM (
+                SELECT * FROM (SELECT i % 500000 AS k, i, md5(i::VARCHAR) || md5(i::VARCHAR) AS h
+                               FROM range(2000000) t(i))
+                QUALIFY row_number() OVER (PARTITION BY k ORDER BY i DESC) = 1
+            )"""
+        assert con.execute(newest).fetchone() == (500_000, sum(range(1_500_000, 2_000_000)))
+    assert not Path(spill).exists()

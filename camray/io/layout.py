@@ -1,0 +1,132 @@
+"""The output's layout, in one place: what lives where under an output URI, and how its runs are read.
+
+```
+<output>/
+  results/  errors/  runs/           the tables (`TABLES`), the only Parquet readers see
+  _lease.json                        the lease of the run writing here (`camray.io.lease`)
+  _staging/<run_id>/                 a run's staged files and its `run.json` until it commits (`io.sink`, `io.resume`)
+  _listing/<run_id>-aNN/             an attempt's inputs for its read tasks, removed when the attempt ends
+  _logs/<run_id>-aNN-stats.txt       Ray Data's statistics of an attempt, linked from its runs row
+  _logs/<run_id>-aNN-log.txt         the attempt's log: camray's lines and Ray's, kept off the terminal
+```
+Readers of `*/**.parquet` skip the underscore entries, as Spark, Hive and Athena do. A run has one id over all
+its attempts; `-aNN` names what belongs to attempt NN. Runs rows are named `<run_id>.parquet` for a first attempt
+and `<run_id>-aNN.parquet` after it, so an attempt never overwrites the row of an earlier one.
+
+Every reader of the tables, the runner's check of what is done included, goes through `table_dataset`: each
+`runs/` file is inspected and the schemas unified with the current `RUNS` (columns a file lacks read as null,
+columns this version does not know are kept); `results/` and `errors/` are large and read with the current schema
+unified with one file's, enough because their columns only ever grow.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from camray.io.schema import ERRORS, RESULTS, RUNS
+from camray.io.sources import S3Settings, filesystem_for, join_uri
+
+TABLES: dict[str, pa.Schema] = {"results": RESULTS, "errors": ERRORS, "runs": RUNS}
+# The tables the write tasks fill; `runs/` is written by the driver, one row per attempt.
+ROW_TABLES = ("results", "errors")
+
+LEASE_NAME = "_lease.json"
+STAGING_FOLDER = "_staging"
+LISTING_FOLDER = "_listing"
+LOGS_FOLDER = "_logs"
+STATE_NAME = "run.json"
+
+SUCCEEDED = "succeeded"
+
+
+def attempt_name(run_id: str, attempt: int) -> str:
+    return f"{run_id}-a{attempt:02d}"
+
+
+def table_uri(output_uri: str, table: str) -> str:
+    if table not in TABLES:
+        raise ValueError(f"`table` must be one of {sorted(TABLES)}, not {table!r}")
+    return join_uri(output_uri, table)
+
+
+def lease_uri(output_uri: str) -> str:
+    return join_uri(output_uri, LEASE_NAME)
+
+
+def staging_root(output_uri: str) -> str:
+    return join_uri(output_uri, STAGING_FOLDER)
+
+
+def staging_uri(output_uri: str, run_id: str) -> str:
+    return join_uri(output_uri, STAGING_FOLDER, run_id)
+
+
+def state_uri(output_uri: str, run_id: str) -> str:
+    return join_uri(output_uri, STAGING_FOLDER, run_id, STATE_NAME)
+
+
+def listing_uri(output_uri: str, run_id: str, attempt: int) -> str:
+    return join_uri(output_uri, LISTING_FOLDER, attempt_name(run_id, attempt))
+
+
+def listing_file_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def stats_uri(output_uri: str, run_id: str, attempt: int) -> str:
+    return join_uri(output_uri, LOGS_FOLDER, f"{attempt_name(run_id, attempt)}-stats.txt")
+
+
+def log_uri(output_uri: str, run_id: str, attempt: int) -> str:
+    return join_uri(output_uri, LOGS_FOLDER, f"{attempt_name(run_id, attempt)}-log.txt")
+
+
+def runs_row_name(run_id: str, attempt: int) -> str:
+    return f"{run_id}.parquet" if attempt == 1 else f"{attempt_name(run_id, attempt)}.parquet"
+
+
+def staged_file_name(run_id: str, attempt: int, task_index: int) -> str:
+    """Fixed by the run, the attempt and the write task: a retried task rewrites its file, never adds one."""
+    return f"{attempt_name(run_id, attempt)}-{task_index:05d}.parquet"
+
+
+def table_dataset(output_uri: str, table: str, s3: S3Settings, current_columns_only: bool = False) -> pads.Dataset:
+    """The whole table as a pyarrow dataset (empty, with the current schema, when the folder is absent).
+
+    `current_columns_only` reads with the current schema as it is, without inspecting any file: enough for a
+    reader of columns every version has, and one request per file fewer on `runs/`."""
+    fs, path = filesystem_for(table_uri(output_uri, table), s3)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return pads.dataset(TABLES[table].empty_table())
+    factory = pads.FileSystemDatasetFactory(
+        fs,
+        pafs.FileSelector(path, recursive=True),
+        pads.ParquetFileFormat(),
+        pads.FileSystemFactoryOptions(selector_ignore_prefixes=[".", "_"]),
+    )
+    if current_columns_only:
+        return factory.finish(TABLES[table])
+    inspected = factory.inspect(fragments=None if table == "runs" else 1, promote_options="permissive")
+    schema = pa.unify_schemas([TABLES[table], inspected], promote_options="permissive")
+    return factory.finish(schema)
+
+
+def has_runs(output_uri: str, s3: S3Settings) -> bool:
+    fs, path = filesystem_for(table_uri(output_uri, "runs"), s3)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def succeeded_runs(output_uri: str, s3: S3Settings) -> pa.Table:
+    """`run_id` and `started_at` of every succeeded run, newest first: the run order in which a later run's row of
+    an image replaces an earlier one's. A run succeeds once, so each id appears once."""
+    runs = table_dataset(output_uri, "runs", s3, current_columns_only=True).to_table(
+        columns=["run_id", "started_at"], filter=pc.field("status") == SUCCEEDED
+    )
+    return runs.sort_by([("started_at", "descending"), ("run_id", "descending")])
+
+
+def succeeded_run_ids(output_uri: str, s3: S3Settings) -> list[str]:
+    return succeeded_runs(output_uri, s3).column("run_id").to_pylist()

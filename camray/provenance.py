@@ -1,0 +1,163 @@
+"""What a run records about itself: its summary, and its row in `runs/` with the versions, the weights and the
+cluster it ran with, so that any result can be traced to the code, model and machines that made it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import tomllib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from camray.config import JobConfig
+from camray.io.layout import runs_row_name, table_uri
+from camray.io.schema import RUNS, SCHEMA_VERSION
+from camray.io.sources import S3Settings, filesystem_for, store_errors
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    status: str
+    listed: int
+    skipped: int
+    results: int
+    errors: int
+    seconds: float
+    output_uri: str
+    result_files: tuple[str, ...]
+    attempt: int = 1
+    resumed: int = 0
+    processed: int = 0
+    message: str | None = None
+    stats_uri: str | None = None
+    errors_by_stage: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        """Inputs this attempt accounted for, per second of its wall time."""
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """The loaded model as the runs row names it, and the input size its preprocessing asks for."""
+
+    weights_source: str
+    weights_sha256: str
+    input_size: int
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """Alive nodes and their GPU types, read while the cluster is up."""
+
+    nodes: int = 0
+    gpu_types: str = ""
+
+
+def camray_version() -> tuple[str, str | None]:
+    """The package version, and the git commit where the code runs from a checkout."""
+    try:
+        version = metadata.version("camray")
+    except metadata.PackageNotFoundError:  # submitted with `--working-dir` to a cluster that lacks the package
+        pyproject = REPO / "pyproject.toml"
+        version = tomllib.loads(pyproject.read_text())["project"]["version"] if pyproject.exists() else "unknown"
+    commit = None
+    if (REPO / ".git").exists():
+        try:
+            commit = subprocess.run(
+                ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    return version, commit
+
+
+def cluster_facts() -> ClusterFacts:
+    """Alive nodes and their GPU types (Ray's `accelerator_type:*` resources), for the runs row."""
+    if not ray.is_initialized():
+        return ClusterFacts()
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    gpus = sorted(
+        {
+            key.split(":", 1)[1]
+            for node in nodes
+            for key in node.get("Resources", {})
+            if key.startswith("accelerator_type:")
+        }
+    )
+    return ClusterFacts(len(nodes), ",".join(gpus))
+
+
+def runs_row(
+    config: JobConfig,
+    summary: RunSummary,
+    started: datetime,
+    model: ModelFacts | None,
+    cluster: ClusterFacts,
+    io_retries: int,
+) -> dict:
+    """The attempt's row of `runs/` (`camray.io.schema.RUNS`)."""
+    import torch
+
+    version, commit_sha = camray_version()
+    return {
+        "run_id": summary.run_id,
+        "status": summary.status,
+        "started_at": started,
+        "finished_at": datetime.now(UTC),
+        "config_fingerprint": config.fingerprint(),
+        "config_json": json.dumps(config.model_dump(mode="json"), sort_keys=True),
+        "model": config.model.name,
+        "weights_source": model.weights_source if model else None,
+        "weights_sha256": model.weights_sha256 if model else None,
+        "input_uri": config.source.uri,
+        "listed": summary.listed,
+        "skipped": summary.skipped,
+        "results": summary.results,
+        "errors": summary.errors,
+        "seconds": summary.seconds,
+        "schema_version": SCHEMA_VERSION,
+        "attempt": summary.attempt,
+        "message": summary.message,
+        "resumed": summary.resumed,
+        "images_per_second": summary.images_per_second,
+        "errors_by_stage": json.dumps(dict(sorted(summary.errors_by_stage.items()))),
+        "io_retries": io_retries,
+        "camray_version": version,
+        "git_commit": commit_sha,
+        "ray_version": ray.__version__,
+        "torch_version": torch.__version__,
+        "nodes": cluster.nodes,
+        "gpu_types": cluster.gpu_types,
+        "host": socket.gethostname(),
+        "stats_uri": summary.stats_uri,
+    }
+
+
+def write_runs_row(output_uri: str, s3: S3Settings, row: dict) -> None:
+    """Writes the row as its own file in `runs/`. A succeeded run without its row is not complete to readers, so
+    that failure is raised; for any other status the run's own error, raised after this, is the one to report."""
+    try:
+        with store_errors("write of the runs row to", output_uri, s3):
+            fs, base = filesystem_for(table_uri(output_uri, "runs"), s3)
+            fs.create_dir(base, recursive=True)
+            name = runs_row_name(row["run_id"], row["attempt"])
+            pq.write_table(pa.Table.from_pylist([row], schema=RUNS), f"{base}/{name}", filesystem=fs)
+    except OSError:
+        if row["status"] == "succeeded":
+            raise
+        logger.exception("run %s: could not record its %s status in runs/", row["run_id"], row["status"])

@@ -1,0 +1,37 @@
+"""The runs row: versions read from the package (or pyproject.toml), one file per attempt."""
+
+from __future__ import annotations
+
+import subprocess
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+
+from camray.config import load_config
+from camray.io.sources import S3Settings
+from camray.outputs.tables import Output
+from camray.provenance import ClusterFacts, ModelFacts, RunSummary, camray_version, runs_row, write_runs_row
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_version_and_commit_of_this_checkout():
+    version, commit = camray_version()
+    assert version == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    assert commit == head.stdout.strip()
+
+
+def test_each_attempt_adds_its_own_runs_row(tmp_path):
+    config = load_config(overrides={"sink.uri": str(tmp_path), "source.uri": "in"})
+    model = ModelFacts("bundled:lite0", "ab" * 32, 224)
+    for attempt, status in ((1, "interrupted"), (2, "succeeded")):
+        summary = RunSummary("r", status, 10, 0, 9, 1, 5.0, str(tmp_path), (), attempt=attempt, processed=5)
+        row = runs_row(config, summary, datetime.now(UTC), model, ClusterFacts(2, "H100"), io_retries=3)
+        write_runs_row(str(tmp_path), S3Settings(), row)
+    rows = Output(str(tmp_path)).runs().to_pylist()
+    assert sorted((row["attempt"], row["status"]) for row in rows) == [(1, "interrupted"), (2, "succeeded")]
+    assert {(row["weights_sha256"], row["nodes"], row["gpu_types"], row["io_retries"]) for row in rows} == {
+        ("ab" * 32, 2, "H100", 3)
+    }
+    assert rows[0]["images_per_second"] == 1.0 and rows[0]["config_fingerprint"] == config.fingerprint()
