@@ -27,6 +27,7 @@ as skipped. `--smoke` runs the same code on the CPU in seconds, with tiny batche
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import io
 import json
@@ -284,6 +285,10 @@ class Rounds:
         return float(np.median(np.array(b) / np.array(a)))
 
 
+def _error(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(exc)).strip()[-500:]
+
+
 def time_rounds(stages: dict[str, Callable[[], object]], warmup: int, rounds: int, device: torch.device) -> Rounds:
     """Runs every stage `warmup` times untimed, then `rounds` rounds of one call each, synchronising the device
     before and after each call. A stage that raises is recorded and dropped; the others go on."""
@@ -303,7 +308,7 @@ def time_rounds(stages: dict[str, Callable[[], object]], warmup: int, rounds: in
             sync()
             return time.perf_counter() - start
         except Exception as exc:  # one failing stage (compile, memory) must not cost the others' figures
-            result.errors[name] = "".join(traceback.format_exception_only(exc)).strip()[-500:]
+            result.errors[name] = _error(exc)
             del live[name]
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -337,7 +342,8 @@ class Batch:
 
 
 def make_batch(photos: dict[str, bytes], size: int, canvas: int, device: torch.device) -> Batch:
-    jpegs = [list(photos.values())[i % len(photos)] for i in range(size)]
+    distinct = list(photos.values())
+    jpegs = [distinct[i % len(distinct)] for i in range(size)]
     decoded = {data: decode_image(data, canvas, "letterbox") for data in set(jpegs)}
     images = [decoded[data] for data in jpegs]
     pixels = torch.from_numpy(np.stack([image.pixels for image in images]))
@@ -472,8 +478,6 @@ def measure(
     device: torch.device,
 ) -> list[dict[str, Any]]:
     """The figures of one setting, one entry per batch size."""
-    import copy
-
     loaded = copy.deepcopy(base)  # the annotator folds and moves its model in place
     size = plan.input_size or loaded.spec.input_size
     tiling = preset.tiling if preset.tiling.enabled else None
@@ -492,14 +496,13 @@ def measure(
             tiling,
         )
     except Exception as exc:
-        error = "".join(traceback.format_exception_only(exc)).strip()[-500:]
-        return [entry(setting, batch, Rounds(errors={"setup": error})) for batch in setting.batches]
+        return [entry(setting, batch, Rounds(errors={"setup": _error(exc)})) for batch in setting.batches]
     for batch_size in setting.batches:
         batch = make_batch(photos, batch_size, decode_side(preset.tiling, size), device)
         try:
             stages = stages_for(annotator, batch, setting.peers)
         except Exception as exc:
-            rounds = Rounds(errors={"setup": "".join(traceback.format_exception_only(exc)).strip()[-500:]})
+            rounds = Rounds(errors={"setup": _error(exc)})
         else:
             rounds = time_rounds(stages, plan.warmup, plan.rounds, device)
         entries.append(entry(setting, batch_size, rounds, compiled=setting.compile and device.type == "cuda"))
@@ -516,6 +519,7 @@ def measure(
 def entry(setting: Setting, batch: int, rounds: Rounds, compiled: bool = False) -> dict[str, Any]:
     seconds = {stage: rounds.median(stage) for stage in rounds.times}
     return {
+        "setting": setting.label(batch),
         "model": setting.model,
         "batch": batch,
         "precision": setting.precision,
@@ -553,14 +557,13 @@ def goals(entries: list[dict[str, Any]], plan: Plan, device: torch.device) -> li
     applies = device.type == "cuda"
     batch, precision = max(plan.batches), plan.precisions[0]
 
-    def at(model: str, compiled: bool = False) -> dict[str, Any] | None:
+    def at(model: str) -> dict[str, Any] | None:
         for figures in entries:
-            if (figures["model"], figures["batch"], figures["precision"], figures["compile"]) == (
-                model,
-                batch,
-                precision,
-                compiled,
-            ) and figures["channels_last"]:
+            if (
+                (figures["model"], figures["batch"], figures["precision"]) == (model, batch, precision)
+                and figures["channels_last"]
+                and not figures["compile"]
+            ):
                 return figures
         return None
 
@@ -595,11 +598,7 @@ def goals(entries: list[dict[str, Any]], plan: Plan, device: torch.device) -> li
             "goal": f"device decode + predictor >= {DECODE_GOAL:.0f} images/s, resnet50 (best setting)",
             "applies": applies,
             "value": value,
-            "setting": None
-            if best is None
-            else Setting(best["model"], best["precision"], best["channels_last"], best["compile"], (), False).label(
-                best["batch"]
-            ),
+            "setting": best["setting"] if best else None,
             "met": None if value is None else value >= DECODE_GOAL,
             "bound_by": bound,
         }
@@ -642,9 +641,7 @@ def table(entries: list[dict[str, Any]]) -> str:
     head = f"{'setting':<46}" + "".join(f"{title:>10}" for _, title in COLUMNS) + f"{'pred/fwd':>10}"
     lines = [head, "-" * len(head)]
     for figures in entries:
-        label = Setting(
-            figures["model"], figures["precision"], figures["channels_last"], figures["compile"], (), False
-        ).label(figures["batch"])
+        label = figures["setting"]
         speeds = figures["images_per_s"]
         cells = "".join(f"{speeds[stage]:>10.0f}" if stage in speeds else f"{'-':>10}" for stage, _ in COLUMNS)
         ratio = figures["predictor_vs_forward"]
@@ -682,8 +679,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     models = {name: loaded_model(name) for name in plan.models}
     for setting in plan.settings():
         elapsed = time.perf_counter() - clock
-        # A compiled setting costs about a minute of compilation: begin one only with that much left.
-        reserve = 60.0 if setting.compile and device.type == "cuda" else 0.0
+        # A compiled setting compiles for about a minute at each batch size: begin one only with time for it.
+        reserve = 90.0 if setting.compile and device.type == "cuda" else 0.0
         if elapsed + reserve > args.budget:
             report["skipped"].extend(setting.label(batch) for batch in setting.batches)
             continue
@@ -696,12 +693,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _summary(figures: dict[str, Any]) -> str:
-    label = Setting(
-        figures["model"], figures["precision"], figures["channels_last"], figures["compile"], (), False
-    ).label(figures["batch"])
     speeds = ", ".join(f"{stage} {value:.0f}" for stage, value in figures["images_per_s"].items())
     failed = f"; failed: {', '.join(figures['errors'])}" if figures["errors"] else ""
-    return f"{label}: {speeds} images/s{failed}"
+    return f"{figures['setting']}: {speeds} images/s{failed}"
 
 
 def _versions() -> dict[str, str]:
@@ -722,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--assets", type=Path, default=ASSETS, help="the carried folder (photos/, site/)")
     parser.add_argument("--photos", type=Path, default=None, help="photos to use; default ASSETS/photos")
     parser.add_argument("--preset", default="balanced", choices=sorted(PRESETS))
-    parser.add_argument("--budget", type=float, default=240.0, help="seconds; later settings are skipped")
+    parser.add_argument("--budget", type=float, default=210.0, help="seconds; later settings are skipped")
     parser.add_argument("--output", type=Path, default=Path("bench-device-results.json"))
     parser.add_argument(
         "--export-assets",
