@@ -14,27 +14,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from pycocotools import mask as coco_mask
-from torch import Tensor
 
-from camray.cam.boxes import Components
+from camray.annotator import AnnotatedBatch
 from camray.io.schema import BOX, CAM, MASK, PREDICTION, ROWS, quantize_heatmaps
-
-
-@dataclass(frozen=True)
-class AnnotatedBatch:
-    """Per-image outputs on the CPU. `maps` cover each whole original image on an R x R grid.
-
-    class_ids (Tensor[B, K]), scores (Tensor[B, K]): top-k, best first; scores are softmax probabilities.
-    maps (Tensor[B, K, R, R]): normalised to [0, 1].
-    thresholds (Tensor[B, K]): the foreground threshold each map was boxed at.
-    components: boxes in grid pixel-edge coordinates; `map_index` is ``b * K + k``.
-    """
-
-    class_ids: Tensor
-    scores: Tensor
-    maps: Tensor
-    thresholds: Tensor
-    components: Components
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,12 @@ import pytest
 import torch
 from truth import CHELSEA_CAT, iou
 
+from camray.annotator import Annotator, PlainMode
 from camray.cam.maps import normalize_maps
 from camray.config import JobConfig
 from camray.image.decode import decode_image
 from camray.io.schema import ROWS, decode_heatmap, decode_mask
-from camray.predictor import Annotator, Predictor
+from camray.predictor import Predictor
 
 
 def _batch(photos, names, size=224, policy="letterbox"):
@@ -71,6 +72,7 @@ def test_letterbox_maps_cover_the_whole_image_exactly(photos, lite0):
     """The same photo padded into a canvas and squashed must give boxes in the same original pixels."""
     config = JobConfig()
     annotator = Annotator(lite0, config.cam, config.boxes, 224, torch.device("cpu"))
+    assert isinstance(annotator.mode, PlainMode) and annotator.canvas_size == 224
     letter = decode_image(photos["chelsea.png"], 224, "letterbox")
     out = annotator.annotate(torch.from_numpy(letter.pixels)[None], torch.tensor([[224, 149]]))
     grid = out.maps.shape[-1]

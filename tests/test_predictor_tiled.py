@@ -15,11 +15,12 @@ from PIL import Image
 from test_predictor import _batch
 from truth import CHELSEA_CAT, iou
 
+from camray.annotator import Annotator, TiledMode, decode_side, top1_box_fraction
 from camray.cam.boxes import Components
 from camray.cam.tiling import tile_layout, tile_stride
 from camray.config import load_config
 from camray.io.schema import ROWS
-from camray.predictor import Annotator, Predictor, decode_side, top1_box_fraction
+from camray.predictor import Predictor
 
 CATS = {281, 282, 283, 284, 285}
 
@@ -50,6 +51,7 @@ def test_tiles_go_through_the_model_in_one_batch(photos, lite0) -> None:
     loaded = copy.deepcopy(lite0)
     annotator = Annotator(loaded, config.cam, config.boxes, 224, torch.device("cpu"), tiling=config.tiling)
     side = decode_side(config.tiling, 224)
+    assert isinstance(annotator.mode, TiledMode)
     assert annotator.canvas_size == side == 224 + 2 * tile_stride(224, config.tiling.overlap)
     batch = _batch(photos, ["chelsea.png", "rocket.jpg"], size=side)
     valid = torch.from_numpy(np.stack([batch["valid_width"], batch["valid_height"]], 1))

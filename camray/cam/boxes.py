@@ -13,12 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import Tensor
-
-# 8-connected within a map, never across maps of a stack.
-_EIGHT_CONNECTED_PLANES = np.zeros((3, 3, 3), dtype=bool)
-_EIGHT_CONNECTED_PLANES[1] = True
 
 
 @dataclass(frozen=True)
@@ -41,32 +36,24 @@ class Components:
 
 
 def label_components(mask: Tensor, check_every: int = 4) -> Tensor:
-    """Labels the 8-connected components of each map in `mask`.
+    """Labels the 8-connected components of each map in `mask`, on its device.
 
     Args:
         mask (Tensor[N, H, W]): bool foreground.
         check_every: propagation steps between convergence checks (each check syncs the device).
 
     Returns:
-        Tensor[N, H, W] (int64): 0 on background; a positive label, unique within its map, on each component.
+        Tensor[N, H, W] (int64): 0 on background; on each component, the largest flat index + 1 of its
+        pixels, so unique within its map.
 
-    On the CPU this calls scipy's labelling once for the whole stack; on other devices it propagates the
-    largest flat index + 1 through each component with 3x3 max-pooling, which stays on the device and batches
-    every map at once.
+    The largest label is propagated through each component with 3x3 max-pooling, which batches every map at
+    once and never leaves the device. The CPU boxes with OpenCV instead (`statistics_by_opencv`).
     """
     if mask.dim() != 3 or mask.dtype != torch.bool:
         raise ValueError(f"`mask` must be a bool tensor of shape (N, H, W), got {mask.dtype} {tuple(mask.shape)}")
     _, h, w = mask.shape
     if h * w >= 2**24:
         raise ValueError(f"`mask` maps of {h}x{w} are too large to label exactly in float32")
-    if mask.device.type == "cpu":
-        return label_on_cpu(mask)
-    return label_by_propagation(mask, check_every)
-
-
-def label_by_propagation(mask: Tensor, check_every: int = 4) -> Tensor:
-    """The device path of `label_components`: labels are the largest flat index + 1 of each component."""
-    _, h, w = mask.shape
     seeds = torch.arange(1, h * w + 1, device=mask.device, dtype=torch.float32).view(1, h, w)
     labels = torch.where(mask, seeds, torch.zeros((), device=mask.device))
     while True:
@@ -76,13 +63,6 @@ def label_by_propagation(mask: Tensor, check_every: int = 4) -> Tensor:
             labels = torch.where(mask, grown, labels)
         if torch.equal(labels, previous):
             return labels.long()
-
-
-def label_on_cpu(mask: Tensor) -> Tensor:
-    """The CPU path of `label_components`: scipy's labelling of the whole stack in one call, connecting pixels
-    within a map only, so labels are unique across the batch."""
-    labels, _ = ndimage.label(mask.numpy(), structure=_EIGHT_CONNECTED_PLANES)
-    return torch.from_numpy(labels.astype(np.int64, copy=False))
 
 
 Statistics = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]  # map_index, boxes, area, mass, peak; any order

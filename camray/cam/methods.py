@@ -8,7 +8,8 @@ after the target only: the hook re-roots the graph at the target's output.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -76,13 +77,29 @@ def resolve_method(spec: ModelSpec, method: str | None) -> str:
     return method
 
 
+@dataclass(frozen=True)
+class Extraction:
+    """What one `MapExtractor.extract` call computed for a batch of B inputs.
+
+    logits (Tensor[B, N]); maps (Tensor[B, K, h, w]), raw, not normalised; class_ids (Tensor[B, K]);
+    layers: the output of each layer asked for, from the batch's own forward pass (not Score-CAM's masked
+    ones), detached, in the order asked.
+    """
+
+    logits: Tensor
+    maps: Tensor
+    class_ids: Tensor
+    layers: tuple[Tensor, ...] = ()
+
+
 class MapExtractor:
     """Computes logits, the top-k classes and their raw maps for a batch.
 
     Call it with `x (Tensor[B, 3, H, W])` and `top_k`; it returns ``(logits (Tensor[B, N]),
     maps (Tensor[B, K, h, w]), class_ids (Tensor[B, K]))``. Raw maps are not normalised. `classes`, if given,
     picks the `K` class ids of each input from its logits instead of the top-k (tiles take their image's
-    classes). A model in train mode is switched to eval for the call and back on the way out.
+    classes). A model in train mode is switched to eval for the call and back on the way out. `extract` does
+    the same and also captures the outputs of other layers of the model in the same pass (a refining block).
     """
 
     def __init__(
@@ -107,6 +124,17 @@ class MapExtractor:
     def __call__(
         self, x: Tensor, top_k: int, classes: Callable[[Tensor], Tensor] | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.extract(x, top_k, classes)
+        return out.logits, out.maps, out.class_ids
+
+    def extract(
+        self,
+        x: Tensor,
+        top_k: int,
+        classes: Callable[[Tensor], Tensor] | None = None,
+        layers: Sequence[nn.Module] = (),
+    ) -> Extraction:
+        """The maps of `__call__`, and the outputs of `layers` (modules of this model) from the same pass."""
         # Switching walks every submodule (0.25 ms an image at CPU batch sizes): only a model in train mode pays.
         was_training = self.module.training
         if was_training:
@@ -127,21 +155,38 @@ class MapExtractor:
             captured.append(output)
             return None
 
-        handle = self.target.register_forward_hook(hook)
+        outputs: list[Tensor | None] = [None] * len(layers)
+
+        def keeper(position: int) -> Callable[[nn.Module, object, Tensor], None]:
+            def keep(_module: nn.Module, _inputs: object, output: Tensor) -> None:
+                if outputs[position] is None:  # Score-CAM's masked forwards come later; the batch's own is first
+                    outputs[position] = output.detach()
+
+            return keep
+
+        handles = [self.target.register_forward_hook(hook)]
         try:
+            handles += [layer.register_forward_hook(keeper(i)) for i, layer in enumerate(layers)]
             if needs_grad:
                 with torch.enable_grad():
                     logits = self.forward(x)
-                    return self._gradient_maps(logits, captured[-1], select)
-            with torch.inference_mode():
-                logits = self.forward(x)
-                if self.method == "scorecam":
-                    return self._score_maps(x, logits, captured[-1], select)
-                return self._cam(logits, captured[-1], select)
+                    logits, maps, class_ids = self._gradient_maps(logits, captured[-1], select)
+            else:
+                with torch.inference_mode():
+                    logits = self.forward(x)
+                    if self.method == "scorecam":
+                        logits, maps, class_ids = self._score_maps(x, logits, captured[-1], select)
+                    else:
+                        logits, maps, class_ids = self._cam(logits, captured[-1], select)
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
             if was_training:
                 self.module.train()
+        missing = [str(i) for i, output in enumerate(outputs) if output is None]
+        if missing:
+            raise ValueError(f"`layers` {', '.join(missing)} did not run in the model's forward pass")
+        return Extraction(logits, maps, class_ids, tuple(output for output in outputs if output is not None))
 
     def _cam(
         self, logits: Tensor, features: Tensor, select: Callable[[Tensor], Tensor]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from camray.cam.layers import resolve_layer
-from camray.config import ModelConfig
 from camray.io.sources import S3Settings
 from camray.models.registry import ModelSpec, available_models, get_spec
 from camray.models.weights import (
@@ -16,6 +16,9 @@ from camray.models.weights import (
     load_torchvision_weights,
     load_weights_file,
 )
+
+if TYPE_CHECKING:  # read as attributes only: the model loads where pydantic is not (the device benchmark)
+    from camray.config import ModelConfig
 
 __all__ = [
     "LoadedModel",

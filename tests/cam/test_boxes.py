@@ -1,17 +1,12 @@
-"""Batched components and boxes checked against scipy's labelling and a slow per-component loop."""
+"""Batched components and boxes checked against scipy's labelling and a slow per-component loop (scipy is the
+reference here only; the job labels with OpenCV on the CPU and by propagation on other devices)."""
 
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
-from camray.cam.boxes import (
-    components_from_maps,
-    label_by_propagation,
-    label_components,
-    label_on_cpu,
-    statistics_by_scatter,
-)
+from camray.cam.boxes import components_from_maps, label_components, statistics_by_scatter
 
 EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -26,11 +21,10 @@ def _partition(labels: np.ndarray) -> set[frozenset[int]]:
     return {frozenset(np.flatnonzero(flat == value).tolist()) for value in np.unique(flat) if value != 0}
 
 
-@pytest.mark.parametrize("labeller", [label_components, label_by_propagation, label_on_cpu])
 @pytest.mark.parametrize("seed", range(5))
-def test_labels_partition_like_scipy(seed, labeller):
+def test_labels_partition_like_scipy(seed):
     masks = _random_masks(seed)
-    labels = labeller(masks).numpy()
+    labels = label_components(masks).numpy()
     for mask, ours in zip(masks.numpy(), labels, strict=True):
         reference, _ = ndimage.label(mask, structure=EIGHT)
         assert _partition(ours) == _partition(reference)
@@ -42,8 +36,7 @@ def test_snake_shaped_component_converges():
     mask[0, ::2, :] = True  # rows joined alternately at the right and left ends: one long path
     for row in range(1, 21, 2):
         mask[0, row, 20 if row % 4 == 1 else 0] = True
-    for labeller in (label_by_propagation, label_on_cpu):
-        assert labeller(mask)[mask].unique().numel() == 1
+    assert label_components(mask)[mask].unique().numel() == 1
 
 
 def _slow_components(maps: np.ndarray, threshold: float, min_area: float, max_per_map: int):
@@ -62,14 +55,12 @@ def _slow_components(maps: np.ndarray, threshold: float, min_area: float, max_pe
     return out
 
 
-@pytest.mark.parametrize("path", ["opencv", "scatter", "device"])
+@pytest.mark.parametrize("path", ["opencv", "scatter"])
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-4), (torch.float64, 1e-9)])
 @pytest.mark.parametrize("seed", range(3))
 def test_components_match_slow_reference(seed, dtype, tolerance, path, monkeypatch):
-    if path != "opencv":  # the GPU path's statistics (and, for "device", its labelling) exercised on the CPU
+    if path == "scatter":  # the GPU path's labelling and statistics, exercised on the CPU
         monkeypatch.setattr("camray.cam.boxes.statistics_by_opencv", statistics_by_scatter)
-    if path == "device":
-        monkeypatch.setattr("camray.cam.boxes.label_components", label_by_propagation)
     generator = torch.Generator().manual_seed(seed)
     # Smooth random fields have several blobs per map, like real CAMs.
     noise = torch.rand(5, 1, 8, 8, generator=generator, dtype=torch.float64)

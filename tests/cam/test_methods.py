@@ -192,3 +192,32 @@ def test_scorecam_equals_torchcam():
             (cam,) = extractor(class_idx=class_ids[:, k].tolist(), scores=scores, normalized=False)
             expected.append(cam.double())
     _assert_maps_close(ours, torch.stack(expected, dim=1))
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam", "scorecam"])
+def test_extract_captures_other_layers_from_the_batchs_own_pass(method):
+    """`extract` hands back the asked layers' outputs from the clean forward (not Score-CAM's masked ones),
+    detached, with the same maps as a plain call, and leaves no hook behind."""
+    spec = get_spec("resnet18")
+    torch.manual_seed(0)
+    module = spec.build().eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))  # layer4: 2 x 2 maps, cheap for Score-CAM
+    with torch.inference_mode():
+        expected = module.layer2(module.layer1(module.maxpool(module.relu(module.bn1(module.conv1(x))))))
+    extractor = MapExtractor(module, spec, method)
+    out = extractor.extract(x, TOP_K, layers=(module.layer2, module.layer1))
+    assert len(out.layers) == 2 and not out.layers[0].requires_grad
+    torch.testing.assert_close(out.layers[0], expected, atol=1e-5, rtol=1e-5)
+    assert out.layers[1].shape[1] == 64  # layer1's channels: the order asked for
+    _, maps, class_ids = extractor(x, TOP_K)
+    assert torch.equal(out.class_ids, class_ids)
+    torch.testing.assert_close(out.maps, maps)
+    assert all(not layer._forward_hooks for layer in module.modules())
+
+
+def test_extract_refuses_a_layer_the_forward_never_runs():
+    module, spec, x = _model("resnet18")
+    stray = nn.Conv2d(3, 3, 1)
+    with pytest.raises(ValueError, match="did not run"):
+        MapExtractor(module, spec, "cam").extract(x, 1, layers=(stray,))
+    assert not stray._forward_hooks and all(not layer._forward_hooks for layer in module.modules())

@@ -1,0 +1,388 @@
+"""The compute of the predictor: uint8 canvases -> top-k predictions, class maps and boxes per image.
+
+`Annotator` readies one model for inference and runs one of two modes, chosen once in its constructor:
+`PlainMode` (each canvas is the model's input) or `TiledMode` (a larger canvas, downscaled for the classes and
+cut into overlapping tiles for finer maps). It is plain PyTorch: the settings it reads are attributes of the
+config's sections, which it never validates or imports at run time, so the device benchmark runs it on a host
+without pydantic or Ray. `camray.predictor` wraps it as the Ray Data actor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from camray.cam.boxes import Components, components_from_maps
+from camray.cam.layers import resolve_layer
+from camray.cam.maps import normalize_maps, resample_regions
+from camray.cam.methods import MapExtractor
+from camray.cam.tiling import canvas_side, cut_tiles, stitch_maps, tile_layout, tile_stride
+from camray.models.fold import fold_batch_norms
+
+if TYPE_CHECKING:  # read as attributes only: the annotator runs where pydantic is not installed
+    from camray.config import BoxConfig, CamConfig, TilingConfig
+    from camray.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class AnnotatedBatch:
+    """Per-image outputs on the CPU. `maps` cover each whole original image on an R x R grid.
+
+    class_ids (Tensor[B, K]), scores (Tensor[B, K]): top-k, best first; scores are softmax probabilities.
+    maps (Tensor[B, K, R, R]): normalised to [0, 1].
+    thresholds (Tensor[B, K]): the foreground threshold each map was boxed at.
+    components: boxes in grid pixel-edge coordinates; `map_index` is ``b * K + k``.
+    """
+
+    class_ids: Tensor
+    scores: Tensor
+    maps: Tensor
+    thresholds: Tensor
+    components: Components
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("`model.device` is `cuda` but this worker sees no GPU")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    return torch.bfloat16  # "auto" and "bf16": bf16 keeps fp32's range, so logits never overflow
+
+
+def uses_refine_layer(cam: CamConfig, tiling: TilingConfig | None) -> bool:
+    """Whether the maps need the mean activation of `cam.refine_layer`: refined maps, `layer` fusion of the
+    tiles, or the whole image's refined map for the tiled images whose box is large."""
+    if cam.refine:
+        return True
+    if tiling is None or not tiling.enabled:
+        return False
+    return tiling.fusion == "layer" or tiling.whole_image_above_area is not None
+
+
+def decode_side(tiling: TilingConfig, input_size: int) -> int:
+    """Side of the canvas the read tasks decode to: the model's input, or the tiled mode's larger canvas."""
+    return canvas_side(input_size, tiling.grid, tiling.overlap) if tiling.enabled else input_size
+
+
+@dataclass(frozen=True)
+class _Forward:
+    """One forward pass: logits (B, N), raw maps (B, K, h, w), class ids (B, K) and, where asked for, the
+    refining block's mean activation (B, 1, h', w')."""
+
+    logits: Tensor
+    raw_maps: Tensor
+    class_ids: Tensor
+    activation: Tensor | None
+
+
+class Annotator:
+    """Runs one model over batches of canvases (see `camray.image.decode.DecodedImage`).
+
+    It readies `loaded.module` for inference in place: eval mode, batch norms folded into their convolutions
+    (`camray.models.fold`), moved to the device in the chosen memory format. With `tiling` enabled, canvases
+    are `decode_side(tiling, input_size)` pixels wide and the maps come from `TiledMode`; otherwise from
+    `PlainMode`. The two share everything here but how a batch becomes maps.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        cam: CamConfig,
+        boxes: BoxConfig,
+        input_size: int,
+        device: torch.device,
+        precision: str = "auto",
+        channels_last: bool = True,
+        compile_model: bool = False,
+        tiling: TilingConfig | None = None,
+    ) -> None:
+        self.spec = loaded.spec
+        tiling = tiling if tiling is not None and tiling.enabled else None
+        self.cam_config = cam
+        self.box_config = boxes
+        self.input_size = input_size
+        self.device = device
+        self.top_k = min(cam.top_k, len(self.spec.categories))
+        self.autocast_dtype = _autocast_dtype(device, precision)
+        # Channels-last runs convolutions a third faster on the CPU too (oneDNN), and a permuted uint8 NHWC
+        # batch already has that layout, so preparing the input copies nothing but the dtype.
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        refine_path = (cam.refine_layer or self.spec.refine_layer) if uses_refine_layer(cam, tiling) else None
+        if tiling is not None and refine_path is None and uses_refine_layer(cam, tiling):
+            raise ValueError(
+                f"`tiling.fusion` `layer` and `tiling.whole_image_above_area` need a `cam.refine_layer`, and "
+                f"{self.spec.name} has none; set one"
+            )
+        module = loaded.module.eval()
+        fold_batch_norms(module, keep=[self.spec.target_layer, *([refine_path] if refine_path else [])])
+        module = module.to(device=device, memory_format=self.memory_format)
+        self.extractor = MapExtractor(
+            module, self.spec, cam.method, compile_model=compile_model and device.type == "cuda"
+        )
+        self.refine_block = resolve_layer(module, refine_path, "cam.refine_layer") if refine_path else None
+        std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
+        self.scale = 1.0 / (255.0 * std)  # (pixel / 255 - mean) / std as one multiply-add
+        self.shift = -torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1) / std
+        self.mode: PlainMode | TiledMode = PlainMode(self) if tiling is None else TiledMode(self, tiling)
+        self.canvas_size = self.mode.canvas_size
+
+    @property
+    def method(self) -> str:
+        return self.extractor.method
+
+    def annotate(self, pixels: Tensor, valid_wh: Tensor) -> AnnotatedBatch:
+        """pixels (Tensor[B, S, S, 3], uint8), valid_wh (Tensor[B, 2]) -> `AnnotatedBatch`."""
+        return self.mode.annotate(pixels, valid_wh)
+
+    def prepare(self, pixels: Tensor, valid_wh: Tensor) -> Tensor:
+        """uint8 canvases (B, S, S, 3) -> normalised float input, letterbox padding at the mean (zero)."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        x = torch.addcmul(self.shift, pixels.permute(0, 3, 1, 2), self.scale)  # one pass, uint8 in, float out
+        size = x.shape[-1]
+        if x.device.type == "cpu":  # a slice per padded image: touches only the padding
+            for index, (width, height) in enumerate(valid_wh.tolist()):
+                if width < size:
+                    x[index, :, :, width:] = 0.0
+                if height < size:
+                    x[index, :, height:, :] = 0.0
+        else:  # one fused kernel for the whole batch instead of a launch per image
+            valid_wh = valid_wh.to(x.device, non_blocking=True)
+            positions = torch.arange(size, device=x.device)
+            cols = positions.view(1, 1, 1, size) < valid_wh[:, 0].view(-1, 1, 1, 1)
+            rows = positions.view(1, 1, size, 1) < valid_wh[:, 1].view(-1, 1, 1, 1)
+            x.mul_(cols & rows)
+        return x.contiguous(memory_format=self.memory_format)
+
+    def _forward(self, x: Tensor, keep_activation: bool, classes: Tensor | None = None) -> _Forward:
+        """One pass over `x`; the refining block's mean activation with it if `keep_activation` and the model
+        has such a block. `classes` (B, K), if given, are the classes to map instead of the top-k."""
+        layers = (self.refine_block,) if keep_activation and self.refine_block is not None else ()
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            out = self.extractor.extract(x, self.top_k, None if classes is None else lambda _: classes, layers)
+            activation = out.layers[0].float().relu().mean(1, keepdim=True) if out.layers else None
+        return _Forward(out.logits, out.maps, out.class_ids, activation)
+
+    def _scores(self, forward: _Forward) -> Tensor:
+        """(B, K): the softmax probability of each mapped class."""
+        return torch.softmax(forward.logits.float(), dim=1).gather(1, forward.class_ids)
+
+    def _boxed(
+        self,
+        class_ids: Tensor,
+        scores: Tensor,
+        maps: Tensor,
+        thresholds: Tensor | None = None,
+        components: Components | None = None,
+    ) -> AnnotatedBatch:
+        thresholds = self._thresholds(maps) if thresholds is None else thresholds
+        components = self._components(maps, thresholds) if components is None else components
+        b, k = class_ids.shape
+        return AnnotatedBatch(
+            class_ids.cpu(), scores.cpu(), maps.cpu(), thresholds.view(b, k).cpu(), _to_cpu(components)
+        )
+
+    def _whole_image_maps(self, raw: Tensor, valid_wh: Tensor, size: int, grid: int | None = None) -> Tensor:
+        """Resamples (bilinear) each map's valid region onto a grid covering the original image, normalised.
+        The grid is `cam.upsample` x the map's side unless given."""
+        _, _, h, w = raw.shape
+        grid = grid or max(h, w) * self.cam_config.upsample
+        extent = valid_wh.float() * torch.tensor([w / size, h / size], device=raw.device)
+        return normalize_maps(resample_regions(raw, extent, grid))
+
+    def _refine(self, maps: Tensor, activation: Tensor, valid_wh: Tensor, size: int) -> Tensor:
+        """Class maps x (normalised mean activation of the refining block) ** power, renormalised.
+
+        The class map says which object; the finer, class-agnostic activation says where its edges are. This is
+        the multiplicative fusion of shallow features of SPOL (Wei et al., CVPR 2021), without training."""
+        fine = self._whole_image_maps(activation, valid_wh, size, grid=maps.shape[-1])
+        return normalize_maps(maps * fine.pow(self.cam_config.refine_power))
+
+    def _keeps_plain(self, scores: Tensor) -> Tensor:
+        """(B,) bool: the images whose top-1 class scores at least `cam.plain_above_score`."""
+        if self.cam_config.plain_above_score is None:
+            return torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+        return scores[:, 0] >= self.cam_config.plain_above_score
+
+    def _maps_keeping_plain(self, plain: Tensor, sharpened: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        """The sharpened maps (refined or tiled), but the plain ones for the images `keep` (B,) marks, and the
+        maps' thresholds (B * K,): `cam.plain_threshold` for the plain ones."""
+        maps = torch.where(keep.view(-1, 1, 1, 1), plain, sharpened)
+        b, k = maps.shape[:2]
+        thresholds = self._thresholds(maps).view(b, k)
+        thresholds[keep] = self.cam_config.plain_threshold
+        return maps, thresholds.flatten()
+
+    def _thresholds(self, maps: Tensor) -> Tensor:
+        """The foreground threshold of each map, flattened to (B * K,)."""
+        flat = maps.flatten(2).flatten(0, 1)
+        config = self.box_config
+        if config.threshold_rule == "percentile":
+            return config.threshold * torch.quantile(flat, config.percentile / 100.0, dim=1)
+        return torch.full((flat.shape[0],), config.threshold, device=maps.device)
+
+    def _components(self, maps: Tensor, thresholds: Tensor) -> Components:
+        b, k, r, _ = maps.shape
+        config = self.box_config
+        return components_from_maps(
+            maps.reshape(b * k, r, r),
+            thresholds,
+            min_area=config.min_area_fraction * r * r,
+            max_per_map=config.max_boxes_per_class,
+        )
+
+
+class PlainMode:
+    """Each canvas is the model's input: one forward pass gives the classes and their maps, refined by the
+    refining block's activation where `cam.refine` asks (except for the images `cam.plain_above_score` keeps
+    plain)."""
+
+    def __init__(self, annotator: Annotator) -> None:
+        self.annotator = annotator
+        self.canvas_size = annotator.input_size
+
+    def annotate(self, pixels: Tensor, valid_wh: Tensor) -> AnnotatedBatch:
+        a = self.annotator
+        x = a.prepare(pixels, valid_wh)
+        forward = a._forward(x, a.cam_config.refine)
+        scores = a._scores(forward)
+        valid_wh = valid_wh.to(a.device)
+        maps = a._whole_image_maps(forward.raw_maps.float(), valid_wh, x.shape[-1])
+        if forward.activation is None:
+            return a._boxed(forward.class_ids, scores, maps)
+        refined = a._refine(maps, forward.activation, valid_wh, x.shape[-1])
+        maps, thresholds = a._maps_keeping_plain(maps, refined, a._keeps_plain(scores))
+        return a._boxed(forward.class_ids, scores, maps, thresholds)
+
+
+class TiledMode:
+    """The canvas downscaled to the input size gives the top-k classes and the coarse maps; its overlapping
+    tiles, all in one forward pass, give the same classes' maps at the canvas's scale, which are stitched over
+    each image (mean where tiles overlap) and fused with the coarse maps. Images that keep the plain CAM
+    (`cam.plain_above_score`) send no tiles through the model.
+
+    Classes stay the whole image's top-k: admitting a class that a tile scores far above the whole image
+    was measured (docs/research/localization.md) and left box accuracy unchanged while adding false boxes.
+
+    With `tiling.whole_image_above_area`, a tiled image whose top-1 box turns out large takes the whole image's
+    refined map instead (`_large_objects_from_whole_image`)."""
+
+    def __init__(self, annotator: Annotator, tiling: TilingConfig) -> None:
+        self.annotator = annotator
+        self.tiling = tiling
+        self.canvas_size = decode_side(tiling, annotator.input_size)
+
+    def annotate(self, pixels: Tensor, valid_wh: Tensor) -> AnnotatedBatch:
+        a = self.annotator
+        size = a.input_size
+        canvas = a.prepare(pixels, valid_wh)
+        device_wh = valid_wh.to(a.device)
+        x = F.interpolate(canvas, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        small_wh = device_wh.float() * (size / self.canvas_size)
+        above_area = self.tiling.whole_image_above_area
+        forward = a._forward(x.contiguous(memory_format=a.memory_format), a.cam_config.refine or above_area is not None)
+        scores = a._scores(forward)
+        plain = a._whole_image_maps(forward.raw_maps.float(), small_wh, size)
+        refined = None if forward.activation is None else a._refine(plain, forward.activation, small_wh, size)
+        coarse = refined if a.cam_config.refine and refined is not None else plain
+        fused = coarse.clone()  # written into below; `coarse` may be `plain` itself
+        keep = a._keeps_plain(scores)
+        tiled = torch.nonzero(~keep).flatten()
+        if tiled.numel():
+            fine, layer = self._stitched_tile_maps(
+                canvas[tiled], device_wh[tiled], forward.class_ids[tiled], plain.shape[-1]
+            )
+            fused[tiled] = self._fuse(coarse[tiled], fine, layer)
+        maps, thresholds = a._maps_keeping_plain(plain, fused, keep)
+        components = None
+        if above_area is not None and refined is not None and tiled.numel():
+            maps, thresholds, components = self._large_objects_from_whole_image(
+                maps, thresholds, refined, ~keep, above_area
+            )
+        return a._boxed(forward.class_ids, scores, maps, thresholds, components)
+
+    def _large_objects_from_whole_image(
+        self, maps: Tensor, thresholds: Tensor, whole: Tensor, tiled: Tensor, above_area: float
+    ) -> tuple[Tensor, Tensor, Components | None]:
+        """The images of `tiled` (B,) bool whose top-1 box from `maps` covers `above_area` of the image or more,
+        with their maps from `whole` (B, K, R, R) at `tiling.whole_image_threshold`; and the components of
+        `maps` where no image changed (None otherwise).
+
+        Tiles and the tiles' finer activation sharpen a map to the most active part of its object: the whole of
+        a small object, but a large one's face or insignia. The box the tiles give says which of the two an
+        image holds; a large one is boxed better by the whole image's refined map (docs/localization.md)."""
+        b, k = maps.shape[:2]
+        components = self.annotator._components(maps, thresholds)
+        large = tiled & (top1_box_fraction(components, b, k, maps.shape[-1]) >= above_area)
+        if not bool(large.any()):
+            return maps, thresholds, components
+        thresholds = thresholds.view(b, k).clone()
+        thresholds[large] = self.tiling.whole_image_threshold
+        return torch.where(large.view(-1, 1, 1, 1), whole, maps), thresholds.flatten(), None
+
+    def _stitched_tile_maps(
+        self, canvas: Tensor, valid_wh: Tensor, class_ids: Tensor, grid: int
+    ) -> tuple[Tensor, Tensor | None]:
+        """The maps of classes `class_ids` (B, K) from each canvas's overlapping tiles, stitched over its image on
+        a `grid` x `grid` grid (B, K, R, R, normalised), and the stitched mean activation of the refining block
+        (B, 1, R, R) for `layer` fusion."""
+        a = self.annotator
+        size = a.input_size
+        image_of, offsets = tile_layout(
+            [(int(w), int(h)) for w, h in valid_wh.tolist()], size, tile_stride(size, self.tiling.overlap)
+        )
+        tiles = cut_tiles(canvas, image_of, offsets, size).contiguous(memory_format=a.memory_format)
+        image_of = image_of.to(a.device)
+        forward = a._forward(tiles, self.tiling.fusion == "layer", class_ids[image_of])
+        images = canvas.shape[0]
+        fine = normalize_maps(stitch_maps(forward.raw_maps.float(), image_of, offsets, valid_wh, size, grid, images))
+        layer = None
+        if forward.activation is not None:
+            layer = normalize_maps(stitch_maps(forward.activation, image_of, offsets, valid_wh, size, grid, images))
+        return fine, layer
+
+    def _fuse(self, coarse: Tensor, fine: Tensor, layer: Tensor | None) -> Tensor:
+        """One map per class from the coarse and the stitched maps, per `tiling.fusion`."""
+        if self.tiling.fusion == "max":
+            return torch.maximum(coarse, fine)
+        maps = normalize_maps(coarse * fine)
+        if layer is not None:
+            maps = normalize_maps(maps * layer.pow(self.annotator.cam_config.refine_power))
+        return maps
+
+
+def top1_box_fraction(components: Components, images: int, k: int, grid: int) -> Tensor:
+    """(images,) float: the share of its image that each image's first box of its top-1 class covers, 0 where
+    it has none. Maps are ``b * k + class rank`` as in `AnnotatedBatch`, on `grid` x `grid` grids covering the
+    whole image; the first box is the component with the highest peak, as rows order boxes (ties: the first)."""
+    top = components.map_index % k == 0
+    image = components.map_index[top] // k
+    peak = components.peak[top].float()
+    boxes = components.boxes[top].float()
+    fraction = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / float(grid * grid)
+    best_peak = torch.full((images,), -torch.inf, device=peak.device).scatter_reduce(0, image, peak, "amax")
+    position = torch.arange(image.numel(), device=peak.device)
+    is_best = peak == best_peak[image]
+    none = image.numel()
+    first = torch.full((images,), none, device=peak.device, dtype=torch.long).scatter_reduce(
+        0, image[is_best], position[is_best], "amin"
+    )
+    found = first < none
+    out = torch.zeros(images, device=peak.device)
+    out[found] = fraction[first[found]]
+    return out
+
+
+def _to_cpu(components: Components) -> Components:
+    return Components(*(getattr(components, f).cpu() for f in Components.__dataclass_fields__))

@@ -1,0 +1,140 @@
+"""The device benchmark stays runnable while no GPU is around: `--smoke` runs its code on the CPU, once with
+this environment and once as on a bare GPU host, and what must travel to such a host fits the 64 MiB limit."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from camray.bench.device import (
+    CARRIED_PACKAGES,
+    BoxSettings,
+    CamSettings,
+    ModelSettings,
+    TilingSettings,
+    export_assets,
+    preset_settings,
+)
+from camray.config import BoxConfig, CamConfig, ModelConfig, TilingConfig, load_config
+from camray.presets import PRESETS
+
+REPO = Path(__file__).resolve().parents[2]
+NOT_ON_THE_HOST = ["ray", "pydantic", "duckdb", "boto3"]
+# What a bare GPU host lacks besides those: the photo packages, pycocotools, pytorch-grad-cam and its imports.
+ABSENT_ON_THE_HOST = [*NOT_ON_THE_HOST, "botocore", "skimage", "matplotlib", "pycocotools", "pytorch_grad_cam"]
+CARRY_LIMIT = 64 * 2**20
+
+# Runs the benchmark in this process, then lists which of NOT_ON_THE_HOST it loaded. With `absent`, those
+# packages cannot be imported, and the carried ones come only from the assets' `site/`, as on a bare GPU host.
+SCRIPT = """
+import importlib.machinery, json, sys
+absent, carried, forbidden, assets, output = json.loads(sys.argv[1])
+for name in absent:
+    sys.modules[name] = None  # an import fails; importlib.util.find_spec answers None
+
+class CarriedOnly:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name not in carried:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, [assets + "/site"])
+        if spec is None:
+            raise ModuleNotFoundError(name)
+        return spec
+
+if carried:
+    sys.meta_path.insert(0, CarriedOnly)
+from camray.bench.device import main
+main(["--smoke", "--assets", assets, "--output", output])
+loaded = {name.split(".")[0] for name, module in sys.modules.items() if module is not None}
+print("LOADED", json.dumps(sorted(loaded & set(forbidden))))
+"""
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> Path:
+    return export_assets(tmp_path_factory.mktemp("bench-device") / "assets")
+
+
+def _smoke(bare: bool, assets: Path, output: Path) -> tuple[dict, list[str]]:
+    absent, carried = (ABSENT_ON_THE_HOST, list(CARRIED_PACKAGES)) if bare else ([], [])
+    arguments = [absent, carried, NOT_ON_THE_HOST, str(assets), str(output)]
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(arguments)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    loaded = json.loads(done.stdout.rsplit("LOADED", 1)[1])
+    return json.loads(output.read_text()), loaded
+
+
+def _check_report(report: dict, peers: set[str]) -> None:
+    assert report["smoke"] and report["device"] == "cpu" and report["gpu"] is None
+    assert report["versions"]["torch"] and not report["skipped"]
+    assert {s["model"] for s in report["settings"]} == {"efficientnet_lite0", "resnet50"}
+    for figures in report["settings"]:
+        assert not figures["errors"], figures["errors"]
+        speeds = figures["images_per_s"]
+        stages = {"forward", "prepare", "maps_top5", "predictor", "decode", "decode_predictor"}
+        assert stages <= speeds.keys() and all(value > 0 for value in speeds.values())
+        assert figures["predictor_vs_forward"] > 0
+        if figures["channels_last"]:
+            assert peers <= speeds.keys()
+    goals = report["goals"]
+    assert len(goals) == 5 and all(goal["applies"] is False for goal in goals)
+    assert all(goal["met"] in (True, False) for goal in goals)
+    for goal in goals:
+        assert (goal["bound_by"] is None) == goal["met"], goal
+
+
+def test_smoke_runs_every_stage_and_loads_nothing_of_ray_pydantic_duckdb_or_boto3(tmp_path):
+    """Without a carried folder: the photos and peers installed here."""
+    report, loaded = _smoke(False, tmp_path / "no-assets", tmp_path / "smoke.json")
+    assert loaded == []
+    _check_report(report, {"torchcam_cam_top1", "pytorch_grad_cam_gradcam_top1", "gradcam_top5"})
+    assert all("rows" in figures["images_per_s"] for figures in report["settings"])  # pycocotools is here
+    assert "chelsea.png" in report["photos"] and "grace_hopper.jpg" in report["photos"]
+
+
+def test_smoke_as_on_a_bare_gpu_host_uses_the_carried_photos_weights_and_torchcam(assets, tmp_path):
+    report, loaded = _smoke(True, assets, tmp_path / "bare.json")
+    assert loaded == []
+    _check_report(report, {"torchcam_cam_top1"})
+    assert report["photos"] == sorted(path.name for path in (assets / "photos").iterdir())
+    assert all("pytorch_grad_cam_gradcam_top1" not in f["images_per_s"] for f in report["settings"])
+
+
+def test_what_travels_fits_the_limit(assets):
+    """The tracked files and the carried folder, the whole of what the device tool sends."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    tracked = sum((REPO / name).stat().st_size for name in listed.decode().split("\0") if (REPO / name).is_file())
+    carried = sum(path.stat().st_size for path in assets.rglob("*") if path.is_file())
+    assert carried > 18 * 2**20  # the premise: the Lite0 weights travel
+    assert tracked + carried < CARRY_LIMIT, f"{tracked / 2**20:.1f} + {carried / 2**20:.1f} MiB"
+
+
+def test_the_carried_folder_is_ignored_by_git():
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".bench-device/photos/x.jpg"], cwd=REPO)
+    assert ignored.returncode == 0
+
+
+def test_settings_are_the_configs_fields_and_defaults():
+    """The benchmark holds the config's sections as plain dataclasses: the same fields at the same defaults,
+    and the same values as `load_config` for every preset."""
+    for ours, theirs in ((CamSettings, CamConfig), (BoxSettings, BoxConfig), (TilingSettings, TilingConfig)):
+        assert dataclasses.asdict(ours()) == theirs().model_dump(), ours.__name__
+    model = dataclasses.asdict(ModelSettings("efficientnet_lite0"))
+    assert model == {key: ModelConfig().model_dump()[key] for key in model}
+    for name in PRESETS:
+        resolved, config = preset_settings(name), load_config(preset=name)
+        assert dataclasses.asdict(resolved.cam) == config.cam.model_dump(), name
+        assert dataclasses.asdict(resolved.boxes) == config.boxes.model_dump(), name
+        assert dataclasses.asdict(resolved.tiling) == config.tiling.model_dump(), name
