@@ -23,7 +23,6 @@ from importlib import metadata
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -33,8 +32,9 @@ from camray.cam.methods import resolve_method
 from camray.config import JobConfig
 from camray.host_memory import ALLOCATOR_ENV
 from camray.image.decode import DecodeLimits
+from camray.io.done import DoneSet, without_done, without_inputs
 from camray.io.lease import OutputLease
-from camray.io.listing import LISTING, iter_listing
+from camray.io.listing import iter_listing
 from camray.io.resume import PriorWork, RunState, find_resumable, prior_work, write_state
 from camray.io.s3 import store_failure
 from camray.io.schema import RUNS, SCHEMA_VERSION
@@ -181,34 +181,20 @@ def _completed_runs(output_uri: str, s3: S3Settings) -> list[str]:
     return [run for run, status in zip(*runs.to_pydict().values(), strict=True) if status == "succeeded"]
 
 
-def _done_versions(config: JobConfig, s3: S3Settings, completed: list[str]) -> pa.Table | None:
-    """(image_uri, source_version) of every result of a completed run with this model and these settings."""
-    fs, base = filesystem_for(join_uri(config.sink.uri, "results"), s3)
-    if not config.sink.incremental or not completed or fs.get_file_info(base).type != pafs.FileType.Directory:
+def _done_versions(config: JobConfig, s3: S3Settings, completed: list[str]) -> DoneSet | None:
+    """Where the done work is (results of completed runs with this model and these settings); nothing is read."""
+    if not config.sink.incremental or not completed:
         return None
-    return (
-        pads.dataset(base, filesystem=fs, format="parquet")
-        .filter(
-            pads.field("run_id").isin(completed)
-            & (pads.field("model") == config.model.name)
-            & (pads.field("config_fingerprint") == config.fingerprint())
-        )
-        .to_table(columns=["image_uri", "source_version"])
-    )
+    return DoneSet(join_uri(config.sink.uri, "results"), tuple(completed), config.model.name, config.fingerprint(), s3)
 
 
-def skip_done(chunk: pa.Table, done: pa.Table | None, prior: PriorWork | None) -> pa.Table:
+def skip_done(chunk: pa.Table, done: DoneSet | pa.Table | None, prior: PriorWork | None) -> pa.Table:
     """A listing chunk without the inputs that are done: same version already annotated by a completed run with
     these settings, or held by an earlier attempt of this run (by URI)."""
-    if done is not None and done.num_rows:
-        # A manifest gives no version: without one, "same file" cannot be told, so it is always processed.
-        has_version = pc.not_equal(chunk.column("version"), "")
-        versioned = chunk.filter(has_version).join(
-            done, keys=["uri", "version"], right_keys=["image_uri", "source_version"], join_type="left anti"
-        )
-        chunk = pa.concat_tables([versioned.select(LISTING.names), chunk.filter(pc.invert(has_version))])
-    if prior is not None and len(prior.inputs):
-        chunk = chunk.filter(pc.invert(pc.is_in(chunk.column("uri"), value_set=prior.inputs)))
+    if done is not None:
+        chunk = pa.concat_tables([chunk.slice(0, 0), *without_done([chunk], done)])
+    if prior is not None:
+        chunk = without_inputs(chunk, prior.inputs)
     return chunk
 
 
@@ -249,20 +235,25 @@ def _stage_listing(
             rest = table.slice(size)
             pending, pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
 
-    limit = config.source.limit
-    for chunk in iter_listing(source_uri, config.source.extensions, config.source.recursive, s3):
-        if limit is not None:
-            chunk = chunk.slice(0, max(0, limit - state.listed))
-        state.listed += chunk.num_rows
-        kept = skip_done(chunk, done, None)
-        state.skipped += chunk.num_rows - kept.num_rows
+    def listed() -> Iterator[pa.Table]:
+        limit = config.source.limit
+        for chunk in iter_listing(source_uri, config.source.extensions, config.source.recursive, s3):
+            if limit is not None:
+                chunk = chunk.slice(0, max(0, limit - state.listed))
+            state.listed += chunk.num_rows
+            yield chunk
+            if limit is not None and state.listed >= limit:
+                break
+
+    not_done = 0
+    for kept in without_done(listed(), done) if done is not None else listed():
+        not_done += kept.num_rows
         kept = skip_done(kept, None, state.prior)
         if kept.num_rows:
             pending.append(kept)
             pending_rows += kept.num_rows
             flush(final=False)
-        if limit is not None and state.listed >= limit:
-            break
+    state.skipped += state.listed - not_done
     flush(final=True)
     return staged
 
