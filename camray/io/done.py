@@ -157,23 +157,38 @@ def _anti_join(
         return
     connection.register("history", history)
     # The history streams past a hash table of the listing, which is the side to build: it is one night's,
-    # the history is every night's. DuckDB cannot size an Arrow stream, so its own choice of side is disabled.
+    # the history is every night's. DuckDB cannot size an Arrow stream, so its own choice of side is off here.
     connection.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
-    columns = ", ".join(f'"{name}"' for name in schema.names)
-    result = connection.sql(
-        f"""
-        SELECT {columns} FROM listing
-        WHERE version = '' OR seq NOT IN (
-            SELECT listing.seq FROM history JOIN listing
-            ON history.image_uri = listing.uri AND history.source_version = listing.version
-        )
-        ORDER BY seq
+    connection.execute(
+        """
+        CREATE TABLE matched AS SELECT listing.seq FROM history JOIN listing
+        ON history.image_uri = listing.uri AND history.source_version = listing.version
         """
     )
+    connection.unregister("history")
+    spilled = _spilled_bytes(connection)
+    connection.execute("RESET disabled_optimizers")
+    columns = ", ".join(f'"{name}"' for name in schema.names)
+    result = connection.sql(
+        f"SELECT {columns} FROM listing WHERE version = '' OR seq NOT IN (SELECT seq FROM matched) ORDER BY seq"
+    )
     reader = result.to_arrow_reader(out_rows)
+    kept = 0
     for batch in reader:
         if batch.num_rows:
+            kept += batch.num_rows
             yield pa.Table.from_batches([batch]).cast(schema)
+    spilled = max(spilled, _spilled_bytes(connection))
+    logger.info(
+        "skip-done: %d listed, %d done already; DuckDB spilled %.1f MiB to disk",
+        position,
+        position - kept,
+        spilled / 2**20,
+    )
+
+
+def _spilled_bytes(connection: duckdb.DuckDBPyConnection) -> int:
+    return connection.sql("SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()").fetchall()[0][0]
 
 
 def without_inputs(chunk: pa.Table, inputs: pa.Array) -> pa.Table:
