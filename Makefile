@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test test-fast bench bench-scale lint clean
+.PHONY: install browser run test test-fast bench bench-scale bench-history bench-month lint clean
 
 $(STAMP): pyproject.toml infra/install.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ bench: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(PY) -m camray.bench.scale
+
+bench-history: $(STAMP)
+	$(PY) -m camray.bench.history
+
+bench-month: $(STAMP)
+	$(PY) -m camray.bench.month
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check camray jobs tests

@@ -130,6 +130,7 @@ def without_done(chunks: Iterable[pa.Table], done: DoneSet | pa.Table, out_rows:
             },
         )
         try:
+            connection.execute("SET enable_progress_bar = false")  # the run's terminal shows its own
             yield from _anti_join(connection, chunks, history, out_rows)
         finally:
             connection.close()
