@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         "history_rows": args.history_rows,
         "rows_per_file": args.rows_per_file,
     }
-    ray.init(logging_level="ERROR", log_to_driver=False)
+    # A cluster of its own: with no address, ray.init() joins a cluster another process started on the machine.
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     logs = root / "logs"
     logs.mkdir()

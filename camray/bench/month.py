@@ -42,7 +42,7 @@ OUTPUT = f"s3://{BUCKET}/out"
 FAULTS = ("driver-killed", "actor-killed", "s3-503", "overlap")
 MEMORY_RATIO = 1.2
 # Small staged files, so that a run killed mid-way has some to resume from; small batches, for the same reason.
-RUN_FLAGS = ["--preset", "fast", "--sink.rows_per_file", "32", "--runtime.batch_size", "16"]
+RUN_FLAGS = ["--preset", "fast", "--sink.rows_per_file", "16", "--runtime.batch_size", "8"]
 PREDICTOR_TITLE = re.compile(r"^ray::MapWorker\(MapBatches\(Predictor\)\)")
 
 
@@ -53,6 +53,7 @@ class Night:
     listed: int = 0
     skipped: int = 0
     processed: int = 0
+    resumed: int = 0
     peak_driver_mib: float = 0.0
     seconds: float = 0.0
     statuses: list[str] = field(default_factory=list)
@@ -189,7 +190,7 @@ class Month:
         measured: list[Measured] = []
         if fault == "driver-killed":
             first = self._driver(f"{name}-killed", self.env)
-            while first.running() and _staged_files(self.client) < 2:
+            while first.running() and _staged_files(self.client) < 1:
                 time.sleep(0.1)
             first.kill()
             measured.append(first.wait())
@@ -223,7 +224,8 @@ class Month:
         succeeded = [run for run in runs if run["status"] == "succeeded"]
         record.statuses = [run["status"] for run in runs]
         record.skipped = sum(run["skipped"] for run in succeeded)
-        record.processed = sum(run["results"] + run["errors"] - (run["resumed"] or 0) for run in succeeded)
+        record.processed = sum(run["results"] + run["errors"] for run in succeeded)
+        record.resumed = sum(run["resumed"] or 0 for run in succeeded)
         record.peak_driver_mib = max(m.peak_rss for m in measured) / 2**20
         record.seconds = sum(m.seconds for m in measured)
         return record
@@ -317,12 +319,13 @@ def plot(nights: list[Night], path: Path) -> None:
 
 def _table(nights: list[Night]) -> str:
     lines = [
-        f"{'night':>5} {'fault':<14} {'listed':>7} {'skipped':>8} {'processed':>10} {'driver MiB':>11} {'wall s':>7}"
-        "  runs; note"
+        f"{'night':>5} {'fault':<14} {'listed':>7} {'skipped':>8} {'processed':>10} {'resumed':>8} {'driver MiB':>11} "
+        f"{'wall s':>7}  runs; note"
     ]
     for n in nights:
         lines.append(
-            f"{n.night:>5} {n.fault:<14} {n.listed:>7} {n.skipped:>8} {n.processed:>10} {n.peak_driver_mib:>11.0f} "
+            f"{n.night:>5} {n.fault:<14} {n.listed:>7} {n.skipped:>8} {n.processed:>10} {n.resumed:>8} "
+            f"{n.peak_driver_mib:>11.0f} "
             f"{n.seconds:>7.1f}  {','.join(n.statuses)}{'; ' + n.note if n.note else ''}"
         )
     return "\n".join(lines)
@@ -332,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nights", type=int, default=30)
     parser.add_argument("--initial", type=int, default=300, help="images in the bucket before the first night")
-    parser.add_argument("--new", type=int, default=200, help="new images a night")
-    parser.add_argument("--rewritten", type=int, default=15, help="images written again a night (a new version)")
+    parser.add_argument("--new", type=int, default=150, help="new images a night")
+    parser.add_argument("--rewritten", type=int, default=10, help="images written again a night (a new version)")
     parser.add_argument("--deleted", type=int, default=5, help="images deleted a night")
     parser.add_argument(
         "--fault-nights", default="5,10,15,20", help=f"the nights of the faults, in this order: {', '.join(FAULTS)}"
@@ -359,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     root = Path(tempfile.mkdtemp(prefix="camray-bench-month-"))
-    ray.init(logging_level="ERROR", log_to_driver=False)  # after AWS_*: the workers inherit them
+    # After AWS_*, which the workers inherit; a cluster of its own: with no address, ray.init() joins a cluster
+    # another process started on the machine.
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     month = Month(args, endpoint, root)
     month.env["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     report: dict[str, object] = {
