@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser system-packages run test test-fast bench bench-scale bench-device lint clean
+.PHONY: install browser system-packages run test test-fast bench bench-scale bench-history bench-month bench-device lint clean
 
 $(STAMP): pyproject.toml infra/install.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ bench: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(PY) -m camray.bench.scale
+
+bench-history: $(STAMP)
+	$(PY) -m camray.bench.history
+
+bench-month: $(STAMP)
+	$(PY) -m camray.bench.month
 
 # GPU figures in one command (docs/device-benchmark.md). No install step: a bare GPU host has the packages but
 # no index, so this runs the venv's Python where there is one and python3 otherwise. ARGS=--smoke: on the CPU.

@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
@@ -38,8 +36,9 @@ from camray.errors import SetupError
 from camray.host_memory import ALLOCATOR_ENV
 from camray.image.decode import DecodeLimits
 from camray.io import layout
+from camray.io.done import DoneSet, without_done, without_inputs
 from camray.io.lease import OutputLease
-from camray.io.listing import LISTING, iter_listing
+from camray.io.listing import iter_listing
 from camray.io.resume import PriorWork, RunState, find_resumable, prior_work, write_state
 from camray.io.s3 import store_failure
 from camray.io.sink import CamDatasink, check_each_input_once, commit
@@ -80,34 +79,22 @@ def validate_before_work(config: JobConfig) -> None:
         )
 
 
-def _done_versions(config: JobConfig, s3: S3Settings, completed: list[str]) -> pa.Table | None:
-    """(image_uri, source_version) of every result of a completed run with this model and these settings."""
-    fs, base = filesystem_for(join_uri(config.sink.uri, "results"), s3)
-    if not config.sink.incremental or not completed or fs.get_file_info(base).type != pafs.FileType.Directory:
+def _done_versions(config: JobConfig, s3: S3Settings, completed: list[str]) -> DoneSet | None:
+    """Where the done work is (results of completed runs with this model and these settings); nothing is read."""
+    if not config.sink.incremental or not completed:
         return None
-    return (
-        pads.dataset(base, filesystem=fs, format="parquet")
-        .filter(
-            pads.field("run_id").isin(completed)
-            & (pads.field("model") == config.model.name)
-            & (pads.field("config_fingerprint") == config.fingerprint())
-        )
-        .to_table(columns=["image_uri", "source_version"])
+    return DoneSet(
+        layout.table_uri(config.sink.uri, "results"), tuple(completed), config.model.name, config.fingerprint(), s3
     )
 
 
-def skip_done(chunk: pa.Table, done: pa.Table | None, prior: PriorWork | None) -> pa.Table:
+def skip_done(chunk: pa.Table, done: DoneSet | pa.Table | None, prior: PriorWork | None) -> pa.Table:
     """A listing chunk without the inputs that are done: same version already annotated by a completed run with
     these settings, or held by an earlier attempt of this run (by URI)."""
-    if done is not None and done.num_rows:
-        # A manifest gives no version: without one, "same file" cannot be told, so it is always processed.
-        has_version = pc.not_equal(chunk.column("version"), "")
-        versioned = chunk.filter(has_version).join(
-            done, keys=["uri", "version"], right_keys=["image_uri", "source_version"], join_type="left anti"
-        )
-        chunk = pa.concat_tables([versioned.select(LISTING.names), chunk.filter(pc.invert(has_version))])
-    if prior is not None and len(prior.inputs):
-        chunk = chunk.filter(pc.invert(pc.is_in(chunk.column("uri"), value_set=prior.inputs)))
+    if done is not None:
+        chunk = pa.concat_tables([chunk.slice(0, 0), *without_done([chunk], done)])
+    if prior is not None:
+        chunk = without_inputs(chunk, prior.inputs)
     return chunk
 
 
@@ -129,7 +116,7 @@ def _stage_listing(
     File sizes grow: the first files hold one read batch each, so that a small run still spreads over the
     cluster; later ones up to `LISTING_FILE_ROWS`, so that millions of inputs make hundreds of files, not
     tens of thousands. Each file becomes one read+decode task."""
-    staged = _StagedListing(join_uri(config.sink.uri, "_listing", f"{state.run_id}-a{state.attempt:02d}"))
+    staged = _StagedListing(layout.listing_uri(config.sink.uri, state.run_id, state.attempt))
     fs, base = filesystem_for(staged.uri, s3)
     fs.create_dir(base, recursive=True)
     done = _done_versions(config, s3, completed)
@@ -142,26 +129,31 @@ def _stage_listing(
         while pending_rows and (final or pending_rows >= _listing_file_rows(staged.files, small)):
             table = pa.concat_tables(pending)
             size = _listing_file_rows(staged.files, small)
-            pq.write_table(table.slice(0, size), f"{base}/part-{staged.files:05d}.parquet", filesystem=fs)
+            pq.write_table(table.slice(0, size), f"{base}/{layout.listing_file_name(staged.files)}", filesystem=fs)
             staged.files += 1
             staged.rows += min(size, table.num_rows)
             rest = table.slice(size)
             pending, pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
 
-    limit = config.source.limit
-    for chunk in iter_listing(source_uri, config.source.extensions, config.source.recursive, s3):
-        if limit is not None:
-            chunk = chunk.slice(0, max(0, limit - state.listed))
-        state.listed += chunk.num_rows
-        kept = skip_done(chunk, done, None)
-        state.skipped += chunk.num_rows - kept.num_rows
+    def listed() -> Iterator[pa.Table]:
+        limit = config.source.limit
+        for chunk in iter_listing(source_uri, config.source.extensions, config.source.recursive, s3):
+            if limit is not None:
+                chunk = chunk.slice(0, max(0, limit - state.listed))
+            state.listed += chunk.num_rows
+            yield chunk
+            if limit is not None and state.listed >= limit:
+                break
+
+    not_done = 0
+    for kept in without_done(listed(), done) if done is not None else listed():
+        not_done += kept.num_rows
         kept = skip_done(kept, None, state.prior)
         if kept.num_rows:
             pending.append(kept)
             pending_rows += kept.num_rows
             flush(final=False)
-        if limit is not None and state.listed >= limit:
-            break
+    state.skipped += state.listed - not_done
     flush(final=True)
     return staged
 

@@ -3,18 +3,24 @@ grow with the input: a million-entry manifest or a bucket of millions of objects
 `chunk_rows` entries (`uri`, `size`, `version`), never as one list.
 
 Folders are walked directory by directory with `os.scandir`, S3 prefixes page through `ListObjectsV2` (1,000
-keys a page), manifests are read in blocks (`.txt` line by line, `.csv` and `.parquet` batch by batch). The
-version of an object is its size and modification time (`"<size>-<mtime_ns>"`); a manifest gives none.
+keys a page), manifests are read in blocks (`.txt` line by line, `.csv` and `.parquet` batch by batch), and an
+S3 Inventory report (its `manifest.json`) data file by data file, batch by batch. The version of an object is
+its size and modification time (`"<size>-<mtime_ns>"`), from a folder, a LIST or an inventory alike, so that
+a bucket listed one night by LIST and the next by its inventory is not done twice; a manifest gives none.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
+from urllib.parse import unquote_plus
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -25,6 +31,7 @@ from camray.io.sources import Listed, S3Settings, endpoint_of, filesystem_for, i
 logger = logging.getLogger(__name__)
 
 MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
+INVENTORY_NAME = "manifest.json"
 LISTING = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("version", pa.string())])
 CHUNK_ROWS = 50_000
 
@@ -143,10 +150,133 @@ def _manifest(fs: pafs.FileSystem, path: str, uri: str) -> Iterator[tuple[str, i
             yield from ((str(value), -1, "") for value in batch.column("uri").to_pylist() if value)
 
 
+# An inventory's fields, as its CSV schema names them (`fileSchema`), and the Parquet columns of the same.
+_INVENTORY_FIELDS = {
+    "Bucket": "bucket",
+    "Key": "key",
+    "IsLatest": "is_latest",
+    "IsDeleteMarker": "is_delete_marker",
+    "Size": "size",
+    "LastModifiedDate": "last_modified_date",
+    "ETag": "e_tag",
+}
+
+
+def _inventory(fs: pafs.FileSystem, path: str, uri: str, extensions: list[str]) -> Iterator[tuple[str, int, str]]:
+    """The current objects an S3 Inventory report lists, data file by data file (CSV, gzipped, with URL-encoded
+    keys; or Parquet), in blocks. Delete markers and noncurrent versions of a versioned bucket are left out.
+
+    The version is `"<size>-<last_modified_ns>"`, as a LIST gives it, where the report has both fields; the
+    ETag where it has not; none where it has neither (then the object is processed every night)."""
+    with fs.open_input_stream(path) as stream:
+        manifest = json.loads(stream.read())
+    file_format = manifest.get("fileFormat", "")
+    if file_format not in ("CSV", "Parquet"):
+        raise ValueError(f"inventory {uri}: `fileFormat` {file_format!r} is not read; configure CSV or Parquet")
+    # Data file keys are relative to the destination bucket, which holds the manifest too unless it says
+    # otherwise; a report copied to disk keeps that tree below some folder above the manifest.
+    destination = manifest.get("destinationBucket", "").rsplit(":", 1)[-1] or path.split("/", 1)[0]
+    for item in manifest.get("files", []):
+        data_path = f"{destination}/{item['key']}" if is_s3(uri) else _local_data_file(path, item["key"])
+        if file_format == "CSV":
+            names = [name.strip() for name in manifest.get("fileSchema", "").split(",")]
+            batches = _inventory_csv(fs, data_path, names)
+        else:
+            batches = _inventory_parquet(fs, data_path)
+        for batch in batches:
+            yield from _inventory_entries(batch, extensions, url_encoded=file_format == "CSV")
+
+
+def _local_data_file(manifest_path: str, key: str) -> str:
+    for folder in Path(manifest_path).parents:
+        if (folder / key).is_file():
+            return str(folder / key)
+    raise FileNotFoundError(f"inventory {manifest_path}: data file {key} is in no folder above the manifest")
+
+
+def _inventory_csv(fs: pafs.FileSystem, path: str, names: list[str]) -> Iterator[pa.RecordBatch]:
+    missing = {"Bucket", "Key"} - set(names)
+    if missing:
+        raise ValueError(f"inventory `fileSchema` lacks {sorted(missing)}: {names}")
+    wanted = [name for name in names if name in _INVENTORY_FIELDS]
+    with fs.open_input_stream(path, compression="gzip" if path.endswith(".gz") else None) as stream:
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(column_names=names),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=wanted, column_types={name: pa.string() for name in wanted}
+            ),
+        )
+        for batch in reader:
+            yield pa.RecordBatch.from_arrays(batch.columns, [_INVENTORY_FIELDS[name] for name in batch.schema.names])
+
+
+def _inventory_parquet(fs: pafs.FileSystem, path: str) -> Iterator[pa.RecordBatch]:
+    with fs.open_input_file(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        columns = [name for name in _INVENTORY_FIELDS.values() if name in parquet.schema_arrow.names]
+        yield from parquet.iter_batches(columns=columns, batch_size=CHUNK_ROWS)
+
+
+def _inventory_entries(
+    batch: pa.RecordBatch, extensions: list[str], url_encoded: bool
+) -> Iterator[tuple[str, int, str]]:
+    column = {name: batch.column(name) for name in batch.schema.names}
+    current = pa.array([True] * batch.num_rows)
+    for flag, wanted in (("is_latest", True), ("is_delete_marker", False)):
+        if flag in column:
+            values = column[flag]
+            if pa.types.is_string(values.type):
+                values = pc.equal(pc.utf8_lower(values), "true")
+            current = pc.and_(current, pc.equal(pc.fill_null(values, wanted), wanted))
+    sizes = _as_ints(column.get("size"), batch.num_rows)
+    mtimes_ns = _as_mtimes_ns(column.get("last_modified_date"), batch.num_rows)
+    etags = column["e_tag"].to_pylist() if "e_tag" in column else [None] * batch.num_rows
+    rows = zip(
+        current.to_pylist(),
+        column["bucket"].to_pylist(),
+        column["key"].to_pylist(),
+        sizes,
+        mtimes_ns,
+        etags,
+        strict=True,
+    )
+    for is_current, bucket, key, size, mtime_ns, etag in rows:
+        if not is_current or not key:
+            continue
+        key = unquote_plus(key) if url_encoded else key
+        if key.endswith("/") or not _wanted(key.rsplit("/", 1)[-1], extensions):
+            continue
+        version = f"{size}-{mtime_ns}" if size is not None and mtime_ns is not None else (etag or "").strip('"')
+        yield f"s3://{bucket}/{key}", -1 if size is None else size, version
+
+
+def _as_ints(values: pa.Array | None, rows: int) -> list[int | None]:
+    if values is None:
+        return [None] * rows
+    return [None if value in (None, "") else int(value) for value in values.to_pylist()]
+
+
+def _as_mtimes_ns(values: pa.Array | None, rows: int) -> list[int | None]:
+    """Last-modified times in nanoseconds, at the milliseconds S3 keeps: a CSV's ISO 8601 text, or Parquet's
+    `last_modified_date` timestamp."""
+    if values is None:
+        return [None] * rows
+    if pa.types.is_timestamp(values.type):
+        millis = pc.cast(pc.cast(values, pa.timestamp("ms", tz="UTC")), pa.int64()).to_pylist()
+    else:
+        millis = [
+            None if not text else round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+            for text in values.to_pylist()
+        ]
+    return [None if value is None else value * 1_000_000 for value in millis]
+
+
 def iter_listing(
     uri: str, extensions: list[str], recursive: bool, s3: S3Settings, chunk_rows: int = CHUNK_ROWS
 ) -> Iterator[pa.Table]:
-    """A folder, an S3 prefix or a manifest (`.txt`, `.csv`/`.parquet` with a `uri` column) as LISTING chunks.
+    """A folder, an S3 prefix, a manifest (`.txt`, `.csv`/`.parquet` with a `uri` column) or an S3 Inventory
+    report (the URI of its `manifest.json`) as LISTING chunks.
 
     A manifest is the list to process as given, every time: its entries carry no version. Raises
     FileNotFoundError for an input that does not exist."""
@@ -155,7 +285,9 @@ def iter_listing(
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input {uri} does not exist")
     if info.type == pafs.FileType.File:
-        if uri.lower().endswith(MANIFEST_SUFFIXES):
+        if uri.rsplit("/", 1)[-1] == INVENTORY_NAME:
+            yield from _chunks(_inventory(fs, path, uri, extensions), chunk_rows)
+        elif uri.lower().endswith(MANIFEST_SUFFIXES):
             yield from _chunks(_manifest(fs, path, uri), chunk_rows)
         else:
             version = f"{info.size}-{info.mtime_ns if info.mtime_ns is not None else 0}"

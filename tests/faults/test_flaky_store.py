@@ -1,6 +1,6 @@
 """Fault tests for the object store: a flaky S3 (slow-downs, resets, delays) and an S3 that is down for good.
 
-The faults are real: `s3_proxy.FaultyS3Proxy` stands between the job and the moto server and breaks HTTP
+The faults are real: `camray.bench.s3_proxy.FaultyS3Proxy` stands between the job and the moto server and breaks HTTP
 exchanges on the wire. Jobs run on the real Ray head, and what readers see is read back from moto directly.
 """
 
@@ -19,9 +19,9 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 from PIL import Image
-from s3_proxy import FaultRates, FaultyS3Proxy
 
 from camray import cli
+from camray.bench.s3_proxy import FaultRates, FaultyS3Proxy
 from camray.config import JobConfig
 from camray.io.s3 import S3Settings, StoreUnavailableError, s3_objects
 from camray.io.sources import filesystem_for, write_object

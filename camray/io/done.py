@@ -1,0 +1,199 @@
+"""Skip-done: the listing without the inputs that succeeded runs already annotated, with the driver's memory
+bounded whatever the output's history.
+
+An input is done when a row of `results/` holds its URI and version, with this model and these settings
+(`config_fingerprint`), written by a run whose row in `runs/` says `succeeded`. `results/` is the only truth:
+nothing is cached beside it, so rows written by any camray, older ones included, count.
+
+The anti-join runs in DuckDB, out of core: the night's listing is streamed into a table of a database file in
+a local temporary folder, the history is streamed past it once (only `image_uri` and `source_version`, the
+rows of other runs, models and settings left out by pyarrow's filter, row groups pruned on their statistics),
+and what is left streams out in the listing's order. DuckDB holds to `MEMORY_LIMIT` and spills to the folder
+beyond it, so a listing of millions of objects and a history of a hundred million rows both pass.
+
+The history is read through pyarrow datasets, a few files at a time, handed to DuckDB as one Arrow stream:
+DuckDB's own httpfs cannot reach every store camray writes to, and one dataset over all of `results/` would
+hold every file's Parquet footer until the scan ends, which grows with the history.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from camray.io.sources import S3Settings, filesystem_for
+
+if TYPE_CHECKING:
+    import duckdb
+
+logger = logging.getLogger(__name__)
+
+# DuckDB's working memory for the join; beyond it, the join and the sort spill to the temporary folder.
+MEMORY_LIMIT = "128MB"
+MAX_THREADS = 4
+# History files opened together as one pyarrow dataset: their footers are held while they are read.
+FILES_PER_SCAN = 64
+# Rows of the listing handed back per chunk.
+OUT_ROWS = 50_000
+
+KEY = pa.schema([("image_uri", pa.string()), ("source_version", pa.string())])
+# The columns a results file is read for; any that an older file lacks reads as nulls (and matches nothing).
+_READ = pa.schema(
+    [
+        ("image_uri", pa.string()),
+        ("source_version", pa.string()),
+        ("model", pa.string()),
+        ("config_fingerprint", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class DoneSet:
+    """Where the done work is: the rows of `results_uri` written by `run_ids` (the succeeded runs) with
+    `model` and `fingerprint`. Nothing is read until `batches` is."""
+
+    results_uri: str
+    run_ids: tuple[str, ...]
+    model: str
+    fingerprint: str
+    s3: S3Settings
+
+    def files(self) -> list[str]:
+        """The Parquet files of `results/`, any folder depth; hidden and underscore names left out."""
+        fs, base = filesystem_for(self.results_uri, self.s3)
+        if not self.run_ids or fs.get_file_info(base).type != pafs.FileType.Directory:
+            return []
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        return sorted(
+            info.path
+            for info in fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
+            and info.path.endswith(".parquet")
+            and not any(part.startswith(("_", ".")) for part in info.path[len(base) :].split("/"))
+        )
+
+    def batches(self, files: list[str]) -> pa.RecordBatchReader:
+        """(image_uri, source_version) of every done row of `files` (from `files()`), as one stream read a few
+        files at a time."""
+        fs, _ = filesystem_for(self.results_uri, self.s3)
+        wanted = (
+            pads.field("run_id").isin(list(self.run_ids))
+            & (pads.field("model") == self.model)
+            & (pads.field("config_fingerprint") == self.fingerprint)
+            & (pads.field("source_version") != "")
+        )
+
+        def scan() -> Iterator[pa.RecordBatch]:
+            for start in range(0, len(files), FILES_PER_SCAN):
+                dataset = pads.dataset(files[start : start + FILES_PER_SCAN], schema=_READ, filesystem=fs)
+                yield from dataset.to_batches(columns=KEY.names, filter=wanted, batch_readahead=1, fragment_readahead=1)
+
+        return pa.RecordBatchReader.from_batches(KEY, scan())
+
+
+def without_done(chunks: Iterable[pa.Table], done: DoneSet | pa.Table, out_rows: int = OUT_ROWS) -> Iterator[pa.Table]:
+    """The listing chunks (`uri`, `size`, `version`, ...) without the entries whose (uri, version) `done` holds,
+    in the listing's order, re-chunked to `out_rows`.
+
+    `done` is a `DoneSet`, or a table of `image_uri`, `source_version` already in memory. Entries without a
+    version (a manifest's) are always kept: without one, "the same file" cannot be told."""
+    import duckdb
+
+    if isinstance(done, DoneSet):
+        files = done.files()
+        if not files:
+            yield from chunks
+            return
+        logger.info("skip-done: against %d results files of %d succeeded runs", len(files), len(done.run_ids))
+        history = done.batches(files)
+    else:
+        history = done.select(KEY.names).cast(KEY)
+    with tempfile.TemporaryDirectory(prefix="camray-done-") as folder:
+        connection = duckdb.connect(
+            os.path.join(folder, "done.duckdb"),
+            config={
+                "memory_limit": MEMORY_LIMIT,
+                "temp_directory": os.path.join(folder, "spill"),
+                "threads": min(MAX_THREADS, os.cpu_count() or 1),
+                "preserve_insertion_order": False,
+            },
+        )
+        try:
+            connection.execute("SET enable_progress_bar = false")  # the run's terminal shows its own
+            yield from _anti_join(connection, chunks, history, out_rows)
+        finally:
+            connection.close()
+
+
+def _anti_join(
+    connection: duckdb.DuckDBPyConnection,
+    chunks: Iterable[pa.Table],
+    history: pa.RecordBatchReader | pa.Table,
+    out_rows: int,
+) -> Iterator[pa.Table]:
+    schema: pa.Schema | None = None
+    position = 0
+    for chunk in chunks:
+        if schema is None:
+            schema = chunk.schema
+            connection.register("chunk", chunk.slice(0, 0).append_column("seq", pa.array([], pa.int64())))
+            connection.execute("CREATE TABLE listing AS SELECT * FROM chunk")
+        numbered = chunk.append_column("seq", pa.array(range(position, position + chunk.num_rows), pa.int64()))
+        connection.register("chunk", numbered)
+        connection.execute("INSERT INTO listing SELECT * FROM chunk")
+        position += chunk.num_rows
+    connection.unregister("chunk")
+    if schema is None or not position:
+        return
+    connection.register("history", history)
+    # The history streams past a hash table of the listing, which is the side to build: it is one night's,
+    # the history is every night's. DuckDB cannot size an Arrow stream, so its own choice of side is off here.
+    connection.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
+    connection.execute(
+        """
+        CREATE TABLE matched AS SELECT listing.seq FROM history JOIN listing
+        ON history.image_uri = listing.uri AND history.source_version = listing.version
+        """
+    )
+    connection.unregister("history")
+    spilled = _spilled_bytes(connection)
+    connection.execute("RESET disabled_optimizers")
+    columns = ", ".join(f'"{name}"' for name in schema.names)
+    result = connection.sql(
+        f"SELECT {columns} FROM listing WHERE version = '' OR seq NOT IN (SELECT seq FROM matched) ORDER BY seq"
+    )
+    reader = result.to_arrow_reader(out_rows)
+    kept = 0
+    for batch in reader:
+        if batch.num_rows:
+            kept += batch.num_rows
+            yield pa.Table.from_batches([batch]).cast(schema)
+    spilled = max(spilled, _spilled_bytes(connection))
+    logger.info(
+        "skip-done: %d listed, %d done already; DuckDB spilled %.1f MiB to disk",
+        position,
+        position - kept,
+        spilled / 2**20,
+    )
+
+
+def _spilled_bytes(connection: duckdb.DuckDBPyConnection) -> int:
+    return connection.sql("SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()").fetchall()[0][0]
+
+
+def without_inputs(chunk: pa.Table, inputs: pa.Array) -> pa.Table:
+    """The chunk without the URIs in `inputs` (held by earlier attempts of this run, whatever their version)."""
+    if not len(inputs):
+        return chunk
+    return chunk.filter(pc.invert(pc.is_in(chunk.column("uri"), value_set=inputs)))

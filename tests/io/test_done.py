@@ -1,0 +1,196 @@
+"""Skip-done (`camray.io.done`): DuckDB's anti-join against real `results/` Parquet files, local and on the moto
+S3 server, checked against a plain set; and through the real job, a second run skips everything."""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from camray.io import done as done_module
+from camray.io.done import DoneSet, without_done
+from camray.io.listing import LISTING
+from camray.io.schema import RESULTS
+from camray.io.sources import S3Settings
+
+MODEL, FINGERPRINT = "lite0", "f1"
+SUCCEEDED = ("run-a", "run-b")
+
+
+def _results_table(rows: list[tuple[str, str, str, str, str]]) -> pa.Table:
+    """Rows of (image_uri, source_version, run_id, model, config_fingerprint), other columns null, as written."""
+    columns = {field.name: pa.nulls(len(rows), field.type) for field in RESULTS}
+    for index, name in enumerate(("image_uri", "source_version", "run_id", "model", "config_fingerprint")):
+        columns[name] = pa.array([row[index] for row in rows], pa.string())
+    return pa.table(columns, schema=RESULTS)
+
+
+def _history(rng: random.Random, images: int) -> list[tuple[str, str, str, str, str]]:
+    """Each image once, at some version, written by a succeeded run or not, with these settings or others."""
+    rows = []
+    for index in range(images):
+        run = rng.choice([*SUCCEEDED, "run-crashed"])
+        model = MODEL if rng.random() < 0.9 else "resnet50"
+        fingerprint = FINGERPRINT if rng.random() < 0.9 else "f2"
+        version = "" if rng.random() < 0.05 else f"{index}-{rng.randrange(3)}"
+        rows.append((f"s3://b/img-{index:06d}.jpg", version, run, model, fingerprint))
+    return rows
+
+
+def _listing(rng: random.Random, images: int) -> pa.Table:
+    """Some images of the history (at its version or another), some new, some without a version."""
+    uris, versions = [], []
+    for index in rng.sample(range(images * 2), images):
+        uris.append(f"s3://b/img-{index:06d}.jpg")
+        versions.append("" if rng.random() < 0.05 else f"{index}-{rng.randrange(3)}")
+    return pa.table([uris, [1] * len(uris), versions], schema=LISTING)
+
+
+def _reference(listing: pa.Table, history: list[tuple[str, str, str, str, str]]) -> list[tuple[str, str]]:
+    done = {
+        (uri, version)
+        for uri, version, run, model, fingerprint in history
+        if run in SUCCEEDED and model == MODEL and fingerprint == FINGERPRINT and version
+    }
+    pairs = zip(listing.column("uri").to_pylist(), listing.column("version").to_pylist(), strict=True)
+    return [(uri, version) for uri, version in pairs if not version or (uri, version) not in done]
+
+
+def _write_history(folder, rows, files: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    step = -(-len(rows) // files)
+    for index in range(files):
+        pq.write_table(
+            _results_table(rows[index * step : (index + 1) * step]), folder / f"run-a-a01-{index:05d}.parquet"
+        )
+
+
+def _kept(chunks) -> list[tuple[str, str]]:
+    """(uri, version) of every entry the chunks hold, in order."""
+    pairs = []
+    for chunk in chunks:
+        pairs += zip(chunk.column("uri").to_pylist(), chunk.column("version").to_pylist(), strict=True)
+    return pairs
+
+
+def _chunks_of(table: pa.Table, rows: int) -> list[pa.Table]:
+    return [table.slice(start, rows) for start in range(0, table.num_rows, rows)]
+
+
+def test_the_listing_without_what_succeeded_runs_did_in_order_as_a_set_says(tmp_path, monkeypatch):
+    rng = random.Random(7)
+    history = _history(rng, 3000)
+    _write_history(tmp_path / "results", history, files=5)
+    listing = _listing(rng, 2000)
+    monkeypatch.setattr(done_module, "FILES_PER_SCAN", 2)  # several small datasets, as over a long history
+    done = DoneSet(str(tmp_path / "results"), SUCCEEDED, MODEL, FINGERPRINT, S3Settings())
+
+    out = list(without_done(_chunks_of(listing, 300), done, out_rows=250))
+
+    assert _kept(out) == _reference(listing, history)
+    assert 0 < len(_kept(out)) < listing.num_rows
+    assert all(chunk.schema == LISTING and chunk.num_rows <= 250 for chunk in out)
+
+
+def test_an_output_without_results_or_succeeded_runs_skips_nothing(tmp_path):
+    listing = _listing(random.Random(1), 50)
+    for done in (
+        DoneSet(str(tmp_path / "results"), SUCCEEDED, MODEL, FINGERPRINT, S3Settings()),
+        DoneSet(str(tmp_path / "results"), (), MODEL, FINGERPRINT, S3Settings()),
+    ):
+        assert _kept(without_done([listing], done)) == _kept([listing])
+
+
+def test_the_join_spills_to_disk_beyond_its_memory_limit(tmp_path, monkeypatch, caplog):
+    """A listing whose hash table is larger than DuckDB's memory limit still gives the exact answer."""
+    import logging
+
+    rng = random.Random(3)
+    history = _history(rng, 200_000)
+    _write_history(tmp_path / "results", history, files=4)
+    listing = _listing(rng, 150_000)
+    monkeypatch.setattr(done_module, "MEMORY_LIMIT", "32MB")
+    done = DoneSet(str(tmp_path / "results"), SUCCEEDED, MODEL, FINGERPRINT, S3Settings())
+
+    with caplog.at_level(logging.INFO, logger="camray.io.done"):
+        assert _kept(without_done(_chunks_of(listing, 50_000), done)) == _reference(listing, history)
+    spilled = re.search(r"spilled ([0-9.]+) MiB", caplog.text)
+    assert spilled and float(spilled.group(1)) > 0, caplog.text
+
+
+def test_results_written_by_an_older_camray_are_skipped_and_underscore_folders_are_not_read(tmp_path):
+    """Files under other names, in a sub-folder, with columns in another order, without camray's schema
+    metadata and without the map columns, count as done; `_`-folders and hidden files beside them do not."""
+    results = tmp_path / "results"
+    (results / "2025").mkdir(parents=True)
+    older = pa.table(
+        {
+            "run_id": ["run-a", "run-a"],
+            "config_fingerprint": [FINGERPRINT, FINGERPRINT],
+            "model": [MODEL, MODEL],
+            "image_uri": ["s3://b/old-1.jpg", "s3://b/old-2.jpg"],
+            "source_version": ["10-1", "10-2"],
+        }
+    )
+    pq.write_table(older, results / "2025" / "part-0.parquet")
+    (results / "_index").mkdir()
+    pq.write_table(
+        _results_table([("s3://b/new.jpg", "1-1", "run-a", MODEL, FINGERPRINT)]), results / "_index/x.parquet"
+    )
+    pq.write_table(_results_table([("s3://b/new.jpg", "1-1", "run-a", MODEL, FINGERPRINT)]), results / ".tmp.parquet")
+    listing = pa.table(
+        [["s3://b/old-1.jpg", "s3://b/old-2.jpg", "s3://b/new.jpg"], [1, 1, 1], ["10-1", "10-3", "1-1"]],
+        schema=LISTING,
+    )
+    done = DoneSet(str(results), SUCCEEDED, MODEL, FINGERPRINT, S3Settings())
+
+    assert _kept(without_done([listing], done)) == [("s3://b/old-2.jpg", "10-3"), ("s3://b/new.jpg", "1-1")]
+
+
+def test_the_history_is_read_from_s3_through_pyarrow(s3_server, tmp_path):
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="camray-done")
+    rng = random.Random(11)
+    history = _history(rng, 500)
+    _write_history(tmp_path / "results", history, files=3)
+    s3 = S3Settings(s3_server)
+    from camray.io.sources import filesystem_for
+
+    fs, base = filesystem_for("s3://camray-done/out/results", s3)
+    for path in sorted((tmp_path / "results").iterdir()):
+        with fs.open_output_stream(f"{base}/{path.name}") as stream:
+            stream.write(path.read_bytes())
+    listing = _listing(rng, 400)
+    done = DoneSet("s3://camray-done/out/results", SUCCEEDED, MODEL, FINGERPRINT, s3)
+
+    assert _kept(without_done([listing], done)) == _reference(listing, history)
+
+
+@pytest.mark.integration
+def test_a_second_run_over_the_same_input_skips_everything(ray_cluster, small_photos, tmp_path):
+    from camray.config import load_config
+    from camray.runner import run_job
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(small_photos.iterdir())[:6]:
+        shutil.copy2(path, images / path.name)
+    config = load_config(
+        overrides={"source.uri": str(images), "sink.uri": str(tmp_path / "out"), "runtime.batch_size": 4}
+    )
+    first = run_job(config)
+    assert (first.status, first.listed, first.skipped, first.results + first.errors) == ("succeeded", 6, 0, 6)
+
+    second = run_job(config)
+    assert (second.status, second.listed, second.skipped, second.results, second.errors) == ("succeeded", 6, 6, 0, 0)
+
+    # A rewritten image has a new version: only it is done again.
+    rewritten = sorted(images.iterdir())[0]
+    rewritten.write_bytes(rewritten.read_bytes())
+    third = run_job(config)
+    assert (third.listed, third.skipped, third.results + third.errors) == (6, 5, 1)
