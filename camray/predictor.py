@@ -21,6 +21,7 @@ from camray.cam.boxes import Components, components_from_maps
 from camray.cam.maps import normalize_maps, resample_regions
 from camray.cam.methods import MapExtractor
 from camray.cam.tiling import canvas_side, cut_tiles, stitch_maps, tile_layout, tile_stride
+from camray.cam.tokens import to_grid
 from camray.config import BoxConfig, CamConfig, JobConfig, TilingConfig
 from camray.image.device_decode import decode_to_canvases
 from camray.io.schema import ROWS
@@ -143,7 +144,8 @@ class Annotator:
 
         def keep_first(_module: nn.Module, _inputs: object, output: Tensor) -> None:
             if not activation:  # Score-CAM's masked forwards come later; the clean forward is the first
-                activation.append(output.detach().float().relu().mean(1, keepdim=True))
+                grid = to_grid(output.detach(), self.spec.refine_layout, self.spec.prefix_tokens)
+                activation.append(grid.float().relu().mean(-3, keepdim=True))
 
         hooked = keep_activation and self.refine_block is not None
         handle = self.refine_block.register_forward_hook(keep_first) if hooked else None
@@ -164,6 +166,9 @@ class Annotator:
         scores = torch.softmax(logits.float(), dim=1).gather(1, class_ids)
         valid_wh = valid_wh.to(self.device)
         maps = self._whole_image_maps(raw_maps.float(), valid_wh, x.shape[-1])
+        if activation is None and self.cam_config.refine:  # no finer block (a ViT): every image keeps the plain map
+            every = torch.ones(maps.shape[0], dtype=torch.bool, device=maps.device)
+            return self._boxed(class_ids, scores, *self._maps_keeping_plain(maps, maps, every))
         if activation is None:
             return self._boxed(class_ids, scores, maps)
         refined = self._refine(maps, activation, valid_wh, x.shape[-1])

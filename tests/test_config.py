@@ -40,7 +40,7 @@ def test_overrides_beat_the_file(tmp_path):
 
 
 def test_fingerprint_follows_results_not_runtime():
-    base = JobConfig()
+    base = load_config()
     assert base.fingerprint() == load_config(overrides={"runtime.batch_size": 64, "sink.uri": "x"}).fingerprint()
     assert base.fingerprint() != load_config(overrides={"boxes.threshold": 0.3}).fingerprint()
 
@@ -73,12 +73,13 @@ def test_cli_fails_before_any_work(tmp_path):
         ("--cam.top_k", "0", "--output", out),
         ("--model", "resnet5", "--output", out),
         ("--model", "vgg16", "--cam.method", "cam", "--output", out),
-        ("--model", "resnet18", "--cam.refine", "true", "--output", out),
+        ("--model", "vit_b_16", "--preset", "accurate", "--output", out),
         cwd=tmp_path,
     )
     assert bad.returncode == 2 and "cam.top_k" in bad.stdout
     assert unknown.returncode == 2 and "`model.name` 'resnet5'" in unknown.stdout
     assert cam_on_vgg.returncode == 2 and "`cam.method` is `cam`" in cam_on_vgg.stdout
-    assert refine_unknown.returncode == 2 and "need `cam.refine_layer` for 'resnet18'" in refine_unknown.stdout
+    # A ViT has no block finer than its token grid for the tiles' `layer` fusion.
+    assert refine_unknown.returncode == 2 and "need `cam.refine_layer` for 'vit_b_16'" in refine_unknown.stdout
     assert not (tmp_path / "out").exists()
     assert "ray" not in (bad.stderr + unknown.stderr).lower()
