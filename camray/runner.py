@@ -163,7 +163,8 @@ def plan_resources(
 
 def validate_before_work(config: JobConfig) -> None:
     """Fails fast on a model/method combination that cannot run, before listing or starting Ray."""
-    spec = get_spec(config.model.name, config.model.target_layer, config.model.classifier_layer)
+    model = config.model
+    spec = get_spec(model.name, model.target_layer, model.classifier_layer, model.input_size)
     resolve_method(spec, config.cam.method)
     # `cam.refine` alone keeps the plain maps of a model with no finer block (one token grid throughout, a ViT);
     # the tiled modes that fuse that block's activation cannot run without it.

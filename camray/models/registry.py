@@ -46,6 +46,8 @@ class ModelSpec:
     `layout` is how the target layer's output is laid out (`camray.cam.tokens`): a feature map (`nchw`), patch
     tokens on their grid (`nhwc`), or a token sequence after `prefix_tokens` class/register tokens (`tokens`);
     `refine_layout` the same for the refining block.
+    `downloaded_weights` fetches the published weights (needs internet) and returns the file and its source, where
+    weights come from the model's own zoo (timm). `interpolation` is the resampling its weights were trained with.
     """
 
     name: str
@@ -64,6 +66,8 @@ class ModelSpec:
     layout: Layout = "nchw"
     prefix_tokens: int = 0
     refine_layout: Layout = "nchw"
+    downloaded_weights: Callable[[], tuple[Path, str]] | None = None
+    interpolation: str = "bilinear"
 
     @property
     def default_method(self) -> str:
@@ -232,8 +236,15 @@ def available_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_spec(name: str, target_layer: str | None = None, classifier_layer: str | None = None) -> ModelSpec:
-    """The spec of a registered model, or of a user's `module:factory` (then `target_layer` is required)."""
+def get_spec(
+    name: str, target_layer: str | None = None, classifier_layer: str | None = None, input_size: int | None = None
+) -> ModelSpec:
+    """The spec of a registered model, of `timm:NAME` (built and measured here, at `input_size` if given), or of a
+    user's `module:factory` (then `target_layer` is required)."""
+    if name.startswith("timm:"):
+        from camray.models.timm_models import timm_spec
+
+        return timm_spec(name, input_size, target_layer, classifier_layer)
     if name not in _REGISTRY and ":" not in name:
         _register_torchvision()
     if name in _REGISTRY:
