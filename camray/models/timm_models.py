@@ -60,11 +60,14 @@ class TimmClassifier(nn.Module):
         checkpoint_filter = getattr(sys.modules[type(self.model).__module__], "checkpoint_filter_fn", None)
         if checkpoint_filter is not None:
             state_dict = checkpoint_filter(state_dict, self.model)
-        result = self.model.load_state_dict(state_dict, strict=False)
+        name = f"{TIMM_PREFIX}{self.model.pretrained_cfg.get('architecture', type(self.model).__name__)}"
+        try:
+            result = self.model.load_state_dict(state_dict, strict=False)
+        except RuntimeError as exc:  # shapes that differ: another member of the family
+            raise WeightsError(f"weights do not fit {name}: {str(exc).splitlines()[1].strip()} ...") from exc
         if result.missing_keys or result.unexpected_keys:
-            name = self.model.pretrained_cfg.get("architecture", type(self.model).__name__)
             raise WeightsError(
-                f"weights do not fit timm:{name}: missing {result.missing_keys[:5]}, unexpected "
+                f"weights do not fit {name}: missing {result.missing_keys[:5]}, unexpected "
                 f"{result.unexpected_keys[:5]} (is `model.name` the architecture they were trained as?)"
             )
 
@@ -295,13 +298,12 @@ def download_pretrained(cfg: dict[str, Any]) -> tuple[Path, str]:
     try:
         if hub_id:
             from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError
 
-            for filename in ("model.safetensors", "pytorch_model.bin"):
-                try:
-                    return Path(hf_hub_download(hub_id, filename)), f"hf-hub:{hub_id}/{filename}"
-                except Exception as exc:  # EntryNotFoundError: try the other name; offline errors re-raise below
-                    last: Exception = exc
-            raise last
+            try:
+                return Path(hf_hub_download(hub_id, "model.safetensors")), f"hf-hub:{hub_id}/model.safetensors"
+            except EntryNotFoundError:  # older uploads hold only the PyTorch pickle (loaded `weights_only`)
+                return Path(hf_hub_download(hub_id, "pytorch_model.bin")), f"hf-hub:{hub_id}/pytorch_model.bin"
         if url:
             target = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
             if not target.exists():
