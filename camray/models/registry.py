@@ -241,7 +241,7 @@ def get_spec(
 ) -> ModelSpec:
     """The spec of a registered model, of `timm:NAME` (built and measured here, at `input_size` if given), or of a
     user's `module:factory` (then `target_layer` is required)."""
-    if name.startswith("timm:"):
+    if name.startswith("timm:"):  # imported here: a Lite process never loads timm
         from camray.models.timm_models import timm_spec
 
         return timm_spec(name, input_size, target_layer, classifier_layer)

@@ -72,10 +72,6 @@ class TimmClassifier(nn.Module):
             )
 
 
-def is_timm_name(name: str) -> bool:
-    return name.startswith(TIMM_PREFIX)
-
-
 def _refuse(name: str, why: str) -> ValueError:
     return ValueError(f"`model.name` {name!r}: camray cannot explain this model: {why}")
 
