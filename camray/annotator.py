@@ -21,6 +21,7 @@ from camray.cam.layers import resolve_layer
 from camray.cam.maps import normalize_maps, resample_regions
 from camray.cam.methods import MapExtractor
 from camray.cam.tiling import canvas_side, cut_tiles, stitch_maps, tile_layout, tile_stride
+from camray.cam.tokens import to_grid
 from camray.models.fold import fold_batch_norms
 
 if TYPE_CHECKING:  # read as attributes only: the annotator runs where pydantic is not installed
@@ -175,7 +176,10 @@ class Annotator:
         layers = (self.refine_block,) if keep_activation and self.refine_block is not None else ()
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             out = self.extractor.extract(x, self.top_k, None if classes is None else lambda _: classes, layers)
-            activation = out.layers[0].float().relu().mean(1, keepdim=True) if out.layers else None
+            activation = None
+            if out.layers:
+                grid = to_grid(out.layers[0], self.spec.refine_layout, self.spec.prefix_tokens)
+                activation = grid.float().relu().mean(-3, keepdim=True)
         return _Forward(out.logits, out.maps, out.class_ids, activation)
 
     def _scores(self, forward: _Forward) -> Tensor:
@@ -263,6 +267,9 @@ class PlainMode:
         scores = a._scores(forward)
         valid_wh = valid_wh.to(a.device)
         maps = a._whole_image_maps(forward.raw_maps.float(), valid_wh, x.shape[-1])
+        if forward.activation is None and a.cam_config.refine:  # no finer block (a ViT): the plain map for all
+            every = torch.ones(maps.shape[0], dtype=torch.bool, device=maps.device)
+            return a._boxed(forward.class_ids, scores, *a._maps_keeping_plain(maps, maps, every))
         if forward.activation is None:
             return a._boxed(forward.class_ids, scores, maps)
         refined = a._refine(maps, forward.activation, valid_wh, x.shape[-1])

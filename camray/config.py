@@ -88,13 +88,15 @@ class ModelConfig(_Section):
 
     name: str = Field(
         "efficientnet_lite0",
-        description="Registry name: `efficientnet_lite0/1/2` (bundled weights) or a torchvision builder "
-        "name (`resnet50`, `densenet121`, `vgg16_bn`, ...).",
+        description="Registry name: `efficientnet_lite0/1/2` (bundled weights), a torchvision builder "
+        "name (`resnet50`, `vit_b_16`, `swin_t`, ...), `timm:NAME` for any timm classifier "
+        "(`timm:convnext_tiny.in12k_ft_in1k`), or `module:factory` (docs/models.md).",
     )
     weights: str | None = Field(
         None,
-        description="Weights: a local path, `file://` or `s3://` URI of a state dict, or `torchvision:NAME` "
-        "(downloads; needs internet). Default: the bundled weights, else torchvision's DEFAULT.",
+        description="Weights: a local path, `file://` or `s3://` URI of a state dict (`.pth`, `.bin` or "
+        "`.safetensors`), or `torchvision:NAME` (downloads; needs internet). Default: the bundled weights, else "
+        "torchvision's DEFAULT, or timm's published weights for `timm:` names (downloads; needs internet).",
     )
     weights_sha256: str | None = Field(None, description="Expected sha256 of the weights file, checked on load.")
     target_layer: str | None = Field(

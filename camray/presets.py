@@ -1,8 +1,9 @@
 """Named presets: sets of config field values chosen together, applied under the user's own settings.
 
 A preset names values for `cam`, `boxes` and `tiling` fields that were measured together
-(docs/localization.md); a config file and `--section.field` flags override any of them. Runs record the resolved
-config, and its fingerprint changes with every value a preset sets that changes results.
+(docs/localization.md); a config file and `--section.field` flags override any of them. A job that names no
+preset gets `DEFAULT_PRESET`. Runs record the resolved config, and its fingerprint changes with every value a
+preset sets that changes results.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # The single pass at the model's native size: today's defaults, fastest, right for objects that fill the photo.
+    # The plain CAM of the paper, one pass at the model's native size: the config fields' own defaults, right for
+    # objects that fill the photo.
     "fast": {},
     # One pass still; each class map sharpened by the mean activation of the stride-16 block (SPOL-style), except
     # for images the model classifies with confidence, which keep the plain CAM: better than `fast` on every
-    # object size measured, at the same cost.
+    # object size measured, at the same cost. The default: on a held-out set of real photos and objects on textures it
+    # nearly doubled `fast`'s box accuracy (0.43 -> 0.83) at 1.04x its cost. Where a model has no finer block to
+    # refine with (one token grid throughout: ViT, DeiT, EVA), its maps stay plain, boxed at `cam.plain_threshold`.
     "balanced": {
         "cam": {"refine": True, "refine_power": 2.0, "plain_above_score": 0.3},
         "boxes": {"threshold": 0.25},
@@ -38,6 +42,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# What a job that names no preset gets (why: `balanced`'s comment).
+DEFAULT_PRESET = "balanced"
+
+
 def preset_values(name: str) -> dict[str, dict[str, Any]]:
     """The sections and field values of preset `name`, copied; a ValueError names the choices."""
     if not isinstance(name, str):
@@ -48,10 +56,9 @@ def preset_values(name: str) -> dict[str, dict[str, Any]]:
 
 
 def apply_preset(name: str | None, data: dict[str, Any]) -> dict[str, Any]:
-    """`data` (config sections as loaded from YAML) laid over preset `name`'s values; `data` wins."""
-    if name is None:
-        return data
-    merged: dict[str, Any] = preset_values(name)
+    """`data` (config sections as loaded from YAML) laid over preset `name`'s values (`DEFAULT_PRESET`'s if None);
+    `data` wins."""
+    merged: dict[str, Any] = preset_values(DEFAULT_PRESET if name is None else name)
     for section, fields in data.items():
         if isinstance(fields, dict) and isinstance(merged.get(section), dict):
             merged[section] = {**merged[section], **fields}

@@ -69,11 +69,16 @@ def validate_before_work(config: JobConfig) -> None:
     starting Ray."""
     if config.source.uri == SAMPLES_URI:
         require_demo_packages()
-    spec = get_spec(config.model.name, config.model.target_layer, config.model.classifier_layer)
+    model = config.model
+    spec = get_spec(model.name, model.target_layer, model.classifier_layer, model.input_size)
     resolve_method(spec, config.cam.method)
-    if uses_refine_layer(config.cam, config.tiling) and not (config.cam.refine_layer or spec.refine_layer):
+    # `cam.refine` alone keeps the plain maps of a model with no finer block (one token grid throughout, a ViT);
+    # the tiled modes that fuse that block's activation cannot run without it.
+    tiling = config.tiling
+    tiling_needs_layer = tiling.enabled and (tiling.fusion == "layer" or tiling.whole_image_above_area is not None)
+    if tiling_needs_layer and not (config.cam.refine_layer or spec.refine_layer):
         raise ValueError(
-            "`cam.refine`, `tiling.fusion` `layer` and `tiling.whole_image_above_area` need `cam.refine_layer` for "
+            "`tiling.fusion` `layer` and `tiling.whole_image_above_area` need `cam.refine_layer` for "
             f"{config.model.name!r}: the module path of a block at twice the resolution of the target layer "
             "(e.g. `layer3` for a ResNet)"
         )

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from camray.config import ConfigError
+from camray.errors import ConfigError
 
 # The packages the photos ship in: the `demo` extra, which the worker image goes without.
 DEMO_PACKAGES = {"skimage": "scikit-image", "matplotlib": "matplotlib"}

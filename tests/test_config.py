@@ -41,7 +41,7 @@ def test_overrides_beat_the_file(tmp_path):
 
 
 def test_fingerprint_follows_results_not_runtime():
-    base = JobConfig()
+    base = load_config()
     assert base.fingerprint() == load_config(overrides={"runtime.batch_size": 64, "sink.uri": "x"}).fingerprint()
     assert base.fingerprint() != load_config(overrides={"boxes.threshold": 0.3}).fingerprint()
 
@@ -74,36 +74,38 @@ def test_cli_fails_before_any_work(tmp_path):
         ("--cam.top_k", "0", "--output", out),
         ("--model", "resnet5", "--output", out),
         ("--model", "vgg16", "--cam.method", "cam", "--output", out),
-        ("--model", "resnet18", "--cam.refine", "true", "--output", out),
+        ("--model", "vit_b_16", "--preset", "accurate", "--output", out),
         cwd=tmp_path,
     )
     assert bad.returncode == 2 and "cam.top_k" in bad.stdout
     assert unknown.returncode == 2 and "`model.name` 'resnet5'" in unknown.stdout
     assert cam_on_vgg.returncode == 2 and "`cam.method` is `cam`" in cam_on_vgg.stdout
-    assert refine_unknown.returncode == 2 and "need `cam.refine_layer` for 'resnet18'" in refine_unknown.stdout
+    # A ViT has no block finer than its token grid for the tiles' `layer` fusion.
+    assert refine_unknown.returncode == 2 and "need `cam.refine_layer` for 'vit_b_16'" in refine_unknown.stdout
     assert not (tmp_path / "out").exists()
     assert "ray" not in (bad.stderr + unknown.stderr).lower()
 
 
-# The fingerprint of the default config before the S3 settings moved to `storage`: outputs written then keep
-# skipping their done work.
-DEFAULT_FINGERPRINT = "7c0a8234eb15cec4"
+# The fingerprint of the `fast` preset (the config's field defaults, and the default preset then) before the S3
+# settings moved to `storage`: outputs written then keep skipping their done work.
+FAST_FINGERPRINT = "7c0a8234eb15cec4"
 
 
 def test_s3_settings_live_in_storage_and_leave_the_fingerprint_alone():
     config = load_config(
         overrides={"storage.s3_endpoint_url": "http://minio:9000", "storage.s3_region": "eu-west-1"},
+        preset="fast",
     )
     assert config.storage.s3_endpoint_url == "http://minio:9000" and config.storage.s3_region == "eu-west-1"
     assert config.storage.s3_max_attempts == 6
-    assert JobConfig().fingerprint() == config.fingerprint() == DEFAULT_FINGERPRINT
+    assert JobConfig().fingerprint() == config.fingerprint() == FAST_FINGERPRINT
 
 
 def test_the_old_s3_spellings_still_work_with_a_warning_naming_the_new_field(tmp_path, caplog):
     path = tmp_path / "job.yaml"
     path.write_text("source:\n  uri: photos\n  s3_endpoint_url: http://minio:9000\n  s3_max_attempts: 3\n")
     with pytest.warns(DeprecationWarning) as warned:
-        config = load_config(path, {"source.s3_region": "eu-west-1"})
+        config = load_config(path, {"source.s3_region": "eu-west-1"}, preset="fast")
     assert config.source.uri == "photos"
     assert (config.storage.s3_endpoint_url, config.storage.s3_region, config.storage.s3_max_attempts) == (
         "http://minio:9000",
@@ -116,7 +118,7 @@ def test_the_old_s3_spellings_still_work_with_a_warning_naming_the_new_field(tmp
         for name in ("s3_endpoint_url", "s3_max_attempts", "s3_region")
     ]
     assert sorted(r.getMessage() for r in caplog.records if r.name == "camray.config") == messages
-    assert config.fingerprint() == DEFAULT_FINGERPRINT
+    assert config.fingerprint() == FAST_FINGERPRINT
     assert "s3_endpoint_url" not in config.model_dump()["source"]  # what runs record is the new spelling
 
 

@@ -21,9 +21,12 @@ def test_preset_sets_its_values(name: str) -> None:
             assert _field(config, section, field) == value, f"{section}.{field}"
 
 
-def test_fast_is_the_default_and_accurate_tiles() -> None:
+def test_balanced_is_the_default_fast_the_plain_fields_and_accurate_tiles() -> None:
+    assert load_config() == load_config(preset="balanced") != JobConfig()
+    assert load_config().cam.refine and load_config().boxes.threshold == 0.25
     assert load_config(preset="fast") == JobConfig()
     assert load_config(preset="fast").fingerprint() == JobConfig().fingerprint()
+    assert load_config().fingerprint() != JobConfig().fingerprint()
     accurate = load_config(preset="accurate")
     assert accurate.tiling.enabled
     assert accurate.fingerprint() != JobConfig().fingerprint()
@@ -39,6 +42,9 @@ def test_file_and_flags_override_the_preset(tmp_path) -> None:
     assert flagged.tiling.grid == 4 and flagged.boxes.threshold == 0.5
     # The argument names the preset over the file's key.
     assert load_config(path, preset="fast").tiling.enabled is False
+    # A file that names none gets the default's values under its own.
+    path.write_text("boxes:\n  threshold: 0.33\n")
+    assert load_config(path).cam.refine and load_config(path).boxes.threshold == 0.33
 
 
 def test_cli_flag_reaches_the_config() -> None:

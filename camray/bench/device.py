@@ -74,6 +74,7 @@ class ModelSettings:
     weights_sha256: str | None = None
     target_layer: str | None = None
     classifier_layer: str | None = None
+    input_size: int | None = None
 
 
 @dataclass(frozen=True)

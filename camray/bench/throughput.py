@@ -8,13 +8,16 @@ depend on training), on the same batches of real photos:
 - the whole job (list, read, decode, predict, write Parquet) as marginal throughput: N and 2N images, twice
   each, alternating, on one Ray cluster started beforehand, N / (median t_2N - median t_N), so start-up and
   actor set-up cancel out; compared with forward-only measured between those jobs;
-- peak resident memory of the driver and Ray workers for N and 4N images.
+- peak resident memory of the driver and Ray workers for N and 4N images;
+- for one timm transformer and one timm CNN (`--timm-models`, random weights), the predictor of the default preset
+  beside forward-only on the same batch: what explaining a transformer costs over classifying with it.
 Prints a table and writes `bench-results.json`. Ratios are the results; absolute numbers vary by machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import os
@@ -174,6 +177,30 @@ def _preset_steps(loaded, config: JobConfig, batch_size: int) -> dict[str, Calla
     return steps
 
 
+def timm_benchmarks(name: str, batch_size: int, seconds: float, root: Path) -> dict[str, float]:
+    """Forward-only and the default preset's predictor (top-5 maps and boxes) of `timm:NAME`, side by side on the
+    same batch of the sample photos, with random weights saved as a safetensors file as the hub publishes them."""
+    from safetensors.torch import save_file
+
+    from camray.models import get_spec
+
+    weights = root / f"{name.removeprefix('timm:')}.safetensors"
+    save_file({k: v.contiguous() for k, v in get_spec(name).build().model.state_dict().items()}, str(weights))
+    config = load_config(overrides={"sink.uri": "unused", "model.name": name, "model.weights": str(weights)})
+    loaded = load_model(config.model)
+    annotator, pixels, valid, _, forward = _forward_setup(loaded, config, batch_size)
+    timed = side_by_side(
+        {"forward_only": forward, "predictor_top5": lambda: annotator.annotate(pixels, valid)}, batch_size, seconds
+    )
+    return {
+        "forward_only": timed.throughput("forward_only"),
+        "predictor_top5": timed.throughput("predictor_top5"),
+        "ratio_predictor_vs_forward": timed.ratio("predictor_top5", "forward_only"),
+        "input_size": float(loaded.spec.input_size),
+        "uses_cam": float(annotator.method == "cam"),
+    }
+
+
 def _image_folder(root: Path, count: int) -> Path:
     """`count` files cycling through the sample photos, re-encoded once as JPEG (quality 90), the format of
     nearly every photo dataset; five of the six samples ship as PNG."""
@@ -244,7 +271,13 @@ def job_benchmarks(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["efficientnet_lite0", "resnet50"])
+    parser.add_argument("--models", nargs="*", default=["efficientnet_lite0", "resnet50"])
+    parser.add_argument(
+        "--timm-models",
+        nargs="*",
+        default=["timm:vit_small_patch16_224", "timm:resnet50"],
+        help="timm models timed in-process, predictor beside forward-only (a transformer and a CNN)",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="default 16 on CPU, 256 on GPU")
     parser.add_argument("--seconds", type=float, default=5.0, help="minimum timing window per measurement")
     parser.add_argument(
@@ -270,10 +303,25 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"
         + (f", {torch.cuda.get_device_name()}" if gpu else ", no GPU"),
-        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "ray": ray.__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "timm": importlib.metadata.version("timm"),
+            "ray": ray.__version__,
+        },
         "batch_size": batch_size,
         "models": {},
     }
+    report["timm"] = {}
+    with tempfile.TemporaryDirectory(prefix="camray-bench-timm-") as timm_root:
+        for name in args.timm_models:
+            numbers = timm_benchmarks(name, batch_size, args.seconds, Path(timm_root))
+            report["timm"][name] = numbers
+            print(_table(name, numbers), flush=True)
+    if not args.models:
+        Path(args.output).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.output}")
+        return 0
     ray.init(logging_level="ERROR", log_to_driver=False)
     # Ray Data logs every operator's progress every 10 s when stdout is not a terminal: the table would drown.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -309,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
 def _table(name: str, numbers: dict[str, float]) -> str:
     lines = [f"\n{name}", f"{'measure':<42} {'value':>12}"]
     for key, value in numbers.items():
-        unit = "" if key.startswith("ratio") or "mib" in key or "seconds" in key or "images" in key else " img/s"
+        plain = key.startswith(("ratio", "input_size", "uses_")) or any(w in key for w in ("mib", "seconds", "images"))
+        unit = "" if plain else " img/s"
         lines.append(f"{key:<42} {value:>12.2f}{unit}")
     return "\n".join(lines)
 

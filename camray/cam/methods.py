@@ -5,7 +5,9 @@ extractors on one model never stack hooks and a raising batch leaves the model c
 the exception: `torch.compile` traces the hooks present at its first call and ignores hooks added later
 (dynamo skips hook guards on modules), so it keeps its hooks for its lifetime and removes them in `close`.
 Gradient methods get the gradients of all top-k classes from one batched backward pass (`is_grads_batched`),
-through the layers after the target only: the hook re-roots the graph at the target's output.
+through the layers after the target only: the hook re-roots the graph at the target's output. A transformer's
+target output (patch tokens, with or without a class token) is read as the feature map of its token grid
+(`camray.cam.tokens`), for the activations and their gradients alike.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import Tensor, nn
 from camray.cam.layers import resolve_layer
 from camray.cam.maps import class_activation_maps
 from camray.cam.method_names import CAM_METHODS, GRADIENT_METHODS
+from camray.cam.tokens import to_grid
 
 if TYPE_CHECKING:  # the spec is only read here; importing `camray.models` would pull in weight IO
     from camray.models.registry import ModelSpec
@@ -256,10 +259,15 @@ class MapExtractor:
             raise ValueError("`layers` did not run in the model's forward pass")
         return Extraction(logits, maps, class_ids, tuple(output for output in kept if output is not None))
 
+    def grid(self, output: Tensor) -> Tensor:
+        """The target layer's output (or its gradients, with leading dimensions) as `(..., C, h, w)`."""
+        return to_grid(output, self.spec.layout, self.spec.prefix_tokens)
+
     def _cam(
         self, logits: Tensor, features: Tensor, select: Callable[[Tensor], Tensor]
     ) -> tuple[Tensor, Tensor, Tensor]:
         assert self.classifier is not None
+        features = self.grid(features)
         if self.spec.feature_relu:
             features = F.relu(features)
         class_ids = select(logits)
@@ -275,7 +283,7 @@ class MapExtractor:
         cotangents = torch.zeros((top_k, *logits.shape), dtype=logits.dtype, device=logits.device)
         cotangents.scatter_(2, class_ids.t().unsqueeze(-1), 1.0)
         (grads,) = torch.autograd.grad(logits, acts, grad_outputs=cotangents, is_grads_batched=True)
-        acts, grads = acts.detach().float(), grads.float()
+        acts, grads = self.grid(acts.detach()).float(), self.grid(grads).float()
         if self.spec.feature_relu:
             # Weigh what the pooling sees, as CAM does; the gradients stay those of the target's own output
             # (zero where the ReLU clips), as in pytorch-grad-cam.
@@ -292,6 +300,7 @@ class MapExtractor:
         """
         class_ids = select(logits)
         top_k = class_ids.shape[1]
+        acts = self.grid(acts)
         b, c, h, w = acts.shape
         flat = acts.float().flatten(2)
         low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)

@@ -50,6 +50,10 @@ def _resolve_weights(config: ModelConfig, spec: ModelSpec, s3: S3Settings) -> Lo
         return load_weights_file(config.weights, s3, config.weights_sha256)
     if spec.bundled_weights is not None:
         return load_weights_file(spec.bundled_weights(), s3, config.weights_sha256)
+    if spec.downloaded_weights is not None:
+        path, source = spec.downloaded_weights()
+        loaded = load_weights_file(str(path), s3, config.weights_sha256)
+        return LoadedWeights(loaded.state_dict, loaded.sha256, source)
     if ":" in spec.name:
         raise WeightsError(f"`model.weights` is required for the custom model {spec.name!r}")
     return load_torchvision_weights(spec.name, "DEFAULT", config.weights_sha256)
@@ -58,7 +62,7 @@ def _resolve_weights(config: ModelConfig, spec: ModelSpec, s3: S3Settings) -> Lo
 def load_model(config: ModelConfig, s3: S3Settings | None = None) -> LoadedModel:
     """Builds the configured model, loads its weights strictly and checks its CAM layers."""
     s3 = s3 or S3Settings()
-    spec = get_spec(config.name, config.target_layer, config.classifier_layer)
+    spec = get_spec(config.name, config.target_layer, config.classifier_layer, config.input_size)
     weights = _resolve_weights(config, spec, s3)
     module = spec.build()
     state_dict = weights.state_dict

@@ -10,78 +10,20 @@ for nothing.
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib
 import importlib.util
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from torch import nn
 
+from camray.cam.tokens import Layout
 from camray.models.efficientnet_lite import LITE_VARIANTS, efficientnet_lite, stride16_block
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# The TensorFlow EfficientNet-Lite release normalises with mean 127 and std 128 on 0..255 pixels.
-LITE_MEAN = (127.0 / 255.0,) * 3
-LITE_STD = (128.0 / 255.0,) * 3
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything the predictor needs to know about one architecture.
-
-    `classifier_layer` names a linear layer applied directly to the global average of `target_layer`'s
-    output; it is None where the network has no such ending, and then CAM is not available (Grad-CAM is).
-    `feature_relu` says a ReLU sits between the target layer and the pooling (DenseNet), which CAM applies.
-    `load_ignores` are key prefixes of published weights that the inference model drops (auxiliary heads).
-    `refine_layer` is a block at twice the target layer's resolution whose mean activation sharpens the maps
-    (`cam.refine`); None where no such block has been measured to help.
-    """
-
-    name: str
-    build: Callable[[], nn.Module]
-    target_layer: str
-    classifier_layer: str | None
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    categories: tuple[str, ...]
-    feature_relu: bool = False
-    bundled_weights: Callable[[], str] | None = None
-    finalize: Callable[[nn.Module], None] | None = None
-    load_ignores: tuple[str, ...] = field(default_factory=tuple)
-    refine_layer: str | None = None
-
-    @property
-    def default_method(self) -> str:
-        return "cam" if self.classifier_layer else "gradcam"
-
+from camray.models.spec import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, ModelSpec, imagenet_categories
 
 _REGISTRY: dict[str, ModelSpec] = {}
-
-
-@functools.cache
-def imagenet_categories() -> tuple[str, ...]:
-    """torchvision's 1,000 ImageNet labels (`torchvision.models._meta._IMAGENET_CATEGORIES`), read from its
-    source file as a literal where torchvision is not imported yet (see the module docstring)."""
-    loaded = sys.modules.get("torchvision.models._meta")
-    if loaded is not None:
-        return tuple(loaded._IMAGENET_CATEGORIES)
-    package = importlib.util.find_spec("torchvision")
-    if package is None or not package.submodule_search_locations:
-        raise ImportError("torchvision is not installed")
-    source = Path(next(iter(package.submodule_search_locations))) / "models" / "_meta.py"
-    for node in ast.parse(source.read_text()).body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(target, ast.Name) and target.id == "_IMAGENET_CATEGORIES" for target in node.targets
-        ):
-            return tuple(ast.literal_eval(node.value))
-    raise ImportError(f"no `_IMAGENET_CATEGORIES` in {source}")
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
@@ -125,36 +67,60 @@ def _drop_aux(module: nn.Module) -> None:
     module.aux_logits = False
 
 
-# (name pattern, target layer, classifier layer or None, feature relu, builder kwargs, aux prefixes)
-_TORCHVISION_FAMILIES: tuple[tuple[str, str, str | None, bool, dict, tuple[str, ...]], ...] = (
-    (r"resnet\d+|resnext.+|wide_resnet.+", "layer4", "fc", False, {}, ()),
-    (r"densenet\d+", "features", "classifier", True, {}, ()),
-    (
-        r"googlenet",
-        "inception5b",
-        "fc",
-        False,
-        {"aux_logits": True, "transform_input": True, "init_weights": False},
-        ("aux1.", "aux2."),
-    ),
-    (
-        r"inception_v3",
-        "Mixed_7c",
-        "fc",
-        False,
-        {"aux_logits": True, "transform_input": True, "init_weights": False},
-        ("AuxLogits.",),
-    ),
-    (r"vgg\d+(_bn)?", "features", None, False, {}, ()),
-    (r"alexnet", "features", None, False, {}, ()),
-    (r"mobilenet_v2", "features", "classifier.1", False, {}, ()),
-    (r"mobilenet_v3_.+", "features", None, False, {}, ()),
-    (r"efficientnet_(b\d|v2_[sml])", "features", "classifier.1", False, {}, ()),
-    (r"squeezenet.+", "features", None, False, {}, ()),
-    (r"shufflenet_v2_.+", "conv5", "fc", False, {}, ()),
-    (r"mnasnet.+", "layers", "classifier.1", False, {}, ()),
-    (r"regnet_.+", "trunk_output", "fc", False, {}, ()),
-    (r"convnext_.+", "features", None, False, {}, ()),
+@dataclass(frozen=True)
+class _Family:
+    """A torchvision family: builder names matching `pattern` and their layers (see `ModelSpec`).
+
+    `target` is a module path, or a function of the builder name where it depends on the depth."""
+
+    pattern: str
+    target: str | Callable[[str], str]
+    classifier: str | None
+    refine: str | None = None
+    feature_relu: bool = False
+    kwargs: dict = field(default_factory=dict)
+    aux: tuple[str, ...] = ()
+    layout: Layout = "nchw"
+    prefix_tokens: int = 0
+    refine_layout: Layout = "nchw"
+
+
+_VIT_DEPTHS = {"b": 12, "l": 24, "h": 32}
+
+
+def _vit_last_block_norm(name: str) -> str:
+    """The first norm of a ViT's last encoder block: its input is the last place where patch tokens reach the class
+    token (through attention); after it the head reads the class token alone, so gradients at patch tokens of
+    the final output are zero (pytorch-grad-cam's ViT recipe uses the same layer)."""
+    depth = _VIT_DEPTHS[name.split("_")[1]]
+    return f"encoder.layers.encoder_layer_{depth - 1}.ln_1"
+
+
+_INCEPTION_KWARGS = {"aux_logits": True, "transform_input": True, "init_weights": False}
+
+_TORCHVISION_FAMILIES: tuple[_Family, ...] = (
+    _Family(r"resnet\d+|resnext.+|wide_resnet.+", "layer4", "fc", refine="layer3"),
+    _Family(r"densenet\d+", "features", "classifier", refine="features.denseblock3", feature_relu=True),
+    _Family(r"googlenet", "inception5b", "fc", "inception4e", kwargs=_INCEPTION_KWARGS, aux=("aux1.", "aux2.")),
+    _Family(r"inception_v3", "Mixed_7c", "fc", "Mixed_6e", kwargs=_INCEPTION_KWARGS, aux=("AuxLogits.",)),
+    _Family(r"vgg\d+(_bn)?", "features", None),
+    _Family(r"alexnet", "features", None),
+    _Family(r"mobilenet_v2", "features", "classifier.1", refine="features.13"),
+    _Family(r"mobilenet_v3_large", "features", None, refine="features.12"),
+    _Family(r"mobilenet_v3_small", "features", None, refine="features.8"),
+    _Family(r"efficientnet_(b\d|v2_[sml])", "features", "classifier.1", refine="features.5"),
+    _Family(r"squeezenet.+", "features", None),
+    _Family(r"shufflenet_v2_.+", "conv5", "fc", refine="stage3"),
+    _Family(r"mnasnet.+", "layers", "classifier.1", refine="layers.11"),
+    _Family(r"regnet_.+", "trunk_output", "fc", refine="trunk_output.block3"),
+    _Family(r"convnext_.+", "features", None, refine="features.5"),
+    # Swin: the final norm's tokens, permuted to (B, C, h, w), are what the average pooling before the linear head
+    # sees, so CAM is exact on them; the stride-16 stage's tokens come channels-last.
+    _Family(r"swin_(v2_)?[tsb]", "permute", "head", refine="features.5", refine_layout="nhwc"),
+    # MaxViT pools, then normalises and runs a two-layer head: not pooling + linear, so gradient methods only.
+    _Family(r"maxvit_t", "blocks.3", None, refine="blocks.2"),
+    # ViT reads its class token: gradient methods on the patch tokens at the last block's input.
+    _Family(r"vit_[blh]_\d+", _vit_last_block_norm, None, layout="tokens", prefix_tokens=1),
 )
 
 
@@ -165,23 +131,31 @@ def _register_torchvision() -> None:
     from torchvision.models import get_model, get_model_weights, list_models
 
     for name in list_models(module=tv_models):
-        for pattern, target, classifier, relu, kwargs, aux in _TORCHVISION_FAMILIES:
-            if re.fullmatch(pattern, name):
+        for family in _TORCHVISION_FAMILIES:
+            if re.fullmatch(family.pattern, name):
                 weights = get_model_weights(name).DEFAULT
                 transforms = weights.transforms()
+                input_size = int(transforms.crop_size[0])
+                kwargs = dict(family.kwargs)
+                if family.layout == "tokens":  # a ViT's position embeddings fix its input size
+                    kwargs["image_size"] = input_size
                 register_model(
                     ModelSpec(
                         name=name,
                         build=lambda name=name, kwargs=kwargs: get_model(name, weights=None, **kwargs),
-                        target_layer=target,
-                        classifier_layer=classifier,
-                        feature_relu=relu,
-                        input_size=int(transforms.crop_size[0]),
+                        target_layer=family.target if isinstance(family.target, str) else family.target(name),
+                        classifier_layer=family.classifier,
+                        feature_relu=family.feature_relu,
+                        input_size=input_size,
                         mean=tuple(transforms.mean),
                         std=tuple(transforms.std),
                         categories=tuple(weights.meta["categories"]),
-                        finalize=_drop_aux if aux else None,
-                        load_ignores=aux,
+                        finalize=_drop_aux if family.aux else None,
+                        load_ignores=family.aux,
+                        refine_layer=family.refine,
+                        layout=family.layout,
+                        prefix_tokens=family.prefix_tokens,
+                        refine_layout=family.refine_layout,
                     )
                 )
                 break
@@ -192,8 +166,15 @@ def available_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_spec(name: str, target_layer: str | None = None, classifier_layer: str | None = None) -> ModelSpec:
-    """The spec of a registered model, or of a user's `module:factory` (then `target_layer` is required)."""
+def get_spec(
+    name: str, target_layer: str | None = None, classifier_layer: str | None = None, input_size: int | None = None
+) -> ModelSpec:
+    """The spec of a registered model, of `timm:NAME` (built and measured here, at `input_size` if given), or of a
+    user's `module:factory` (then `target_layer` is required)."""
+    if name.startswith("timm:"):  # imported here: a Lite process never loads timm
+        from camray.models.timm_models import timm_spec
+
+        return timm_spec(name, input_size, target_layer, classifier_layer)
     if name not in _REGISTRY and ":" not in name:
         _register_torchvision()
     if name in _REGISTRY:

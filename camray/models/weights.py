@@ -1,6 +1,7 @@
 """Weight resolution: bundled packages, local files, `s3://` (cached per node), torchvision downloads.
 
-Every file is loaded with `torch.load(..., weights_only=True)`: a weights file is data, never code.
+Every file is loaded with `torch.load(..., weights_only=True)`, or as safetensors: a weights file is data, never
+code.
 """
 
 from __future__ import annotations
@@ -82,8 +83,13 @@ def load_weights_file(uri: str, s3: S3Settings, expected_sha256: str | None = No
     if expected_sha256 and digest != expected_sha256.lower():
         raise WeightsError(f"weights {uri} have sha256 {digest}, expected {expected_sha256} (`model.weights_sha256`)")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises a variety of unpickling errors
+        if path.suffix == ".safetensors":  # timm's and the Hugging Face hub's format: tensors only, never code
+            from safetensors.torch import load_file
+
+            loaded = load_file(path, device="cpu")
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch and safetensors raise a variety of parsing errors
         raise WeightsError(f"weights {uri} could not be loaded as a state dict: {exc}") from exc
     if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
         loaded = loaded["state_dict"]  # training checkpoints wrap the state dict

@@ -107,19 +107,23 @@ def test_a_custom_model_loads_with_its_weights_and_layers(tmp_path):
         load_model(ModelConfig(name="torchvision.models:resnet18", target_layer="layer4"))
 
 
-def test_a_lite_predictor_never_imports_torchvision():
-    """The bundled models' path (driver checks, predictor actors) leaves torchvision unloaded: its import pulls in
-    `torch._dynamo`, 2.5 s of CPU in every such process. Its labels are torchvision's own."""
+def test_a_lite_predictor_never_imports_torchvision_or_timm():
+    """The bundled models' path (driver checks, predictor actors) leaves torchvision and timm unloaded: their import
+    pulls in `torch._dynamo`, 2.5 s of CPU in every such process. Its labels are torchvision's own."""
     import subprocess
     import sys
 
     script = (
         "import sys\n"
-        "from camray.config import JobConfig\n"
+        "from camray.config import load_config\n"
         "from camray.models.registry import imagenet_categories\n"
         "from camray.predictor import Predictor\n"
-        "Predictor(JobConfig().model_dump(mode='json'), 'run', 224, {})\n"
+        "from camray.runner import validate_before_work\n"
+        "config = load_config(overrides={'sink.uri': 'unused'})\n"
+        "validate_before_work(config)\n"
+        "Predictor(config.model_dump(mode='json'), 'run', 224, {})\n"
         "assert 'torchvision' not in sys.modules and 'torch._dynamo' not in sys.modules, 'torchvision was imported'\n"
+        "assert 'timm' not in sys.modules, 'timm was imported'\n"
         "import torchvision.models._meta as meta\n"
         "assert imagenet_categories() == tuple(meta._IMAGENET_CATEGORIES)\n"
         "assert len(imagenet_categories()) == 1000\n"
