@@ -21,6 +21,7 @@ from camray.cam.layers import resolve_layer
 from camray.cam.maps import normalize_maps, resample_regions
 from camray.cam.methods import MapExtractor
 from camray.cam.tiling import canvas_side, cut_tiles, stitch_maps, tile_layout, tile_stride
+from camray.detect_mode import DetectMode
 from camray.models.fold import fold_batch_norms
 
 if TYPE_CHECKING:  # read as attributes only: the annotator runs where pydantic is not installed
@@ -135,7 +136,13 @@ class Annotator:
         std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
         self.scale = 1.0 / (255.0 * std)  # (pixel / 255 - mean) / std as one multiply-add
         self.shift = -torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1) / std
-        self.mode: PlainMode | TiledMode = PlainMode(self) if tiling is None else TiledMode(self, tiling)
+        self.mode: PlainMode | TiledMode | DetectMode = (
+            PlainMode(self)
+            if tiling is None
+            else DetectMode(self, tiling)
+            if getattr(tiling, "mode", "stitch") == "windows"
+            else TiledMode(self, tiling)
+        )
         self.canvas_size = self.mode.canvas_size
 
     @property

@@ -202,6 +202,33 @@ class TilingConfig(_Section):
         description="Box threshold (a fraction of the map's max) of the images `whole_image_above_area` sends "
         "back to the whole image's map.",
     )
+    mode: Literal["stitch", "windows"] = Field(
+        "stitch",
+        description="`stitch`: the tiles sharpen the maps of the whole image's top-k classes (above). `windows`, "
+        "for several objects an image: the whole image and each tile propose their own confident classes and box "
+        "them in their own maps, and the boxes are merged across windows (docs, Localization).",
+    )
+    propose_score: float = Field(
+        0.3,
+        gt=0.0,
+        le=1.0,
+        description="`windows`: a tile whose top-1 class reaches this probability proposes and boxes it; the whole "
+        "image boxes its best class and each other class it scores this high.",
+    )
+    merge_iou: float = Field(0.5, gt=0.0, le=1.0, description="`windows`: NMS overlap between boxes of one class.")
+    cross_class_iou: float | None = Field(
+        0.7,
+        gt=0.0,
+        le=1.0,
+        description="`windows`: NMS overlap between boxes of different classes (one object boxed as tabby and as "
+        "tiger cat keeps its better box). None: classes never suppress each other.",
+    )
+    min_box_score: float = Field(
+        0.0, ge=0.0, le=1.0, description="`windows`: boxes scoring below this are not written."
+    )
+
+
+WINDOWS = {"mode", "propose_score", "merge_iou", "cross_class_iou", "min_box_score"}  # fields of `windows` alone
 
 
 class SinkConfig(_Section):
@@ -317,7 +344,8 @@ class JobConfig(_Section):
             exclude={"model": {"device", "precision", "channels_last", "compile"}},
         )
         if self.tiling.enabled:  # untiled runs keep the fingerprints they had before tiling existed
-            relevant["tiling"] = self.tiling.model_dump()
+            # and stitched runs those they had before the `windows` mode and its fields
+            relevant["tiling"] = self.tiling.model_dump(exclude=None if self.tiling.mode == "windows" else WINDOWS)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
