@@ -52,15 +52,17 @@ def _place(
     return placed
 
 
-def scene_rows(out: Path, seed: int) -> list[tuple[str, int, int, int, int, str]]:
-    """Writes the scenes under `out/images`; returns their truth rows."""
+def scene_rows(
+    out: Path, seed: int, per_texture: int = SCENES_PER_TEXTURE
+) -> list[tuple[str, int, int, int, int, str]]:
+    """Writes `per_texture` scenes a texture under `out/images`; returns their truth rows."""
     photos = sample_photos()
     crops = {name: Image.open(photos[item.photo]).convert("RGB").crop(item.box) for name, item in OBJECTS.items()}
     names = sorted(OBJECTS)
     rng = np.random.default_rng(seed)
     rows: list[tuple[str, int, int, int, int, str]] = []
     for t_index, texture_name in enumerate(TEXTURES):
-        for s_index in range(SCENES_PER_TEXTURE):
+        for s_index in range(per_texture):
             width, height = CANVASES[(t_index + s_index) % len(CANVASES)]
             count = 2 + (s_index % 2)
             chosen = [names[i] for i in rng.choice(len(names), size=count, replace=False)]
@@ -87,11 +89,11 @@ def scene_rows(out: Path, seed: int) -> list[tuple[str, int, int, int, int, str]
     return rows
 
 
-def build(out_dir: str | Path, seed: int = 2026) -> Path:
+def build(out_dir: str | Path, seed: int = 2026, per_texture: int = SCENES_PER_TEXTURE) -> Path:
     """Writes the scenes, the annotated photos and `truth.csv`; returns the CSV path."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    rows = scene_rows(out, seed)
+    rows = scene_rows(out, seed, per_texture)
     for name, rgb, boxes in annotated_photos():
         file = f"photo_{name}.png"
         Image.fromarray(rgb).save(out / "images" / file)
