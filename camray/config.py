@@ -226,9 +226,23 @@ class TilingConfig(_Section):
     min_box_score: float = Field(
         0.0, ge=0.0, le=1.0, description="`windows`: boxes scoring below this are not written."
     )
+    part_inside: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="`windows`: a tile's box lying this much (a fraction of its area) inside a whole-image box of "
+        "its class is a part of that object, cut by the tile, and is dropped. None: kept.",
+    )
 
 
-WINDOWS = {"mode", "propose_score", "merge_iou", "cross_class_iou", "min_box_score"}  # fields of `windows` alone
+WINDOWS = {
+    "mode",
+    "propose_score",
+    "merge_iou",
+    "cross_class_iou",
+    "min_box_score",
+    "part_inside",
+}  # fields of `windows` alone
 
 
 class SinkConfig(_Section):

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from camray.cam.boxes import Components, components_from_maps
 from camray.cam.maps import normalize_maps
-from camray.cam.multi import merge_boxes, propose_classes, window_boxes_to_image, window_proposes
+from camray.cam.multi import drop_parts, merge_boxes, propose_classes, window_boxes_to_image, window_proposes
 from camray.cam.tiling import canvas_side, cut_tiles, stitch_maps, tile_layout, tile_stride
 
 if TYPE_CHECKING:
@@ -64,8 +64,10 @@ class DetectMode:
             chosen.update(class_ids=class_ids, scores=scores, probs=probs)
             return class_ids[window_image]
 
+        layers = (a.refine_block,) if a.cam_config.refine and a.refine_block is not None else ()
         with torch.autocast(a.device.type, dtype=a.autocast_dtype, enabled=a.autocast_dtype is not None):
-            out = a.extractor.extract(windows, a.top_k, candidates)
+            out = a.extractor.extract(windows, a.top_k, candidates, layers)
+            activation = out.layers[0].float().relu().mean(1, keepdim=True) if out.layers else None
         raw = out.maps.float()
         class_ids, scores = chosen["class_ids"], chosen["scores"]
         window_probs = chosen["probs"].gather(1, out.class_ids)  # (W, K)
@@ -74,9 +76,16 @@ class DetectMode:
         # Whole windows: the valid region scaled to the input; tiles: their valid part of the tile.
         extent = torch.cat([device_wh.float() * (size / self.canvas_size), tile_extent.float()])
         window_maps = a._whole_image_maps(raw, extent, size, grid)  # (W, K, grid, grid), each over its region
+        window_thresholds = a._thresholds(window_maps)
+        if activation is not None:  # refined as `PlainMode` refines, window by window; sure windows keep plain maps
+            refined = a._refine(window_maps, activation, extent, size)
+            sure = a._keeps_plain(chosen["probs"].max(dim=1, keepdim=True).values)
+            window_maps, window_thresholds = a._maps_keeping_plain(window_maps, refined, sure)
         maps = self._image_maps(window_maps[:images], raw[images:], image_of, offsets, device_wh, images)
-        components = self._boxes(window_maps, window_probs, region, window_image, device_wh, class_ids, scores)
-        thresholds = torch.full((images, a.top_k), a.box_config.threshold, device=maps.device)
+        components = self._boxes(
+            window_maps, window_thresholds, window_probs, region, window_image, device_wh, class_ids, scores
+        )
+        thresholds = window_thresholds.view(-1, a.top_k)[:images]
         return a._boxed(class_ids, scores, maps, thresholds.flatten(), components)
 
     def _image_maps(
@@ -92,6 +101,7 @@ class DetectMode:
     def _boxes(
         self,
         window_maps: Tensor,
+        window_thresholds: Tensor,
         window_probs: Tensor,
         region: Tensor,
         window_image: Tensor,
@@ -107,7 +117,7 @@ class DetectMode:
         flat = torch.nonzero(proposes.flatten()).flatten()  # window * K + slot
         found = components_from_maps(
             window_maps.flatten(0, 1)[flat],
-            config.threshold,
+            window_thresholds[flat],
             min_area=config.min_area_fraction * grid * grid,
             max_per_map=config.max_boxes_per_class,
         )
@@ -119,6 +129,10 @@ class DetectMode:
         classes = class_ids[image, slot]
         keep = merge_boxes(boxes, box_score, image, classes, self.tiling.merge_iou, self.tiling.cross_class_iou)
         keep = keep[box_score[keep] >= self.tiling.min_box_score]
+        if self.tiling.part_inside is not None:
+            keep = keep[
+                drop_parts(boxes[keep], image[keep], classes[keep], window[keep] >= images, self.tiling.part_inside)
+            ]
         map_index = image[keep] * k + slot[keep]
         order = torch.argsort(map_index, stable=True)
         keep, map_index = keep[order], map_index[order]

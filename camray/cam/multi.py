@@ -24,8 +24,8 @@ def propose_classes(
 
     Returns:
         class_ids (Tensor[B, K]), scores (Tensor[B, K]): a class's score is the higher of its whole-image
-        probability and the probability of the tiles that propose it; the whole image's top classes are there
-        whatever their score, so with no tile proposing anything this is the whole image's top-k.
+        probability and the probability of the tiles that propose it; the whole image's top-1 class comes first,
+        the others by score, so with no tile proposing anything this is the whole image's top-k.
     """
     n = probs.shape[1]
     candidate = probs[:images].clone()
@@ -33,8 +33,10 @@ def propose_classes(
     proposed = top >= propose_score
     slot = window_image[images:][proposed] * n + top_class[proposed]
     candidate.view(-1).scatter_reduce_(0, slot, top[proposed], reduce="amax")
-    scores, class_ids = candidate.topk(k, dim=1)
-    return class_ids, scores
+    # The whole image's own best class stays first, so that a photo of one object keeps its top-1.
+    ranked = candidate.scatter(1, probs[:images].argmax(dim=1, keepdim=True), torch.inf)
+    class_ids = ranked.topk(k, dim=1).indices
+    return class_ids, candidate.gather(1, class_ids)
 
 
 def window_proposes(window_probs: Tensor, images: int, propose_score: float) -> Tensor:
@@ -80,4 +82,30 @@ def merge_boxes(
     if cross_class_iou is not None:
         again = batched_nms(boxes[keep].float(), scores[keep].float(), image[keep], cross_class_iou)
         keep = keep[again]
+    return keep
+
+
+def inside_fraction(boxes: Tensor, containers: Tensor) -> Tensor:
+    """(M, P): the share of each box's area that lies inside each container; boxes (Tensor[M, 4]),
+    containers (Tensor[P, 4])."""
+    low = torch.maximum(boxes[:, None, :2], containers[None, :, :2])
+    high = torch.minimum(boxes[:, None, 2:], containers[None, :, 2:])
+    inter = (high - low).clamp_min(0).prod(dim=-1)
+    area = (boxes[:, 2:] - boxes[:, :2]).prod(dim=-1).clamp_min(1e-12)
+    return inter / area[:, None]
+
+
+def drop_parts(boxes: Tensor, image: Tensor, class_ids: Tensor, from_tile: Tensor, contained: float) -> Tensor:
+    """(M,) bool: the tile boxes to keep, every whole-image box kept. A tile box lying `contained` or more inside
+    a whole-image box of its image and class is a part of that object (a tile sees a cut of it), and dropped.
+
+    boxes (Tensor[M, 4]), image (Tensor[M]), class_ids (Tensor[M]), from_tile (Tensor[M], bool)."""
+    keep = torch.ones(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    whole = torch.nonzero(~from_tile).flatten()
+    tiles = torch.nonzero(from_tile).flatten()
+    if whole.numel() == 0 or tiles.numel() == 0:
+        return keep
+    same = (image[tiles, None] == image[None, whole]) & (class_ids[tiles, None] == class_ids[None, whole])
+    part = ((inside_fraction(boxes[tiles], boxes[whole]) >= contained) & same).any(dim=1)
+    keep[tiles[part]] = False
     return keep
