@@ -37,8 +37,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # Several objects an image (docs, Localization): `balanced`'s refined maps, and the whole image and its 3 x 3
     # tiles as windows that each box the classes they are sure of, merged by NMS. Measured on the multi-object
-    # scenes: 5x `balanced`'s object recall (0.24) and 4x its box precision (0.32), at 0.67 single-object box
-    # accuracy (`balanced` 0.70) and about 10 forwards an image; short of the targets it was built for.
+    # scenes: 5x `balanced`'s object recall (0.24) and 6x its box precision (0.32), at 0.67 single-object box
+    # accuracy (`balanced` 0.70), costing 14-18x `fast` on a CPU; short of the targets it was built for.
     "detect": {
         "cam": {"refine": True, "refine_power": 2.0, "plain_above_score": 0.3},
         "boxes": {"threshold": 0.25},
