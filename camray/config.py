@@ -206,7 +206,8 @@ class TilingConfig(_Section):
         "stitch",
         description="`stitch`: the tiles sharpen the maps of the whole image's top-k classes (above). `windows`, "
         "for several objects an image: the whole image and each tile propose their own confident classes and box "
-        "them in their own maps, and the boxes are merged across windows (docs, Localization).",
+        "them in their own maps, and the boxes are merged across windows (docs, Localization); `fusion` and "
+        "`whole_image_*` apply to `stitch` alone.",
     )
     propose_score: float = Field(
         0.3,
@@ -235,14 +236,8 @@ class TilingConfig(_Section):
     )
 
 
-WINDOWS = {
-    "mode",
-    "propose_score",
-    "merge_iou",
-    "cross_class_iou",
-    "min_box_score",
-    "part_inside",
-}  # fields of `windows` alone
+# The fields the `windows` mode added: stitched runs leave them out of their fingerprint.
+WINDOWS = {"mode", "propose_score", "merge_iou", "cross_class_iou", "min_box_score", "part_inside"}
 
 
 class SinkConfig(_Section):
@@ -358,7 +353,6 @@ class JobConfig(_Section):
             exclude={"model": {"device", "precision", "channels_last", "compile"}},
         )
         if self.tiling.enabled:  # untiled runs keep the fingerprints they had before tiling existed
-            # and stitched runs those they had before the `windows` mode and its fields
             relevant["tiling"] = self.tiling.model_dump(exclude=None if self.tiling.mode == "windows" else WINDOWS)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
