@@ -1,10 +1,11 @@
 """The compute of the predictor: uint8 canvases -> top-k predictions, class maps and boxes per image.
 
-`Annotator` readies one model for inference and runs one of two modes, chosen once in its constructor:
-`PlainMode` (each canvas is the model's input) or `TiledMode` (a larger canvas, downscaled for the classes and
-cut into overlapping tiles for finer maps). It is plain PyTorch: the settings it reads are attributes of the
-config's sections, which it never validates or imports at run time, so the device benchmark runs it on a host
-without pydantic or Ray. `camray.predictor` wraps it as the Ray Data actor.
+`Annotator` readies one model for inference and runs one of its modes, chosen once in its constructor:
+`PlainMode` (each canvas is the model's input), `TiledMode` (a larger canvas, downscaled for the classes and
+cut into overlapping tiles for finer maps) or, for several objects an image, `camray.detect_mode.DetectMode`
+(the whole image and its tiles as windows that propose and box their own classes). It is plain PyTorch: the
+settings it reads are attributes of the config's sections, which it never validates or imports at run time, so the
+device benchmark runs it on a host without pydantic or Ray. `camray.predictor` wraps it as the Ray Data actor.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from camray.cam.maps import normalize_maps, resample_regions
 from camray.cam.methods import MapExtractor
 from camray.cam.tiling import canvas_side, cut_tiles, stitch_maps, tile_layout, tile_stride
 from camray.cam.tokens import to_grid
+from camray.detect_mode import DetectMode
 from camray.models.fold import fold_batch_norms
 
 if TYPE_CHECKING:  # read as attributes only: the annotator runs where pydantic is not installed
@@ -140,7 +142,13 @@ class Annotator:
         std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
         self.scale = 1.0 / (255.0 * std)  # (pixel / 255 - mean) / std as one multiply-add
         self.shift = -torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1) / std
-        self.mode: PlainMode | TiledMode = PlainMode(self) if tiling is None else TiledMode(self, tiling)
+        self.mode: PlainMode | TiledMode | DetectMode = (
+            PlainMode(self)
+            if tiling is None
+            else DetectMode(self, tiling)
+            if getattr(tiling, "mode", "stitch") == "windows"  # settings made before the mode existed: stitch
+            else TiledMode(self, tiling)
+        )
         self.canvas_size = self.mode.canvas_size
 
     @property

@@ -176,7 +176,13 @@ def _subparser(subparsers: Any, name: str, help_text: str, example_key: str | No
 
 def _filters(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--run", metavar="RUN_ID", help="one run (default: the newest row of each image, succeeded runs)")
-    sub.add_argument("--min-score", type=float, metavar="S", help="keep boxes with score >= S")
+    sub.add_argument(
+        "--min-score",
+        type=float,
+        metavar="S",
+        help="keep boxes with score >= S (default: the calibrated score, at which half the boxes kept are right on "
+        "the evaluation set; 0 keeps every box)",
+    )
     sub.add_argument("--classes", nargs="+", metavar="CLASS", help="keep boxes of these ImageNet ids or labels")
 
 
@@ -322,9 +328,10 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from camray.outputs.export import write_coco, write_yolo
+    from camray.outputs.export import DEFAULT_MIN_SCORE, write_coco, write_yolo
 
-    options = {"run_id": args.run, "min_score": args.min_score, "classes": args.classes}
+    min_score = DEFAULT_MIN_SCORE if args.min_score is None else args.min_score
+    options = {"run_id": args.run, "min_score": min_score, "classes": args.classes}
     writer = write_coco if args.format == "coco" else write_yolo
     path = writer(_output(args), args.dest, **options)
     print(f"{args.format}: {path.resolve()}")

@@ -220,6 +220,42 @@ class TilingConfig(_Section):
         description="Box threshold (a fraction of the map's max) of the images `whole_image_above_area` sends "
         "back to the whole image's map.",
     )
+    mode: Literal["stitch", "windows"] = Field(
+        "stitch",
+        description="`stitch`: the tiles sharpen the maps of the whole image's top-k classes (above). `windows`, "
+        "for several objects an image: the whole image and each tile propose their own confident classes and box "
+        "them in their own maps, and the boxes are merged across windows (docs, Localization); `fusion` and "
+        "`whole_image_*` apply to `stitch` alone.",
+    )
+    propose_score: float = Field(
+        0.3,
+        gt=0.0,
+        le=1.0,
+        description="`windows`: a tile whose top-1 class reaches this probability proposes and boxes it; the whole "
+        "image boxes its best class and each other class it scores this high.",
+    )
+    merge_iou: float = Field(0.5, gt=0.0, le=1.0, description="`windows`: NMS overlap between boxes of one class.")
+    cross_class_iou: float | None = Field(
+        0.7,
+        gt=0.0,
+        le=1.0,
+        description="`windows`: NMS overlap between boxes of different classes (one object boxed as tabby and as "
+        "tiger cat keeps its better box). None: classes never suppress each other.",
+    )
+    min_box_score: float = Field(
+        0.0, ge=0.0, le=1.0, description="`windows`: boxes scoring below this are not written."
+    )
+    part_inside: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="`windows`: a tile's box lying this much (a fraction of its area) inside a whole-image box of "
+        "its class is a part of that object, cut by the tile, and is dropped. None: kept.",
+    )
+
+
+# The fields the `windows` mode added: stitched runs leave them out of their fingerprint.
+WINDOWS = {"mode", "propose_score", "merge_iou", "cross_class_iou", "min_box_score", "part_inside"}
 
 
 class SinkConfig(_Section):
@@ -391,7 +427,7 @@ class JobConfig(_Section):
             exclude={"model": {"device", "precision", "channels_last", "compile"}},
         )
         if self.tiling.enabled:  # untiled runs keep the fingerprints they had before tiling existed
-            relevant["tiling"] = self.tiling.model_dump()
+            relevant["tiling"] = self.tiling.model_dump(exclude=None if self.tiling.mode == "windows" else WINDOWS)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -39,6 +39,22 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "whole_image_threshold": 0.25,
         },
     },
+    # Several objects an image (docs, Localization): `balanced`'s refined maps, and the whole image and its 3 x 3
+    # tiles as windows that each box the classes they are sure of, merged by NMS. Measured on the multi-object
+    # scenes: 7x `balanced`'s object recall (0.32) at 4x its box precision (0.24), AP50 0.23 (`balanced` 0.03), at
+    # 0.67 single-object box accuracy (`balanced` 0.70), costing 14-18x `fast` on a CPU; short of its targets.
+    "detect": {
+        "cam": {"refine": True, "refine_power": 2.0, "plain_above_score": 0.3},
+        "boxes": {"threshold": 0.25},
+        "tiling": {
+            "enabled": True,
+            "grid": 3,
+            "overlap": 0.25,
+            "mode": "windows",
+            "propose_score": 0.15,
+            "part_inside": 0.5,
+        },
+    },
 }
 
 

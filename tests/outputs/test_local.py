@@ -215,7 +215,8 @@ def test_coco_export_loads_and_cocoeval_agrees_with_the_evaluator(run, tmp_path,
     from camray.evaluation.evaluate import evaluate_rows, load_truth
 
     dest = tmp_path / "coco.json"
-    assert _camray(capsys, "export", "coco", "--output", str(run.out), "--run", run.run_id, "--dest", str(dest))[0] == 0
+    argv = ["export", "coco", "--output", str(run.out), "--run", run.run_id, "--min-score", "0", "--dest", str(dest)]
+    assert _camray(capsys, *argv)[0] == 0
     exported = COCO(str(dest))  # pycocotools loads it
     assert len(exported.getImgIds()) == 11
     images = {image["file_name"]: image for image in exported.dataset["images"]}
@@ -296,7 +297,8 @@ def test_yolo_export(run, tmp_path, capsys):
     from camray.outputs.tables import Output as Out
 
     dest = tmp_path / "yolo"
-    status, out, _ = _camray(capsys, "export", "yolo", "--output", str(run.out), "--dest", str(dest))
+    argv = ["export", "yolo", "--output", str(run.out), "--min-score", "0", "--dest", str(dest)]
+    status, out, _ = _camray(capsys, *argv)
     assert status == 0 and out.strip() == f"yolo: {dest.resolve()}"
     classes = (dest / "classes.txt").read_text().splitlines()
     uris = (dest / "images.txt").read_text().splitlines()
