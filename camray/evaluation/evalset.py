@@ -125,6 +125,11 @@ def build(out_dir: str | Path, seed: int = 2026) -> Path:
                 canvas.save(images / file)
                 rows.append((file, x0, y0, x0 + obj_w, y0 + obj_h, " ".join(map(str, item.classes))))
 
+    return write_truth(out, rows)
+
+
+def write_truth(out: Path, rows: list[tuple]) -> Path:
+    """`out/truth.csv`: one row per truth box, `file,x0,y0,x1,y1,class_id`."""
     truth = out / "truth.csv"
     with truth.open("w", newline="") as handle:
         writer = csv.writer(handle)

@@ -14,13 +14,12 @@ Deterministic for a given seed.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from camray.evaluation.evalset import CANVASES, OBJECTS, TEXTURES, _texture, annotated_photos
+from camray.evaluation.evalset import CANVASES, OBJECTS, TEXTURES, _texture, annotated_photos, write_truth
 from camray.samples import sample_photos
 
 SCENES_PER_TEXTURE = 6
@@ -98,12 +97,7 @@ def build(out_dir: str | Path, seed: int = 2026, per_texture: int = SCENES_PER_T
         file = f"photo_{name}.png"
         Image.fromarray(rgb).save(out / "images" / file)
         rows.extend((file, x0, y0, x1, y1, " ".join(map(str, classes))) for x0, y0, x1, y1, classes in boxes)
-    truth = out / "truth.csv"
-    with truth.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "x0", "y0", "x1", "y1", "class_id"])
-        writer.writerows(rows)
-    return truth
+    return write_truth(out, rows)
 
 
 if __name__ == "__main__":

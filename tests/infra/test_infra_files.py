@@ -21,6 +21,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from crd_schemas import served_v1_schema, strict
 from infra_manifests import (
     CRD_FIXTURES,
     INFRA,
@@ -78,32 +79,10 @@ def test_every_file_under_infra_is_checked():
 # KubeRay CRDs ------------------------------------------------------------------------------------------------
 
 
-def strict(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema with `additionalProperties: false` wherever it lists `properties`, so a misspelt field fails.
-
-    A Kubernetes API server prunes unknown fields silently; for a typo such as `shutdownAfterJobFinish` that
-    means a RayJob that never shuts its cluster down, and no error anywhere.
-    """
-    if "properties" in schema:
-        schema.setdefault("additionalProperties", False)
-        for sub in schema["properties"].values():
-            strict(sub)
-    for key in ("items", "additionalProperties", "not"):
-        if isinstance(schema.get(key), dict):
-            strict(schema[key])
-    for key in ("anyOf", "allOf", "oneOf"):
-        for sub in schema.get(key, []):
-            strict(sub)
-    return schema
-
-
 @functools.cache
 def crd_schema(kind: str) -> dict[str, Any]:
     """The served v1 openAPIV3Schema of a KubeRay kind, as KubeRay ships it."""
-    crd = yaml.load((CRD_FIXTURES / f"ray.io_{kind.lower()}s.yaml").read_text(), Loader=yaml.CSafeLoader)
-    assert crd["spec"]["names"]["kind"] == kind
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1" and v["served"]]
-    return version["schema"]["openAPIV3Schema"]
+    return served_v1_schema(CRD_FIXTURES / f"ray.io_{kind.lower()}s.yaml", kind)
 
 
 @functools.cache

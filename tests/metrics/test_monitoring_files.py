@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from crd_schemas import served_v1_schema, strict
 from monitoring_parts import MONITORING, PROMTOOL, REPO, binary
 
 from camray.metrics import RunOutcome, outcome_registry
@@ -126,29 +127,9 @@ def test_the_alerts_read_only_pushed_metrics():
 # prometheus-operator CRDs ------------------------------------------------------------------------------------------
 
 
-def strict(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema with `additionalProperties: false` wherever it lists `properties` (tests/infra does the same
-    for KubeRay's): an API server prunes a misspelt field silently, and an alert without its annotations or a
-    monitor without its relabelings would follow."""
-    if "properties" in schema:
-        schema.setdefault("additionalProperties", False)
-        for sub in schema["properties"].values():
-            strict(sub)
-    for key in ("items", "additionalProperties", "not"):
-        if isinstance(schema.get(key), dict):
-            strict(schema[key])
-    for key in ("anyOf", "allOf", "oneOf"):
-        for sub in schema.get(key, []):
-            strict(sub)
-    return schema
-
-
 @functools.cache
 def crd_schema(kind: str) -> dict[str, Any]:
-    crd = yaml.load((CRD_FIXTURES / f"monitoring.coreos.com_{kind.lower()}s.yaml").read_text(), Loader=yaml.CSafeLoader)
-    assert crd["spec"]["names"]["kind"] == kind
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1" and v["served"]]
-    return version["schema"]["openAPIV3Schema"]
+    return served_v1_schema(CRD_FIXTURES / f"monitoring.coreos.com_{kind.lower()}s.yaml", kind)
 
 
 def crd_errors(obj: dict[str, Any], *, strict_schema: bool = True) -> list[str]:
