@@ -113,6 +113,12 @@ class TilingSettings:
     fusion: str = "product"
     whole_image_above_area: float | None = None
     whole_image_threshold: float = 0.25
+    mode: str = "stitch"
+    propose_score: float = 0.3
+    merge_iou: float = 0.5
+    cross_class_iou: float | None = 0.7
+    min_box_score: float = 0.0
+    part_inside: float | None = None
 
 
 @dataclass(frozen=True)

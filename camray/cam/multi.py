@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
 
 
 def propose_classes(
@@ -75,6 +74,9 @@ def merge_boxes(
     neighbouring classes, tabby and tiger cat, keeps its better box).
 
     boxes (Tensor[M, 4]), scores (Tensor[M]), image (Tensor[M]), class_ids (Tensor[M])."""
+    # Imported here: torchvision loads torch._dynamo (seconds of CPU), which the bundled-model actors never pay.
+    from torchvision.ops import batched_nms
+
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     n = int(class_ids.max()) + 1
