@@ -167,6 +167,7 @@ class Predictor:
                 self.annotator.canvas_size,
                 self.resize,
                 self.annotator.device,
+                interpolation=self.annotator.spec.interpolation,
             )
         except Exception as exc:  # a device fault: every image of the batch is reported, none is lost
             logger.warning("decoding a batch of %d on %s failed", ok.size, self.annotator.device, exc_info=True)

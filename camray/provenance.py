@@ -53,11 +53,13 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """The loaded model as the runs row names it, and the input size its preprocessing asks for."""
+    """The loaded model as the runs row names it, and the input its preprocessing asks for: the canvas side and the
+    resampling filter (timm's `pretrained_cfg`; bilinear for the others)."""
 
     weights_source: str
     weights_sha256: str
     input_size: int
+    interpolation: str = "bilinear"
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,7 @@ def read_decode_batch(
     s3: dict[str, Any],
     limits: dict[str, Any],
     decode: str = "cpu",
+    interpolation: str = "bilinear",
 ) -> dict[str, np.ndarray]:
     """Ray Data task: listing rows (`uri`, `version`) -> decoded rows; failures become error columns.
 
@@ -123,7 +124,7 @@ def read_decode_batch(
         decoded = (
             probe_image(data, decode_limits)
             if decode == "device"
-            else decode_image(data, input_size, policy, decode_limits)
+            else decode_image(data, input_size, policy, decode_limits, interpolation)
         )
         if isinstance(decoded, DecodeError):
             out["error_stage"][i], out["error_type"][i], out["error_message"][i] = (

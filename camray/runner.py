@@ -429,7 +429,7 @@ def _work(
     )
 
     if staged.rows:
-        record.stats_uri = _annotate(config, s3, attempt, staged, model.input_size, resources, sink)
+        record.stats_uri = _annotate(config, s3, attempt, staged, model, resources, sink)
     accounted = sink.counts.results + sink.counts.errors
     if accounted != staged.rows:
         record.message = (
@@ -451,7 +451,12 @@ def _load_model(config: JobConfig, s3: S3Settings) -> ModelFacts:
             resolve_layer(loaded.module, config.cam.refine_layer, "cam.refine_layer")
     except ValueError as exc:  # a layer or head the model does not have, named by its field
         raise SetupError(str(exc)) from exc
-    return ModelFacts(loaded.weights_source, loaded.weights_sha256, config.model.input_size or loaded.spec.input_size)
+    return ModelFacts(
+        loaded.weights_source,
+        loaded.weights_sha256,
+        config.model.input_size or loaded.spec.input_size,
+        loaded.spec.interpolation,
+    )
 
 
 def _resume(config: JobConfig, s3: S3Settings, attempt: Attempt) -> PriorWork | None:
@@ -502,7 +507,7 @@ def _annotate(
     s3: S3Settings,
     attempt: Attempt,
     staged: _StagedListing,
-    input_size: int,
+    model: ModelFacts,
     resources: Resources,
     sink: CamDatasink,
 ) -> str:
@@ -510,7 +515,7 @@ def _annotate(
 
     Ray Data's per-operator statistics run to hundreds of lines: a file beside the output, linked from the runs
     row, rather than the terminal."""
-    ds = _plan(config, attempt.run_id, staged, input_size, s3, resources)
+    ds = _plan(config, attempt.run_id, staged, model, s3, resources)
     ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
     stats_uri = layout.stats_uri(config.sink.uri, attempt.run_id, attempt.number)
     _write_text(stats_uri, ds.stats(), s3)
@@ -526,8 +531,9 @@ def _commit(config: JobConfig, s3: S3Settings, attempt: Attempt, lease: OutputLe
 
 
 def _plan(
-    config: JobConfig, run_id: str, staged: _StagedListing, input_size: int, s3: S3Settings, resources: Resources
+    config: JobConfig, run_id: str, staged: _StagedListing, model: ModelFacts, s3: S3Settings, resources: Resources
 ) -> ray.data.Dataset:
+    input_size = model.input_size
     s3_plain = dataclasses.asdict(s3)  # workers rebuild S3Settings from plain data
     # One item per listing file, read by the read+decode tasks themselves. Ray Data's `read_parquet` would add
     # a file-listing task wanting a whole CPU, which a full actor pool never leaves free: the run stalled.
@@ -543,6 +549,7 @@ def _plan(
             "s3": s3_plain,
             "limits": DecodeLimits().__dict__,
             "decode": config.runtime.decode,
+            "interpolation": model.interpolation,
         },
         num_cpus=config.runtime.decode_cpus,
     )

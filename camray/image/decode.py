@@ -106,10 +106,24 @@ def probe_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> ProbedIma
     return opened if isinstance(opened, DecodeError) else opened[1]
 
 
+# The resampling filters a model's preprocessing may name (timm's `pretrained_cfg["interpolation"]`); any other
+# name (timm's "random", meant for training) resizes bilinearly.
+PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
 def decode_image(
-    data: bytes, size: int, policy: ResizePolicy, limits: DecodeLimits = DecodeLimits()
+    data: bytes,
+    size: int,
+    policy: ResizePolicy,
+    limits: DecodeLimits = DecodeLimits(),
+    interpolation: str = "bilinear",
 ) -> DecodedImage | DecodeError:
-    """Decodes `data` into a `DecodedImage`, or says why it cannot."""
+    """Decodes `data` into a `DecodedImage`, resized with the model's `interpolation`, or says why it cannot."""
     opened = _open(data, limits)
     if isinstance(opened, DecodeError):
         return opened
@@ -126,7 +140,8 @@ def decode_image(
                 image.draft("RGB", (target_w, target_h))
             image = ImageOps.exif_transpose(image)
             image = _to_rgb(image)
-            resized = image.resize((target_w, target_h), Image.Resampling.BILINEAR, reducing_gap=None)
+            resample = PIL_FILTERS.get(interpolation, Image.Resampling.BILINEAR)
+            resized = image.resize((target_w, target_h), resample, reducing_gap=None)
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return DecodeError(type(exc).__name__, str(exc))
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

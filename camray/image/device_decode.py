@@ -79,13 +79,17 @@ def _decode_jpegs(encoded: list[Tensor], device: torch.device) -> list[Tensor | 
             return out
 
 
-def _fit(image: Tensor, size: int, policy: ResizePolicy, canvas: Tensor) -> tuple[int, int]:
+def _fit(
+    image: Tensor, size: int, policy: ResizePolicy, canvas: Tensor, interpolation: str = "bilinear"
+) -> tuple[int, int]:
     """Resizes a (3, H, W) uint8 image into the top-left of `canvas` (S, S, 3); returns the valid (w, h)."""
     height, width = image.shape[-2:]
     target_w, target_h = fit_size(width, height, size, policy)
-    # Antialiased bilinear, like PIL's resize in the CPU path: downscaling a large photo averages its pixels.
+    # Antialiased, like PIL's resize in the CPU path: downscaling a large photo averages its pixels. Bicubic where
+    # the model asks for it (PIL's other filters have no antialiased torch twin: bilinear stands in).
+    mode = "bicubic" if interpolation == "bicubic" else "bilinear"
     resized = F.interpolate(
-        image.unsqueeze(0).float(), size=(target_h, target_w), mode="bilinear", antialias=True, align_corners=False
+        image.unsqueeze(0).float(), size=(target_h, target_w), mode=mode, antialias=True, align_corners=False
     )
     canvas[:target_h, :target_w] = resized[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
     return target_w, target_h
@@ -99,6 +103,7 @@ def decode_to_canvases(
     policy: ResizePolicy,
     device: torch.device,
     limits: DecodeLimits | None = None,
+    interpolation: str = "bilinear",
 ) -> CanvasBatch:
     """Decodes a batch: entries with `on_device` on the device, the rest (and device failures) on the CPU."""
     n = len(encoded)
@@ -113,10 +118,11 @@ def decode_to_canvases(
         for position, image in zip(jpeg_positions, _decode_jpegs(streams, device), strict=True):
             if image is None:
                 continue  # left for the CPU decoder, which reports the reason if it fails too
-            valid[position] = torch.tensor(_fit(orient(image, orientations[position]), size, policy, pixels[position]))
+            fitted = _fit(orient(image, orientations[position]), size, policy, pixels[position], interpolation)
+            valid[position] = torch.tensor(fitted)
             done[position] = True
     for position in np.flatnonzero(~done):
-        result = decode_image(encoded[position], size, policy, limits or DecodeLimits())
+        result = decode_image(encoded[position], size, policy, limits or DecodeLimits(), interpolation)
         if isinstance(result, DecodeError):
             failed[int(position)] = result
             continue

@@ -116,3 +116,15 @@ def test_fit_size():
     assert fit_size(300, 451, 224, "letterbox") == (149, 224)
     assert fit_size(5000, 10, 224, "letterbox") == (224, 1)
     assert fit_size(451, 300, 224, "squash") == (224, 224)
+
+
+def test_the_models_interpolation_resizes_the_image(chelsea):
+    """A timm model's `pretrained_cfg` names its resampling (bicubic, most of them): the decoded canvas is PIL's
+    resize with that filter, and differs from the bilinear one; a name PIL has no filter for resizes bilinearly."""
+    data = _encode(chelsea, "PNG")
+    bicubic = decode_image(data, 224, "squash", interpolation="bicubic")
+    bilinear = decode_image(data, 224, "squash")
+    reference = np.asarray(chelsea.resize((224, 224), Image.Resampling.BICUBIC), dtype=np.int16)
+    assert np.abs(bicubic.pixels.astype(np.int16) - reference).mean() < 1.0
+    assert np.abs(bicubic.pixels.astype(np.int16) - bilinear.pixels.astype(np.int16)).mean() > 0.5
+    assert np.array_equal(decode_image(data, 224, "squash", interpolation="random").pixels, bilinear.pixels)

@@ -99,3 +99,14 @@ def test_predictor_gives_the_same_answers_from_bytes(photos, tmp_path):
         size = max(cpu_row["width"], cpu_row["height"])
         for key in ("x0", "y0", "x1", "y1"):
             assert abs(cpu_box[key] - device_box[key]) <= 0.1 * size, (uri, key)
+
+
+def test_device_canvases_follow_the_models_interpolation(chelsea):
+    """Bicubic on the device path too: closer to the CPU decoder's bicubic canvas than to its bilinear one."""
+    data = _encode(chelsea, "JPEG", quality=95)
+    canvases = decode_to_canvases([data], [1], [True], 224, "squash", CPU, interpolation="bicubic")
+    ours = canvases.pixels[0].numpy().astype(np.int16)
+    bicubic = decode_image(data, 224, "squash", interpolation="bicubic").pixels.astype(np.int16)
+    bilinear = decode_image(data, 224, "squash").pixels.astype(np.int16)
+    assert np.abs(ours - bicubic).mean() < 4.0
+    assert np.abs(ours - bicubic).mean() < np.abs(ours - bilinear).mean()

@@ -201,3 +201,19 @@ def test_a_predictor_builds_its_model_once(monkeypatch, tmp_path):
     config = load_config(overrides={"model.name": "timm:resnet10t", "model.weights": str(path), "sink.uri": "x"})
     predictor = Predictor(config.model_dump(mode="json"), "run", 176, {})
     assert builds == [("resnet10t",)] and predictor.annotator.method == "cam"
+
+
+def test_the_read_tasks_resize_with_the_models_interpolation(tmp_path):
+    """The driver's model check hands the read+decode tasks its preprocessing: a timm model trained on bicubic
+    resizes gets bicubic canvases; a bundled Lite model bilinear ones, as before."""
+    from safetensors.torch import save_file
+
+    from camray.config import load_config
+    from camray.runner import _load_model, storage_settings
+
+    path = tmp_path / "model.safetensors"
+    save_file(published_shaped_state(get_spec("timm:resnet10t").build().model), str(path))
+    timm_config = load_config(overrides={"model.name": "timm:resnet10t", "model.weights": str(path), "sink.uri": "x"})
+    lite_config = load_config(overrides={"sink.uri": "x"})
+    assert _load_model(timm_config, storage_settings(timm_config)).interpolation == "bicubic"
+    assert _load_model(lite_config, storage_settings(lite_config)).interpolation == "bilinear"
