@@ -127,7 +127,7 @@ class Output:
                     QUALIFY row_number() OVER (PARTITION BY r.image_uri ORDER BY o.run_order) = 1
                     ORDER BY r.image_uri
                     """
-            reader = con.sql(query).fetch_record_batch(batch_rows)
+            reader = con.sql(query).to_arrow_reader(batch_rows)
             for batch in reader:
                 # DuckDB's Arrow types may differ in details (list field names, string kinds): back to the table's own.
                 yield batch.cast(schema)
