@@ -104,15 +104,19 @@ class Output:
         return pa.Table.from_batches(batches, schema=schema)
 
     def iter_latest_results(
-        self, run_id: str | None, columns: list[str] | None = None, batch_rows: int = 1024
+        self,
+        run_id: str | None,
+        columns: list[str] | None = None,
+        batch_rows: int = 1024,
+        memory_limit: str = DUCKDB_MEMORY_LIMIT,
     ) -> Iterator[pa.RecordBatch]:
         """`latest_results` as record batches of at most `batch_rows` rows, streamed from DuckDB (which sorts
-        within `DUCKDB_MEMORY_LIMIT`, spilling beyond it), so a reader holds one batch, not the history."""
+        within `memory_limit`, spilling beyond it), so a reader holds one batch, not the history."""
         dataset = self.dataset("results")
         wanted = dataset.schema.names if columns is None else columns
         schema = pa.schema([dataset.schema.field(name) for name in wanted])
         selected = ", ".join(f'r."{name}"' for name in wanted)
-        with bounded_duckdb() as con:
+        with bounded_duckdb(memory_limit) as con:
             if run_id is not None:
                 con.register("run_rows", dataset.filter(pads.field("run_id") == run_id))
                 query = f"SELECT {selected} FROM run_rows r ORDER BY r.image_uri"
