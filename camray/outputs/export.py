@@ -39,15 +39,12 @@ COLUMNS = ["image_uri", "width", "height", "boxes", "mask"]
 # of their class at least half the time on the evaluation set (0.54 there; 0.46 for `fast`, 0.54 for `accurate`).
 # A box below it is written to the results all the same, its score saying it is a guess (docs, Localization).
 DEFAULT_MIN_SCORE = 0.2
-# DuckDB's working memory for the export's newest-row sort: small, so that the export's peak hardly grows with
-# the output (the sort spills to disk beyond it); one record batch of rows is in Python at a time.
-EXPORT_DUCKDB_MEMORY_LIMIT = "128MB"
 
 
 def _rows(output: Output, run_id: str | None, columns: list[str] = COLUMNS) -> Iterator[dict[str, Any]]:
     """The rows in `image_uri` order, one record batch in memory at a time."""
     output.check_exists()
-    for batch in output.iter_latest_results(run_id, columns, memory_limit=EXPORT_DUCKDB_MEMORY_LIMIT):
+    for batch in output.iter_latest_results(run_id, columns):
         yield from batch.to_pylist()
 
 
