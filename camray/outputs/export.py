@@ -16,12 +16,15 @@ line number in `classes.txt`), `<path>` being the input's path under the inputs'
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import posixpath
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -38,14 +41,22 @@ COLUMNS = ["image_uri", "width", "height", "boxes", "mask"]
 DEFAULT_MIN_SCORE = 0.2
 
 
-def _class_filter(rows: list[dict[str, Any]], classes: Sequence[str] | None) -> set[int] | None:
+def _rows(output: Output, run_id: str | None, columns: list[str] = COLUMNS) -> Iterator[dict[str, Any]]:
+    """The rows in `image_uri` order, one record batch in memory at a time."""
+    output.check_exists()
+    for batch in output.iter_latest_results(run_id, columns):
+        yield from batch.to_pylist()
+
+
+def _class_filter(output: Output, run_id: str | None, classes: Sequence[str] | None) -> set[int] | None:
     """ImageNet ids named by `classes` (ids or labels, case-insensitive); None keeps every class."""
     if not classes:
         return None
     labels: dict[str, int] = {}
-    for row in rows:
-        for box in row["boxes"] or []:
-            labels[box["label"].lower()] = box["class_id"]
+    if any(not name.strip().isdigit() for name in classes):
+        for row in _rows(output, run_id, ["image_uri", "boxes"]):
+            for box in row["boxes"] or []:
+                labels[box["label"].lower()] = box["class_id"]
     wanted: set[int] = set()
     for name in classes:
         if name.strip().isdigit():
@@ -65,13 +76,6 @@ def _kept_boxes(row: dict[str, Any], min_score: float | None, wanted: set[int] |
     ]
 
 
-def _rows(output: Output, run_id: str | None) -> list[dict[str, Any]]:
-    output.check_exists()
-    rows = output.latest_results(run_id, COLUMNS).to_pylist()
-    rows.sort(key=lambda row: row["image_uri"])
-    return rows
-
-
 def _segment(mask: np.ndarray, box: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
     """The mask inside the box's pixels as COCO RLE (counts as a string), and its area; None when empty."""
     from pycocotools import mask as coco_mask
@@ -88,71 +92,101 @@ def _segment(mask: np.ndarray, box: dict[str, Any]) -> tuple[dict[str, Any], int
     return {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}, area
 
 
+def _annotations(row: dict[str, Any], image_id: int, boxes: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The row's kept boxes as COCO annotations, without their `id`."""
+    mask = row["mask"]
+    mask_pixels = decode_mask(mask) if mask and any(b["class_id"] == mask["class_id"] for b in boxes) else None
+    for box in boxes:
+        width, height = float(box["x1"]) - float(box["x0"]), float(box["y1"]) - float(box["y0"])
+        annotation: dict[str, Any] = {
+            "image_id": image_id,
+            "category_id": box["class_id"],
+            "bbox": [float(box["x0"]), float(box["y0"]), width, height],
+            "area": width * height,
+            "iscrowd": 0,
+            "score": float(box["score"]),
+        }
+        if mask_pixels is not None and box["class_id"] == mask["class_id"]:
+            segment = _segment(mask_pixels, box)
+            if segment is not None:
+                annotation["segmentation"], annotation["area"] = segment
+        yield annotation
+
+
+def _write_coco_stream(
+    output: Output,
+    out: TextIO,
+    run_id: str | None = None,
+    min_score: float | None = None,
+    classes: Sequence[str] | None = None,
+) -> tuple[int, int]:
+    """Writes the COCO document to `out` piece by piece; returns (images, annotations).
+
+    The images go straight to `out`; the annotations, produced in the same pass, wait in a temporary file
+    and follow the categories, which are only known once every row has been read."""
+    wanted = _class_filter(output, run_id, classes)
+    categories: dict[int, str] = {}
+    info = {"description": f"camray boxes from {output.uri}", "run_id": run_id}
+    out.write('{"info": ' + json.dumps(info) + ', "images": [')
+    image_count = annotation_count = 0
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as pending:
+        for image_id, row in enumerate(_rows(output, run_id), start=1):
+            image = {"id": image_id, "file_name": row["image_uri"], "width": row["width"], "height": row["height"]}
+            out.write((", " if image_count else "") + json.dumps(image))
+            image_count += 1
+            boxes = _kept_boxes(row, min_score, wanted)
+            for box in boxes:
+                categories[box["class_id"]] = box["label"]
+            for annotation in _annotations(row, image_id, boxes):
+                annotation_count += 1
+                pending.write(
+                    (", " if annotation_count > 1 else "") + json.dumps({"id": annotation_count, **annotation})
+                )
+        out.write('], "categories": ')
+        out.write(
+            json.dumps(
+                [
+                    {"id": class_id, "name": name, "supercategory": "imagenet"}
+                    for class_id, name in sorted(categories.items())
+                ]
+            )
+        )
+        out.write(', "annotations": [')
+        pending.seek(0)
+        shutil.copyfileobj(pending, out)
+        out.write("]}")
+    return image_count, annotation_count
+
+
 def coco(
     output: Output,
     run_id: str | None = None,
     min_score: float | None = None,
     classes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The COCO instances dataset (see the module docstring) as a JSON-ready dict."""
-    rows = _rows(output, run_id)
-    wanted = _class_filter(rows, classes)
-    images, annotations, categories = [], [], {}
-    for image_id, row in enumerate(rows, start=1):
-        images.append({"id": image_id, "file_name": row["image_uri"], "width": row["width"], "height": row["height"]})
-        boxes = _kept_boxes(row, min_score, wanted)
-        mask = row["mask"]
-        mask_pixels = decode_mask(mask) if mask and any(b["class_id"] == mask["class_id"] for b in boxes) else None
-        for box in boxes:
-            categories[box["class_id"]] = box["label"]
-            width, height = float(box["x1"]) - float(box["x0"]), float(box["y1"]) - float(box["y0"])
-            annotation: dict[str, Any] = {
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": box["class_id"],
-                "bbox": [float(box["x0"]), float(box["y0"]), width, height],
-                "area": width * height,
-                "iscrowd": 0,
-                "score": float(box["score"]),
-            }
-            if mask_pixels is not None and box["class_id"] == mask["class_id"]:
-                segment = _segment(mask_pixels, box)
-                if segment is not None:
-                    annotation["segmentation"], annotation["area"] = segment
-            annotations.append(annotation)
-    return {
-        "info": {"description": f"camray boxes from {output.uri}", "run_id": run_id},
-        "images": images,
-        "categories": [
-            {"id": class_id, "name": name, "supercategory": "imagenet"} for class_id, name in sorted(categories.items())
-        ],
-        "annotations": annotations,
-    }
+    """The COCO instances dataset (see the module docstring) as a dict, for small outputs; `write_coco` streams."""
+    text = io.StringIO()
+    _write_coco_stream(output, text, run_id=run_id, min_score=min_score, classes=classes)
+    return json.loads(text.getvalue())
 
 
 def write_coco(output: Output, dest: str | Path, **options: Any) -> Path:
-    dataset = coco(output, **options)
     path = Path(dest)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dataset))
-    logger.info("%d images, %d annotations written to %s", len(dataset["images"]), len(dataset["annotations"]), path)
+    with path.open("w", encoding="utf-8") as out:
+        images, annotations = _write_coco_stream(output, out, **options)
+    logger.info("%d images, %d annotations written to %s", images, annotations, path)
     return path
 
 
-def _label_paths(uris: list[str]) -> list[str]:
-    """Each URI's path under the URIs' common folder, with `.txt` for its suffix."""
-    paths = [uri.removeprefix("s3://").removeprefix("file://") for uri in uris]
-    common = posixpath.commonpath([posixpath.dirname(path) for path in paths]) if paths else ""
-    names = [
-        posixpath.splitext(posixpath.relpath(path, common) if common else path.lstrip("/"))[0] + ".txt"
-        for path in paths
-    ]
-    seen: dict[str, str] = {}
-    for uri, name in zip(uris, names, strict=True):
-        if name in seen:
-            raise UsageError(f"{seen[name]} and {uri} would share the label file {name}; export them separately")
-        seen[name] = uri
-    return names
+def _uri_path(uri: str) -> str:
+    return uri.removeprefix("s3://").removeprefix("file://")
+
+
+def _label_path(uri: str, common: str) -> str:
+    """The URI's path under the URIs' common folder, with `.txt` for its suffix."""
+    path = _uri_path(uri)
+    return posixpath.splitext(posixpath.relpath(path, common) if common else path.lstrip("/"))[0] + ".txt"
 
 
 def write_yolo(
@@ -162,27 +196,41 @@ def write_yolo(
     min_score: float | None = None,
     classes: Sequence[str] | None = None,
 ) -> Path:
-    """Writes the YOLO labels (see the module docstring) under `dest`; returns `dest`."""
-    rows = _rows(output, run_id)
-    wanted = _class_filter(rows, classes)
-    kept = [_kept_boxes(row, min_score, wanted) for row in rows]
-    labels = {box["class_id"]: box["label"] for boxes in kept for box in boxes}
+    """Writes the YOLO labels (see the module docstring) under `dest`; returns `dest`.
+
+    Two streamed passes: the first finds the common folder and the classes that occur (both needed before the
+    first label line), the second writes the files."""
+    wanted = _class_filter(output, run_id, classes)
+    labels: dict[int, str] = {}
+    common: str | None = None
+    for row in _rows(output, run_id, ["image_uri", "boxes"]):
+        folder = posixpath.dirname(_uri_path(row["image_uri"]))
+        common = folder if common is None else posixpath.commonpath([common, folder])
+        for box in _kept_boxes(row, min_score, wanted):
+            labels[box["class_id"]] = box["label"]
     index = {class_id: position for position, class_id in enumerate(sorted(labels))}
     dest = Path(dest)
     (dest / "labels").mkdir(parents=True, exist_ok=True)
-    names = _label_paths([row["image_uri"] for row in rows])
-    for row, boxes, name in zip(rows, kept, names, strict=True):
-        lines = []
-        for box in boxes:
-            cx = (box["x0"] + box["x1"]) / 2 / row["width"]
-            cy = (box["y0"] + box["y1"]) / 2 / row["height"]
-            w = (box["x1"] - box["x0"]) / row["width"]
-            h = (box["y1"] - box["y0"]) / row["height"]
-            lines.append(f"{index[box['class_id']]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n")
-        path = dest / "labels" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(lines))
+    seen: dict[str, str] = {}
+    with (dest / "images.txt").open("w", encoding="utf-8") as images:
+        for row in _rows(output, run_id, ["image_uri", "width", "height", "boxes"]):
+            name = _label_path(row["image_uri"], common or "")
+            if name in seen:
+                raise UsageError(
+                    f"{seen[name]} and {row['image_uri']} would share the label file {name}; export them separately"
+                )
+            seen[name] = row["image_uri"]
+            lines = []
+            for box in _kept_boxes(row, min_score, wanted):
+                cx = (box["x0"] + box["x1"]) / 2 / row["width"]
+                cy = (box["y0"] + box["y1"]) / 2 / row["height"]
+                w = (box["x1"] - box["x0"]) / row["width"]
+                h = (box["y1"] - box["y0"]) / row["height"]
+                lines.append(f"{index[box['class_id']]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n")
+            path = dest / "labels" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(lines))
+            images.write(f"{row['image_uri']}\n")
     (dest / "classes.txt").write_text("".join(f"{labels[class_id]}\n" for class_id in sorted(labels)))
-    (dest / "images.txt").write_text("".join(f"{row['image_uri']}\n" for row in rows))
-    logger.info("%d label files, %d classes written to %s", len(rows), len(labels), dest)
+    logger.info("%d label files, %d classes written to %s", len(seen), len(labels), dest)
     return dest

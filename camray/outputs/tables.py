@@ -97,25 +97,41 @@ class Output:
 
     def latest_results(self, run_id: str | None, columns: list[str] | None = None) -> pa.Table:
         """Results of one run, or, without a run, the newest row of every image across succeeded runs
-        (non-incremental reruns write an image again), ordered by `image_uri`."""
-        if run_id is not None:
-            return self.table("results", [run_id], columns)
+        (non-incremental reruns write an image again), ordered by `image_uri`; the whole table, for small readers."""
+        wanted = self.dataset("results").schema.names if columns is None else columns
+        batches = list(self.iter_latest_results(run_id, columns))
+        schema = pa.schema([self.dataset("results").schema.field(name) for name in wanted])
+        return pa.Table.from_batches(batches, schema=schema)
+
+    def iter_latest_results(
+        self,
+        run_id: str | None,
+        columns: list[str] | None = None,
+        batch_rows: int = 1024,
+        memory_limit: str = DUCKDB_MEMORY_LIMIT,
+    ) -> Iterator[pa.RecordBatch]:
+        """`latest_results` as record batches of at most `batch_rows` rows, streamed from DuckDB (which sorts
+        within `memory_limit`, spilling beyond it), so a reader holds one batch, not the history."""
         dataset = self.dataset("results")
         wanted = dataset.schema.names if columns is None else columns
-        succeeded = layout.succeeded_runs(self.uri, self.s3)
-        ordered = succeeded.append_column("run_order", pa.array(range(succeeded.num_rows), pa.int64()))
-        rows = dataset.filter(pads.field("run_id").isin(succeeded.column("run_id")))
+        schema = pa.schema([dataset.schema.field(name) for name in wanted])
         selected = ", ".join(f'r."{name}"' for name in wanted)
-        with bounded_duckdb() as con:
-            con.register("succeeded_rows", rows)
-            con.register("run_order", ordered.select(["run_id", "run_order"]))
-            newest = con.sql(
-                f"""
-                SELECT {selected}
-                FROM succeeded_rows r JOIN run_order o USING (run_id)
-                QUALIFY row_number() OVER (PARTITION BY r.image_uri ORDER BY o.run_order) = 1
-                ORDER BY r.image_uri
-                """
-            ).to_arrow_table()
-        # DuckDB's Arrow types may differ in details (list field names, string kinds): back to the table's own.
-        return newest.cast(pa.schema([dataset.schema.field(name) for name in wanted]))
+        with bounded_duckdb(memory_limit) as con:
+            if run_id is not None:
+                con.register("run_rows", dataset.filter(pads.field("run_id") == run_id))
+                query = f"SELECT {selected} FROM run_rows r ORDER BY r.image_uri"
+            else:
+                succeeded = layout.succeeded_runs(self.uri, self.s3)
+                ordered = succeeded.append_column("run_order", pa.array(range(succeeded.num_rows), pa.int64()))
+                con.register("succeeded_rows", dataset.filter(pads.field("run_id").isin(succeeded.column("run_id"))))
+                con.register("run_order", ordered.select(["run_id", "run_order"]))
+                query = f"""
+                    SELECT {selected}
+                    FROM succeeded_rows r JOIN run_order o USING (run_id)
+                    QUALIFY row_number() OVER (PARTITION BY r.image_uri ORDER BY o.run_order) = 1
+                    ORDER BY r.image_uri
+                    """
+            reader = con.sql(query).to_arrow_reader(batch_rows)
+            for batch in reader:
+                # DuckDB's Arrow types may differ in details (list field names, string kinds): back to the table's own.
+                yield batch.cast(schema)
