@@ -205,9 +205,9 @@ class Annotator:
         thresholds = self._thresholds(maps) if thresholds is None else thresholds
         components = self._components(maps, thresholds) if components is None else components
         b, k = class_ids.shape
-        return AnnotatedBatch(
-            class_ids.cpu(), scores.cpu(), maps.cpu(), thresholds.view(b, k).cpu(), _to_cpu(components)
-        )
+        fields = [getattr(components, name) for name in Components.__dataclass_fields__]
+        host = _to_host([class_ids, scores, maps, thresholds.view(b, k), *fields])
+        return AnnotatedBatch(host[0], host[1], host[2], host[3], Components(*host[4:]))
 
     def _whole_image_maps(self, raw: Tensor, valid_wh: Tensor, size: int, grid: int | None = None) -> Tensor:
         """Resamples (bilinear) each map's valid region onto a grid covering the original image, normalised.
@@ -403,5 +403,14 @@ def top1_box_fraction(components: Components, images: int, k: int, grid: int) ->
     return out
 
 
-def _to_cpu(components: Components) -> Components:
-    return Components(*(getattr(components, f).cpu() for f in Components.__dataclass_fields__))
+def _to_host(tensors: list[Tensor]) -> list[Tensor]:
+    """The tensors in host memory. From a GPU, into pinned buffers (PyTorch caches them), every copy queued
+    before one wait: a copy into pageable memory is staged by the driver and waits on its own, several times
+    slower for the batch's maps (15 MiB at batch 256)."""
+    if tensors[0].device.type != "cuda":
+        return [tensor.cpu() for tensor in tensors]
+    host = [torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True) for tensor in tensors]
+    for target, tensor in zip(host, tensors, strict=True):
+        target.copy_(tensor, non_blocking=True)
+    torch.cuda.current_stream(tensors[0].device).synchronize()
+    return host

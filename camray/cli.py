@@ -187,6 +187,8 @@ def _filters(sub: argparse.ArgumentParser) -> None:
 
 
 def build_camray_parser() -> argparse.ArgumentParser:
+    from camray.outputs.query import QUERY_MEMORY_LIMIT
+
     parser = argparse.ArgumentParser(
         prog="camray",
         description="Class activation maps on Ray: run the job, and look at, query and export its output.",
@@ -212,6 +214,12 @@ def build_camray_parser() -> argparse.ArgumentParser:
     _common(query)
     query.add_argument("sql", nargs="?", metavar="SQL", help="one DuckDB SQL statement")
     query.add_argument("--all-runs", action="store_true", help="include rows of failed and incomplete runs")
+    query.add_argument(
+        "--memory-limit",
+        default=QUERY_MEMORY_LIMIT,
+        metavar="SIZE",
+        help=f"DuckDB's working memory; joins, aggregates and sorts spill beyond it (default {QUERY_MEMORY_LIMIT})",
+    )
     query.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
     query.add_argument("--dest", metavar="FILE", help="write the result here (needed for parquet; default stdout)")
     query.add_argument("--max-rows", type=int, default=50, metavar="N", help="rows printed as a table (default 50)")
@@ -310,20 +318,22 @@ def _cmd_query(args: argparse.Namespace) -> int:
         raise UsageError('give one SQL statement, e.g. camray query --output output "SELECT * FROM runs"')
     if args.format == "parquet" and not args.dest:
         raise UsageError("--format parquet needs --dest FILE")
-    con = connect(_output(args), all_runs=args.all_runs)
-    try:
-        relation = con.sql(args.sql.strip().rstrip(";"))
-    except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException) as exc:
-        raise UsageError(str(exc)) from exc  # SQL that does not parse, or names what is not there
-    if relation is None:  # a statement without a result (e.g. CREATE VIEW): nothing to print
-        return 0
-    if args.format == "table":
-        table = relation.limit(args.max_rows + 1).to_arrow_table()
-        _print_table(table.slice(0, args.max_rows), "table", more_rows=table.num_rows > args.max_rows)
-    elif args.format == "parquet":
-        relation.write_parquet(args.dest)
-    else:
-        _print_table(relation.to_arrow_table(), args.format, args.dest)
+    with tempfile.TemporaryDirectory(prefix="camray-query-") as spill:
+        con = connect(_output(args), all_runs=args.all_runs, memory_limit=args.memory_limit, spill_folder=spill)
+        try:
+            relation = con.sql(args.sql.strip().rstrip(";"))
+        except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException) as exc:
+            raise UsageError(str(exc)) from exc  # SQL that does not parse, or names what is not there
+        if relation is None:  # a statement without a result (e.g. CREATE VIEW): nothing to print
+            return 0
+        if args.format == "table":
+            table = relation.limit(args.max_rows + 1).to_arrow_table()
+            _print_table(table.slice(0, args.max_rows), "table", more_rows=table.num_rows > args.max_rows)
+        elif args.format == "parquet":
+            relation.write_parquet(args.dest)
+        else:
+            _print_table(relation.to_arrow_table(), args.format, args.dest)
+        con.close()
     return 0
 
 

@@ -9,6 +9,7 @@ with the job's model and settings: those must be skipped, the other 30 processed
 Measured, each in a fresh driver process connected to one Ray cluster started beforehand:
 - the run with a history of only those 30 rows, and with H rows: the driver's peak RSS and the wall time
   (`camray run`, imports included);
+- `camray report`, `query` and `runs` after a kept run, over both outputs: peak RSS and wall time;
 - `camray export coco` over an output of 10,000 rows and over the H-row one: its peak RSS (stopped at
   `--export-cap-gib`, so that it cannot take the machine down).
 Targets: driver peak with H rows <= 1.2x the peak with none; added wall time <= 30 s per 10 M rows; export
@@ -110,9 +111,11 @@ def _newest_run(output: Path) -> dict:
     return run
 
 
-def run_case(name: str, output: Path, images: Path, env: dict[str, str], logs: Path) -> dict[str, object]:
-    """One `camray run` over the images; then its rows are removed again, so that the next repeat on this
-    output meets the same history."""
+def run_case(
+    name: str, output: Path, images: Path, env: dict[str, str], logs: Path, keep: bool = False
+) -> dict[str, object]:
+    """One `camray run` over the images; then, unless `keep`, its rows are removed again, so that the next
+    repeat on this output meets the same history."""
     command = [sys.executable, "-m", "camray.cli", "run", "--input", str(images), "--output", str(output)]
     measured = measure_process(command, env, logs / f"run-{name}.log")
     if measured.returncode != 0:
@@ -120,7 +123,7 @@ def run_case(name: str, output: Path, images: Path, env: dict[str, str], logs: P
     run = _newest_run(output)
     if (run["skipped"], run["results"] + run["errors"]) != (NEW_IMAGES // 2, NEW_IMAGES - NEW_IMAGES // 2):
         raise RuntimeError(f"run over the {name} history skipped {run['skipped']}, did {run['results']} + errors")
-    for table in ("results", "errors", "runs"):
+    for table in ("results", "errors", "runs") if not keep else ():
         for path in (output / table).glob(f"{run['run_id']}*.parquet"):
             path.unlink()
     return {
@@ -159,6 +162,27 @@ def skip_alone(name: str, output: Path, images: Path, env: dict[str, str], logs:
         raise RuntimeError(f"skip step over the {name} history: {text[-2000:]}")
     seconds = float(text.rsplit(" in ", 1)[1].split()[0])
     return {"peak_rss_mib": measured.peak_rss / 2**20, "seconds": seconds}
+
+
+# The user tools over an output whose newest run is the night's run, as a user looks at it the morning after.
+TOOLS = {
+    "report": ["report", "--dest", "{logs}/report-{name}"],
+    "query": ["query", "SELECT model, count(*) AS rows FROM results GROUP BY model"],
+    "runs": ["runs", "--limit", "20"],
+}
+
+
+def tools_case(name: str, output: Path, env: dict[str, str], logs: Path) -> dict[str, dict[str, float]]:
+    """`camray report`, `query` and `runs` over the output, each in a fresh process: peak RSS and wall time."""
+    measured_tools: dict[str, dict[str, float]] = {}
+    for tool, arguments in TOOLS.items():
+        filled = [argument.format(logs=logs, name=name) for argument in arguments]
+        command = [sys.executable, "-m", "camray.cli", filled[0], "--output", str(output), *filled[1:]]
+        measured = measure_process(command, env, logs / f"{tool}-{name}.log")
+        if measured.returncode != 0:
+            raise RuntimeError(f"camray {tool} over the {name} output failed; see {logs}/{tool}-{name}.log")
+        measured_tools[tool] = {"peak_rss_mib": measured.peak_rss / 2**20, "seconds": measured.seconds}
+    return measured_tools
 
 
 def export_case(name: str, output: Path, env: dict[str, str], logs: Path, cap_bytes: int) -> dict[str, object]:
@@ -223,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("none", "full"):
                 repeats[name].append(run_case(name, root / name, images, env, logs))
                 print(f"  run over the {name} history: {repeats[name][-1]}", flush=True)
+        for name in ("none", "full"):
+            run_case(name, root / name, images, env, logs, keep=True)
+        report["tools"] = {name: tools_case(name, root / name, env, logs) for name in ("none", "full")}
         report["runs"] = {
             name: {
                 **min(measured, key=lambda numbers: numbers["seconds"]),
@@ -271,6 +298,16 @@ def _print(report: dict) -> None:
     print(f"  driver peak ratio {ratio:.2f} (target <= {DRIVER_RATIO}: {verdict})")
     verdict = "met" if per_10m <= SECONDS_PER_10M else "MISSED"
     print(f"  added wall time {added:.1f} s = {per_10m:.1f} s per 10 M rows (target <= {SECONDS_PER_10M}: {verdict})")
+    tools = report.get("tools")
+    if tools:
+        print("  the user tools the morning after, with none and with the whole history (peak MiB, s):")
+        for tool in TOOLS:
+            none_tool, full_tool = tools["none"][tool], tools["full"][tool]
+            print(
+                f"    camray {tool:<7} {none_tool['peak_rss_mib']:>6.0f} MiB {none_tool['seconds']:>5.1f} s"
+                f"   {full_tool['peak_rss_mib']:>6.0f} MiB {full_tool['seconds']:>5.1f} s"
+                f"   {full_tool['peak_rss_mib'] / none_tool['peak_rss_mib']:.2f}x"
+            )
     if "export" in report:
         small, big = report["export"]["small"], report["export"]["full"]
         export_ratio = big["peak_rss_mib"] / small["peak_rss_mib"]

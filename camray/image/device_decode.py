@@ -79,20 +79,50 @@ def _decode_jpegs(encoded: list[Tensor], device: torch.device) -> list[Tensor | 
             return out
 
 
+# Pixels of the decoded images resized together in one call (as float32, 12 bytes a pixel: 768 MiB).
+RESIZE_PIXELS_PER_CALL = 64 * 2**20
+
+
 def _fit(
-    image: Tensor, size: int, policy: ResizePolicy, canvas: Tensor, interpolation: str = "bilinear"
+    images: Tensor,
+    size: int,
+    policy: ResizePolicy,
+    canvases: Tensor,
+    interpolation: str = "bilinear",
 ) -> tuple[int, int]:
-    """Resizes a (3, H, W) uint8 image into the top-left of `canvas` (S, S, 3); returns the valid (w, h)."""
-    height, width = image.shape[-2:]
+    """Resizes (G, 3, H, W) uint8 images of one size into the top-left of `canvases` (G, S, S, 3); returns the
+    valid (w, h)."""
+    height, width = images.shape[-2:]
     target_w, target_h = fit_size(width, height, size, policy)
     # Antialiased, like PIL's resize in the CPU path: downscaling a large photo averages its pixels. Bicubic where
     # the model asks for it (PIL's other filters have no antialiased torch twin: bilinear stands in).
     mode = "bicubic" if interpolation == "bicubic" else "bilinear"
-    resized = F.interpolate(
-        image.unsqueeze(0).float(), size=(target_h, target_w), mode=mode, antialias=True, align_corners=False
-    )
-    canvas[:target_h, :target_w] = resized[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+    resized = F.interpolate(images.float(), size=(target_h, target_w), mode=mode, antialias=True, align_corners=False)
+    canvases[:, :target_h, :target_w] = resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
     return target_w, target_h
+
+
+def _fit_by_size(
+    images: dict[int, Tensor], size: int, policy: ResizePolicy, pixels: Tensor, interpolation: str
+) -> dict[int, tuple[int, int]]:
+    """Resizes each position's (3, H, W) image into `pixels[position]`; returns each position's valid (w, h).
+
+    Images of the same size are resized in one call (a batch from one camera, or of resized copies, is a few
+    calls, not one per image: each call is a handful of kernel launches); the results are the same bit for bit,
+    since every image of a call is resized on its own."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for position, image in images.items():
+        by_shape.setdefault(tuple(image.shape), []).append(position)
+    valid: dict[int, tuple[int, int]] = {}
+    for shape, positions in by_shape.items():
+        per_call = max(1, RESIZE_PIXELS_PER_CALL // (shape[-1] * shape[-2]))
+        for start in range(0, len(positions), per_call):
+            chunk = positions[start : start + per_call]
+            canvases = torch.zeros((len(chunk), size, size, 3), dtype=torch.uint8, device=pixels.device)
+            fitted = _fit(torch.stack([images[p] for p in chunk]), size, policy, canvases, interpolation)
+            pixels[torch.tensor(chunk, device=pixels.device)] = canvases
+            valid.update(dict.fromkeys(chunk, fitted))
+    return valid
 
 
 def decode_to_canvases(
@@ -115,10 +145,12 @@ def decode_to_canvases(
     jpeg_positions = [i for i in range(n) if on_device[i]]
     if jpeg_positions:
         streams = [torch.frombuffer(bytearray(encoded[i]), dtype=torch.uint8) for i in jpeg_positions]
-        for position, image in zip(jpeg_positions, _decode_jpegs(streams, device), strict=True):
-            if image is None:
-                continue  # left for the CPU decoder, which reports the reason if it fails too
-            fitted = _fit(orient(image, orientations[position]), size, policy, pixels[position], interpolation)
+        images = {
+            position: orient(image, orientations[position])
+            for position, image in zip(jpeg_positions, _decode_jpegs(streams, device), strict=True)
+            if image is not None  # left for the CPU decoder, which reports the reason if it fails too
+        }
+        for position, fitted in _fit_by_size(images, size, policy, pixels, interpolation).items():
             valid[position] = torch.tensor(fitted)
             done[position] = True
     for position in np.flatnonzero(~done):

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from camray.io import layout
 from camray.io.sources import S3Settings, filesystem_for
 
 if TYPE_CHECKING:
@@ -40,8 +41,6 @@ logger = logging.getLogger(__name__)
 # DuckDB's working memory for the join; beyond it, the join and the sort spill to the temporary folder.
 MEMORY_LIMIT = "128MB"
 MAX_THREADS = 4
-# History files opened together as one pyarrow dataset: their footers are held while they are read.
-FILES_PER_SCAN = 64
 # Rows of the listing handed back per chunk.
 OUT_ROWS = 50_000
 
@@ -93,13 +92,7 @@ class DoneSet:
             & (pads.field("config_fingerprint") == self.fingerprint)
             & (pads.field("source_version") != "")
         )
-
-        def scan() -> Iterator[pa.RecordBatch]:
-            for start in range(0, len(files), FILES_PER_SCAN):
-                dataset = pads.dataset(files[start : start + FILES_PER_SCAN], schema=_READ, filesystem=fs)
-                yield from dataset.to_batches(columns=KEY.names, filter=wanted, batch_readahead=1, fragment_readahead=1)
-
-        return pa.RecordBatchReader.from_batches(KEY, scan())
+        return layout.stream_files(files, fs, _READ, KEY.names, wanted)
 
 
 def without_done(chunks: Iterable[pa.Table], done: DoneSet | pa.Table, out_rows: int = OUT_ROWS) -> Iterator[pa.Table]:

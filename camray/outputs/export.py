@@ -210,27 +210,38 @@ def write_yolo(
             labels[box["class_id"]] = box["label"]
     index = {class_id: position for position, class_id in enumerate(sorted(labels))}
     dest = Path(dest)
-    (dest / "labels").mkdir(parents=True, exist_ok=True)
-    seen: dict[str, str] = {}
-    with (dest / "images.txt").open("w", encoding="utf-8") as images:
-        for row in _rows(output, run_id, ["image_uri", "width", "height", "boxes"]):
-            name = _label_path(row["image_uri"], common or "")
-            if name in seen:
-                raise UsageError(
-                    f"{seen[name]} and {row['image_uri']} would share the label file {name}; export them separately"
-                )
-            seen[name] = row["image_uri"]
-            lines = []
-            for box in _kept_boxes(row, min_score, wanted):
-                cx = (box["x0"] + box["x1"]) / 2 / row["width"]
-                cy = (box["y0"] + box["y1"]) / 2 / row["height"]
-                w = (box["x1"] - box["x0"]) / row["width"]
-                h = (box["y1"] - box["y0"]) / row["height"]
-                lines.append(f"{index[box['class_id']]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n")
-            path = dest / "labels" / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("".join(lines))
-            images.write(f"{row['image_uri']}\n")
+    dest.mkdir(parents=True, exist_ok=True)
+    # The labels are written to a fresh folder that replaces `labels/` at the end: a file that already exists
+    # there is then another image's of this export (a clash), found without remembering every name written.
+    partial = Path(tempfile.mkdtemp(prefix=".labels-", dir=dest))
+    written = 0
+    try:
+        with (dest / "images.txt").open("w", encoding="utf-8") as images:
+            for row in _rows(output, run_id, ["image_uri", "width", "height", "boxes"]):
+                name = _label_path(row["image_uri"], common or "")
+                lines = []
+                for box in _kept_boxes(row, min_score, wanted):
+                    cx = (box["x0"] + box["x1"]) / 2 / row["width"]
+                    cy = (box["y0"] + box["y1"]) / 2 / row["height"]
+                    w = (box["x1"] - box["x0"]) / row["width"]
+                    h = (box["y1"] - box["y0"]) / row["height"]
+                    lines.append(f"{index[box['class_id']]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n")
+                path = partial / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    with path.open("x", encoding="utf-8") as label:
+                        label.write("".join(lines))
+                except FileExistsError:
+                    raise UsageError(
+                        f"{row['image_uri']} would share the label file {name} with an image listed before it in "
+                        f"{dest / 'images.txt'}; export them separately"
+                    ) from None
+                images.write(f"{row['image_uri']}\n")
+                written += 1
+        shutil.rmtree(dest / "labels", ignore_errors=True)
+        partial.rename(dest / "labels")
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     (dest / "classes.txt").write_text("".join(f"{labels[class_id]}\n" for class_id in sorted(labels)))
-    logger.info("%d label files, %d classes written to %s", len(seen), len(labels), dest)
+    logger.info("%d label files, %d classes written to %s", written, len(labels), dest)
     return dest

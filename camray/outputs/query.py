@@ -21,6 +21,9 @@ from camray.io.layout import TABLES
 from camray.outputs.tables import Output
 
 VIEWS = (*TABLES, "predictions", "boxes")
+# DuckDB's working memory for a query (its default is 80% of the machine's); a query's joins, aggregates and
+# sorts spill to disk beyond it, so one over a long history does not take the machine.
+QUERY_MEMORY_LIMIT = "256MB"
 
 _DERIVED = {
     "predictions": """
@@ -34,15 +37,24 @@ _DERIVED = {
 }
 
 
-def connect(output: Output | str, all_runs: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(
+    output: Output | str,
+    all_runs: bool = False,
+    memory_limit: str = QUERY_MEMORY_LIMIT,
+    spill_folder: str | None = None,
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the views of this module's docstring over `output` (an `Output`, or a
-    URI reached with the default S3 settings: the AWS chain and `AWS_ENDPOINT_URL`)."""
+    URI reached with the default S3 settings: the AWS chain and `AWS_ENDPOINT_URL`). DuckDB keeps to
+    `memory_limit` and spills beyond it to `spill_folder` (DuckDB's own `.tmp` in the working folder when None)."""
     if isinstance(output, str):
         output = Output(output)
     if not isinstance(output, Output):
         raise TypeError(f"`output` must be an Output or a URI, not {type(output).__name__}")
     output.check_exists()
-    con = duckdb.connect()
+    config = {"memory_limit": memory_limit}
+    if spill_folder is not None:
+        config["temp_directory"] = spill_folder
+    con = duckdb.connect(config=config)
     datasets: dict[str, pads.Dataset] = {name: output.dataset(name) for name in TABLES}
     if not all_runs:
         succeeded = output.succeeded_run_ids()

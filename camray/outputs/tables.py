@@ -4,9 +4,16 @@ Where the tables live and how their schemas are merged is `camray.io.layout`'s. 
 tools share on top: picking a run, and the newest row of each image.
 
 The newest row of each image is one rule for every reader (exports, report, evaluator): among the rows of
-succeeded runs, the row of the run that comes last in run order (`started_at`, then `run_id`). DuckDB computes
-it over the pyarrow dataset (`QUALIFY row_number() OVER (...) = 1`), within `DUCKDB_MEMORY_LIMIT` and spilling
-to a temporary folder beyond it, so the history's size does not decide the memory it takes.
+succeeded runs, the row of the run that comes last in run order (`started_at`, then `run_id`). It is found in
+two streamed passes over `results/`, with DuckDB keeping to `DUCKDB_MEMORY_LIMIT` and spilling to a temporary
+folder beyond it, so the history's size does not decide the memory it takes:
+1. over `image_uri` and `run_id` alone, DuckDB groups the rows by image and keeps the images written by more than
+   one succeeded run, with the newest of those runs (a spilling hash aggregate; most images have one row);
+2. over the columns asked for, each row is kept unless its image is among those and its run is not the newest;
+   in Python, batch by batch, when at most `REWRITTEN_IN_MEMORY` images were rewritten, else by a DuckDB join.
+The rows come in the order of the files that hold them (their names start with the run's id, which starts with
+its UTC start time) and, within a file, as written. A sort of the history by image would take memory or disk in
+proportion to the history; this order also keeps the earlier images first as the output grows.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from camray.errors import RunNotFound
@@ -25,7 +33,10 @@ from camray.io import layout
 from camray.io.sources import S3Settings
 
 # DuckDB's working memory for the tools' set operations; beyond it DuckDB spills to a temporary folder.
-DUCKDB_MEMORY_LIMIT = "1GB"
+DUCKDB_MEMORY_LIMIT = "64MB"
+# Images written by more than one succeeded run, up to which the newest rows are told apart in Python (about
+# 60 bytes an image); beyond it a DuckDB join, spilling, does it.
+REWRITTEN_IN_MEMORY = 250_000
 
 
 class OutputNotFound(FileNotFoundError):
@@ -33,11 +44,17 @@ class OutputNotFound(FileNotFoundError):
 
 
 @contextmanager
-def bounded_duckdb(memory_limit: str = DUCKDB_MEMORY_LIMIT) -> Iterator[duckdb.DuckDBPyConnection]:
+def bounded_duckdb(
+    memory_limit: str = DUCKDB_MEMORY_LIMIT, threads: int | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory DuckDB connection that keeps to `memory_limit` and spills to a temporary folder removed after."""
     with tempfile.TemporaryDirectory(prefix="camray-duckdb-") as spill:
-        con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": spill})
+        config: dict[str, str | int] = {"memory_limit": memory_limit, "temp_directory": spill}
+        if threads is not None:
+            config["threads"] = threads
+        con = duckdb.connect(config=config)
         try:
+            con.execute("SET enable_progress_bar = false")  # the tools print their own lines
             yield con
         finally:
             con.close()
@@ -89,19 +106,20 @@ class Output:
         columns: list[str] | None = None,
         extra_filter: pads.Expression | None = None,
     ) -> pa.Table:
-        """Rows of `table` from `run_ids` (all runs when None), the filter pushed down to the Parquet scan."""
+        """Rows of `table` from `run_ids` (all runs when None), the filter pushed down to the Parquet scan; one
+        run's rows in memory, for the tools that show a run."""
+        dataset = self.dataset(table)
         expression = None if run_ids is None else pads.field("run_id").isin(list(run_ids))
         if extra_filter is not None:
             expression = extra_filter if expression is None else expression & extra_filter
-        return self.dataset(table).to_table(columns=columns, filter=expression)
+        return layout.stream_table(dataset, dataset.schema.names if columns is None else columns, expression).read_all()
 
     def latest_results(self, run_id: str | None, columns: list[str] | None = None) -> pa.Table:
-        """Results of one run, or, without a run, the newest row of every image across succeeded runs
-        (non-incremental reruns write an image again), ordered by `image_uri`; the whole table, for small readers."""
-        wanted = self.dataset("results").schema.names if columns is None else columns
-        batches = list(self.iter_latest_results(run_id, columns))
-        schema = pa.schema([self.dataset("results").schema.field(name) for name in wanted])
-        return pa.Table.from_batches(batches, schema=schema)
+        """`iter_latest_results` as one table, for small readers."""
+        dataset = self.dataset("results")
+        wanted = dataset.schema.names if columns is None else columns
+        schema = pa.schema([dataset.schema.field(name) for name in wanted])
+        return pa.Table.from_batches(list(self.iter_latest_results(run_id, columns)), schema=schema)
 
     def iter_latest_results(
         self,
@@ -110,28 +128,74 @@ class Output:
         batch_rows: int = 1024,
         memory_limit: str = DUCKDB_MEMORY_LIMIT,
     ) -> Iterator[pa.RecordBatch]:
-        """`latest_results` as record batches of at most `batch_rows` rows, streamed from DuckDB (which sorts
-        within `memory_limit`, spilling beyond it), so a reader holds one batch, not the history."""
+        """The results of one run, or, without a run, the newest row of every image across succeeded runs (the
+        module's docstring), as record batches of at most `batch_rows` rows in the order the runs wrote them.
+        A reader holds one batch, not the history."""
         dataset = self.dataset("results")
         wanted = dataset.schema.names if columns is None else columns
         schema = pa.schema([dataset.schema.field(name) for name in wanted])
-        selected = ", ".join(f'r."{name}"' for name in wanted)
-        with bounded_duckdb(memory_limit) as con:
-            if run_id is not None:
-                con.register("run_rows", dataset.filter(pads.field("run_id") == run_id))
-                query = f"SELECT {selected} FROM run_rows r ORDER BY r.image_uri"
-            else:
-                succeeded = layout.succeeded_runs(self.uri, self.s3)
-                ordered = succeeded.append_column("run_order", pa.array(range(succeeded.num_rows), pa.int64()))
-                con.register("succeeded_rows", dataset.filter(pads.field("run_id").isin(succeeded.column("run_id"))))
-                con.register("run_order", ordered.select(["run_id", "run_order"]))
+        if run_id is not None:
+            yield from _rebatched(layout.stream_table(dataset, wanted, pads.field("run_id") == run_id), batch_rows)
+            return
+        succeeded = layout.succeeded_runs(self.uri, self.s3).column("run_id")
+        of_succeeded = pads.field("run_id").isin(succeeded)
+        read = list(dict.fromkeys([*wanted, "image_uri", "run_id"]))
+        rows = _with_run_order(layout.stream_table(dataset, read, of_succeeded), succeeded)
+        # One thread: it keeps the rows in the stream's order, the aggregate keeps to the limit (more threads each
+        # take a share of it), and the passes are bound by reading the files and by the reader's Python anyway.
+        with bounded_duckdb(memory_limit, threads=1) as con:
+            keys = layout.stream_table(dataset, ["image_uri", "run_id"], of_succeeded)
+            con.register("result_keys", _with_run_order(keys, succeeded))
+            con.execute(
+                """
+                CREATE TEMP TABLE rewritten AS
+                SELECT image_uri, min(run_order) AS newest FROM result_keys GROUP BY image_uri HAVING count(*) > 1
+                """
+            )
+            con.unregister("result_keys")
+            ((count,),) = con.execute("SELECT count(*) FROM rewritten").fetchall()
+            if count > REWRITTEN_IN_MEMORY:
+                con.register("result_rows", rows)
+                selected = ", ".join(f'r."{name}"' for name in wanted)
                 query = f"""
-                    SELECT {selected}
-                    FROM succeeded_rows r JOIN run_order o USING (run_id)
-                    QUALIFY row_number() OVER (PARTITION BY r.image_uri ORDER BY o.run_order) = 1
-                    ORDER BY r.image_uri
+                    SELECT {selected} FROM result_rows r LEFT JOIN rewritten w ON w.image_uri = r.image_uri
+                    WHERE w.image_uri IS NULL OR w.newest = r.run_order
                     """
-            reader = con.sql(query).to_arrow_reader(batch_rows)
-            for batch in reader:
-                # DuckDB's Arrow types may differ in details (list field names, string kinds): back to the table's own.
-                yield batch.cast(schema)
+                for batch in con.sql(query).to_arrow_reader(batch_rows):
+                    # DuckDB's Arrow types may differ in details (list field names, string kinds): the table's own.
+                    yield batch.cast(schema)
+                return
+            rewritten = con.sql("SELECT image_uri, newest FROM rewritten").to_arrow_table()
+        # Few images rewritten (the usual history): the rows are filtered here, and DuckDB's memory is given back.
+        uris, newest = (rewritten.column(name).combine_chunks() for name in ("image_uri", "newest"))
+        for batch in rows:
+            if len(uris):
+                position = pc.index_in(batch.column("image_uri"), value_set=uris)
+                is_newest = pc.equal(pc.take(newest, position), batch.column("run_order"))
+                batch = batch.filter(pc.or_kleene(pc.is_null(position), is_newest))
+            yield from _rebatched_batch(batch.select(wanted).cast(schema), batch_rows)
+
+
+def _with_run_order(reader: pa.RecordBatchReader, newest_first: pa.Array) -> pa.RecordBatchReader:
+    """The stream with `run_order`: the position of each row's `run_id` in `newest_first` (0 is the newest run).
+    Added to the stream, not joined in DuckDB, which cannot size an Arrow stream and would build its hash table
+    from the history rather than from the few runs."""
+    schema = reader.schema.append(pa.field("run_order", pa.int32()))
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in reader:
+            order = pc.index_in(batch.column("run_id"), value_set=newest_first)
+            yield pa.RecordBatch.from_arrays([*batch.columns, order], schema=schema)
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def _rebatched(reader: pa.RecordBatchReader, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The reader's rows in batches of at most `batch_rows`."""
+    for batch in reader:
+        yield from _rebatched_batch(batch, batch_rows)
+
+
+def _rebatched_batch(batch: pa.RecordBatch, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    for start in range(0, batch.num_rows, batch_rows):
+        yield batch.slice(start, batch_rows)

@@ -138,3 +138,19 @@ def test_settings_are_the_configs_fields_and_defaults():
         assert dataclasses.asdict(resolved.cam) == config.cam.model_dump(), name
         assert dataclasses.asdict(resolved.boxes) == config.boxes.model_dump(), name
         assert dataclasses.asdict(resolved.tiling) == config.tiling.model_dump(), name
+
+
+def test_the_stage_probe_times_every_step_on_the_cpu(assets, tmp_path):
+    from camray.bench.device_stages import main as stages_main
+
+    assert stages_main(["--smoke", "--assets", str(assets), "--output", str(tmp_path / "stages.json")]) == 0
+    report = json.loads((tmp_path / "stages.json").read_text())
+    assert report["gpu"] is None and set(report["models"]) == {"efficientnet_lite0", "resnet50"}
+    for figures in report["models"].values():
+        numbers = figures["us_per_image"]
+        steps = ["prepare", "forward_cams", "resample_normalize", "refine", "keep_thresholds", "components", "to_host"]
+        assert list(numbers["steps"]) == steps and all(value > 0 for value in numbers["steps"].values())
+        alone = {"forward", "predictor", "label", "statistics", "maps_to_pageable", "maps_to_pinned"}
+        alone |= {"nvjpeg", "decode"}
+        assert alone <= numbers.keys() and all(numbers[key] > 0 for key in alone)
+        assert figures["grid"] == 16  # a 64-pixel input's 2x2 feature map, upsampled 8x by the balanced preset

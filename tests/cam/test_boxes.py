@@ -29,6 +29,8 @@ def test_labels_partition_like_scipy(seed):
         reference, _ = ndimage.label(mask, structure=EIGHT)
         assert _partition(ours) == _partition(reference)
         assert ((ours > 0) == mask).all()
+        for component in _partition(ours):  # its label: the largest flat index of its pixels, plus one
+            assert {ours.ravel()[index] for index in component} == {max(component) + 1}
 
 
 def test_snake_shaped_component_converges():
@@ -37,6 +39,7 @@ def test_snake_shaped_component_converges():
     for row in range(1, 21, 2):
         mask[0, row, 20 if row % 4 == 1 else 0] = True
     assert label_components(mask)[mask].unique().numel() == 1
+    assert label_components(mask, check_every=3)[mask].unique().tolist() == [int(mask.flatten().nonzero().max()) + 1]
 
 
 def _slow_components(maps: np.ndarray, threshold: float, min_area: float, max_per_map: int):

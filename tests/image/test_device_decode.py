@@ -110,3 +110,24 @@ def test_device_canvases_follow_the_models_interpolation(chelsea):
     bilinear = decode_image(data, 224, "squash").pixels.astype(np.int16)
     assert np.abs(ours - bicubic).mean() < 4.0
     assert np.abs(ours - bicubic).mean() < np.abs(ours - bilinear).mean()
+
+
+def test_images_of_one_size_are_resized_together_bit_for_bit_as_one_by_one(chelsea, photos, monkeypatch):
+    from camray.image import device_decode
+
+    rotated = Image.Exif()
+    rotated[0x0112] = 6
+    inputs = [
+        _encode(chelsea, "JPEG", quality=95),
+        photos["grace_hopper.jpg"],
+        _encode(chelsea, "JPEG", quality=90),
+        _encode(chelsea, "JPEG", quality=95, exif=rotated.tobytes()),
+        _encode(chelsea, "JPEG", quality=80),
+    ]
+    orientations = [probe_image(data).orientation for data in inputs]
+    together = decode_to_canvases(inputs, orientations, [True] * 5, 224, "letterbox", CPU)
+    monkeypatch.setattr(device_decode, "RESIZE_PIXELS_PER_CALL", 1)  # one image a call
+    alone = decode_to_canvases(inputs, orientations, [True] * 5, 224, "letterbox", CPU)
+    assert together.decoded == alone.decoded == [0, 1, 2, 3, 4]
+    assert torch.equal(together.pixels, alone.pixels) and torch.equal(together.valid_wh, alone.valid_wh)
+    assert together.valid_wh[3].tolist() == together.valid_wh[0].tolist()[::-1]  # the rotated one: its own call

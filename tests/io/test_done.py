@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from camray.io import done as done_module
+from camray.io import layout
 from camray.io.done import DoneSet, without_done
 from camray.io.listing import LISTING
 from camray.io.schema import RESULTS
@@ -86,7 +87,7 @@ def test_the_listing_without_what_succeeded_runs_did_in_order_as_a_set_says(tmp_
     history = _history(rng, 3000)
     _write_history(tmp_path / "results", history, files=5)
     listing = _listing(rng, 2000)
-    monkeypatch.setattr(done_module, "FILES_PER_SCAN", 2)  # several small datasets, as over a long history
+    monkeypatch.setattr(layout, "FILES_PER_SCAN", 2)  # several small datasets, as over a long history
     done = DoneSet(str(tmp_path / "results"), SUCCEEDED, MODEL, FINGERPRINT, S3Settings())
 
     out = list(without_done(_chunks_of(listing, 300), done, out_rows=250))

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from camray.bench.history import fabricate_history
-from camray.outputs.export import coco, write_coco
+from camray.errors import UsageError
+from camray.outputs.export import coco, write_coco, write_yolo
 from camray.outputs.tables import Output
 
 ROWS = 5000
@@ -21,11 +22,16 @@ def history(tmp_path_factory):
     return Output(str(root))
 
 
-def test_streamed_batches_are_bounded_ordered_and_match_the_whole_table(history):
+def _written_order(history: Output) -> list[str]:
+    """The fabricated URIs in the order the runs wrote them: file by file, each file's rows as written."""
+    return history.dataset("results").to_table(columns=["image_uri"]).column("image_uri").to_pylist()
+
+
+def test_streamed_batches_are_bounded_in_written_order_and_match_the_whole_table(history):
     batches = list(history.iter_latest_results(None, ["image_uri", "width"], batch_rows=256))
     assert len(batches) > 1 and all(batch.num_rows <= 256 for batch in batches)
     streamed = [uri for batch in batches for uri in batch.column("image_uri").to_pylist()]
-    assert streamed == sorted(streamed) and len(set(streamed)) == len(streamed)
+    assert streamed == _written_order(history) and len(set(streamed)) == ROWS
     whole = history.latest_results(None, ["image_uri", "width"])
     assert streamed == whole.column("image_uri").to_pylist()
     table_schema = history.dataset("results").schema
@@ -34,13 +40,30 @@ def test_streamed_batches_are_bounded_ordered_and_match_the_whole_table(history)
     ]
 
 
-def test_written_coco_is_valid_json_with_every_image_in_uri_order(history, tmp_path):
+def test_written_coco_is_valid_json_with_every_image_in_written_order(history, tmp_path):
     dest = write_coco(history, tmp_path / "coco.json")
     written = json.loads(dest.read_text())
     assert list(written) == ["info", "images", "categories", "annotations"]
     assert [image["id"] for image in written["images"]] == list(range(1, ROWS + 1))
     uris = [image["file_name"] for image in written["images"]]
-    assert uris == sorted(uris) and len(set(uris)) == ROWS
+    assert uris == _written_order(history) and len(set(uris)) == ROWS
     assert written == coco(history)
     # the same bytes as one json.dumps of the whole document, which the export wrote before it streamed
     assert dest.read_text() == json.dumps(written)
+
+
+def test_yolo_labels_that_would_clash_fail_and_each_export_replaces_the_labels_before_it(tmp_path):
+    clashing = tmp_path / "clashing"
+    fabricate_history(clashing, 50, [("s3://bench-history/photos/0/7.png", "v1")], "m", "f", rows_per_file=20, runs=2)
+    dest = tmp_path / "yolo"
+    with pytest.raises(UsageError, match=r"photos/0/7.png would share the label file 7.txt with an image listed"):
+        write_yolo(Output(str(clashing)), dest)
+    assert sorted(path.name for path in dest.iterdir()) == ["images.txt"]  # no labels/, no partial folder left
+    clean = tmp_path / "clean"
+    fabricate_history(clean, 50, [], "m", "f", rows_per_file=20, runs=2)
+    (dest / "labels").mkdir()
+    (dest / "labels" / "from-an-earlier-export.txt").write_text("0 0.5 0.5 1 1\n")
+    write_yolo(Output(str(clean)), dest)
+    labels = sorted(path.name for path in (dest / "labels").iterdir())
+    assert labels == sorted(f"{number}.txt" for number in range(50))
+    assert len((dest / "images.txt").read_text().splitlines()) == 50

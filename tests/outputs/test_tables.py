@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from camray.io.schema import RESULTS, RUNS
+from camray.outputs import tables
 from camray.outputs.tables import Output, OutputNotFound, bounded_duckdb
 
 # The runs columns of schema version 1, before the operator's columns were added.
@@ -64,11 +65,19 @@ def test_runs_of_every_version_newest_first(output):
 
 def test_latest_results_takes_each_image_from_its_newest_succeeded_run(output):
     latest = output.latest_results(None, ["image_uri", "predictions"]).to_pylist()
+    # In the order written: img/1.png's row of run a, which run b replaced, came first.
     assert [(row["image_uri"], row["predictions"][0]["label"]) for row in latest] == [
-        ("img/1.png", "new"),
         ("img/2.png", "only-a"),
+        ("img/1.png", "new"),
     ]
     assert output.latest_results("c").column("run_id").to_pylist() == ["c"]
+
+
+def test_many_rewritten_images_are_told_apart_by_duckdb_with_the_same_rows(output, monkeypatch):
+    in_python = output.latest_results(None)
+    monkeypatch.setattr(tables, "REWRITTEN_IN_MEMORY", 0)
+    by_duckdb = output.latest_results(None)
+    assert by_duckdb.equals(in_python) and by_duckdb.num_rows == 2
 
 
 def test_missing_output_is_named(tmp_path):
