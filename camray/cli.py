@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import logging
 import shutil
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
@@ -139,6 +140,9 @@ def main(argv: list[str] | None = None, prog: str = "cam_batch.py") -> int:
 # `camray`: one console script, verbs as subcommands. `camray run` is `python jobs/cam_batch.py`; the others read
 # an output (local or s3://) through the same S3 settings as the job.
 
+# Rows a streamed `camray query` result is fetched in.
+QUERY_BATCH_ROWS = 4096
+
 EXIT_CODES = """exit status: 0 done; 1 the run failed or is incomplete, or the output is missing or unreadable;
 2 bad usage, config, run id or SQL; 3 the output is leased by another run (camray run)."""
 
@@ -263,21 +267,35 @@ def _print_table(table: Any, fmt: str, dest: str | None = None, more_rows: bool 
     elif fmt == "csv":
         import duckdb
 
-        with tempfile.TemporaryDirectory() as folder:
-            path = dest or f"{folder}/table.csv"
-            duckdb.connect().from_arrow(table).write_csv(path)
-            if dest is None:
-                with open(path, "rb") as handle:
-                    sys.stdout.flush()
-                    shutil.copyfileobj(handle, sys.stdout.buffer)
-                    sys.stdout.buffer.flush()
+        _write_csv(duckdb.connect().from_arrow(table), dest)
     else:
-        text = json.dumps(table.to_pylist(), default=_json_value, indent=1)
-        if dest:
-            with open(dest, "w") as handle:
-                handle.write(text + "\n")
-        else:
-            print(text)
+        _write_json(table.to_batches(), dest)
+
+
+def _write_csv(relation: Any, dest: str | None) -> None:
+    """A DuckDB relation as CSV to `dest` or stdout; DuckDB writes it as the query runs, never whole in memory."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = dest or f"{folder}/table.csv"
+        relation.write_csv(path)
+        if dest is None:
+            with open(path, "rb") as handle:
+                sys.stdout.flush()
+                shutil.copyfileobj(handle, sys.stdout.buffer)
+                sys.stdout.buffer.flush()
+
+
+def _write_json(batches: Iterable[Any], dest: str | None) -> None:
+    """Record batches as one JSON array of objects (indented by one space), written batch by batch: the same text
+    as `json.dumps(rows, indent=1)` of all the rows, without holding them."""
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(dest, "w")) if dest else sys.stdout
+        written = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                text = json.dumps(row, default=_json_value, indent=1).replace("\n", "\n ")
+                out.write(("[\n " if not written else ",\n ") + text)
+                written += 1
+        out.write("\n]\n" if written else "[]\n")
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -331,8 +349,10 @@ def _cmd_query(args: argparse.Namespace) -> int:
             _print_table(table.slice(0, args.max_rows), "table", more_rows=table.num_rows > args.max_rows)
         elif args.format == "parquet":
             relation.write_parquet(args.dest)
-        else:
-            _print_table(relation.to_arrow_table(), args.format, args.dest)
+        elif args.format == "csv":
+            _write_csv(relation, args.dest)
+        else:  # streamed: a query's result may be far larger than memory
+            _write_json(relation.to_arrow_reader(QUERY_BATCH_ROWS), args.dest)
         con.close()
     return 0
 

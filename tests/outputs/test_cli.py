@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tomllib
@@ -140,3 +141,15 @@ def test_tools_exit_2_only_for_what_the_user_asked_wrongly(tmp_path, capsys):
     (out / "results" / "earlier-run-a01-00000.parquet").write_bytes(NOT_PARQUET)
     status, err = query("SELECT count(*) FROM results")
     assert status == 1 and err.startswith("camray query: error:") and "magic bytes" in err
+
+
+def test_query_json_is_written_row_by_row_as_the_same_text_as_one_dump(tmp_path):
+    import pyarrow as pa
+
+    from camray.cli import _json_value, _write_json
+
+    table = pa.table({"a": [1, 2, 3], "nested": [{"x": [1, 2]}, None, {"x": []}], "text": ["q\nr", "s", ""]})
+    _write_json(table.to_batches(max_chunksize=2), str(tmp_path / "rows.json"))
+    assert (tmp_path / "rows.json").read_text() == json.dumps(table.to_pylist(), default=_json_value, indent=1) + "\n"
+    _write_json(table.slice(0, 0).to_batches(), str(tmp_path / "none.json"))
+    assert json.loads((tmp_path / "none.json").read_text()) == []
