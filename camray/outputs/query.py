@@ -7,16 +7,23 @@
 - `boxes`: one row per box (`image_uri`, `run_id`, `width`, `height`, `rank`, `class_id`, `label`,
   `score`, `x0`, `y0`, `x1`, `y1`: pixel-edge coordinates in original pixels).
 
-Each table is a pyarrow dataset registered in DuckDB (S3 is reached by pyarrow, as in the job; DuckDB's
-`httpfs` extension, downloaded at run time, is not needed). DuckDB pushes column selections and filters
-down into the dataset's Parquet scan; the restriction to succeeded runs is a filter on the dataset itself.
+`results` and `errors` are read by DuckDB's own Parquet reader, file by file, so a query's memory does not
+grow with the number of files (a pyarrow dataset keeps the footer of every file it has read, about 75 KB a
+results file: docs/incremental.md). S3 is reached through pyarrow's S3 filesystem, the job's, handed to DuckDB
+as an fsspec filesystem: DuckDB's `httpfs` extension, downloaded at run time, is not needed. Files written by
+different camray versions have different columns; the files are grouped by their schema (DuckDB reads each
+footer once and lets it go), each group read as one, and the groups joined by column name over the current
+schema, so a column a file lacks reads as null. `runs`, one small file an attempt, stays a pyarrow dataset
+read with every version's columns (`camray.io.layout`).
 """
 
 from __future__ import annotations
 
 import duckdb
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 
+from camray.io import layout
 from camray.io.layout import TABLES
 from camray.outputs.tables import Output
 
@@ -55,15 +62,55 @@ def connect(
     if spill_folder is not None:
         config["temp_directory"] = spill_folder
     con = duckdb.connect(config=config)
-    datasets: dict[str, pads.Dataset] = {name: output.dataset(name) for name in TABLES}
-    if not all_runs:
-        succeeded = output.succeeded_run_ids()
-        datasets = {name: dataset.filter(pads.field("run_id").isin(succeeded)) for name, dataset in datasets.items()}
-    for name, dataset in datasets.items():
-        # Registered under a private name, then exposed as a view: a view can be selected from and joined like
-        # a table, and the derived views below refer to the restricted rows.
-        con.register(f"_{name}", dataset)
+    succeeded = None if all_runs else output.succeeded_run_ids()
+    runs = output.dataset("runs")
+    con.register("_runs", runs if succeeded is None else runs.filter(pads.field("run_id").isin(succeeded)))
+    for name in ("results", "errors"):
+        source = _parquet_source(con, output.dataset(name), name)
+        where = "" if succeeded is None else " WHERE run_id IN (SELECT run_id FROM _runs)"
+        con.execute(f"CREATE VIEW _{name} AS SELECT * FROM ({source}){where}")
+    for name in TABLES:
+        # Views over the private names: a view can be selected from and joined like a table, and the derived
+        # views below refer to the restricted rows.
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}")
     for name, sql in _DERIVED.items():
         con.execute(f"CREATE VIEW {name} AS {sql}")
     return con
+
+
+def _s3_files(filesystem: pafs.S3FileSystem):
+    """pyarrow's S3 filesystem as an fsspec one that DuckDB reads `s3://` paths through."""
+    from fsspec.implementations.arrow import ArrowFSWrapper
+
+    class S3Files(ArrowFSWrapper):
+        protocol = "s3"
+
+    return S3Files(filesystem)
+
+
+def _parquet_source(con: duckdb.DuckDBPyConnection, dataset: pads.Dataset, table: str) -> str:
+    """SQL of every row of `table`'s files, read by DuckDB's Parquet reader, the current schema's columns first
+    and in order (the module's docstring). Registers on `con` what it refers to."""
+    con.register(f"_{table}_schema", TABLES[table].empty_table())
+    files = layout.table_files(dataset)
+    if not files:
+        return f"SELECT * FROM _{table}_schema"
+    if isinstance(dataset.filesystem, pafs.S3FileSystem):
+        if "s3" not in con.list_filesystems():
+            con.register_filesystem(_s3_files(dataset.filesystem))
+        files = [f"s3://{path}" for path in files]
+    con.execute(f"SET VARIABLE _{table}_files = ?", [files])
+    groups = con.execute(
+        f"""
+        SELECT list(file_name ORDER BY file_name) FROM (
+            SELECT file_name, string_agg(name || ' ' || coalesce(type, '') || ' ' || coalesce(num_children, 0),
+                                         ',' ORDER BY name, type, num_children) AS signature
+            FROM parquet_schema(getvariable('_{table}_files')) GROUP BY file_name
+        ) GROUP BY signature ORDER BY min(file_name)
+        """
+    ).fetchall()
+    parts = [f"SELECT * FROM _{table}_schema"]
+    for index, (group,) in enumerate(groups):
+        con.execute(f"SET VARIABLE _{table}_files_{index} = ?", [group])
+        parts.append(f"SELECT * FROM read_parquet(getvariable('_{table}_files_{index}'))")
+    return " UNION ALL BY NAME ".join(parts)

@@ -115,3 +115,28 @@ def test_the_newest_row_query_keeps_to_its_memory_limit_and_spills_to_a_removed_
             )"""
         assert con.execute(newest).fetchone() == (500_000, sum(range(1_500_000, 2_000_000)))
     assert not Path(spill).exists()
+
+
+def test_query_reads_results_files_of_every_schema_alike_and_only_succeeded_runs(output, tmp_path):
+    from camray.outputs.query import connect
+
+    # A results file as an older camray wrote it: no `content_sha256` column, and its columns in another order.
+    older = [name for name in reversed(RESULTS.names) if name != "content_sha256"]
+    rows = [_result("img/old.png", "a", "older-camray")]
+    rows[0]["content_sha256"] = "never written"
+    table = pa.Table.from_pylist(rows, schema=RESULTS).select(older)
+    pq.write_table(table, tmp_path / "results" / "older.parquet")
+    con = connect(output)
+    assert [column[0] for column in con.execute("DESCRIBE results").fetchall()] == RESULTS.names
+    found = con.execute("SELECT image_uri, run_id, content_sha256 FROM results ORDER BY image_uri, run_id").fetchall()
+    # the newer files' rows have a null digest too (the fixture leaves it null); the older file has no such column
+    assert found == [
+        ("img/1.png", "a", None),
+        ("img/1.png", "b", None),
+        ("img/2.png", "a", None),
+        ("img/old.png", "a", None),
+    ]
+    labels = con.execute("SELECT label FROM predictions WHERE image_uri = 'img/old.png'").fetchall()
+    assert labels == [("older-camray",)]
+    every = connect(output, all_runs=True).execute("SELECT count(*) FROM results WHERE run_id = 'c'").fetchall()
+    assert every == [(1,)]
