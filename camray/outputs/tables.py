@@ -19,7 +19,7 @@ proportion to the history; this order also keeps the earlier images first as the
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -112,14 +112,13 @@ class Output:
         expression = None if run_ids is None else pads.field("run_id").isin(list(run_ids))
         if extra_filter is not None:
             expression = extra_filter if expression is None else expression & extra_filter
-        return layout.stream_table(dataset, dataset.schema.names if columns is None else columns, expression).read_all()
+        return layout.stream_table(dataset, _selected_schema(dataset, columns).names, expression).read_all()
 
     def latest_results(self, run_id: str | None, columns: list[str] | None = None) -> pa.Table:
         """`iter_latest_results` as one table, for small readers."""
         dataset = self.dataset("results")
-        wanted = dataset.schema.names if columns is None else columns
-        schema = pa.schema([dataset.schema.field(name) for name in wanted])
-        return pa.Table.from_batches(list(self.iter_latest_results(run_id, columns)), schema=schema)
+        batches = list(self._latest_batches(dataset, run_id, columns))
+        return pa.Table.from_batches(batches, schema=_selected_schema(dataset, columns))
 
     def iter_latest_results(
         self,
@@ -131,9 +130,18 @@ class Output:
         """The results of one run, or, without a run, the newest row of every image across succeeded runs (the
         module's docstring), as record batches of at most `batch_rows` rows in the order the runs wrote them.
         A reader holds one batch, not the history."""
-        dataset = self.dataset("results")
-        wanted = dataset.schema.names if columns is None else columns
-        schema = pa.schema([dataset.schema.field(name) for name in wanted])
+        yield from self._latest_batches(self.dataset("results"), run_id, columns, batch_rows, memory_limit)
+
+    def _latest_batches(
+        self,
+        dataset: pads.Dataset,
+        run_id: str | None,
+        columns: list[str] | None,
+        batch_rows: int = 1024,
+        memory_limit: str = DUCKDB_MEMORY_LIMIT,
+    ) -> Iterator[pa.RecordBatch]:
+        schema = _selected_schema(dataset, columns)
+        wanted = schema.names
         if run_id is not None:
             yield from _rebatched(layout.stream_table(dataset, wanted, pads.field("run_id") == run_id), batch_rows)
             return
@@ -168,12 +176,16 @@ class Output:
             rewritten = con.sql("SELECT image_uri, newest FROM rewritten").to_arrow_table()
         # Few images rewritten (the usual history): the rows are filtered here, and DuckDB's memory is given back.
         uris, newest = (rewritten.column(name).combine_chunks() for name in ("image_uri", "newest"))
-        for batch in rows:
-            if len(uris):
-                position = pc.index_in(batch.column("image_uri"), value_set=uris)
-                is_newest = pc.equal(pc.take(newest, position), batch.column("run_order"))
-                batch = batch.filter(pc.or_kleene(pc.is_null(position), is_newest))
-            yield from _rebatched_batch(batch.select(wanted).cast(schema), batch_rows)
+
+        def newest_rows() -> Iterator[pa.RecordBatch]:
+            for batch in rows:
+                if len(uris):
+                    position = pc.index_in(batch.column("image_uri"), value_set=uris)
+                    is_newest = pc.equal(pc.take(newest, position), batch.column("run_order"))
+                    batch = batch.filter(pc.or_kleene(pc.is_null(position), is_newest))
+                yield batch.select(wanted).cast(schema)
+
+        yield from _rebatched(newest_rows(), batch_rows)
 
 
 def _with_run_order(reader: pa.RecordBatchReader, newest_first: pa.Array) -> pa.RecordBatchReader:
@@ -190,12 +202,13 @@ def _with_run_order(reader: pa.RecordBatchReader, newest_first: pa.Array) -> pa.
     return pa.RecordBatchReader.from_batches(schema, batches())
 
 
-def _rebatched(reader: pa.RecordBatchReader, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """The reader's rows in batches of at most `batch_rows`."""
-    for batch in reader:
-        yield from _rebatched_batch(batch, batch_rows)
+def _selected_schema(dataset: pads.Dataset, columns: list[str] | None) -> pa.Schema:
+    """The dataset's schema, or its fields named by `columns`, in that order."""
+    return dataset.schema if columns is None else pa.schema([dataset.schema.field(name) for name in columns])
 
 
-def _rebatched_batch(batch: pa.RecordBatch, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    for start in range(0, batch.num_rows, batch_rows):
-        yield batch.slice(start, batch_rows)
+def _rebatched(batches: Iterable[pa.RecordBatch], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The batches' rows in batches of at most `batch_rows`."""
+    for batch in batches:
+        for start in range(0, batch.num_rows, batch_rows):
+            yield batch.slice(start, batch_rows)
