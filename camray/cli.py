@@ -265,9 +265,11 @@ def _print_table(table: Any, fmt: str, dest: str | None = None, more_rows: bool 
     if fmt == "table":
         print(format_table(table, more_rows))
     elif fmt == "csv":
-        import duckdb
+        from camray.io.bounded_duckdb import bounded_duckdb
+        from camray.outputs.tables import DUCKDB_MEMORY_LIMIT
 
-        _write_csv(duckdb.connect().from_arrow(table), dest)
+        with bounded_duckdb(DUCKDB_MEMORY_LIMIT) as con:
+            _write_csv(con.from_arrow(table), dest)
     else:
         _write_json(table.to_batches(), dest)
 

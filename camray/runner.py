@@ -88,9 +88,7 @@ def _done_versions(config: JobConfig, s3: S3Settings, completed: list[str]) -> D
     """Where the done work is (results of completed runs with this model and these settings); nothing is read."""
     if not config.sink.incremental or not completed:
         return None
-    return DoneSet(
-        layout.table_uri(config.sink.uri, "results"), tuple(completed), config.model.name, config.fingerprint(), s3
-    )
+    return DoneSet(config.sink.uri, tuple(completed), config.model.name, config.fingerprint(), s3)
 
 
 def skip_done(chunk: pa.Table, done: DoneSet | pa.Table | None, prior: PriorWork | None) -> pa.Table:

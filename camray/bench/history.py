@@ -146,7 +146,7 @@ config = load_config(overrides={"source.uri": images, "sink.uri": output})
 clock = time.perf_counter()
 runs = pads.dataset(output + "/runs").to_table(columns=["run_id", "status"]).to_pylist()
 succeeded = tuple(run["run_id"] for run in runs if run["status"] == "succeeded")
-done = DoneSet(output + "/results", succeeded, config.model.name, config.fingerprint(), S3Settings())
+done = DoneSet(output, succeeded, config.model.name, config.fingerprint(), S3Settings())
 kept = sum(chunk.num_rows for chunk in without_done(iter_listing(images, [], True, S3Settings()), done))
 print(f"kept {kept} in {time.perf_counter() - clock:.2f} s")
 """

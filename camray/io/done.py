@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,9 +27,9 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 
 from camray.io import layout
+from camray.io.bounded_duckdb import bounded_duckdb
 from camray.io.sources import S3Settings, filesystem_for
 
 if TYPE_CHECKING:
@@ -59,33 +58,23 @@ _READ = pa.schema(
 
 @dataclass(frozen=True)
 class DoneSet:
-    """Where the done work is: the rows of `results_uri` written by `run_ids` (the succeeded runs) with
-    `model` and `fingerprint`. Nothing is read until `batches` is."""
+    """Where the done work is: the rows of the `results/` table of `output_uri` written by `run_ids` (the
+    succeeded runs) with `model` and `fingerprint`. Nothing is read until `batches` is."""
 
-    results_uri: str
+    output_uri: str
     run_ids: tuple[str, ...]
     model: str
     fingerprint: str
     s3: S3Settings
 
     def files(self) -> list[str]:
-        """The Parquet files of `results/`, any folder depth; hidden and underscore names left out."""
-        fs, base = filesystem_for(self.results_uri, self.s3)
-        if not self.run_ids or fs.get_file_info(base).type != pafs.FileType.Directory:
-            return []
-        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-        return sorted(
-            info.path
-            for info in fs.get_file_info(selector)
-            if info.type == pafs.FileType.File
-            and info.path.endswith(".parquet")
-            and not any(part.startswith(("_", ".")) for part in info.path[len(base) :].split("/"))
-        )
+        """The files of `results/` (`camray.io.layout.table_files`); none without a succeeded run."""
+        return layout.table_files(self.output_uri, "results", self.s3)[1] if self.run_ids else []
 
     def batches(self, files: list[str]) -> pa.RecordBatchReader:
         """(image_uri, source_version) of every done row of `files` (from `files()`), as one stream read a few
         files at a time."""
-        fs, _ = filesystem_for(self.results_uri, self.s3)
+        fs, _ = filesystem_for(self.output_uri, self.s3)
         wanted = (
             pads.field("run_id").isin(list(self.run_ids))
             & (pads.field("model") == self.model)
@@ -101,8 +90,6 @@ def without_done(chunks: Iterable[pa.Table], done: DoneSet | pa.Table, out_rows:
 
     `done` is a `DoneSet`, or a table of `image_uri`, `source_version` already in memory. Entries without a
     version (a manifest's) are always kept: without one, "the same file" cannot be told."""
-    import duckdb
-
     if isinstance(done, DoneSet):
         files = done.files()
         if not files:
@@ -112,21 +99,12 @@ def without_done(chunks: Iterable[pa.Table], done: DoneSet | pa.Table, out_rows:
         history = done.batches(files)
     else:
         history = done.select(KEY.names).cast(KEY)
-    with tempfile.TemporaryDirectory(prefix="camray-done-") as folder:
-        connection = duckdb.connect(
-            os.path.join(folder, "done.duckdb"),
-            config={
-                "memory_limit": MEMORY_LIMIT,
-                "temp_directory": os.path.join(folder, "spill"),
-                "threads": min(MAX_THREADS, os.cpu_count() or 1),
-                "preserve_insertion_order": False,
-            },
-        )
-        try:
-            connection.execute("SET enable_progress_bar = false")  # the run's terminal shows its own
-            yield from _anti_join(connection, chunks, history, out_rows)
-        finally:
-            connection.close()
+    # On disk: the night's listing is a table that may outgrow the limit too. Its order is restored by `seq`,
+    # so DuckDB need not keep it.
+    settings = {"preserve_insertion_order": False}
+    threads = min(MAX_THREADS, os.cpu_count() or 1)
+    with bounded_duckdb(MEMORY_LIMIT, threads=threads, on_disk=True, settings=settings) as connection:
+        yield from _anti_join(connection, chunks, history, out_rows)
 
 
 def _anti_join(

@@ -13,10 +13,11 @@ Readers of `*/**.parquet` skip the underscore entries, as Spark, Hive and Athena
 its attempts; `-aNN` names what belongs to attempt NN. Runs rows are named `<run_id>.parquet` for a first attempt
 and `<run_id>-aNN.parquet` after it, so an attempt never overwrites the row of an earlier one.
 
-Every reader of the tables, the runner's check of what is done included, goes through `table_dataset`: each
-`runs/` file is inspected and the schemas unified with the current `RUNS` (columns a file lacks read as null,
-columns this version does not know are kept); `results/` and `errors/` are large and read with the current schema
-unified with one file's, enough because their columns only ever grow.
+A table's files are found in one place, `table_files`: its Parquet files at any depth, hidden and underscore
+entries left out. Every reader of the tables (the runner's check of what is done, resume, the users' tools) reads
+those, most through `table_dataset`: each `runs/` file is inspected and the schemas unified with the current `RUNS`
+(columns a file lacks read as null, columns this version does not know are kept); `results/` and `errors/` are
+large and read with the current schema unified with one file's, enough because their columns only ever grow.
 
 A reader that passes over a whole table streams it with `stream_files`, a few files at a time: one pyarrow dataset
 keeps the Parquet footer of every file it has read until it is dropped (about 0.1 MB a results file), so one
@@ -104,20 +105,35 @@ def staged_file_name(run_id: str, attempt: int, task_index: int) -> str:
     return f"{attempt_name(run_id, attempt)}-{task_index:05d}.parquet"
 
 
+def parquet_files(filesystem: pafs.FileSystem, folder: str, recursive: bool = True) -> list[str]:
+    """The Parquet files under `folder` (none when it is absent), in path order, leaving out every hidden or
+    underscore entry at any depth below it: temporary files, a staging or listing folder, Spark's `_SUCCESS`."""
+    selector = pafs.FileSelector(folder, recursive=recursive, allow_not_found=True)
+    return sorted(
+        info.path
+        for info in filesystem.get_file_info(selector)
+        if info.type == pafs.FileType.File
+        and info.path.endswith(".parquet")
+        and not any(part.startswith(("_", ".")) for part in info.path[len(folder) :].split("/"))
+    )
+
+
+def table_files(output_uri: str, table: str, s3: S3Settings) -> tuple[pafs.FileSystem, list[str]]:
+    """The files that make up `table`, and the filesystem that holds them: the one place where every reader (the
+    skip-done join, resume, `camray query`, the tools) learns which files a table has."""
+    fs, path = filesystem_for(table_uri(output_uri, table), s3)
+    return fs, parquet_files(fs, path)
+
+
 def table_dataset(output_uri: str, table: str, s3: S3Settings, current_columns_only: bool = False) -> pads.Dataset:
-    """The whole table as a pyarrow dataset (empty, with the current schema, when the folder is absent).
+    """The whole table (`table_files`) as a pyarrow dataset (empty, with the current schema, when it has no file).
 
     `current_columns_only` reads with the current schema as it is, without inspecting any file: enough for a
     reader of columns every version has, and one request per file fewer on `runs/`."""
-    fs, path = filesystem_for(table_uri(output_uri, table), s3)
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
+    fs, files = table_files(output_uri, table, s3)
+    if not files:
         return pads.dataset(TABLES[table].empty_table())
-    factory = pads.FileSystemDatasetFactory(
-        fs,
-        pafs.FileSelector(path, recursive=True),
-        pads.ParquetFileFormat(),
-        pads.FileSystemFactoryOptions(selector_ignore_prefixes=[".", "_"]),
-    )
+    factory = pads.FileSystemDatasetFactory(fs, files, pads.ParquetFileFormat())
     if current_columns_only:
         return factory.finish(TABLES[table])
     inspected = factory.inspect(fragments=None if table == "runs" else 1, promote_options="permissive")
@@ -125,8 +141,8 @@ def table_dataset(output_uri: str, table: str, s3: S3Settings, current_columns_o
     return factory.finish(schema)
 
 
-def table_files(dataset: pads.Dataset) -> list[str]:
-    """The Parquet files behind a `table_dataset`, in path order (none for the empty stand-in of a missing table)."""
+def dataset_files(dataset: pads.Dataset) -> list[str]:
+    """The files a `table_dataset` reads, in path order (none for the empty stand-in of a table without files)."""
     return sorted(dataset.files) if isinstance(dataset, pads.FileSystemDataset) else []
 
 
@@ -161,7 +177,7 @@ def stream_table(
     """`stream_files` over a `table_dataset`'s files, with its schema."""
     if not isinstance(dataset, pads.FileSystemDataset):
         return dataset.scanner(columns=columns, filter=row_filter).to_reader()
-    return stream_files(table_files(dataset), dataset.filesystem, dataset.schema, columns, row_filter)
+    return stream_files(dataset_files(dataset), dataset.filesystem, dataset.schema, columns, row_filter)
 
 
 def has_runs(output_uri: str, s3: S3Settings) -> bool:

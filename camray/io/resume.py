@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from camray.io.layout import STATE_NAME, staging_root, staging_uri, state_uri
-from camray.io.sink import committed_files, discard_staging, staged_files
+from camray.io.layout import STATE_NAME, staging_root, state_uri
+from camray.io.sink import discard_staging, run_files
 from camray.io.sources import S3Settings, filesystem_for
 
 logger = logging.getLogger(__name__)
@@ -104,10 +104,8 @@ def find_resumable(
 
 
 def prior_work(output_uri: str, run_id: str, s3: S3Settings) -> PriorWork:
-    fs, staging = filesystem_for(staging_uri(output_uri, run_id), s3)
-    _, out = filesystem_for(output_uri, s3)
-    paths = [f"{staging}/{name}" for name in staged_files(output_uri, run_id, s3)]
-    paths += [f"{out}/{name}" for name in committed_files(output_uri, run_id, s3)]
+    fs, _ = filesystem_for(output_uri, s3)
+    paths = run_files(output_uri, run_id, s3)
     uris, counts, stages = [], {"results": 0, "errors": 0}, Counter()
     for path in paths:
         is_errors = "/errors/" in path

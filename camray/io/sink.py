@@ -27,7 +27,7 @@ from ray.data import Datasink
 from ray.data._internal.execution.interfaces import TaskContext
 from ray.data.datasource.datasink import WriteResult
 
-from camray.io.layout import ROW_TABLES, staged_file_name, staging_uri
+from camray.io.layout import ROW_TABLES, parquet_files, staged_file_name, staging_uri, table_files
 from camray.io.schema import ERRORS, RESULTS, ROWS
 from camray.io.sources import S3Settings, filesystem_for, is_s3, join_uri, write_object
 
@@ -109,36 +109,34 @@ class CamDatasink(Datasink[WrittenCounts]):
 def staged_files(output_uri: str, run_id: str, s3: S3Settings) -> list[str]:
     """The run's complete staged files, as `results/NAME` and `errors/NAME` (temporary files left out)."""
     fs, staging = filesystem_for(staging_uri(output_uri, run_id), s3)
-    found = []
-    for kind in ROW_TABLES:
-        selector = pafs.FileSelector(f"{staging}/{kind}", allow_not_found=True)
-        for info in fs.get_file_info(selector):
-            if (
-                info.type == pafs.FileType.File
-                and not info.base_name.startswith(".")
-                and info.path.endswith(".parquet")
-            ):
-                found.append(f"{kind}/{info.base_name}")
-    return sorted(found)
+    return sorted(
+        f"{kind}/{path.rsplit('/', 1)[-1]}" for kind in ROW_TABLES for path in parquet_files(fs, f"{staging}/{kind}")
+    )
 
 
 def committed_files(output_uri: str, run_id: str, s3: S3Settings) -> list[str]:
     """Files of `run_id` already moved into `results/` or `errors/` (by a commit that did not finish)."""
-    fs, out = filesystem_for(output_uri, s3)
     found = []
     for kind in ROW_TABLES:
-        for info in fs.get_file_info(pafs.FileSelector(f"{out}/{kind}", allow_not_found=True)):
-            if info.type == pafs.FileType.File and info.base_name.startswith(f"{run_id}-"):
-                found.append(f"{kind}/{info.base_name}")
+        names = (path.rsplit("/", 1)[-1] for path in table_files(output_uri, kind, s3)[1])
+        found += [f"{kind}/{name}" for name in names if name.startswith(f"{run_id}-")]
     return sorted(found)
+
+
+def run_files(output_uri: str, run_id: str, s3: S3Settings) -> list[str]:
+    """Every file of the run, staged or already committed, as paths on the output's filesystem: what resume
+    reads back and what the commit checks."""
+    _, out = filesystem_for(output_uri, s3)
+    _, staging = filesystem_for(staging_uri(output_uri, run_id), s3)
+    return [f"{staging}/{name}" for name in staged_files(output_uri, run_id, s3)] + [
+        f"{out}/{name}" for name in committed_files(output_uri, run_id, s3)
+    ]
 
 
 def check_each_input_once(output_uri: str, run_id: str, s3: S3Settings) -> int:
     """Counts the run's rows, staged or committed; raises if any input appears twice (then nothing is committed)."""
-    fs, out = filesystem_for(output_uri, s3)
-    _, staging = filesystem_for(staging_uri(output_uri, run_id), s3)
-    paths = [f"{staging}/{f}" for f in staged_files(output_uri, run_id, s3)]
-    paths += [f"{out}/{f}" for f in committed_files(output_uri, run_id, s3)]
+    fs, _ = filesystem_for(output_uri, s3)
+    paths = run_files(output_uri, run_id, s3)
     if not paths:
         return 0
     uris = pa.chunked_array(

@@ -24,6 +24,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from camray.io import layout
+from camray.io.bounded_duckdb import connect_bounded
 from camray.io.layout import TABLES
 from camray.outputs.tables import Output
 
@@ -58,10 +59,7 @@ def connect(
     if not isinstance(output, Output):
         raise TypeError(f"`output` must be an Output or a URI, not {type(output).__name__}")
     output.check_exists()
-    config = {"memory_limit": memory_limit}
-    if spill_folder is not None:
-        config["temp_directory"] = spill_folder
-    con = duckdb.connect(config=config)
+    con = connect_bounded(memory_limit, spill_folder)
     succeeded = None if all_runs else output.succeeded_run_ids()
     runs = output.dataset("runs")
     con.register("_runs", runs if succeeded is None else runs.filter(pads.field("run_id").isin(succeeded)))
@@ -92,7 +90,7 @@ def _parquet_source(con: duckdb.DuckDBPyConnection, dataset: pads.Dataset, table
     """SQL of every row of `table`'s files, read by DuckDB's Parquet reader, the current schema's columns first
     and in order (the module's docstring). Registers on `con` what it refers to."""
     con.register(f"_{table}_schema", TABLES[table].empty_table())
-    files = layout.table_files(dataset)
+    files = layout.dataset_files(dataset)
     if not files:
         return f"SELECT * FROM _{table}_schema"
     if isinstance(dataset.filesystem, pafs.S3FileSystem):

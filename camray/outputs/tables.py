@@ -18,18 +18,16 @@ proportion to the history; this order also keeps the earlier images first as the
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from camray.errors import RunNotFound
 from camray.io import layout
+from camray.io.bounded_duckdb import bounded_duckdb
 from camray.io.sources import S3Settings
 
 # DuckDB's working memory for the tools' set operations; beyond it DuckDB spills to a temporary folder.
@@ -41,23 +39,6 @@ REWRITTEN_IN_MEMORY = 250_000
 
 class OutputNotFound(FileNotFoundError):
     """The output URI holds no camray tables."""
-
-
-@contextmanager
-def bounded_duckdb(
-    memory_limit: str = DUCKDB_MEMORY_LIMIT, threads: int | None = None
-) -> Iterator[duckdb.DuckDBPyConnection]:
-    """An in-memory DuckDB connection that keeps to `memory_limit` and spills to a temporary folder removed after."""
-    with tempfile.TemporaryDirectory(prefix="camray-duckdb-") as spill:
-        config: dict[str, str | int] = {"memory_limit": memory_limit, "temp_directory": spill}
-        if threads is not None:
-            config["threads"] = threads
-        con = duckdb.connect(config=config)
-        try:
-            con.execute("SET enable_progress_bar = false")  # the tools print their own lines
-            yield con
-        finally:
-            con.close()
 
 
 @dataclass(frozen=True)

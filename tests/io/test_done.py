@@ -88,7 +88,7 @@ def test_the_listing_without_what_succeeded_runs_did_in_order_as_a_set_says(tmp_
     _write_history(tmp_path / "results", history, files=5)
     listing = _listing(rng, 2000)
     monkeypatch.setattr(layout, "FILES_PER_SCAN", 2)  # several small datasets, as over a long history
-    done = DoneSet(str(tmp_path / "results"), SUCCEEDED, MODEL, FINGERPRINT, S3Settings())
+    done = DoneSet(str(tmp_path), SUCCEEDED, MODEL, FINGERPRINT, S3Settings())
 
     out = list(without_done(_chunks_of(listing, 300), done, out_rows=250))
 
@@ -100,8 +100,8 @@ def test_the_listing_without_what_succeeded_runs_did_in_order_as_a_set_says(tmp_
 def test_an_output_without_results_or_succeeded_runs_skips_nothing(tmp_path):
     listing = _listing(random.Random(1), 50)
     for done in (
-        DoneSet(str(tmp_path / "results"), SUCCEEDED, MODEL, FINGERPRINT, S3Settings()),
-        DoneSet(str(tmp_path / "results"), (), MODEL, FINGERPRINT, S3Settings()),
+        DoneSet(str(tmp_path), SUCCEEDED, MODEL, FINGERPRINT, S3Settings()),
+        DoneSet(str(tmp_path), (), MODEL, FINGERPRINT, S3Settings()),
     ):
         assert _kept(without_done([listing], done)) == _kept([listing])
 
@@ -115,7 +115,7 @@ def test_the_join_spills_to_disk_beyond_its_memory_limit(tmp_path, monkeypatch, 
     _write_history(tmp_path / "results", history, files=4)
     listing = _listing(rng, 150_000)
     monkeypatch.setattr(done_module, "MEMORY_LIMIT", "32MB")
-    done = DoneSet(str(tmp_path / "results"), SUCCEEDED, MODEL, FINGERPRINT, S3Settings())
+    done = DoneSet(str(tmp_path), SUCCEEDED, MODEL, FINGERPRINT, S3Settings())
 
     with caplog.at_level(logging.INFO, logger="camray.io.done"):
         assert _kept(without_done(_chunks_of(listing, 50_000), done)) == _reference(listing, history)
@@ -147,7 +147,7 @@ def test_results_written_by_an_older_camray_are_skipped_and_underscore_folders_a
         [["s3://b/old-1.jpg", "s3://b/old-2.jpg", "s3://b/new.jpg"], [1, 1, 1], ["10-1", "10-3", "1-1"]],
         schema=LISTING,
     )
-    done = DoneSet(str(results), SUCCEEDED, MODEL, FINGERPRINT, S3Settings())
+    done = DoneSet(str(tmp_path), SUCCEEDED, MODEL, FINGERPRINT, S3Settings())
 
     assert _kept(without_done([listing], done)) == [("s3://b/old-2.jpg", "10-3"), ("s3://b/new.jpg", "1-1")]
 
@@ -167,7 +167,7 @@ def test_the_history_is_read_from_s3_through_pyarrow(s3_server, tmp_path):
         with fs.open_output_stream(f"{base}/{path.name}") as stream:
             stream.write(path.read_bytes())
     listing = _listing(rng, 400)
-    done = DoneSet("s3://camray-done/out/results", SUCCEEDED, MODEL, FINGERPRINT, s3)
+    done = DoneSet("s3://camray-done/out", SUCCEEDED, MODEL, FINGERPRINT, s3)
 
     assert _kept(without_done([listing], done)) == _reference(listing, history)
 

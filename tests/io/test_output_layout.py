@@ -48,3 +48,33 @@ def test_every_attempt_writes_under_its_own_names_in_underscore_folders():
     assert {layout.table_uri(out, name).rsplit("/", 1)[-1] for name in layout.TABLES} == {"results", "errors", "runs"}
     with pytest.raises(ValueError, match="must be one of"):
         layout.table_uri(out, "_staging")
+
+
+def test_every_reader_finds_a_tables_files_alike(tmp_path):
+    """Skip-done, resume, the tools' datasets and `camray query` read the files `table_files` finds: Parquet at any
+    depth; not a README dropped beside them, Spark's `_SUCCESS`, an `_index/` folder or a hidden temporary file."""
+    from camray.io.done import DoneSet
+    from camray.io.schema import RESULTS
+    from camray.io.sink import committed_files
+    from camray.outputs.query import connect
+
+    _runs_file(tmp_path, "run-a", "succeeded", 1)
+    results = tmp_path / "results"
+    (results / "2025").mkdir(parents=True)
+    (results / "_index").mkdir()
+    row = dict.fromkeys(RESULTS.names) | {"run_id": "run-a", "image_uri": "a.jpg", "source_version": "1-1"}
+    for path in ("run-a-a01-00000.parquet", "2025/part-0.parquet", "_index/x.parquet", ".run-a-a01-00001.parquet"):
+        pq.write_table(pa.Table.from_pylist([row], schema=RESULTS), results / path)
+    (results / "README.md").write_text("rows of the nightly job\n")
+    (results / "_SUCCESS").write_bytes(b"")
+
+    _, files = layout.table_files(str(tmp_path), "results", S3Settings())
+    assert files == [str(results / "2025" / "part-0.parquet"), str(results / "run-a-a01-00000.parquet")]
+    assert DoneSet(str(tmp_path), ("run-a",), "m", "f", S3Settings()).files() == files
+    assert layout.dataset_files(layout.table_dataset(str(tmp_path), "results", S3Settings())) == files
+    assert committed_files(str(tmp_path), "run-a", S3Settings()) == ["results/run-a-a01-00000.parquet"]
+    connection = connect(str(tmp_path))
+    try:
+        assert connection.execute("SELECT count(*) FROM results").fetchone() == (2,)
+    finally:
+        connection.close()

@@ -9,9 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from camray.io.bounded_duckdb import bounded_duckdb
 from camray.io.schema import RESULTS, RUNS
 from camray.outputs import tables
-from camray.outputs.tables import Output, OutputNotFound, bounded_duckdb
+from camray.outputs.tables import Output, OutputNotFound
 
 # The runs columns of schema version 1, before the operator's columns were added.
 RUNS_V1 = pa.schema([RUNS.field(name) for name in RUNS.names[: RUNS.names.index("schema_version") + 1]])
