@@ -53,6 +53,11 @@ def build_parser(prog: str = "cam_batch.py") -> argparse.ArgumentParser:
         help="wait this long for another run's lease on the output instead of exiting with status 3",
     )
     parser.add_argument("--preset", choices=list(PRESETS), help="named settings under the config's and flags'")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="on failure, print the traceback too (a run's log under the output's _logs/ always holds it)",
+    )
     for flag, (_, help_text) in SHORTCUTS.items():
         parser.add_argument(f"--{flag}", help=help_text)
     for section_name, section_field in JobConfig.model_fields.items():
@@ -72,7 +77,7 @@ def build_parser(prog: str = "cam_batch.py") -> argparse.ArgumentParser:
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for key, value in vars(args).items():
-        if value is None or key in ("config", "preset"):
+        if value is None or key in ("config", "preset", "verbose"):
             continue
         if key in SHORTCUTS:
             overrides[SHORTCUTS[key][0]] = value
@@ -107,8 +112,7 @@ def main(argv: list[str] | None = None, prog: str = "cam_batch.py") -> int:
     try:
         config = load_config(args.config, overrides_from_args(args), args.preset)
     except ConfigError as exc:
-        print(exc)
-        return 2
+        return _refused(exc, args.verbose, str(exc), 2)
     # Ray and torch only once the config is valid: a bad one is refused in a second, not after their imports.
     from camray.logs import run_output
     from camray.runner import RunInterrupted, run_job
@@ -117,23 +121,27 @@ def main(argv: list[str] | None = None, prog: str = "cam_batch.py") -> int:
         with run_output():  # Ray's lines go to the run's log; the terminal shows progress, then the summary
             summary = run_job(config)
     except LeaseHeld as exc:
-        print(f"camray: {exc}", file=sys.stderr)
-        return 3
+        return _refused(exc, args.verbose, f"camray: {exc}", 3)
     except RunInterrupted as exc:
-        print(f"camray: run interrupted ({exc}); the work done so far is kept and the next run resumes it")
-        return 1
-    except SetupError as exc:  # the model, a layer, the method or the endpoint: the message names the field
-        print(f"camray: {exc}")
-        return 2
-    except StoreUnavailableError as exc:  # names the endpoint and the operation; the traceback adds nothing
-        print(f"camray: {exc}", file=sys.stderr)
-        return 1
+        message = f"camray: run interrupted ({exc}); the work done so far is kept and the next run resumes it"
+        return _refused(exc, args.verbose, message, 1)
+    except SetupError as exc:  # the model, a layer, the method, the endpoint, the input: the message names it
+        return _refused(exc, args.verbose, f"camray: {exc}", 2)
+    except StoreUnavailableError as exc:  # names the endpoint and the operation
+        return _refused(exc, args.verbose, f"camray: {exc}", 1)
     except Exception as exc:  # anything else failed the run (its runs row says so too): exit 1, its own message
-        logger.exception("run failed")
-        print(f"camray: run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return _refused(exc, args.verbose, f"camray: run failed: {type(exc).__name__}: {exc}", 1)
     print_summary(summary, config)
     return 0 if summary.status == "succeeded" else 1
+
+
+def _refused(exc: BaseException, verbose: bool, message: str, status: int) -> int:
+    """Says why on stderr; the traceback only with --verbose (a run that took the output's lease left it in its
+    log under `_logs/` too)."""
+    if verbose:
+        traceback.print_exception(exc)
+    print(message, file=sys.stderr)
+    return status
 
 
 # ---------------------------------------------------------------------------------------------------------------

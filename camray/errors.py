@@ -38,6 +38,11 @@ class RunNotFound(UsageError, LookupError):
     """The run id a tool was given is not in the output's `runs/` table."""
 
 
+class InputNotFound(SetupError, FileNotFoundError):
+    """The job's input (`source.uri`) is not there: no such bucket, folder, file or prefix. Found before the run
+    takes the output's lease, so nothing was done and no `runs` row written; the message names what is missing."""
+
+
 class LeaseHeld(CamrayError, RuntimeError):
     """The output is leased by another run; the message names the holder and when the lease expires."""
 

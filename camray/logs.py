@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 # or a pipe (a `ray job submit` log, CI): often enough to show that the run moves, seldom enough to stay short.
 REDRAW_INTERVAL_S = 0.25
 LOGGED_PROGRESS_INTERVAL_S = 30.0
+# Set on a record (`extra={LOG_ONLY: True}`) that belongs in the log alone, such as a failed run's traceback,
+# whose one line the command line prints.
+LOG_ONLY = "camray_log_only"
 # Ray Data's list of extra execution callbacks, `module.Class` names read in the driver as a dataset is planned.
 EXECUTION_CALLBACKS_ENV = "RAY_DATA_EXECUTION_CALLBACKS"
 
@@ -94,6 +97,8 @@ class _TerminalHandler(logging.Handler):
         self.terminal = terminal
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, LOG_ONLY, False):
+            return
         try:
             self.terminal.line(f"camray: {record.getMessage()}")
         except Exception:  # a log line must never fail the run

@@ -1,6 +1,6 @@
 """One run of a `JobConfig`, as a short list of named steps (`run_job`, `_work`):
 
-1. check the setup (model, layers, CAM method, S3 endpoint) before anything is touched;
+1. check the setup (model, layers, CAM method, S3 endpoint) and that the input is there, before anything is touched;
 2. resolve the attempt (a new run, or the next attempt of an unfinished one) and lease the output under its id;
 3. load the model, read what earlier attempts of the run left, stage the listing without what is done;
 4. start Ray, plan the resources, read+decode (CPU tasks), predict (actor pool, GPU where present), write;
@@ -32,18 +32,18 @@ import ray
 
 from camray.cam.methods import resolve_method
 from camray.config import JobConfig
-from camray.errors import SetupError
+from camray.errors import InputNotFound, SetupError
 from camray.host_memory import ALLOCATOR_ENV
 from camray.image.decode import DecodeLimits
 from camray.io import layout
 from camray.io.done import DoneSet, without_done, without_inputs
 from camray.io.lease import OutputLease
-from camray.io.listing import iter_listing
+from camray.io.listing import check_input_exists, iter_listing
 from camray.io.resume import PriorWork, RunState, find_resumable, prior_work, write_state
 from camray.io.s3 import store_failure
 from camray.io.sink import CamDatasink, check_each_input_once, commit
 from camray.io.sources import S3Settings, filesystem_for, join_uri, store_errors
-from camray.logs import save_run_log
+from camray.logs import LOG_ONLY, save_run_log
 from camray.metrics import push_outcome
 from camray.models import get_spec, load_model, resolve_layer
 from camray.planning import WRITE_CPUS, Resources, configure_data_context, plan_resources
@@ -239,6 +239,20 @@ def _check_setup(config: JobConfig) -> None:
         raise SetupError(str(exc)) from exc
 
 
+def _check_input(config: JobConfig, s3: S3Settings) -> None:
+    """Refuses an input that is not there before the lease and any work (`InputNotFound`): a missing bucket or
+    folder is the user's to fix, not a failed run. A store that cannot answer now leaves the question to the
+    run, whose listing meets the same store and records the outage in its runs row."""
+    if config.source.uri == SAMPLES_URI:
+        return
+    try:
+        check_input_exists(config.source.uri, s3)
+    except InputNotFound:
+        raise
+    except OSError as exc:
+        logger.debug("the input could not be looked at before the lease: %s", exc)
+
+
 @dataclass(frozen=True)
 class Attempt:
     """Which run this invocation works on: a new run (attempt 1), or the next attempt of an unfinished run with
@@ -355,11 +369,12 @@ class _Record:
 def run_job(config: JobConfig) -> RunSummary:
     """Runs one job under the output's lease and returns its summary.
 
-    Raises `LeaseHeld` when another run holds the output, `SetupError` (or `ConfigError`) when the job cannot
-    start as configured, and the underlying error when the run fails; `RunInterrupted` on SIGTERM. Every run that
-    took the lease leaves its runs row."""
+    Raises `LeaseHeld` when another run holds the output, `SetupError` (or `ConfigError`, `InputNotFound`) when the
+    job cannot start as configured, and the underlying error when the run fails; `RunInterrupted` on SIGTERM.
+    Every run that took the lease leaves its runs row."""
     _check_setup(config)
     s3 = storage_settings(config)
+    _check_input(config, s3)
     started = datetime.now(UTC)
     clock = time.perf_counter()
     attempt, lease = _lease_attempt(config, s3, started)
@@ -376,6 +391,8 @@ def run_job(config: JobConfig) -> RunSummary:
     except BaseException as exc:
         outage = store_failure(exc)
         status, record.message = "failed", str(outage) if outage is not None else f"{type(exc).__name__}: {exc}"
+        # Into the run's log, saved below; the terminal gets the one line the command line prints.
+        logger.error("run %s failed: %s", attempt.run_id, record.message, exc_info=exc, extra={LOG_ONLY: True})
         if outage is not None and outage is not exc:  # a task's outage arrives wrapped in Ray's traceback
             raise outage from exc
         raise

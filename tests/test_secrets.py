@@ -60,7 +60,7 @@ def test_an_endpoint_with_credentials_from_the_environment_is_refused(variable, 
         S3Settings().resolved_endpoint()
     assert cli_main(["--input", "s3://bucket/images", "--output", str(tmp_path / "out")]) == 2
     printed = capsys.readouterr()
-    assert variable in printed.out and PASSWORD not in printed.out + printed.err
+    assert variable in printed.err and PASSWORD not in printed.out + printed.err
     assert not (tmp_path / "out").exists()
 
 

@@ -13,6 +13,10 @@ object reads: none in 45% of runs), and a test that never met its fault would pa
 So the first object reads (GET without a query) and object writes (PUT with a body, not a copy) meet each
 fault once, in a seeded order; every request after that takes its chance at the rates.
 
+A listing can be failed midway: with `list_pages_failing_from=N`, every request for page N or a later one of a
+ListObjectsV2 (a request that carries the continuation token of page N - 1 or of any later page) meets
+`list_fault`, whatever its attempt, as a store that breaks down while a listing is paged through.
+
 Keep-alive: many requests per client connection, bodies framed by Content-Length or chunked encoding, and
 `Expect: 100-continue` answered here. Each request goes to the store on a fresh connection
 (`Connection: close`), so the store's own keep-alive never interleaves with the faults.
@@ -28,7 +32,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 KINDS = ("slowdown", "reset", "delay")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy-connection", "te", "upgrade"}
@@ -97,11 +101,21 @@ class FaultyS3Proxy:
         rates: FaultRates | None = None,
         deadline_s: float = 300.0,
         force_each: bool = True,
+        list_pages_failing_from: int | None = None,
+        list_fault: str = "slowdown",
     ) -> None:
         parsed = urlparse(upstream)
         if parsed.scheme != "http" or not parsed.hostname or not parsed.port:
             raise ValueError(f"`upstream` must be http://HOST:PORT, got {upstream!r}")
+        if list_pages_failing_from is not None and list_pages_failing_from < 2:
+            raise ValueError("`list_pages_failing_from` must be 2 or more: the first page carries no token")
+        if list_fault not in ("slowdown", "reset"):
+            raise ValueError(f"`list_fault` must be `slowdown` or `reset`, got {list_fault!r}")
         self.upstream = (parsed.hostname, parsed.port)
+        self.list_pages_failing_from = list_pages_failing_from
+        self.list_fault = list_fault
+        # Continuation tokens in the order first seen: the one of page n is the (n - 1)th.
+        self._list_tokens: list[str] = []
         self.rates = rates or FaultRates()
         self.deadline_s = deadline_s
         self.counts: Counter[tuple[str, str]] = Counter()
@@ -162,10 +176,24 @@ class FaultyS3Proxy:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
 
+    def _failed_list_page(self, request: _Request) -> bool:
+        """Whether `request` asks for a listing page that fails (`list_pages_failing_from`). Under the lock."""
+        if self.list_pages_failing_from is None or request.method != "GET":
+            return False
+        query = parse_qs(urlparse(request.target).query)
+        token = query.get("continuation-token", [None])[0]
+        if query.get("list-type") != ["2"] or token is None:
+            return False
+        if token not in self._list_tokens:
+            self._list_tokens.append(token)
+        return self._list_tokens.index(token) + 2 >= self.list_pages_failing_from
+
     def _decide(self, request: _Request) -> str:
         with self._lock:
             pending = self._pending.get(request.kind)
-            if pending:
+            if self._failed_list_page(request):
+                fault = self.list_fault
+            elif pending:
                 fault = pending.pop()
                 self.forced[(request.kind, fault)] += 1
             else:

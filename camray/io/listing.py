@@ -25,6 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from camray.errors import InputNotFound
 from camray.io.s3 import StoreUnavailableError
 from camray.io.sources import Listed, S3Settings, endpoint_of, filesystem_for, is_s3, s3_client
 
@@ -90,7 +91,7 @@ def _walk_s3(uri: str, extensions: list[str], recursive: bool, s3: S3Settings) -
         .get_paginator("list_objects_v2")
         .paginate(Bucket=bucket, Prefix=prefix, **({} if recursive else {"Delimiter": "/"}))
     )
-    for page in pages:
+    for page in _named_failures(pages, uri, s3):
         for item in page.get("Contents", []):
             key = item["Key"]
             if key.endswith("/") or not _wanted(key.rsplit("/", 1)[-1], extensions):
@@ -101,21 +102,47 @@ def _walk_s3(uri: str, extensions: list[str], recursive: bool, s3: S3Settings) -
 
 
 def _named_failures(pages: Iterable[dict], uri: str, s3: S3Settings) -> Iterator[dict]:
-    """Listing pages; a store that fails every attempt raises `StoreUnavailableError` naming the operation."""
+    """Listing pages; a page the store fails after every attempt raises `StoreUnavailableError`, one it refuses
+    `PermissionError` or `OSError`, each naming the operation, the input and the endpoint, wherever the listing
+    has got to (botocore's own errors are neither `OSError`s nor one line)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    where = f"S3 ListObjectsV2 {uri} on {endpoint_of(s3)}"
     try:
         yield from pages
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code == "NoSuchBucket":
             raise FileNotFoundError(f"input {uri} does not exist (no such bucket)") from exc
-        raise StoreUnavailableError(
-            f"S3 ListObjectsV2 {uri} on {endpoint_of(s3)} failed after up to {s3.max_attempts} attempts: {exc}"
-        ) from exc
-    except BotoCoreError as exc:
-        raise StoreUnavailableError(
-            f"S3 ListObjectsV2 {uri} on {endpoint_of(s3)} failed after {s3.max_attempts} attempts: {exc}"
-        ) from exc
+        if code in ("AccessDenied", "AllAccessDisabled") or status == 403:
+            raise PermissionError(f"{where}: access denied ({code})") from exc
+        if status >= 500 or status == 429 or code in ("SlowDown", "Throttling", "RequestTimeout"):
+            raise StoreUnavailableError(f"{where} failed after {s3.max_attempts} attempts: {exc}") from exc
+        raise OSError(f"{where} failed: {code} {error.get('Message', '')}".rstrip()) from exc
+    except BotoCoreError as exc:  # connection refused, reset, timed out: every attempt spent
+        raise StoreUnavailableError(f"{where} failed after {s3.max_attempts} attempts: {exc}") from exc
+
+
+def check_input_exists(uri: str, s3: S3Settings) -> None:
+    """Raises `InputNotFound` for an input that is not there, naming the missing bucket, or the folder (with the
+    nearest one above it that exists) or S3 prefix; other failures of the store raise as they come.
+
+    An S3 prefix with no object under it is not there either: S3 has no folders, and a prefix holding nothing
+    cannot be told from a misspelt one."""
+    fs, path = filesystem_for(uri, s3)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        return
+    if is_s3(uri):
+        bucket, _, key = path.partition("/")
+        if not key or fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise InputNotFound(f"input {uri} does not exist: there is no bucket `{bucket}` on {endpoint_of(s3)}")
+        raise InputNotFound(
+            f"input {uri} does not exist: bucket `{bucket}` on {endpoint_of(s3)} holds no object at or under `{key}`"
+        )
+    existing = next((parent for parent in Path(path).parents if parent.is_dir()), Path("/"))
+    raise InputNotFound(f"input {uri} does not exist: no file or folder {path} (the nearest folder is {existing})")
 
 
 def _manifest(fs: pafs.FileSystem, path: str, uri: str) -> Iterator[tuple[str, int, str]]:

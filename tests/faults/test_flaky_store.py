@@ -10,9 +10,13 @@ import io
 import logging
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import boto3
 import pyarrow.dataset as pads
@@ -30,6 +34,8 @@ from camray.runner import run_job
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 BUCKET = "camray-flaky"
+PAGED_BUCKET = "camray-paged"
+REPO = Path(__file__).resolve().parents[2]
 SIDES = (64, 96, 128, 160, 192, 224)
 RETRIES_LINE = re.compile(r"run (\S+): (\d+) S3 retries \(read (\d+), write (\d+)\)")
 
@@ -170,6 +176,61 @@ def test_store_down_for_good_fails_the_run_in_bounded_time_naming_endpoint_and_o
     else:  # the output's lease, the run's first write, through boto3
         expected = f"camray: S3 PutObject {remote}/_lease.json on {dead_endpoint} failed after 3 attempts: "
         assert line.startswith(expected) and "connect" in line.lower(), line
+
+
+@pytest.fixture(scope="module")
+def paged(s3_server: str) -> str:
+    """A prefix of 2,001 small objects: three pages of ListObjectsV2, of 1,000 keys at most."""
+    client = boto3.client("s3", endpoint_url=s3_server)
+    client.create_bucket(Bucket=PAGED_BUCKET)
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda i: client.put_object(Bucket=PAGED_BUCKET, Key=f"images/{i:05d}.jpg", Body=b"x"), range(2001)
+            )
+        )
+    return f"s3://{PAGED_BUCKET}/images"
+
+
+@pytest.mark.parametrize(
+    ("failing_from", "fault"), [(2, "slowdown"), (3, "reset")], ids=["after-the-first-page", "at-the-last-page"]
+)
+def test_a_listing_that_fails_midway_fails_the_run_naming_the_store(
+    failing_from: int, fault: str, s3_server: str, paged: str, tmp_path
+) -> None:
+    """The store answers the first pages, then fails every attempt at a later one (503 SlowDown, or the answer
+    cut off): `camray run` exits 1 with one line naming the operation, the input and the endpoint, the run's log
+    keeps the traceback, and the runs row says the same; nothing of the listing is processed or left behind."""
+    output = tmp_path / "out"
+    quiet = FaultRates(slowdown=0.0, reset=0.0, delay=0.0)
+    with FaultyS3Proxy(
+        s3_server,
+        seed=5,
+        rates=quiet,
+        force_each=False,
+        list_pages_failing_from=failing_from,
+        list_fault=fault,
+        deadline_s=120,
+    ) as proxy:
+        argv = ["--input", paged, "--output", str(output)]
+        argv += ["--storage.s3_endpoint_url", proxy.endpoint, "--storage.s3_max_attempts", "3"]
+        ran = subprocess.run(
+            [sys.executable, "jobs/cam_batch.py", *argv], cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+    assert ran.returncode == 1, ran.stderr[-4000:]
+    # Where the run's log went (it holds the traceback), then the one line that says why.
+    saved, line = ran.stderr.strip().splitlines()
+    log = Path(saved.removeprefix("log: "))
+    assert log.parent == output / "_logs" and "Traceback" in log.read_text() and "Traceback" not in ran.stderr
+    assert line.startswith(f"camray: S3 ListObjectsV2 {paged} on {proxy.endpoint} failed after 3 attempts: "), line
+    pages = [(target, result) for method, target, result in proxy.log if "list-type=2" in target]
+    answered = [target for target, result in pages if result == "ok" and "continuation-token" in target]
+    failed = [target for target, result in pages if result == fault]
+    assert len(answered) == failing_from - 2 and len(failed) == 3  # the pages before, then every attempt
+    (run,) = pads.dataset(output / "runs", format="parquet").to_table().to_pylist()
+    assert run["status"] == "failed" and run["message"] == line.removeprefix("camray: ")
+    assert not (output / "results").exists() and not (output / "errors").exists()
+    assert not any((output / "_listing").iterdir())
 
 
 def test_store_down_for_good_fails_reads_in_bounded_time_naming_endpoint_and_operation(

@@ -55,3 +55,43 @@ def test_an_s3_prefix_pages_through_more_than_a_thousand_keys(s3_server):
 def test_a_missing_input_fails_before_any_chunk(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         next(iter_listing(str(tmp_path / "nope"), [], True, S3Settings()))
+
+
+def _refused(argv: list[str], capfd) -> tuple[int, list[str]]:
+    from camray import cli
+
+    status = cli.main(argv)
+    return status, capfd.readouterr().err.strip().splitlines()
+
+
+def test_a_missing_folder_is_refused_before_the_lease_in_one_line(tmp_path, capfd):
+    """Exit 2 and one line naming the folder and the nearest one that exists; no lease taken, nothing written to
+    the output; the traceback only with --verbose."""
+    missing = tmp_path / "photos" / "2026"
+    out = tmp_path / "out"
+    status, lines = _refused(["--input", str(missing), "--output", str(out)], capfd)
+    assert status == 2 and lines == [
+        f"camray: input {missing} does not exist: no file or folder {missing} (the nearest folder is {tmp_path})"
+    ]
+    assert not out.exists()
+    status, lines = _refused(["--input", str(missing), "--output", str(out), "--verbose"], capfd)
+    assert status == 2 and lines[0] == "Traceback (most recent call last):" and lines[-1].startswith("camray: input")
+
+
+@pytest.mark.integration
+def test_a_missing_bucket_or_prefix_is_refused_before_the_lease_in_one_line(s3_server, tmp_path, capfd):
+    boto3.client("s3").create_bucket(Bucket="camray-there")
+    boto3.client("s3").put_object(Bucket="camray-there", Key="images/a.jpg", Body=b"x")
+    out = "s3://camray-there/out"
+    status, lines = _refused(["--input", "s3://no-such-bucket-here/images/", "--output", out], capfd)
+    assert status == 2 and lines == [
+        f"camray: input s3://no-such-bucket-here/images/ does not exist: there is no bucket `no-such-bucket-here` "
+        f"on {s3_server}"
+    ]
+    status, lines = _refused(["--input", "s3://camray-there/imgs/", "--output", out], capfd)
+    assert status == 2 and lines == [
+        f"camray: input s3://camray-there/imgs/ does not exist: bucket `camray-there` on {s3_server} holds no "
+        "object at or under `imgs`"
+    ]
+    # Neither took the lease nor wrote a runs row: the output holds nothing.
+    assert boto3.client("s3").list_objects_v2(Bucket="camray-there", Prefix="out/")["KeyCount"] == 0

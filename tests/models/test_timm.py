@@ -81,7 +81,7 @@ def test_an_unexplainable_model_exits_2_before_any_work(tmp_path):
         text=True,
         timeout=300,
     )
-    assert done.returncode == 2 and "camray cannot explain this model" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 2 and "camray cannot explain this model" in done.stderr, done.stdout + done.stderr
     assert not out.exists()
 
 
