@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None, prog: str = "cam_batch.py") -> int:
         return _refused(exc, args.verbose, str(exc), 2)
     # Ray and torch only once the config is valid: a bad one is refused in a second, not after their imports.
     from camray.logs import run_output
-    from camray.runner import RunInterrupted, run_job
+    from camray.runner import RunInterrupted, failure_message, run_job
 
     try:
         with run_output():  # Ray's lines go to the run's log; the terminal shows progress, then the summary
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None, prog: str = "cam_batch.py") -> int:
     except StoreUnavailableError as exc:  # names the endpoint and the operation
         return _refused(exc, args.verbose, f"camray: {exc}", 1)
     except Exception as exc:  # anything else failed the run (its runs row says so too): exit 1, its own message
-        return _refused(exc, args.verbose, f"camray: run failed: {type(exc).__name__}: {exc}", 1)
+        return _refused(exc, args.verbose, f"camray: run failed: {failure_message(exc)}", 1)
     print_summary(summary, config)
     return 0 if summary.status == "succeeded" else 1
 

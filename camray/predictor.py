@@ -125,10 +125,11 @@ class Predictor:
     ) -> None:
         """Annotates images `index`, appending result tables and error rows; nothing of the batch is lost.
 
-        A batch that raises is split in halves until the image that breaks it is alone: it becomes an error row
-        with stage `predict`, its neighbours get results (log2(batch) extra passes at most per culprit). A CUDA
-        out-of-memory error halves this actor's batch size for good and retries, since the next batch of the
-        same size would fail the same way."""
+        A batch whose model forward raises is split in halves until the image that breaks it is alone: it becomes
+        an error row with stage `predict`, its neighbours get results (log2(batch) extra passes at most per
+        culprit). A CUDA out-of-memory error halves this actor's batch size for good and retries, since the next
+        batch of the same size would fail the same way. Anything else that raises is camray's own failure (maps,
+        boxes, rows), the same for every image: it fails the batch, and the run, at once."""
         try:
             tables.append(self._annotate_table(batch, index, pixels, valid))
             return
@@ -145,6 +146,8 @@ class Predictor:
             self._annotate_in_chunks(batch, index, pixels, valid, tables, rows)
             return
         except Exception as exc:
+            if not _raised_in_a_module(exc):
+                raise
             if index.size == 1:
                 rows.append(self._error_row(batch, index[0], "predict", *_describe(exc)))
                 return
@@ -207,6 +210,21 @@ class Predictor:
             "config_fingerprint": self.fingerprint,
             "io_retries": int(batch["io_retries"][index]),
         }
+
+
+# The frames of a call of a torch module: the model's forward, with the hooks it runs and Score-CAM's masked passes.
+_MODULE_CALL_CODE = {torch.nn.Module._call_impl.__code__, torch.nn.Module._wrapped_call_impl.__code__}
+
+
+def _raised_in_a_module(exc: BaseException) -> bool:
+    """Whether `exc` came out of a torch module's call (the model's forward on the batch), where one image's
+    content can break it; not whether camray's own code around the model (maps, boxes, rows) raised it."""
+    frame = exc.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code in _MODULE_CALL_CODE:
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:

@@ -80,7 +80,9 @@ def read_decode_batch(
     times each read was retried; it rides with the row to the sink, which counts the run's retries.
 
     Raises `StoreUnavailableError` when the store fails a read after every attempt: an outage is the run's
-    failure, and turning it into an error row per image would record a run that read nothing as succeeded.
+    failure, and turning it into an error row per image would record a run that read nothing as succeeded. Only
+    what the store or the file says of one input (`OSError`, `ValueError`: missing, forbidden, not a regular file,
+    a scheme no reader serves) becomes its error row; any other exception is camray's and raises.
     """
     reader = _reader(S3Settings(**s3))
     decode_limits = DecodeLimits(**limits)
@@ -111,7 +113,8 @@ def read_decode_batch(
             data = reader.read(str(uri))
         except StoreUnavailableError:
             raise
-        except Exception as exc:  # missing object, permissions: the image's error, not the job's
+        except (OSError, ValueError) as exc:  # missing, forbidden, no file, a URI no reader serves: the image's
+            # error. Anything else is a fault of camray's own reading code, the same for every image: the run's.
             out["error_stage"][i], out["error_type"][i], out["error_message"][i] = (
                 "read",
                 type(exc).__name__,

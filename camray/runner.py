@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -41,7 +42,7 @@ from camray.io.lease import OutputLease
 from camray.io.listing import check_input_exists, iter_listing
 from camray.io.resume import PriorWork, RunState, find_resumable, prior_work, write_state
 from camray.io.s3 import store_failure
-from camray.io.sink import CamDatasink, check_each_input_once, commit
+from camray.io.sink import CamDatasink, WrittenCounts, check_each_input_once, commit
 from camray.io.sources import S3Settings, filesystem_for, join_uri, store_errors
 from camray.logs import LOG_ONLY, save_run_log
 from camray.metrics import push_outcome
@@ -390,7 +391,7 @@ def run_job(config: JobConfig) -> RunSummary:
         raise
     except BaseException as exc:
         outage = store_failure(exc)
-        status, record.message = "failed", str(outage) if outage is not None else f"{type(exc).__name__}: {exc}"
+        status, record.message = "failed", failure_message(exc)
         # Into the run's log, saved below; the terminal gets the one line the command line prints.
         logger.error("run %s failed: %s", attempt.run_id, record.message, exc_info=exc, extra={LOG_ONLY: True})
         if outage is not None and outage is not exc:  # a task's outage arrives wrapped in Ray's traceback
@@ -415,6 +416,38 @@ def run_job(config: JobConfig) -> RunSummary:
         finally:
             lease.release()
     return summary
+
+
+# In the text of an error that Ray carried from a worker: Python's line between an exception and the one it caused,
+# and an exception's own line (`module.Type: message`, at the start of a line).
+_CAUSED = "\nThe above exception was the direct cause of the following exception:\n"
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*): (.+)$", re.MULTILINE)
+
+
+def failure_message(exc: BaseException) -> str:
+    """What failed a run, in one line for its runs row and the terminal: an outage's own message, else the type and
+    first line of the exception that camray's code raised.
+
+    A task's exception reaches the driver as Ray's wrapper (`RayTaskError`), whose text is the worker's traceback
+    with the exception chain: causes first, then what the task raised, then Ray's own `UserCodeException`. The
+    exception before Ray's is the one to name."""
+    outage = store_failure(exc)
+    if outage is not None:
+        return str(outage)
+    current: BaseException | None = exc
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ray.exceptions.RayTaskError):
+            chain = str(current).split(_CAUSED)
+            raised = _EXCEPTION_LINE.findall(chain[-2] if len(chain) > 1 else chain[0])
+            if raised:
+                name, message = raised[-1]
+                return f"{name.rsplit('.', 1)[-1]}: {message.strip()}"
+        cause = getattr(current, "cause", None)
+        current = cause if isinstance(cause, BaseException) else current.__cause__
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _work(
@@ -453,8 +486,38 @@ def _work(
         )
         logger.error("run %s %s", attempt.run_id, record.message)
         return "incomplete"
+    alike = _all_failed_alike(sink.counts)
+    if alike is not None:
+        record.message = alike
+        logger.error("run %s failed: %s", attempt.run_id, record.message)
+        return "failed"
     record.files = _commit(config, s3, attempt, lease)
     return "succeeded"
+
+
+# Fewer images than this, all failing alike, may be down to the files themselves: one corrupt new photo on a night
+# with nothing else new is not a broken job.
+ALL_FAILED_MIN_IMAGES = 2
+# The example error's message in the runs row, at most.
+EXAMPLE_CHARS = 200
+
+
+def _all_failed_alike(counts: WrittenCounts) -> str | None:
+    """Why the attempt failed, when every image it processed (at least `ALL_FAILED_MIN_IMAGES`) failed at one
+    stage with one error type: a broken setup (credentials, a folder not mounted on the workers, a missing codec,
+    a model that rejects every input) that error rows alone would record as a succeeded run. None otherwise.
+
+    Only this attempt's images count. Its rows stay staged and the next run resumes the run without them: a night
+    of nothing but bad new files fails once, and the next one commits their error rows."""
+    if counts.results or counts.errors < ALL_FAILED_MIN_IMAGES or len(counts.errors_by_kind) != 1:
+        return None
+    ((stage, error_type),) = counts.errors_by_kind
+    uri, message = counts.error_examples[(stage, error_type)]
+    first_line = (message.strip().splitlines() or [""])[0][:EXAMPLE_CHARS]
+    return (
+        f"all {counts.errors} images failed at stage `{stage}` with {error_type}, e.g. {uri}: {first_line}; "
+        "nothing was committed, and the next run commits these error rows unless its own images all fail alike"
+    )
 
 
 def _load_model(config: JobConfig, s3: S3Settings) -> ModelFacts:

@@ -4,9 +4,15 @@
   corner (as one unreadable-in-practice image breaks a batch of a real model).
 - `memory_bound_lite0`: raises `torch.cuda.OutOfMemoryError` for batches above `BATCH_LIMIT` images, as a GPU
   would for a batch too large for its memory.
+- `broken_rows_lite0`: a sound network whose loading breaks camray's row builder in the process that loads it (a
+  job's driver, which builds no rows, and each predictor actor): a stand-in for a bug in camray's own code past
+  the model. Each call of the broken builder is numbered in its message.
 """
 
 from __future__ import annotations
+
+import itertools
+import os
 
 import torch
 from torch import Tensor
@@ -50,3 +56,15 @@ def poisoned_lite0() -> torch.nn.Module:
 
 def memory_bound_lite0() -> torch.nn.Module:
     return _build(_MemoryBound)
+
+
+def broken_rows_lite0() -> torch.nn.Module:
+    import camray.predictor
+
+    calls = itertools.count(1)
+
+    def broken_result_table(*_: object, **__: object) -> None:
+        raise RuntimeError(f"deliberately broken row builder: call {next(calls)} in process {os.getpid()}")
+
+    camray.predictor.result_table = broken_result_table
+    return efficientnet_lite("efficientnet_lite0")

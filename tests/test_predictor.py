@@ -181,6 +181,26 @@ def test_a_poison_image_costs_only_itself(photos, caplog):
     assert 1 <= len(splits) <= 3  # halving 6 -> 3 -> 2 -> 1 touches one branch per level
 
 
+@pytest.mark.parametrize("broken", ["row builder", "boxes"])
+def test_a_fault_in_camray_s_own_code_fails_the_batch_in_one_call(photos, predictor, monkeypatch, broken):
+    """A bug past the model's forward is the same for every image: the batch fails at once, instead of being
+    split until each image is an error row of its own (2N - 1 calls for a batch of N)."""
+    calls = []
+
+    def fail(*_, **__):
+        calls.append(1)
+        raise KeyError("a bug of camray's")
+
+    if broken == "row builder":
+        monkeypatch.setattr("camray.predictor.result_table", fail)
+    else:
+        monkeypatch.setattr(predictor.annotator, "_components", fail)
+    names = ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png", "grace_hopper.jpg"]
+    with pytest.raises(KeyError, match="a bug of camray's"):
+        predictor(_batch(photos, names))
+    assert len(calls) == 1
+
+
 def test_out_of_device_memory_halves_the_batch_and_says_so_once_per_halving(photos, caplog):
     """8 images against a limit of 3: halved to 4, then 2, each said once; the next batch runs at 2 silently."""
     import logging

@@ -1,4 +1,5 @@
-"""A manifest entry the readers cannot serve is that image's error row (stage `read`), never the run's crash.
+"""A manifest entry the readers cannot serve is that image's error row (stage `read`), never the run's crash; a
+fault of camray's own reading code is not an image's error.
 
 Unreadable local paths here are ones no user can read, root included (the tests run as root, which reads a
 `chmod 000` file): a directory, a dangling symlink, a path inside a missing folder, a FIFO (opening it would
@@ -69,6 +70,22 @@ def test_read_stage_turns_bad_entries_into_error_columns(tmp_path, photos):
         error_type, fragment = bad[uri]
         assert (out["error_stage"][i], out["error_type"][i]) == ("read", error_type), uri
         assert fragment in out["error_message"][i], uri
+
+
+def test_a_fault_in_camray_s_own_reading_code_fails_the_task(tmp_path, photos, monkeypatch):
+    """Only what the store or the file says of one input is that input's error row: a bug of camray's in reading
+    is the same for every image, and raises."""
+    from camray.io.sources import ByteReader
+
+    good, _ = _entries(tmp_path, photos)
+
+    def broken(self, uri):
+        raise AttributeError("a bug of camray's")
+
+    monkeypatch.setattr(ByteReader, "read", broken)
+    batch = {"uri": np.array(good, dtype=object), "version": np.full(len(good), "", dtype=object)}
+    with pytest.raises(AttributeError, match="a bug of camray's"):
+        read_decode_batch(batch, input_size=64, policy="letterbox", s3={}, limits={})
 
 
 @pytest.mark.integration

@@ -1,6 +1,8 @@
-"""Resource planning: what a job asks of the cluster, by cluster shape and config."""
+"""The run's steps: resource planning (what a job asks of the cluster, by cluster shape and config), the attempt
+and its lease, and how a run ends: failed when camray's own code fails, or when every image fails alike."""
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +193,96 @@ def test_the_attempt_is_resolved_before_the_lease_and_confirmed_under_it(meanwhi
     finally:
         holder.kill()
         holder.wait()
+
+
+def _not_an_image(path) -> None:
+    """A text file under an image's name, as a failed export leaves them: undecodable, `UnidentifiedImageError`."""
+    path.write_bytes(b"exported by mistake: not an image\n")
+
+
+@pytest.mark.integration
+def test_a_night_of_nothing_but_bad_new_files_fails_once_then_commits_their_errors(ray_cluster, photos, tmp_path):
+    """Nightly runs over one folder. Good photos and one bad file succeed with its error row; the bad file alone,
+    retried the next night, does not fail the night; then every new file fails alike: the run is `failed`,
+    naming the stage and the error, and commits nothing; the night after resumes it and commits those rows."""
+    from camray.io.layout import table_dataset
+    from camray.io.sources import S3Settings
+    from camray.runner import run_job
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for name in ("chelsea.png", "coffee.png"):
+        (folder / name).write_bytes(photos[name])
+    _not_an_image(folder / "export-1.jpg")
+    config = load_config(overrides={"source.uri": str(folder), "sink.uri": str(out), "runtime.batch_size": 4})
+
+    first = run_job(config)
+    assert (first.status, first.results, first.errors) == ("succeeded", 2, 1)
+    second = run_job(config)  # the bad file again, alone: one image cannot tell a broken job from a bad file
+    assert (second.status, second.skipped, second.results, second.errors) == ("succeeded", 2, 0, 1)
+    for index in (2, 3):
+        _not_an_image(folder / f"export-{index}.jpg")
+    third = run_job(config)
+    assert (third.status, third.processed, third.results) == ("failed", 3, 0)
+    assert third.message.startswith("all 3 images failed at stage `decode` with UnidentifiedImageError, e.g. ")
+    fourth = run_job(config)
+    assert (fourth.run_id, fourth.attempt, fourth.status) == (third.run_id, 2, "succeeded")
+    assert (fourth.processed, fourth.resumed, fourth.errors) == (0, 3, 3)
+
+    runs = {
+        (run["run_id"], run["attempt"]): run
+        for run in table_dataset(str(out), "runs", S3Settings()).to_table().to_pylist()
+    }
+    assert runs[(third.run_id, 1)]["status"] == "failed" and runs[(third.run_id, 1)]["message"] == third.message
+    errors = table_dataset(str(out), "errors", S3Settings()).to_table().to_pylist()
+    assert sorted((row["run_id"], row["image_uri"].rsplit("/", 1)[-1]) for row in errors) == sorted(
+        [(first.run_id, "export-1.jpg"), (second.run_id, "export-1.jpg")]
+        + [(third.run_id, f"export-{index}.jpg") for index in (1, 2, 3)]
+    )
+
+
+@pytest.mark.integration
+def test_a_bug_in_camray_s_own_code_fails_the_run_in_one_call(ray_address, photos, tmp_path):
+    """The predictor's row builder raises (`broken_rows_lite0` of `tests/faulty_models.py`): the run fails with
+    that error in its runs row and on stderr (one line; the traceback in its log), after one call of the builder,
+    not one per image, and nothing is committed."""
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from camray.models import get_spec
+
+    repo = Path(__file__).resolve().parents[1]
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for name in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png"):
+        (folder / name).write_bytes(photos[name])
+    model = [
+        "--model",
+        "tests.faulty_models:broken_rows_lite0",
+        "--model.weights",
+        get_spec("efficientnet_lite0").bundled_weights(),
+    ]
+    model += ["--model.target_layer", "features", "--model.classifier_layer", "classifier.1"]
+    one_batch = ["--runtime.batch_size", "8", "--runtime.decode_batch_size", "8", "--runtime.num_actors", "1"]
+    ran = subprocess.run(
+        [sys.executable, "jobs/cam_batch.py", "--input", str(folder), "--output", str(out), *model, *one_batch],
+        cwd=repo,
+        # Ray puts the driver's working folder, the checkout, on its workers' paths: `tests.` reaches them.
+        env={**os.environ, "RAY_ADDRESS": ray_address},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ran.returncode == 1, (ran.stdout + ran.stderr)[-4000:]
+    *_, saved, line = ran.stderr.strip().splitlines()
+    assert line.startswith("camray: run failed: RuntimeError: deliberately broken row builder: call 1 in process "), (
+        line
+    )
+    (run,) = pq.read_table(out / "runs").to_pylist()
+    assert run["status"] == "failed" and run["message"] == line.removeprefix("camray: run failed: ")
+    log = Path(saved.removeprefix("log: ")).read_text()
+    assert "Traceback" in log and "broken_result_table" in log and "Traceback" not in ran.stderr
+    assert not (out / "results").exists() and not (out / "errors").exists()

@@ -40,6 +40,9 @@ class WrittenCounts:
     errors: int = 0
     files: list[str] = field(default_factory=list)
     errors_by_stage: Counter[str] = field(default_factory=Counter)
+    # (stage, error type) of every error row, and one (image URI, message) of each such kind.
+    errors_by_kind: Counter[tuple[str, str]] = field(default_factory=Counter)
+    error_examples: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     read_retries: int = 0  # S3 retries of the read tasks, carried in the rows' `io_retries`
     write_retries: int = 0  # S3 retries of the staged files' PUTs
 
@@ -52,6 +55,9 @@ class WrittenCounts:
         self.errors += other.errors
         self.files.extend(other.files)
         self.errors_by_stage.update(other.errors_by_stage)
+        self.errors_by_kind.update(other.errors_by_kind)
+        for kind, example in other.error_examples.items():
+            self.error_examples.setdefault(kind, example)
         self.read_retries += other.read_retries
         self.write_retries += other.write_retries
 
@@ -98,6 +104,10 @@ class CamDatasink(Datasink[WrittenCounts]):
                 counts.files.append(f"{kind}/{name}")
         counts.results, counts.errors = results.num_rows, errors.num_rows
         counts.errors_by_stage.update(errors.column("stage").to_pylist())
+        columns = (errors.column(name).to_pylist() for name in ("stage", "error_type", "image_uri", "message"))
+        for stage, error_type, uri, message in zip(*columns, strict=True):
+            counts.errors_by_kind[(stage, error_type)] += 1
+            counts.error_examples.setdefault((stage, error_type), (uri, message))
         counts.read_retries = pc.sum(rows.column("io_retries")).as_py() or 0
         return counts
 
