@@ -92,16 +92,6 @@ def _done_versions(config: JobConfig, s3: S3Settings, completed: list[str]) -> D
     return DoneSet(config.sink.uri, tuple(completed), config.model.name, config.fingerprint(), s3)
 
 
-def skip_done(chunk: pa.Table, done: DoneSet | pa.Table | None, prior: PriorWork | None) -> pa.Table:
-    """A listing chunk without the inputs that are done: same version already annotated by a completed run with
-    these settings, or held by an earlier attempt of this run (by URI)."""
-    if done is not None:
-        chunk = pa.concat_tables([chunk.slice(0, 0), *without_done([chunk], done)])
-    if prior is not None:
-        chunk = without_inputs(chunk, prior.inputs)
-    return chunk
-
-
 @dataclass
 class _StagedListing:
     """The inputs to process, written as Parquet under `_listing/` for the read tasks; removed when the attempt
@@ -152,7 +142,8 @@ def _stage_listing(
     not_done = 0
     for kept in without_done(listed(), done) if done is not None else listed():
         not_done += kept.num_rows
-        kept = skip_done(kept, None, state.prior)
+        if state.prior is not None:  # what earlier attempts of this run hold, whatever its version
+            kept = without_inputs(kept, state.prior.inputs)
         if kept.num_rows:
             pending.append(kept)
             pending_rows += kept.num_rows

@@ -47,30 +47,6 @@ def test_no_more_actors_than_batches_unless_configured():
     assert plan_resources(configured, cluster, 3).num_actors == 5
 
 
-def test_skip_done_keeps_new_versions_unversioned_entries_and_what_no_attempt_holds():
-    import pyarrow as pa
-
-    from camray.io.listing import LISTING
-    from camray.io.resume import PriorWork
-    from camray.runner import skip_done
-
-    chunk = pa.Table.from_pylist(
-        [
-            {"uri": "a.jpg", "size": 1, "version": "1-10"},  # done in this version
-            {"uri": "b.jpg", "size": 1, "version": "1-20"},  # done, but in an older version
-            {"uri": "c.jpg", "size": 1, "version": "1-30"},  # held by an earlier attempt of this run
-            {"uri": "d.jpg", "size": -1, "version": ""},  # from a manifest: always processed
-            {"uri": "e.jpg", "size": 1, "version": "1-50"},
-        ],
-        schema=LISTING,
-    )
-    done = pa.table({"image_uri": ["a.jpg", "b.jpg", "d.jpg"], "source_version": ["1-10", "1-19", ""]})
-    prior = PriorWork(pa.array(["c.jpg"]), results=1, errors=0, errors_by_stage={})
-    assert sorted(skip_done(chunk, done, None).column("uri").to_pylist()) == ["b.jpg", "c.jpg", "d.jpg", "e.jpg"]
-    assert sorted(skip_done(chunk, done, prior).column("uri").to_pylist()) == ["b.jpg", "d.jpg", "e.jpg"]
-    assert skip_done(chunk, None, None).num_rows == 5
-
-
 def test_listing_files_start_fine_then_grow():
     from camray.runner import FINE_LISTING_FILES, LISTING_FILE_ROWS, _listing_file_rows
 

@@ -84,21 +84,16 @@ class DoneSet:
         return layout.stream_files(files, fs, _READ, KEY.names, wanted)
 
 
-def without_done(chunks: Iterable[pa.Table], done: DoneSet | pa.Table, out_rows: int = OUT_ROWS) -> Iterator[pa.Table]:
+def without_done(chunks: Iterable[pa.Table], done: DoneSet, out_rows: int = OUT_ROWS) -> Iterator[pa.Table]:
     """The listing chunks (`uri`, `size`, `version`, ...) without the entries whose (uri, version) `done` holds,
-    in the listing's order, re-chunked to `out_rows`.
-
-    `done` is a `DoneSet`, or a table of `image_uri`, `source_version` already in memory. Entries without a
-    version (a manifest's) are always kept: without one, "the same file" cannot be told."""
-    if isinstance(done, DoneSet):
-        files = done.files()
-        if not files:
-            yield from chunks
-            return
-        logger.info("skip-done: against %d results files of %d succeeded runs", len(files), len(done.run_ids))
-        history = done.batches(files)
-    else:
-        history = done.select(KEY.names).cast(KEY)
+    in the listing's order, re-chunked to `out_rows`. Entries without a version (a manifest's) are always kept:
+    without one, "the same file" cannot be told."""
+    files = done.files()
+    if not files:
+        yield from chunks
+        return
+    logger.info("skip-done: against %d results files of %d succeeded runs", len(files), len(done.run_ids))
+    history = done.batches(files)
     # On disk: the night's listing is a table that may outgrow the limit too. Its order is restored by `seq`,
     # so DuckDB need not keep it.
     settings = {"preserve_insertion_order": False}
@@ -110,7 +105,7 @@ def without_done(chunks: Iterable[pa.Table], done: DoneSet | pa.Table, out_rows:
 def _anti_join(
     connection: duckdb.DuckDBPyConnection,
     chunks: Iterable[pa.Table],
-    history: pa.RecordBatchReader | pa.Table,
+    history: pa.RecordBatchReader,
     out_rows: int,
 ) -> Iterator[pa.Table]:
     schema: pa.Schema | None = None

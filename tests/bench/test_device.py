@@ -13,6 +13,9 @@ import pytest
 
 from camray.bench.device import (
     CARRIED_PACKAGES,
+    DECODE_GOAL,
+    PREDICTOR_GOAL,
+    SMOKE_PLAN,
     BoxSettings,
     CamSettings,
     ModelSettings,
@@ -88,9 +91,41 @@ def _check_report(report: dict, peers: set[str]) -> None:
         assert figures["predictor_vs_forward"] > 0
         if figures["channels_last"]:
             assert peers <= speeds.keys()
+    _check_goals(report)
+
+
+def _check_goals(report: dict) -> None:
+    """Each goal's value is the report's own figure at the goals' setting, and its verdict that figure against the
+    goal: the predictor against forward-only per model, device decode + predictor for ResNet-50 at its best,
+    camray's five maps against each peer's one. A goal not met names what bounds it; on the CPU none applies."""
+    batch, precision = max(SMOKE_PLAN.batches), SMOKE_PLAN.precisions[0]
+    models = SMOKE_PLAN.models
     goals = report["goals"]
-    assert len(goals) == 5 and all(goal["applies"] is False for goal in goals)
-    assert all(goal["met"] in (True, False) for goal in goals)
+    assert len(goals) == 2 * len(models) + 1 and all(goal["applies"] is False for goal in goals)
+    predictor, (decode,), peers = goals[: len(models)], goals[len(models) : len(models) + 1], goals[len(models) + 1 :]
+
+    def at(model: str) -> dict:
+        (figures,) = [
+            f
+            for f in report["settings"]
+            if (f["model"], f["batch"], f["precision"], f["channels_last"], f["compile"])
+            == (model, batch, precision, True, False)
+        ]
+        return figures
+
+    for model, goal in zip(models, predictor, strict=True):
+        ratio = at(model)["predictor_vs_forward"]
+        assert model in goal["goal"] and goal["value"] == ratio and goal["met"] == (ratio >= PREDICTOR_GOAL), goal
+    resnet = [f["images_per_s"]["decode_predictor"] for f in report["settings"] if f["model"] == "resnet50"]
+    assert decode["value"] == max(resnet) and decode["met"] == (max(resnet) >= DECODE_GOAL), decode
+    for model, goal in zip(models, peers, strict=True):
+        speeds = at(model)["images_per_s"]
+        pairs = {"torchcam_cam_top1": "maps_top5", "pytorch_grad_cam_gradcam_top1": "gradcam_top5"}
+        compared = {
+            peer: {"peer": speeds[peer], "camray": speeds[ours]} for peer, ours in pairs.items() if peer in speeds
+        }
+        assert goal["value"] == compared, goal
+        assert goal["met"] == all(pair["camray"] >= pair["peer"] for pair in compared.values()), goal
     for goal in goals:
         assert (goal["bound_by"] is None) == goal["met"], goal
 

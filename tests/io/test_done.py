@@ -13,7 +13,7 @@ import pytest
 
 from camray.io import done as done_module
 from camray.io import layout
-from camray.io.done import DoneSet, without_done
+from camray.io.done import DoneSet, without_done, without_inputs
 from camray.io.listing import LISTING
 from camray.io.schema import RESULTS
 from camray.io.sources import S3Settings
@@ -121,6 +121,12 @@ def test_the_join_spills_to_disk_beyond_its_memory_limit(tmp_path, monkeypatch, 
         assert _kept(without_done(_chunks_of(listing, 50_000), done)) == _reference(listing, history)
     spilled = re.search(r"spilled ([0-9.]+) MiB", caplog.text)
     assert spilled and float(spilled.group(1)) > 0, caplog.text
+
+
+def test_what_earlier_attempts_hold_is_left_out_by_uri_whatever_its_version():
+    listing = pa.table([["a.jpg", "b.jpg", "c.jpg"], [1, 1, -1], ["1-10", "1-20", ""]], schema=LISTING)
+    assert without_inputs(listing, pa.array(["b.jpg", "c.jpg", "gone.jpg"])).column("uri").to_pylist() == ["a.jpg"]
+    assert without_inputs(listing, pa.array([], pa.string())).equals(listing)
 
 
 def test_results_written_by_an_older_camray_are_skipped_and_underscore_folders_are_not_read(tmp_path):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 
 import boto3
 import pytest
@@ -18,7 +19,7 @@ from camray.io.lease import LEASE_NAME, LeaseHeld, LeaseRecord, OutputLease
 from camray.io.sources import S3Settings
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])
 def output(request, tmp_path) -> str:
     if request.param == "local":
         return str(tmp_path / "out")
@@ -72,14 +73,35 @@ def test_a_second_run_is_refused_with_the_holder_and_expiry_named(output):
     third.release()
 
 
+# How long a test waits for the lease's background thread to renew it (every second here) or to find it taken over:
+# seconds on an idle machine, far longer on a loaded one; only a thread that never renews takes this long.
+RENEWAL_DEADLINE_S = 60.0
+
+
+def _wait_for(condition, what: str):
+    """Polls `condition` until it returns something true, for up to `RENEWAL_DEADLINE_S`; fails naming `what`."""
+    deadline = time.monotonic() + RENEWAL_DEADLINE_S
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"waited {RENEWAL_DEADLINE_S:.0f} s for {what}"
+        time.sleep(0.1)
+    return found
+
+
 def test_the_lease_is_renewed_while_the_run_lasts(output):
     lease = OutputLease(output, "run-a", S3Settings(), seconds=3)
     lease.acquire()
     try:
-        first = _read(output).expires_at
-        time.sleep(2.5)  # a renewal every second; the lease would have expired at 3 s without them
-        later = _read(output)
-        assert later.run_id == "run-a" and later.expires_at > first and not later.expired()
+        first = _read(output)
+        first_expiry = datetime.fromisoformat(first.expires_at).replace(tzinfo=UTC)
+
+        def outlived() -> LeaseRecord | None:
+            """The lease as read once its first expiry is past, if a renewal has moved its expiry beyond that."""
+            record = _read(output)
+            past = datetime.now(UTC) > first_expiry
+            return record if past and record is not None and record.expires_at > first.expires_at else None
+
+        later = _wait_for(outlived, "the lease to outlive its first 3 s through renewals")
+        assert (later.run_id, later.acquired_at) == (first.run_id, first.acquired_at)
         lease.check()
     finally:
         lease.release()
@@ -142,7 +164,7 @@ def test_a_run_whose_lease_was_taken_over_does_not_commit(output):
     try:
         # Another run found the lease expired (as after a long pause) and took it.
         _plant(output, LeaseRecord("new-run", "another-host", 1, None, "2026-01-01T00:00:00", "2999-01-01T00:00:00"))
-        time.sleep(2.5)
+        _wait_for(lambda: lease.lost, "the renewal thread to find the lease taken over")
         with pytest.raises(RuntimeError, match="taken over"):
             lease.check()
     finally:
