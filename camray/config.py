@@ -265,7 +265,9 @@ class SinkConfig(_Section):
     incremental: bool = Field(
         True,
         description="Skip images a previous completed run already annotated with the same model and settings "
-        "(same URI and same listing version: S3 ETag or local size+mtime).",
+        "(same URI and same version when listed: `<size>-<last_modified_ns>`, from a folder, an S3 LIST or an S3 "
+        "Inventory report, whose ETag serves where it has no size or date; a manifest's entries have none and are "
+        "always processed).",
     )
     resume: bool = Field(
         True,

@@ -158,6 +158,7 @@ def test_results_written_by_an_older_camray_are_skipped_and_underscore_folders_a
     assert _kept(without_done([listing], done)) == [("s3://b/old-2.jpg", "10-3"), ("s3://b/new.jpg", "1-1")]
 
 
+@pytest.mark.integration
 def test_the_history_is_read_from_s3_through_pyarrow(s3_server, tmp_path):
     import boto3
 

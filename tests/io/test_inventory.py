@@ -16,6 +16,8 @@ import pytest
 from camray.io.listing import LISTING, iter_listing
 from camray.io.sources import S3Settings
 
+pytestmark = pytest.mark.integration  # every test lists buckets of the moto S3 server
+
 SOURCE, DESTINATION = "camray-inv-photos", "camray-inv-reports"
 KEYS = ["photos/cat.jpg", "photos/a b+c.jpg", "photos/deep/été 2026.jpg", "photos/notes.txt", "photos/100%.png"]
 REPORT = f"inv/{SOURCE}/daily"

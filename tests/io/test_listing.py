@@ -37,6 +37,7 @@ def test_a_local_tree_streams_with_pyarrow_versions(tmp_path):
         assert listed[info.path] == f"{info.size}-{info.mtime_ns}"
 
 
+@pytest.mark.integration
 def test_an_s3_prefix_pages_through_more_than_a_thousand_keys(s3_server):
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="camray-listing")

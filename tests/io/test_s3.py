@@ -11,6 +11,7 @@ def test_settings_refuse_fewer_than_one_attempt():
         S3Settings(max_attempts=0)
 
 
+@pytest.mark.integration
 def test_put_and_get_round_trip_without_retries(s3_server, photos):
     import boto3
 

@@ -39,6 +39,7 @@ def test_missing_input_is_a_setup_error(tmp_path):
         list_inputs(str(tmp_path / "nope"), IMAGES, True, S3Settings())
 
 
+@pytest.mark.integration
 def test_s3_prefix_listing_and_reading(s3_server, photos):
     import boto3
 

@@ -51,6 +51,7 @@ def test_weights_from_a_local_file_with_sha256(tmp_path, lite0):
         load_model(ModelConfig(name="resnet34", weights=str(path)))
 
 
+@pytest.mark.integration
 def test_weights_from_s3_are_cached(s3_server, tmp_path, monkeypatch):
     import boto3
     import torchvision

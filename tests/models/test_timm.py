@@ -130,6 +130,7 @@ def test_gradcam_maps_equal_pytorch_grad_cam(name, size, reshape):
     assert compared >= top_k * x.shape[0] - 1
 
 
+@pytest.mark.integration
 def test_weights_from_a_safetensors_file_or_s3_with_sha256(s3_server, tmp_path, monkeypatch):
     import boto3
     from safetensors.torch import save_file
