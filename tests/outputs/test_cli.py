@@ -47,7 +47,7 @@ def test_usage_errors_exit_2(tmp_path, capsys):
         main_camray([])
     assert exited.value.code == 2
     assert main_camray(["run", "--config", str(tmp_path / "missing.yaml")]) == 2  # the job's own config error
-    assert "missing.yaml does not exist" in capsys.readouterr().out
+    assert "missing.yaml does not exist" in capsys.readouterr().err
 
 
 def test_tools_start_without_ray_or_torch_and_fail_in_one_line(tmp_path):
