@@ -113,8 +113,9 @@ def read_decode_batch(
             data = reader.read(str(uri))
         except StoreUnavailableError:
             raise
-        except (OSError, ValueError) as exc:  # missing, forbidden, no file, a URI no reader serves: the image's
-            # error. Anything else is a fault of camray's own reading code, the same for every image: the run's.
+        # Missing, forbidden, no regular file, a URI no reader serves: the image's error. Anything else is a fault
+        # of camray's own reading code, the same for every image: the run's.
+        except (OSError, ValueError) as exc:
             out["error_stage"][i], out["error_type"][i], out["error_message"][i] = (
                 "read",
                 type(exc).__name__,

@@ -19,12 +19,8 @@ from __future__ import annotations
 
 import ast
 import importlib
-import json
-import os
 import re
 import shlex
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -369,45 +365,18 @@ def test_architecture_names_every_module():
     assert not modules - named, f"docs/architecture.md's module table lacks {sorted(modules - named)}"
 
 
-# The shared fixtures that start a Ray head or the S3 server (tests/conftest.py), and a pytest plugin that writes,
-# for the tests a selection keeps, those of them each test takes, directly or through other fixtures.
-SERVER_FIXTURES = ("s3_server", "ray_head", "ray_cluster", "ray_address")
-SERVERS_TAKEN = """
-import json, os
-def pytest_collection_finish(session):
-    servers = set(json.loads(os.environ["SERVER_FIXTURES"]))
-    taken = {item.nodeid: sorted(servers & set(item.fixturenames)) for item in session.items}
-    with open(os.environ["SERVERS_TAKEN"], "w") as out:
-        json.dump({test: names for test, names in taken.items() if names}, out)
-"""
+def test_make_test_fast_leaves_out_every_test_that_starts_ray_or_s3(request):
+    """The README says `make test-fast` runs without the tests marked integration, those that start Ray or S3.
+    tests/conftest.py refuses a collection holding a test that takes the S3 server or a Ray head unmarked; this
+    session's tests passed it, and the Makefile's selection is the one it guards."""
+    import conftest
+    from conftest import SERVER_FIXTURES, unmarked_server_tests
 
-
-def test_make_test_fast_leaves_out_every_test_that_starts_ray_or_s3(tmp_path):
-    """The README says `make test-fast` runs without the tests marked integration, those that start Ray or S3: the
-    tests its selection keeps take neither the shared Ray head nor the S3 server."""
     recipe = re.search(r"^test-fast:.*\n\t(.+)$", (REPO / "Makefile").read_text(), re.M)
-    assert recipe, "the Makefile has no test-fast recipe"
-    selection = re.search(r'-m "([^"]+)"', recipe.group(1))
-    assert selection and selection.group(1) == "not integration", recipe.group(1)
+    assert recipe and '-m "not integration"' in recipe.group(1), "the Makefile's test-fast selects otherwise"
     assert "make test-fast   # without the tests marked integration (those that start Ray or S3)" in README.read_text()
-    (tmp_path / "servers_taken.py").write_text(SERVERS_TAKEN)
-    report = tmp_path / "taken.json"
-    collected = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "servers_taken", "-m", selection.group(1)]
-        + ["-p", "no:cacheprovider", "tests"],
-        cwd=REPO,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(tmp_path),
-            "SERVER_FIXTURES": json.dumps(SERVER_FIXTURES),
-            "SERVERS_TAKEN": str(report),
-        },
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert collected.returncode == 0, collected.stdout[-4000:] + collected.stderr[-4000:]
-    assert json.loads(report.read_text()) == {}
+    assert unmarked_server_tests(request.session.items) == []
+    assert all(hasattr(conftest, name) for name in SERVER_FIXTURES)  # the fixtures it guards are the shared ones
 
 
 def test_the_listed_version_is_what_the_docs_say_it_is(tmp_path):
