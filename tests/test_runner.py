@@ -171,6 +171,45 @@ def test_the_attempt_is_resolved_before_the_lease_and_confirmed_under_it(meanwhi
         holder.wait()
 
 
+def test_a_failed_run_is_named_by_what_camray_raised_not_by_rays_wrapper():
+    """A task's failure reaches the driver as Ray's `RayTaskError`, whose text is the worker's traceback: causes,
+    the exception the task raised, then Ray's `UserCodeException`. The run names the one the task raised."""
+    from ray.exceptions import RayTaskError, UserCodeException
+
+    from camray.io.s3 import StoreUnavailableError
+    from camray.runner import failure_message
+
+    worker = """Traceback (most recent call last):
+  File "camray/result_rows.py", line 90, in result_table
+    categories.take(ids)
+ValueError: index 1000 out of bounds
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "camray/predictor.py", line 191, in _annotate_table
+    raise KeyError("no label for class 1000") from exc
+KeyError: 'no label for class 1000'
+
+The above exception was the direct cause of the following exception:
+
+ray::MapWorker(MapBatches(Predictor)).submit() (pid=1, ip=10.0.0.1)
+ray.exceptions.UserCodeException: UDF failed to process a data block.
+Failed to apply UDF transform after 1/1 attempts."""
+    wrapped = RayTaskError("submit", worker, UserCodeException("UDF failed to process a data block."))
+    assert failure_message(wrapped) == "KeyError: 'no label for class 1000'"
+    assert failure_message(wrapped.as_instanceof_cause()) == "KeyError: 'no label for class 1000'"
+    assert (
+        failure_message(RuntimeError("run r holds 2 duplicate rows\nmore"))
+        == "RuntimeError: run r holds 2 duplicate rows"
+    )
+    outage = worker.replace(
+        "KeyError: 'no label for class 1000'", "camray.io.s3.StoreUnavailableError: S3 GetObject down"
+    )
+    assert failure_message(RayTaskError("read", outage, UserCodeException("UDF failed"))) == "S3 GetObject down"
+    assert failure_message(StoreUnavailableError("S3 PutObject down")) == "S3 PutObject down"
+
+
 def _not_an_image(path) -> None:
     """A text file under an image's name, as a failed export leaves them: undecodable, `UnidentifiedImageError`."""
     path.write_bytes(b"exported by mistake: not an image\n")
