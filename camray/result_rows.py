@@ -124,14 +124,16 @@ def result_table(
 
     comp = out.components
     map_index = comp.map_index.numpy()
+    on_kept = np.ones(map_index.shape[0], dtype=bool) if every_kept else kept[map_index]
+    map_index = map_index[on_kept]
     image = map_index // k
     box_class = ids[map_index]
     # A given label's class is known to be there: its boxes are scored by the map's peak alone.
     class_weight = np.where(out.given.numpy().ravel(), np.float32(1.0), scores)
-    box_score = class_weight[map_index] * comp.peak.numpy().astype(np.float32)
+    box_score = class_weight[map_index] * comp.peak.numpy()[on_kept].astype(np.float32)
     order = np.lexsort((-box_score, image))  # per image, best score first; ties keep the components' order
     image, box_class, box_score = image[order], box_class[order], box_score[order]
-    xyxy = comp.boxes.numpy()[order].astype(np.float64)
+    xyxy = comp.boxes.numpy()[on_kept][order].astype(np.float64)
     scale_x, scale_y = width[image] / grid, height[image] / grid
     box_offsets = np.r_[0, np.cumsum(np.bincount(image, minlength=b))]
     boxes = _lists(

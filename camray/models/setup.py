@@ -219,15 +219,16 @@ def resolve_setup(
     that cannot be read or do not fit the architecture, a labels file of another size than the head."""
     s3 = s3 or S3Settings()
     try:
+        # What needs no weights first: a model that cannot run is refused before any download.
         spec = get_spec(model.name, model.target_layer, model.classifier_layer, model.input_size)
-        weights = _weights(model, spec, s3, model.weights_sha256)
-        module, num_classes = _build_and_load(spec, weights, None)
-        names = class_names(num_classes, getattr(model, "labels", None), spec.categories or None, s3)
         method = resolve_method(spec, cam.method if cam is not None else None)
         if cam is not None and cam.refine_layer:
             spec = replace(spec, refine_layer=cam.refine_layer)
         if cam is not None:
             refine_layer_of(spec, cam, tiling)
+        weights = _weights(model, spec, s3, model.weights_sha256)
+        module, num_classes = _build_and_load(spec, weights, None)
+        names = class_names(num_classes, getattr(model, "labels", None), spec.categories or None, s3)
         resolve_layer(module, spec.target_layer, "model.target_layer")
         if spec.refine_layer is not None:
             resolve_layer(module, spec.refine_layer, "cam.refine_layer")
