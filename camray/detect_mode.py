@@ -8,8 +8,8 @@ map's peak. The boxes of all windows are merged by class-aware NMS (and across c
 scored by the proposing window's probability times the map's peak in the box.
 
 With given labels (`cam.classes` `given` or `both`), the image's labels are candidates whatever their rank, and
-the whole image boxes each of them (the image is known to hold it); a tile still boxes only its best candidate,
-where it is confident of it.
+the whole image boxes each of them (the image is known to hold it), scored by the map alone, and no other class
+suppresses its boxes; a tile still boxes only its best candidate, where it is confident of it.
 
 Rows keep their meaning: `predictions` are the image's candidates, each scored by the higher of its whole-image
 and its proposing tiles' probability; `cams` are the whole image's maps of the kept classes, stitched with the
@@ -135,11 +135,12 @@ class DetectMode:
         window, slot = source // k, source % k
         image = window_image[window]
         # A given label is known to be in its image: its boxes are scored by their map alone, as rows score them.
-        weight = window_probs.flatten()[source].where(~choice.given[image, slot], 1.0)
+        given = choice.given[image, slot]
+        weight = window_probs.flatten()[source].where(~given, 1.0)
         box_score = weight * found.peak.float()
         boxes = window_boxes_to_image(found.boxes, grid, region[window], valid_wh[image], grid)
         classes = class_ids[image, slot]
-        keep = merge_boxes(boxes, box_score, image, classes, self.tiling.merge_iou, self.tiling.cross_class_iou)
+        keep = merge_boxes(boxes, box_score, image, classes, self.tiling.merge_iou, self.tiling.cross_class_iou, given)
         keep = keep[box_score[keep] >= self.tiling.min_box_score]
         if self.tiling.part_inside is not None:
             keep = keep[

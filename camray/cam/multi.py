@@ -87,13 +87,20 @@ def window_boxes_to_image(boxes: Tensor, window_grid: int, region: Tensor, image
 
 
 def merge_boxes(
-    boxes: Tensor, scores: Tensor, image: Tensor, class_ids: Tensor, iou: float, cross_class_iou: float | None
+    boxes: Tensor,
+    scores: Tensor,
+    image: Tensor,
+    class_ids: Tensor,
+    iou: float,
+    cross_class_iou: float | None,
+    given: Tensor | None = None,
 ) -> Tensor:
     """Indices of the boxes kept, best score first: class-aware NMS per image at `iou` (the same object boxed by
     several windows), then, with `cross_class_iou`, NMS across classes at that overlap (one object boxed as two
-    neighbouring classes, tabby and tiger cat, keeps its better box).
+    neighbouring classes, tabby and tiger cat, keeps its better box). Boxes of an image's given labels (`given`)
+    are of objects known to be there, each of its own class: no other class suppresses them.
 
-    boxes (Tensor[M, 4]), scores (Tensor[M]), image (Tensor[M]), class_ids (Tensor[M])."""
+    boxes (Tensor[M, 4]), scores (Tensor[M]), image (Tensor[M]), class_ids (Tensor[M]), given (Tensor[M], bool)."""
     # Imported here: torchvision loads torch._dynamo (seconds of CPU), which the bundled-model actors never pay.
     from torchvision.ops import batched_nms
 
@@ -102,7 +109,8 @@ def merge_boxes(
     n = int(class_ids.max()) + 1
     keep = batched_nms(boxes.float(), scores.float(), image * n + class_ids, iou)
     if cross_class_iou is not None:
-        again = batched_nms(boxes[keep].float(), scores[keep].float(), image[keep], cross_class_iou)
+        group = image[keep] * (n + 1) + (n if given is None else class_ids[keep].where(given[keep], n))
+        again = batched_nms(boxes[keep].float(), scores[keep].float(), group, cross_class_iou)
         keep = keep[again]
     return keep
 
