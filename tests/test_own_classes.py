@@ -188,6 +188,10 @@ def test_fine_tuned_heads_labels_and_classes_through_the_job(ray_cluster, s3_ser
     assert max(decode_heatmap(cam).max() for cam in rows["coffee"]["cams"]) == 1.0
     assert errors["astronaut"]["stage"] == "labels" and "'no such class'" in errors["astronaut"]["message"]
     assert (errors["chelsea"]["stage"], errors["chelsea"]["error_type"]) == ("labels", "MissingLabels")
+    from camray.outputs.query import connect
+
+    given_labels = connect(str(out)).sql("SELECT label FROM labels ORDER BY label").fetchall()
+    assert given_labels == [("dent",), ("kind 7",), ("stain",)]
     listed = [
         str(small["chelsea"]),
         str(small["coffee"]),
@@ -266,6 +270,7 @@ def _previous_schema_is_still_read(out: Path, tmp_path: Path) -> None:
     assert pq.read_schema(next((old / "results").glob("*.parquet"))).metadata[b"camray.schema_version"] == b"2"
     con = connect(str(old))
     assert con.sql("SELECT count(*), count(labels) FROM results").fetchall() == [(3, 0)]
+    assert con.sql("SELECT count(*) FROM labels").fetchall() == [(0,)]
     assert con.sql("SELECT count(*) FROM boxes").fetchall()[0][0] > 0
     page = write_report(Output(str(old)), tmp_path / "report-v2")
     assert "coffee.jpg" in page.read_text()
