@@ -172,9 +172,9 @@ class Predictor:
         given = np.empty(len(batch["image_uri"]), dtype=object)
         keep = []
         for i in ok:
-            tokens = None if labels is None else labels[i]
+            tokens = _tokens(None if labels is None else labels[i])
             try:
-                ids = None if tokens is None else self.labels.class_ids(str(token) for token in tokens)
+                ids = None if tokens is None else self.labels.class_ids(tokens)
             except UnknownLabel as exc:
                 rows.append(self._error_row(batch, i, "labels", type(exc).__name__, str(exc)))
                 continue
@@ -251,6 +251,14 @@ class Predictor:
             "config_fingerprint": self.fingerprint,
             "io_retries": int(batch["io_retries"][index]),
         }
+
+
+def _tokens(value: object) -> list[str] | None:
+    """A row's label tokens, or None where it has none. Ray Data hands a column of lists back as arrays, and a
+    column with no labels at all as a null column (NaN floats)."""
+    if isinstance(value, list | tuple | np.ndarray):
+        return [str(token) for token in value]
+    return None
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:

@@ -202,3 +202,16 @@ def test_out_of_device_memory_halves_the_batch_and_says_so_once_per_halving(phot
         "out of device memory at a batch of 8 images; batches of 4 from now on",
         "out of device memory at a batch of 4 images; batches of 2 from now on",
     ]
+
+
+def test_rows_without_labels_however_ray_hands_them_over(photos, predictor):
+    """A batch whose labels column holds no labels at all reaches the actor as a null column (NaN floats), one
+    with some as arrays: both are read as the rows' labels, none here."""
+    batch = _batch(photos, ["chelsea.png", "coffee.png"])
+    some = np.empty(2, dtype=object)
+    some[:] = [None, np.array(["285"], dtype=object)]
+    for column in (np.full(2, np.nan, dtype=np.float32), some):
+        rows = predictor({**batch, "labels": column}).to_pylist()
+        assert all(row["stage"] is None for row in rows), rows
+        assert rows[0]["labels"] is None
+    assert rows[1]["labels"] == [{"class_id": 285, "label": "Egyptian cat"}]
