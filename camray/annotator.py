@@ -1,4 +1,4 @@
-"""The compute of the predictor: uint8 canvases -> top-k predictions, class maps and boxes per image.
+"""The compute of the predictor: uint8 canvases -> top-k predictions, and class maps and boxes per image.
 
 `Annotator` readies one model for inference and runs one of its modes, chosen once in its constructor:
 `PlainMode` (each canvas is the model's input), `TiledMode` (a larger canvas, downscaled for the classes and
@@ -6,6 +6,11 @@ cut into overlapping tiles for finer maps) or, for several objects an image, `ca
 (the whole image and its tiles as windows that propose and box their own classes). It is plain PyTorch: the
 settings it reads are attributes of the config's sections, which it never validates or imports at run time, so the
 device benchmark runs it on a host without pydantic or Ray. `camray.predictor` wraps it as the Ray Data actor.
+
+Every mode maps the kept classes (`cam.classes`, `camray.cam.classes`): the predicted ones (the top-k, above
+`cam.min_score`), the image's given labels, whatever their rank (`annotate(..., given=...)`), or both. Their
+number differs per image; the batch's tensors hold the largest, and a `kept` mask says which slots are an image's
+own. Predictions (the top-k by score) are returned beside them, since the two are no longer one to one.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from camray.cam.boxes import Components, components_from_maps
+from camray.cam.classes import ClassChoice, choose_classes
 from camray.cam.layers import resolve_layer
 from camray.cam.maps import normalize_maps, resample_regions
 from camray.cam.methods import MapExtractor
@@ -25,24 +31,37 @@ from camray.cam.tiling import canvas_side, cut_tiles, stitch_maps, tile_layout, 
 from camray.cam.tokens import to_grid
 from camray.detect_mode import DetectMode
 from camray.models.fold import fold_batch_norms
+from camray.models.setup import refine_layer_of
 
 if TYPE_CHECKING:  # read as attributes only: the annotator runs where pydantic is not installed
     from camray.config import BoxConfig, CamConfig, TilingConfig
     from camray.models import LoadedModel
 
+# `cam.min_score`'s default for a sigmoid head: a multi-label classifier's decision threshold.
+SIGMOID_MIN_SCORE = 0.5
+
 
 @dataclass(frozen=True)
 class AnnotatedBatch:
-    """Per-image outputs on the CPU. `maps` cover each whole original image on an R x R grid.
+    """Per-image outputs on the CPU. `maps` cover each whole original image on an R x R grid. Scores are the
+    head's probabilities (softmax or sigmoid, `model.head`).
 
-    class_ids (Tensor[B, K]), scores (Tensor[B, K]): top-k, best first; scores are softmax probabilities.
+    predicted_ids (Tensor[B, P]), predicted_scores (Tensor[B, P]): the top-k predictions, best first.
+    class_ids (Tensor[B, K]), scores (Tensor[B, K]): the kept classes, best first, then padding.
+    kept (Tensor[B, K], bool): which slots are the image's own; the rest are padding, never written.
+    given (Tensor[B, K], bool): which kept classes are among the image's labels: known to be there, their boxes
+    are scored by their map alone (`camray.result_rows`).
     maps (Tensor[B, K, R, R]): normalised to [0, 1].
     thresholds (Tensor[B, K]): the foreground threshold each map was boxed at.
-    components: boxes in grid pixel-edge coordinates; `map_index` is ``b * K + k``.
+    components: boxes in grid pixel-edge coordinates, of kept maps only; `map_index` is ``b * K + k``.
     """
 
+    predicted_ids: Tensor
+    predicted_scores: Tensor
     class_ids: Tensor
     scores: Tensor
+    kept: Tensor
+    given: Tensor
     maps: Tensor
     thresholds: Tensor
     components: Components
@@ -64,16 +83,6 @@ def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return torch.bfloat16  # "auto" and "bf16": bf16 keeps fp32's range, so logits never overflow
 
 
-def uses_refine_layer(cam: CamConfig, tiling: TilingConfig | None) -> bool:
-    """Whether the maps need the mean activation of `cam.refine_layer`: refined maps, `layer` fusion of the
-    tiles, or the whole image's refined map for the tiled images whose box is large."""
-    if cam.refine:
-        return True
-    if tiling is None or not tiling.enabled:
-        return False
-    return tiling.fusion == "layer" or tiling.whole_image_above_area is not None
-
-
 def decode_side(tiling: TilingConfig, input_size: int) -> int:
     """Side of the canvas the read tasks decode to: the model's input, or the tiled mode's larger canvas."""
     return canvas_side(input_size, tiling.grid, tiling.overlap) if tiling.enabled else input_size
@@ -81,12 +90,14 @@ def decode_side(tiling: TilingConfig, input_size: int) -> int:
 
 @dataclass(frozen=True)
 class _Forward:
-    """One forward pass: logits (B, N), raw maps (B, K, h, w), class ids (B, K) and, where asked for, the
-    refining block's mean activation (B, 1, h', w')."""
+    """One forward pass: logits (B, N), raw maps (B, K, h, w) of class ids (B, K), the classes chosen where the
+    pass chose them (None where they were given, as for tiles) and, where asked for, the refining block's mean
+    activation (B, 1, h', w')."""
 
     logits: Tensor
     raw_maps: Tensor
     class_ids: Tensor
+    choice: ClassChoice | None
     activation: Tensor | None
 
 
@@ -94,8 +105,9 @@ class Annotator:
     """Runs one model over batches of canvases (see `camray.image.decode.DecodedImage`).
 
     It readies `loaded.module` for inference in place: eval mode, batch norms folded into their convolutions
-    (`camray.models.fold`), moved to the device in the chosen memory format. With `tiling` enabled, canvases
-    are `decode_side(tiling, input_size)` pixels wide and the maps come from `TiledMode`; otherwise from
+    (`camray.models.fold`), moved to the device in the chosen memory format. Its method, layers, head and input
+    size are the resolved setup's (`loaded.setup`, `camray.models.setup`), checked there. With `tiling` enabled,
+    canvases are `decode_side(tiling, input_size)` pixels wide and the maps come from `TiledMode`; otherwise from
     `PlainMode`. The two share everything here but how a batch becomes maps.
     """
 
@@ -104,7 +116,6 @@ class Annotator:
         loaded: LoadedModel,
         cam: CamConfig,
         boxes: BoxConfig,
-        input_size: int,
         device: torch.device,
         precision: str = "auto",
         channels_last: bool = True,
@@ -112,22 +123,21 @@ class Annotator:
         tiling: TilingConfig | None = None,
     ) -> None:
         self.spec = loaded.spec
+        self.setup = setup = loaded.setup
         tiling = tiling if tiling is not None and tiling.enabled else None
         self.cam_config = cam
         self.box_config = boxes
-        self.input_size = input_size
+        self.input_size = setup.input_size
         self.device = device
-        self.top_k = min(cam.top_k, len(self.spec.categories))
+        self.top_k = min(cam.top_k, setup.num_classes)
+        self.classes = getattr(cam, "classes", "predicted")  # settings made before given labels: predicted
+        min_score = getattr(cam, "min_score", None)
+        self.min_score = SIGMOID_MIN_SCORE if min_score is None and setup.head == "sigmoid" else min_score
         self.autocast_dtype = _autocast_dtype(device, precision)
         # Channels-last runs convolutions a third faster on the CPU too (oneDNN), and a permuted uint8 NHWC
         # batch already has that layout, so preparing the input copies nothing but the dtype.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        refine_path = (cam.refine_layer or self.spec.refine_layer) if uses_refine_layer(cam, tiling) else None
-        if tiling is not None and refine_path is None and uses_refine_layer(cam, tiling):
-            raise ValueError(
-                f"`tiling.fusion` `layer` and `tiling.whole_image_above_area` need a `cam.refine_layer`, and "
-                f"{self.spec.name} has none; set one"
-            )
+        refine_path = refine_layer_of(self.spec, cam, tiling)
         module = loaded.module.eval()
         fold_batch_norms(module, keep=[self.spec.target_layer, *([refine_path] if refine_path else [])])
         module = module.to(device=device, memory_format=self.memory_format)
@@ -135,7 +145,7 @@ class Annotator:
         self.extractor = MapExtractor(
             module,
             self.spec,
-            cam.method,
+            setup.method,
             compile_model=compile_model and device.type == "cuda",
             capture=() if self.refine_block is None else (self.refine_block,),
         )
@@ -155,9 +165,22 @@ class Annotator:
     def method(self) -> str:
         return self.extractor.method
 
-    def annotate(self, pixels: Tensor, valid_wh: Tensor) -> AnnotatedBatch:
-        """pixels (Tensor[B, S, S, 3], uint8), valid_wh (Tensor[B, 2]) -> `AnnotatedBatch`."""
-        return self.mode.annotate(pixels, valid_wh)
+    def annotate(self, pixels: Tensor, valid_wh: Tensor, given: Tensor | None = None) -> AnnotatedBatch:
+        """pixels (Tensor[B, S, S, 3], uint8), valid_wh (Tensor[B, 2]), given (Tensor[B, G], long: each image's
+        labels, padded with -1; None: none) -> `AnnotatedBatch`. `given` is read under `cam.classes` `given` and
+        `both`."""
+        return self.mode.annotate(pixels, valid_wh, given)
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """(B, N) logits -> the head's probabilities: softmax across the classes, or each class's sigmoid."""
+        if self.setup.head == "sigmoid":
+            return torch.sigmoid(logits.float())
+        return torch.softmax(logits.float(), dim=1)
+
+    def choose(self, probabilities: Tensor, given: Tensor | None, ranking: Tensor | None = None) -> ClassChoice:
+        """The predictions and kept classes of a batch (`camray.cam.classes.choose_classes`) under this run's
+        `cam.classes`, `cam.top_k` and `cam.min_score`."""
+        return choose_classes(probabilities, self.top_k, self.classes, self.min_score, given, ranking)
 
     def prepare(self, pixels: Tensor, valid_wh: Tensor) -> Tensor:
         """uint8 canvases (B, S, S, 3) -> normalised float input, letterbox padding at the mean (zero)."""
@@ -178,36 +201,54 @@ class Annotator:
             x.mul_(cols & rows)
         return x.contiguous(memory_format=self.memory_format)
 
-    def _forward(self, x: Tensor, keep_activation: bool, classes: Tensor | None = None) -> _Forward:
+    def _forward(
+        self, x: Tensor, keep_activation: bool, classes: Tensor | None = None, given: Tensor | None = None
+    ) -> _Forward:
         """One pass over `x`; the refining block's mean activation with it if `keep_activation` and the model
-        has such a block. `classes` (B, K), if given, are the classes to map instead of the top-k."""
+        has such a block. `classes` (B, K), if given, are the classes to map; otherwise the pass chooses them
+        (`choose`, with the images' labels `given`)."""
         layers = (self.refine_block,) if keep_activation and self.refine_block is not None else ()
+        chosen: list[ClassChoice] = []
+
+        def pick(logits: Tensor) -> Tensor:
+            if classes is not None:
+                return classes
+            chosen.append(self.choose(self.probabilities(logits), given))
+            return chosen[0].class_ids
+
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            out = self.extractor.extract(x, self.top_k, None if classes is None else lambda _: classes, layers)
+            out = self.extractor.extract(x, self.top_k, pick, layers)
             activation = None
             if out.layers:
                 grid = to_grid(out.layers[0], self.spec.refine_layout, self.spec.prefix_tokens)
                 activation = grid.float().relu().mean(-3, keepdim=True)
-        return _Forward(out.logits, out.maps, out.class_ids, activation)
-
-    def _scores(self, forward: _Forward) -> Tensor:
-        """(B, K): the softmax probability of each mapped class."""
-        return torch.softmax(forward.logits.float(), dim=1).gather(1, forward.class_ids)
+        return _Forward(out.logits, out.maps, out.class_ids, chosen[0] if chosen else None, activation)
 
     def _boxed(
         self,
-        class_ids: Tensor,
-        scores: Tensor,
+        choice: ClassChoice,
         maps: Tensor,
         thresholds: Tensor | None = None,
         components: Components | None = None,
     ) -> AnnotatedBatch:
         thresholds = self._thresholds(maps) if thresholds is None else thresholds
-        components = self._components(maps, thresholds) if components is None else components
-        b, k = class_ids.shape
+        components = self._components(maps, thresholds, choice) if components is None else components
+        b, k = choice.class_ids.shape
         fields = [getattr(components, name) for name in Components.__dataclass_fields__]
-        host = _to_host([class_ids, scores, maps, thresholds.view(b, k), *fields])
-        return AnnotatedBatch(host[0], host[1], host[2], host[3], Components(*host[4:]))
+        host = _to_host(
+            [
+                choice.predicted_ids,
+                choice.predicted_scores,
+                choice.class_ids,
+                choice.scores,
+                choice.kept,
+                choice.given,
+                maps,
+                thresholds.view(b, k),
+                *fields,
+            ]
+        )
+        return AnnotatedBatch(*host[:8], Components(*host[8:]))
 
     def _whole_image_maps(self, raw: Tensor, valid_wh: Tensor, size: int, grid: int | None = None) -> Tensor:
         """Resamples (bilinear) each map's valid region onto a grid covering the original image, normalised.
@@ -226,7 +267,8 @@ class Annotator:
         return normalize_maps(maps * fine.pow(self.cam_config.refine_power))
 
     def _keeps_plain(self, scores: Tensor) -> Tensor:
-        """(B,) bool: the images whose top-1 class scores at least `cam.plain_above_score`."""
+        """(B,) bool: the images whose top-1 prediction (`scores[:, 0]`, of (B, P) best first) scores at least
+        `cam.plain_above_score`."""
         if self.cam_config.plain_above_score is None:
             return torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
         return scores[:, 0] >= self.cam_config.plain_above_score
@@ -248,15 +290,23 @@ class Annotator:
             return config.threshold * torch.quantile(flat, config.percentile / 100.0, dim=1)
         return torch.full((flat.shape[0],), config.threshold, device=maps.device)
 
-    def _components(self, maps: Tensor, thresholds: Tensor) -> Components:
+    def _components(self, maps: Tensor, thresholds: Tensor, choice: ClassChoice) -> Components:
+        """The boxes of the kept maps (B * K flattened, as `thresholds`); padding is never boxed."""
         b, k, r, _ = maps.shape
         config = self.box_config
-        return components_from_maps(
-            maps.reshape(b * k, r, r),
-            thresholds,
+        flat = maps.reshape(b * k, r, r)
+        if choice.every_slot_kept:
+            return components_from_maps(
+                flat, thresholds, min_area=config.min_area_fraction * r * r, max_per_map=config.max_boxes_per_class
+            )
+        index = torch.nonzero(choice.kept.flatten()).flatten()
+        found = components_from_maps(
+            flat[index],
+            thresholds[index],
             min_area=config.min_area_fraction * r * r,
             max_per_map=config.max_boxes_per_class,
         )
+        return Components(index[found.map_index], found.boxes, found.area, found.mass, found.peak)
 
 
 class PlainMode:
@@ -268,21 +318,22 @@ class PlainMode:
         self.annotator = annotator
         self.canvas_size = annotator.input_size
 
-    def annotate(self, pixels: Tensor, valid_wh: Tensor) -> AnnotatedBatch:
+    def annotate(self, pixels: Tensor, valid_wh: Tensor, given: Tensor | None = None) -> AnnotatedBatch:
         a = self.annotator
         x = a.prepare(pixels, valid_wh)
-        forward = a._forward(x, a.cam_config.refine)
-        scores = a._scores(forward)
+        forward = a._forward(x, a.cam_config.refine, given=given)
+        choice = forward.choice
+        assert choice is not None
         valid_wh = valid_wh.to(a.device)
         maps = a._whole_image_maps(forward.raw_maps.float(), valid_wh, x.shape[-1])
         if forward.activation is None and a.cam_config.refine:  # no finer block (a ViT): the plain map for all
             every = torch.ones(maps.shape[0], dtype=torch.bool, device=maps.device)
-            return a._boxed(forward.class_ids, scores, *a._maps_keeping_plain(maps, maps, every))
+            return a._boxed(choice, *a._maps_keeping_plain(maps, maps, every))
         if forward.activation is None:
-            return a._boxed(forward.class_ids, scores, maps)
+            return a._boxed(choice, maps)
         refined = a._refine(maps, forward.activation, valid_wh, x.shape[-1])
-        maps, thresholds = a._maps_keeping_plain(maps, refined, a._keeps_plain(scores))
-        return a._boxed(forward.class_ids, scores, maps, thresholds)
+        maps, thresholds = a._maps_keeping_plain(maps, refined, a._keeps_plain(choice.predicted_scores))
+        return a._boxed(choice, maps, thresholds)
 
 
 class TiledMode:
@@ -291,8 +342,9 @@ class TiledMode:
     each image (mean where tiles overlap) and fused with the coarse maps. Images that keep the plain CAM
     (`cam.plain_above_score`) send no tiles through the model.
 
-    Classes stay the whole image's top-k: admitting a class that a tile scores far above the whole image
-    was measured (docs/research/localization.md) and left box accuracy unchanged while adding false boxes.
+    Classes are the whole image's kept classes (its top-k, or its labels): admitting a class that a tile scores
+    far above the whole image was measured (docs/research/localization.md) and left box accuracy unchanged while
+    adding false boxes.
 
     With `tiling.whole_image_above_area`, a tiled image whose top-1 box turns out large takes the whole image's
     refined map instead (`_large_objects_from_whole_image`)."""
@@ -302,7 +354,7 @@ class TiledMode:
         self.tiling = tiling
         self.canvas_size = decode_side(tiling, annotator.input_size)
 
-    def annotate(self, pixels: Tensor, valid_wh: Tensor) -> AnnotatedBatch:
+    def annotate(self, pixels: Tensor, valid_wh: Tensor, given: Tensor | None = None) -> AnnotatedBatch:
         a = self.annotator
         size = a.input_size
         canvas = a.prepare(pixels, valid_wh)
@@ -310,13 +362,16 @@ class TiledMode:
         x = F.interpolate(canvas, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         small_wh = device_wh.float() * (size / self.canvas_size)
         above_area = self.tiling.whole_image_above_area
-        forward = a._forward(x.contiguous(memory_format=a.memory_format), a.cam_config.refine or above_area is not None)
-        scores = a._scores(forward)
+        forward = a._forward(
+            x.contiguous(memory_format=a.memory_format), a.cam_config.refine or above_area is not None, given=given
+        )
+        choice = forward.choice
+        assert choice is not None
         plain = a._whole_image_maps(forward.raw_maps.float(), small_wh, size)
         refined = None if forward.activation is None else a._refine(plain, forward.activation, small_wh, size)
         coarse = refined if a.cam_config.refine and refined is not None else plain
         fused = coarse.clone()  # written into below; `coarse` may be `plain` itself
-        keep = a._keeps_plain(scores)
+        keep = a._keeps_plain(choice.predicted_scores)
         tiled = torch.nonzero(~keep).flatten()
         if tiled.numel():
             fine, layer = self._stitched_tile_maps(
@@ -327,12 +382,12 @@ class TiledMode:
         components = None
         if above_area is not None and refined is not None and tiled.numel():
             maps, thresholds, components = self._large_objects_from_whole_image(
-                maps, thresholds, refined, ~keep, above_area
+                maps, thresholds, refined, ~keep, above_area, choice
             )
-        return a._boxed(forward.class_ids, scores, maps, thresholds, components)
+        return a._boxed(choice, maps, thresholds, components)
 
     def _large_objects_from_whole_image(
-        self, maps: Tensor, thresholds: Tensor, whole: Tensor, tiled: Tensor, above_area: float
+        self, maps: Tensor, thresholds: Tensor, whole: Tensor, tiled: Tensor, above_area: float, choice: ClassChoice
     ) -> tuple[Tensor, Tensor, Components | None]:
         """The images of `tiled` (B,) bool whose top-1 box from `maps` covers `above_area` of the image or more,
         with their maps from `whole` (B, K, R, R) at `tiling.whole_image_threshold`; and the components of
@@ -342,7 +397,7 @@ class TiledMode:
         a small object, but a large one's face or insignia. The box the tiles give says which of the two an
         image holds; a large one is boxed better by the whole image's refined map (docs/localization.md)."""
         b, k = maps.shape[:2]
-        components = self.annotator._components(maps, thresholds)
+        components = self.annotator._components(maps, thresholds, choice)
         large = tiled & (top1_box_fraction(components, b, k, maps.shape[-1]) >= above_area)
         if not bool(large.any()):
             return maps, thresholds, components
@@ -382,8 +437,8 @@ class TiledMode:
 
 
 def top1_box_fraction(components: Components, images: int, k: int, grid: int) -> Tensor:
-    """(images,) float: the share of its image that each image's first box of its top-1 class covers, 0 where
-    it has none. Maps are ``b * k + class rank`` as in `AnnotatedBatch`, on `grid` x `grid` grids covering the
+    """(images,) float: the share of its image that each image's first box of its first kept class covers, 0 where
+    it has none. Maps are ``b * k + slot`` as in `AnnotatedBatch`, on `grid` x `grid` grids covering the
     whole image; the first box is the component with the highest peak, as rows order boxes (ties: the first)."""
     top = components.map_index % k == 0
     image = components.map_index[top] // k

@@ -195,7 +195,7 @@ def _filters(sub: argparse.ArgumentParser) -> None:
         help="keep boxes with score >= S (default: the calibrated score, at which half the boxes kept are right on "
         "the evaluation set; 0 keeps every box)",
     )
-    sub.add_argument("--classes", nargs="+", metavar="CLASS", help="keep boxes of these ImageNet ids or labels")
+    sub.add_argument("--classes", nargs="+", metavar="CLASS", help="keep boxes of these class ids or labels")
 
 
 def build_camray_parser() -> argparse.ArgumentParser:

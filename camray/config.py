@@ -42,7 +42,14 @@ class SourceConfig(_Section):
     uri: str = Field(
         "samples",
         description="A local folder, an `s3://bucket/prefix`, or a manifest file (.txt: one URI per line; "
-        ".csv or .parquet: a `uri` column). `samples` means the bundled demo photos.",
+        ".csv, .parquet or .jsonl: a `uri` column, and optionally `labels`, the image's labels: class names or ids, "
+        "`|`-separated in CSV, a list in Parquet and JSON Lines). `samples` means the bundled demo photos.",
+    )
+    labels_from: Literal["folder"] | None = Field(
+        None,
+        description="`folder`: each image's label is the name of its sub-folder under `uri` (torchvision's "
+        "`ImageFolder` layout, `uri/CLASS/.../image.jpg`); images directly under `uri` have none. None: the labels "
+        "a manifest's `labels` column gives, if any.",
     )
     extensions: list[str] = Field(
         default=[".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"],
@@ -51,6 +58,14 @@ class SourceConfig(_Section):
     )
     recursive: bool = Field(True, description="List sub-folders / the whole prefix below `uri`.")
     limit: int | None = Field(None, ge=1, description="Process at most this many listed images (for trials).")
+
+    @model_validator(mode="after")
+    def _labels_from_a_folder(self) -> SourceConfig:
+        from camray.io.listing import MANIFEST_SUFFIXES
+
+        if self.labels_from == "folder" and self.uri.lower().endswith(MANIFEST_SUFFIXES):
+            raise ValueError("`source.labels_from` `folder` reads labels from sub-folders: `source.uri` is a manifest")
+        return self
 
     @field_validator("extensions")
     @classmethod
@@ -99,6 +114,18 @@ class ModelConfig(_Section):
         "torchvision's DEFAULT, or timm's published weights for `timm:` names (downloads; needs internet).",
     )
     weights_sha256: str | None = Field(None, description="Expected sha256 of the weights file, checked on load.")
+    labels: str | None = Field(
+        None,
+        description="The head's class names: a text file of one name a line, or a JSON list (`.json`); a local "
+        "path or an `s3://` URI. Its length must be the head's number of outputs, which comes from the weights. "
+        "Default: ImageNet's names for a 1,000-class head, else `class_0`, `class_1`, ... (docs/models.md).",
+    )
+    head: Literal["softmax", "sigmoid"] = Field(
+        "softmax",
+        description="How the logits become scores: `softmax` for a single-label classifier (scores sum to 1), "
+        "`sigmoid` for a multi-label one (each class an independent probability; `cam.min_score` keeps the classes "
+        "present).",
+    )
     target_layer: str | None = Field(
         None, description="Module path of the feature layer to explain; default from the registry."
     )
@@ -127,7 +154,27 @@ class CamConfig(_Section):
     method: CamMethod | None = Field(
         None, description="CAM method; default `cam` for GAP+linear networks, `gradcam` otherwise."
     )
-    top_k: int = Field(5, ge=1, le=50, description="Predictions, maps and boxes for the top-k classes.")
+    top_k: int = Field(
+        5,
+        ge=1,
+        le=50,
+        description="Predictions for the top-k classes, and with `classes` `predicted`, maps and boxes for them.",
+    )
+    classes: Literal["predicted", "given", "both"] = Field(
+        "predicted",
+        description="Which classes of an image get maps, boxes and a mask. `predicted`: the top-k (above "
+        "`min_score`). `given`: exactly the image's labels (a manifest's `labels` column, `source.labels_from`), "
+        "whatever their rank; an image without labels is an error row. `both`: the union of the two. Predictions "
+        "are written in every case.",
+    )
+    min_score: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Predicted classes scoring below this get no map, box or mask (at most `top_k` are kept; an "
+        "image may keep none). With `model.head` `sigmoid` the default is 0.5, the multi-label decision threshold; "
+        "with `softmax`, none. Given labels are mapped whatever their score.",
+    )
     upsample: int = Field(
         8, ge=1, le=32, description="Maps are upsampled to this multiple of the feature map before boxing."
     )
@@ -179,7 +226,7 @@ class BoxConfig(_Section):
         lt=1.0,
         description="Components other than the largest must cover this fraction of the image to be kept.",
     )
-    masks: bool = Field(True, description="Write a COCO RLE pseudo-mask of the top-1 class.")
+    masks: bool = Field(True, description="Write a COCO RLE pseudo-mask of the best-scoring kept class.")
 
 
 class TilingConfig(_Section):
@@ -256,6 +303,12 @@ class TilingConfig(_Section):
 
 # The fields the `windows` mode added: stitched runs leave them out of their fingerprint.
 WINDOWS = {"mode", "propose_score", "merge_iou", "cross_class_iou", "min_box_score", "part_inside"}
+# Fields added later, at the values that change nothing: left out of the fingerprint there, so that outputs made
+# before they existed keep theirs (and their done work).
+UNSET_BEFORE = {
+    "model": {"labels": None, "head": "softmax"},
+    "cam": {"classes": "predicted", "min_score": None},
+}
 
 
 class SinkConfig(_Section):
@@ -428,6 +481,10 @@ class JobConfig(_Section):
             include={"model": True, "cam": True, "boxes": True},
             exclude={"model": {"device", "precision", "channels_last", "compile"}},
         )
+        for section, defaults in UNSET_BEFORE.items():
+            for name, default in defaults.items():
+                if relevant[section][name] == default:
+                    del relevant[section][name]
         if self.tiling.enabled:  # untiled runs keep the fingerprints they had before tiling existed
             relevant["tiling"] = self.tiling.model_dump(exclude=None if self.tiling.mode == "windows" else WINDOWS)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -7,8 +7,12 @@ image's candidates; a window boxes only the classes it proposes, in its own map,
 map's peak. The boxes of all windows are merged by class-aware NMS (and across classes, one object one box), and
 scored by the proposing window's probability times the map's peak in the box.
 
+With given labels (`cam.classes` `given` or `both`), the image's labels are candidates whatever their rank, and
+the whole image boxes each of them (the image is known to hold it), scored by the map alone, and no other class
+suppresses its boxes; a tile still boxes only its best candidate, where it is confident of it.
+
 Rows keep their meaning: `predictions` are the image's candidates, each scored by the higher of its whole-image
-and its proposing tiles' probability; `cams` are the whole image's maps of those classes, stitched with the
+and its proposing tiles' probability; `cams` are the whole image's maps of the kept classes, stitched with the
 tiles' (the larger of the two); a box's score is its own (`Components.peak` holds its score over its class's).
 """
 
@@ -21,8 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from camray.cam.boxes import Components, components_from_maps
+from camray.cam.classes import ClassChoice
 from camray.cam.maps import normalize_maps
-from camray.cam.multi import drop_parts, merge_boxes, propose_classes, window_boxes_to_image, window_proposes
+from camray.cam.multi import candidate_scores, drop_parts, merge_boxes, window_boxes_to_image, window_proposes
 from camray.cam.tiling import canvas_side, cut_tiles, stitch_maps, tile_layout, tile_stride
 
 if TYPE_CHECKING:
@@ -38,7 +43,7 @@ class DetectMode:
         self.tiling = tiling
         self.canvas_size = canvas_side(annotator.input_size, tiling.grid, tiling.overlap)
 
-    def annotate(self, pixels: Tensor, valid_wh: Tensor) -> AnnotatedBatch:
+    def annotate(self, pixels: Tensor, valid_wh: Tensor, given: Tensor | None = None) -> AnnotatedBatch:
         a = self.annotator
         size = a.input_size
         images = pixels.shape[0]
@@ -57,19 +62,24 @@ class DetectMode:
         tile_extent = torch.minimum(torch.full_like(offsets, size), device_wh[image_of] - offsets)
         region = torch.cat([whole_region, torch.cat([offsets, tile_extent], dim=1)])
         chosen: dict[str, Tensor] = {}
+        choices: list[ClassChoice] = []
 
         def candidates(logits: Tensor) -> Tensor:
-            probs = torch.softmax(logits.float(), dim=1)
-            class_ids, scores = propose_classes(probs, window_image, images, a.top_k, self.tiling.propose_score)
-            chosen.update(class_ids=class_ids, scores=scores, probs=probs)
-            return class_ids[window_image]
+            probs = a.probabilities(logits)
+            scores = candidate_scores(probs, window_image, images, self.tiling.propose_score)
+            # The whole image's own best class ranks first, so that a photo of one object keeps its top-1.
+            ranking = scores.scatter(1, probs[:images].argmax(dim=1, keepdim=True), torch.inf)
+            choices.append(a.choose(scores, given, ranking))
+            chosen.update(probs=probs)
+            return choices[0].class_ids[window_image]
 
         layers = (a.refine_block,) if a.cam_config.refine and a.refine_block is not None else ()
         with torch.autocast(a.device.type, dtype=a.autocast_dtype, enabled=a.autocast_dtype is not None):
             out = a.extractor.extract(windows, a.top_k, candidates, layers)
             activation = out.layers[0].float().relu().mean(1, keepdim=True) if out.layers else None
         raw = out.maps.float()
-        class_ids, scores = chosen["class_ids"], chosen["scores"]
+        choice = choices[0]
+        class_ids = choice.class_ids
         window_probs = chosen["probs"].gather(1, out.class_ids)  # (W, K)
         h, w = raw.shape[-2:]
         grid = max(h, w) * a.cam_config.upsample
@@ -82,11 +92,9 @@ class DetectMode:
             sure = a._keeps_plain(chosen["probs"].max(dim=1, keepdim=True).values)
             window_maps, window_thresholds = a._maps_keeping_plain(window_maps, refined, sure)
         maps = self._image_maps(window_maps[:images], raw[images:], image_of, offsets, device_wh, images)
-        components = self._boxes(
-            window_maps, window_thresholds, window_probs, region, window_image, device_wh, class_ids, scores
-        )
-        thresholds = window_thresholds.view(-1, a.top_k)[:images]
-        return a._boxed(class_ids, scores, maps, thresholds.flatten(), components)
+        components = self._boxes(window_maps, window_thresholds, window_probs, region, window_image, device_wh, choice)
+        thresholds = window_thresholds.view(-1, class_ids.shape[1])[:images]
+        return a._boxed(choice, maps, thresholds.flatten(), components)
 
     def _image_maps(
         self, whole: Tensor, tile_raw: Tensor, image_of: Tensor, offsets: Tensor, valid_wh: Tensor, images: int
@@ -106,14 +114,16 @@ class DetectMode:
         region: Tensor,
         window_image: Tensor,
         valid_wh: Tensor,
-        class_ids: Tensor,
-        scores: Tensor,
+        choice: ClassChoice,
     ) -> Components:
         a = self.annotator
         config = a.box_config
+        class_ids, scores = choice.class_ids, choice.scores
         windows, k, grid, _ = window_maps.shape
         images = class_ids.shape[0]
-        proposes = window_proposes(window_probs, images, self.tiling.propose_score)
+        proposes = window_proposes(
+            window_probs, images, self.tiling.propose_score, choice.kept[window_image], choice.given
+        )
         flat = torch.nonzero(proposes.flatten()).flatten()  # window * K + slot
         found = components_from_maps(
             window_maps.flatten(0, 1)[flat],
@@ -124,10 +134,13 @@ class DetectMode:
         source = flat[found.map_index]
         window, slot = source // k, source % k
         image = window_image[window]
-        box_score = window_probs.flatten()[source] * found.peak.float()
+        # A given label is known to be in its image: its boxes are scored by their map alone, as rows score them.
+        given = choice.given[image, slot]
+        weight = window_probs.flatten()[source].where(~given, 1.0)
+        box_score = weight * found.peak.float()
         boxes = window_boxes_to_image(found.boxes, grid, region[window], valid_wh[image], grid)
         classes = class_ids[image, slot]
-        keep = merge_boxes(boxes, box_score, image, classes, self.tiling.merge_iou, self.tiling.cross_class_iou)
+        keep = merge_boxes(boxes, box_score, image, classes, self.tiling.merge_iou, self.tiling.cross_class_iou, given)
         keep = keep[box_score[keep] >= self.tiling.min_box_score]
         if self.tiling.part_inside is not None:
             keep = keep[
@@ -138,6 +151,7 @@ class DetectMode:
         keep, map_index = keep[order], map_index[order]
         kept_boxes = boxes[keep]
         area = (kept_boxes[:, 2] - kept_boxes[:, 0]) * (kept_boxes[:, 3] - kept_boxes[:, 1])
-        # Rows score a box as its class's score x `peak`: this `peak` makes that the box's own score.
-        relative = box_score[keep] / scores.flatten()[map_index].clamp_min(1e-12)
+        # Rows score a box as its class's score (1 for a given label) x `peak`: this `peak` makes that the box's own.
+        weights = scores.where(~choice.given, 1.0).flatten()[map_index]
+        relative = box_score[keep] / weights.clamp_min(1e-12)
         return Components(map_index, kept_boxes, area, box_score[keep], relative)

@@ -1,7 +1,9 @@
 """The predictor: decoded images -> top-k predictions, class maps, boxes and a pseudo-mask per image.
 
 `Predictor` is the Ray Data actor callable around `camray.annotator.Annotator` (the compute, plain PyTorch):
-config validated and model set up once in `__init__`, numpy batch in, Arrow rows out.
+config validated and model loaded once in `__init__` from the run's resolved setup, numpy batch in, Arrow rows
+out. It resolves each image's label tokens against the model's classes (`camray.models.labels`): a label that
+names no class, or an image without labels where `cam.classes` is `given`, is an error row of stage `labels`.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from camray.annotator import Annotator, decode_side, pick_device, top1_box_fraction, uses_refine_layer
+from camray.annotator import Annotator, decode_side, pick_device, top1_box_fraction
 from camray.config import JobConfig
 from camray.image.device_decode import decode_to_canvases
 from camray.io.schema import ROWS
 from camray.io.sources import S3Settings
 from camray.metrics import timed_batch
-from camray.models import load_model
+from camray.models import LabelResolver, ModelSetup, UnknownLabel, load_model, uses_refine_layer
 from camray.result_rows import RowContext, result_table
 
 # The annotator's names that callers of the actor (the runner, the benchmarks) read from here too.
@@ -36,12 +38,14 @@ class Predictor:
     def __init__(
         self,
         config: dict[str, Any],
+        setup: dict[str, Any],
         run_id: str,
-        input_size: int,
         s3: dict[str, Any],
         cpu_threads: int | None = None,
     ) -> None:
+        """`config` is the job's config and `setup` its resolved model (`ModelSetup.to_plain`), as plain data."""
         job = JobConfig.model_validate(config)  # plain data crossed the process boundary: validate again
+        resolved = ModelSetup.from_plain(setup)
         self.run_id = run_id
         self.fingerprint = job.fingerprint()
         self.model_name = job.model.name
@@ -49,12 +53,13 @@ class Predictor:
         # Ray pins OMP_NUM_THREADS to the actor's logical CPUs (1): on a CPU node that idles the rest.
         self.cpu_threads = cpu_threads if device.type == "cpu" else None
         self._use_cpu_threads()
-        loaded = load_model(job.model, S3Settings(**s3))
+        loaded = load_model(resolved, S3Settings(**s3))
+        self.labels = LabelResolver(resolved.class_names)
+        self.classes = job.cam.classes
         self.annotator = Annotator(
             loaded,
             job.cam,
             job.boxes,
-            input_size,
             device,
             job.model.precision,
             job.model.channels_last,
@@ -69,7 +74,7 @@ class Predictor:
             method=self.annotator.method,
             config_fingerprint=self.fingerprint,
             run_id=run_id,
-            categories=pa.array(loaded.spec.categories, pa.string()),
+            categories=pa.array(resolved.class_names, pa.string()),
             write_masks=job.boxes.masks,
         )
         logger.info("predictor ready: %s on %s, method %s", self.model_name, device, self.annotator.method)
@@ -85,6 +90,8 @@ class Predictor:
         self._use_cpu_threads()
         ok = np.flatnonzero(batch["error_type"] == "")
         rows: list[dict[str, Any]] = [self._error_row(batch, i) for i in np.flatnonzero(batch["error_type"] != "")]
+        batch = dict(batch)
+        batch["given"], ok = self._given(batch, ok, rows)
         if not ok.size:
             return pa.Table.from_pylist(rows, schema=ROWS)
         if "encoded" in batch:
@@ -158,6 +165,42 @@ class Predictor:
         for part in (slice(0, half), slice(half, None)):
             self._annotate_isolating(batch, index[part], pixels[part], valid[part], tables, rows)
 
+    def _given(
+        self, batch: dict[str, np.ndarray], ok: np.ndarray, rows: list[dict[str, Any]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's labels as class ids (None where it carries none), and the rows of `ok` still to annotate:
+        those whose labels name no class, or that have none where `cam.classes` is `given`, become error rows
+        of stage `labels` (decoded for nothing, but the rows of one batch keep one path)."""
+        labels = batch.get("labels")
+        given = np.empty(len(batch["image_uri"]), dtype=object)
+        keep = []
+        for i in ok:
+            tokens = _tokens(None if labels is None else labels[i])
+            try:
+                ids = None if tokens is None else self.labels.class_ids(tokens)
+            except UnknownLabel as exc:
+                rows.append(self._error_row(batch, i, "labels", type(exc).__name__, str(exc)))
+                continue
+            if self.classes == "given" and not ids:
+                why = "no labels given" if ids is None else "an empty list of labels"
+                message = f"`cam.classes` is `given` and the image has {why}: nothing to map"
+                rows.append(self._error_row(batch, i, "labels", "MissingLabels", message))
+                continue
+            given[i] = ids
+            keep.append(i)
+        return given, np.array(keep, dtype=ok.dtype)
+
+    def _given_tensor(self, given: np.ndarray) -> Tensor | None:
+        """The rows' given class ids as (B, G), padded with -1; None where no row has any or none are mapped."""
+        if self.classes == "predicted" or all(not ids for ids in given):
+            return None
+        width = max(len(ids) for ids in given if ids)
+        out = torch.full((len(given), width), -1, dtype=torch.long)
+        for row, ids in enumerate(given):
+            if ids:
+                out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
     def _decode_here(
         self, batch: dict[str, np.ndarray], ok: np.ndarray, rows: list[dict[str, Any]]
     ) -> tuple[np.ndarray, Tensor, Tensor]:
@@ -183,12 +226,13 @@ class Predictor:
     def _annotate_table(
         self, batch: dict[str, np.ndarray], index: np.ndarray, pixels: Tensor, valid: Tensor
     ) -> pa.Table:
-        out = self.annotator.annotate(pixels, valid)
+        given = batch["given"][index]
+        out = self.annotator.annotate(pixels, valid, self._given_tensor(given))
         images = {
             name: batch[name][index]
             for name in ("image_uri", "source_version", "content_sha256", "width", "height", "io_retries")
         }
-        return result_table(out, images, self.row_context)
+        return result_table(out, images, self.row_context, list(given))
 
     def _error_row(
         self,
@@ -225,6 +269,14 @@ def _raised_in_a_module(exc: BaseException) -> bool:
             return True
         frame = frame.tb_next
     return False
+
+
+def _tokens(value: object) -> list[str] | None:
+    """A row's label tokens, or None where it has none. Ray Data hands a column of lists back as arrays, and a
+    column with no labels at all as a null column (NaN floats)."""
+    if isinstance(value, list | tuple | np.ndarray):
+        return [str(token) for token in value]
+    return None
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:

@@ -73,7 +73,9 @@ def read_decode_batch(
     decode: str = "cpu",
     interpolation: str = "bilinear",
 ) -> dict[str, np.ndarray]:
-    """Ray Data task: listing rows (`uri`, `version`) -> decoded rows; failures become error columns.
+    """Ray Data task: listing rows (`uri`, `version`, optionally `labels`) -> decoded rows; failures become error
+    columns. `labels` (each row's label tokens, or None where the input carries none) pass through untouched, for
+    the predictor to resolve.
 
     `decode="cpu"` fills `pixels`, `valid_width`, `valid_height`; `decode="device"` fills `encoded` (the bytes),
     `orientation` and `device_jpeg` (whether the device decoder can take it) instead. `io_retries` is how many
@@ -97,6 +99,7 @@ def read_decode_batch(
         "error_type": np.full(n, "", dtype=object),
         "error_message": np.full(n, "", dtype=object),
         "io_retries": np.zeros(n, dtype=np.int64),
+        "labels": _labels_column(batch.get("labels"), n),
     }
     if decode == "device":
         out["encoded"] = np.full(n, b"", dtype=object)
@@ -156,14 +159,24 @@ def read_decode_listing(
     settings = S3Settings(**s3)
     for uri in batch["listing"]:
         fs, path = filesystem_for(str(uri), settings)
-        entries = pq.read_table(path, filesystem=fs, columns=["uri", "version"])
+        entries = pq.read_table(path, filesystem=fs, columns=["uri", "version", "labels"])
         for start in range(0, entries.num_rows, listing_batch):
             part = entries.slice(start, listing_batch)
             yield read_decode_batch(
                 {
                     "uri": np.array(part.column("uri").to_pylist(), dtype=object),
                     "version": np.array(part.column("version").to_pylist(), dtype=object),
+                    "labels": _labels_column(part.column("labels").to_pylist(), part.num_rows),
                 },
                 s3=s3,
                 **decode,
             )
+
+
+def _labels_column(labels: Any, n: int) -> np.ndarray:
+    """One entry a row: its label tokens (a list), or None where it has none."""
+    column = np.empty(n, dtype=object)
+    if labels is not None:
+        for index, tokens in enumerate(labels):
+            column[index] = None if tokens is None else [str(token) for token in tokens]
+    return column

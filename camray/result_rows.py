@@ -16,7 +16,7 @@ import pyarrow as pa
 from pycocotools import mask as coco_mask
 
 from camray.annotator import AnnotatedBatch
-from camray.io.schema import BOX, CAM, MASK, PREDICTION, ROWS, quantize_heatmaps
+from camray.io.schema import BOX, CAM, LABEL, MASK, PREDICTION, ROWS, quantize_heatmaps
 
 
 @dataclass(frozen=True)
@@ -68,40 +68,72 @@ def _binary(flat: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(flat.tobytes())])
 
 
-def result_table(out: AnnotatedBatch, images: dict[str, np.ndarray], context: RowContext) -> pa.Table:
+def _given_labels(given: list[list[int] | None], categories: pa.Array) -> pa.Array:
+    """Each image's given class ids (None: it carries no labels) as `labels` entries with their names."""
+    flat = np.array([index for ids in given if ids is not None for index in ids], dtype=np.int32)
+    offsets = np.r_[0, np.cumsum([len(ids) if ids is not None else 0 for ids in given])].astype(np.int32)
+    values = pa.StructArray.from_arrays(
+        [pa.array(flat, pa.int32()), categories.take(pa.array(flat))], fields=list(LABEL)
+    )
+    mask = pa.array([ids is None for ids in given], pa.bool_())
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=mask)
+
+
+def result_table(
+    out: AnnotatedBatch,
+    images: dict[str, np.ndarray],
+    context: RowContext,
+    given: list[list[int] | None] | None = None,
+) -> pa.Table:
     """One `ROWS` row per image of `out`.
 
     `images` holds the per-image columns, aligned with `out`: `image_uri`, `source_version`,
-    `content_sha256`, `width`, `height` (original pixels), `io_retries` (passed through to the sink).
+    `content_sha256`, `width`, `height` (original pixels), `io_retries` (passed through to the sink). `given`
+    holds each image's given labels as class ids (None: it carries none), for the `labels` column.
     """
     b, k = out.class_ids.shape
+    p = out.predicted_ids.shape[1]
     grid = out.maps.shape[-1]
     width = images["width"].astype(np.int32)
     height = images["height"].astype(np.int32)
     ids = out.class_ids.numpy().astype(np.int32).ravel()
     scores = out.scores.numpy().astype(np.float32).ravel()
-    per_image_k = np.arange(0, b * k + 1, k)
+    kept = out.kept.numpy().ravel()
+    every_kept = bool(kept.all())
 
+    predicted = out.predicted_ids.numpy().astype(np.int32).ravel()
     predictions = _lists(
-        per_image_k,
+        np.arange(0, b * p + 1, p),
         pa.StructArray.from_arrays(
-            [pa.array(ids), context.categories.take(pa.array(ids)), pa.array(scores)], fields=list(PREDICTION)
+            [
+                pa.array(predicted),
+                context.categories.take(pa.array(predicted)),
+                pa.array(out.predicted_scores.numpy().astype(np.float32).ravel()),
+            ],
+            fields=list(PREDICTION),
         ),
     )
     heatmaps = quantize_heatmaps(out.maps.numpy()).reshape(b * k, grid * grid)
-    sides = pa.array(np.full(b * k, grid, dtype=np.int32))
+    cam_offsets = np.r_[0, np.cumsum(out.kept.numpy().sum(axis=1))]
+    cam_ids, cam_maps = (ids, heatmaps) if every_kept else (ids[kept], heatmaps[kept])
+    sides = pa.array(np.full(cam_ids.shape[0], grid, dtype=np.int32))
     cams = _lists(
-        per_image_k, pa.StructArray.from_arrays([pa.array(ids), sides, sides, _binary(heatmaps)], fields=list(CAM))
+        cam_offsets,
+        pa.StructArray.from_arrays([pa.array(cam_ids), sides, sides, _binary(cam_maps)], fields=list(CAM)),
     )
 
     comp = out.components
     map_index = comp.map_index.numpy()
+    on_kept = np.ones(map_index.shape[0], dtype=bool) if every_kept else kept[map_index]
+    map_index = map_index[on_kept]
     image = map_index // k
     box_class = ids[map_index]
-    box_score = scores[map_index] * comp.peak.numpy().astype(np.float32)
+    # A given label's class is known to be there: its boxes are scored by the map's peak alone.
+    class_weight = np.where(out.given.numpy().ravel(), np.float32(1.0), scores)
+    box_score = class_weight[map_index] * comp.peak.numpy()[on_kept].astype(np.float32)
     order = np.lexsort((-box_score, image))  # per image, best score first; ties keep the components' order
     image, box_class, box_score = image[order], box_class[order], box_score[order]
-    xyxy = comp.boxes.numpy()[order].astype(np.float64)
+    xyxy = comp.boxes.numpy()[on_kept][order].astype(np.float64)
     scale_x, scale_y = width[image] / grid, height[image] / grid
     box_offsets = np.r_[0, np.cumsum(np.bincount(image, minlength=b))]
     boxes = _lists(
@@ -120,11 +152,13 @@ def result_table(out: AnnotatedBatch, images: dict[str, np.ndarray], context: Ro
         ),
     )
 
-    if context.write_masks:
+    if context.write_masks:  # the first kept class's; an image that keeps none has none
         top_maps = out.maps[:, 0].numpy()
         top_thresholds = out.thresholds[:, 0].numpy()
+        has = out.kept[:, 0].numpy()
         encoded = [
-            mask_rle(top_maps[i] >= top_thresholds[i], int(width[i]), int(height[i]))["counts"] for i in range(b)
+            mask_rle(top_maps[i] >= top_thresholds[i], int(width[i]), int(height[i]))["counts"] if has[i] else None
+            for i in range(b)
         ]
         masks = pa.StructArray.from_arrays(
             [
@@ -133,6 +167,7 @@ def result_table(out: AnnotatedBatch, images: dict[str, np.ndarray], context: Ro
                 pa.array(encoded, pa.string()),
             ],
             fields=list(MASK),
+            mask=pa.array(~has),
         )
     else:
         masks = pa.nulls(b, MASK)
@@ -148,6 +183,7 @@ def result_table(out: AnnotatedBatch, images: dict[str, np.ndarray], context: Ro
         "height": pa.array(height),
         "model": repeated(context.model),
         "method": repeated(context.method),
+        "labels": _given_labels(given, context.categories) if given is not None else pa.nulls(b, pa.list_(LABEL)),
         "predictions": predictions,
         "cams": cams,
         "boxes": boxes,

@@ -1,8 +1,9 @@
 """One run of a `JobConfig`, as a short list of named steps (`run_job`, `_work`):
 
-1. check the setup (model, layers, CAM method, S3 endpoint) and that the input is there, before anything is touched;
+1. resolve the setup (model, weights and head, class names, layers, CAM method) once, and check that the input is
+   there, before anything is touched;
 2. resolve the attempt (a new run, or the next attempt of an unfinished one) and lease the output under its id;
-3. load the model, read what earlier attempts of the run left, stage the listing without what is done;
+3. read what earlier attempts of the run left, stage the listing without what is done;
 4. start Ray, plan the resources, read+decode (CPU tasks), predict (actor pool, GPU where present), write;
 5. account for every input and commit;
 6. however it ended: remove the listing, write the runs row, release the lease.
@@ -31,13 +32,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from camray.cam.methods import resolve_method
 from camray.config import JobConfig
-from camray.errors import InputNotFound, SetupError
+from camray.errors import InputNotFound
 from camray.host_memory import ALLOCATOR_ENV
 from camray.image.decode import DecodeLimits
 from camray.io import layout
-from camray.io.done import DoneSet, without_done, without_inputs
+from camray.io.done import LABELS_KEY, DoneSet, labels_key, without_done, without_inputs
 from camray.io.lease import OutputLease
 from camray.io.listing import check_input_exists, iter_listing
 from camray.io.resume import PriorWork, RunState, find_resumable, prior_work, write_state
@@ -46,9 +46,9 @@ from camray.io.sink import CamDatasink, WrittenCounts, check_each_input_once, co
 from camray.io.sources import S3Settings, filesystem_for, join_uri, store_errors
 from camray.logs import LOG_ONLY, save_run_log
 from camray.metrics import push_outcome
-from camray.models import get_spec, load_model, resolve_layer
+from camray.models import LabelResolver, ModelSetup, UnknownLabel, resolve_setup
 from camray.planning import WRITE_CPUS, Resources, configure_data_context, plan_resources
-from camray.predictor import Predictor, decode_side, uses_refine_layer
+from camray.predictor import Predictor, decode_side
 from camray.provenance import ClusterFacts, ModelFacts, RunSummary, cluster_facts, runs_row, write_runs_row
 from camray.reader import read_decode_listing
 from camray.samples import export_samples, require_demo_packages
@@ -65,24 +65,13 @@ class RunInterrupted(KeyboardInterrupt):
     A KeyboardInterrupt, so that Ray Data shuts its execution down as for Ctrl-C rather than wrapping it."""
 
 
-def validate_before_work(config: JobConfig) -> None:
-    """Fails fast on what cannot run (the demo without its photos, a model/method combination), before listing or
-    starting Ray."""
+def resolve_run_setup(config: JobConfig, s3: S3Settings) -> ModelSetup:
+    """The run's setup, resolved once in the driver before the lease, the listing and Ray (`resolve_setup`: the
+    model built and measured, its weights loaded and checked against its head and labels); what cannot run is a
+    `SetupError` naming the field. The demo's photos are checked here too."""
     if config.source.uri == SAMPLES_URI:
         require_demo_packages()
-    model = config.model
-    spec = get_spec(model.name, model.target_layer, model.classifier_layer, model.input_size)
-    resolve_method(spec, config.cam.method)
-    # `cam.refine` alone keeps the plain maps of a model with no finer block (one token grid throughout, a ViT);
-    # the tiled modes that fuse that block's activation cannot run without it.
-    tiling = config.tiling
-    tiling_needs_layer = tiling.enabled and (tiling.fusion == "layer" or tiling.whole_image_above_area is not None)
-    if tiling_needs_layer and not (config.cam.refine_layer or spec.refine_layer):
-        raise ValueError(
-            "`tiling.fusion` `layer` and `tiling.whole_image_above_area` need `cam.refine_layer` for "
-            f"{config.model.name!r}: the module path of a block at twice the resolution of the target layer "
-            "(e.g. `layer3` for a ResNet)"
-        )
+    return resolve_setup(config.model, config.cam, config.tiling, s3).setup
 
 
 def _done_versions(config: JobConfig, s3: S3Settings, completed: list[str]) -> DoneSet | None:
@@ -90,6 +79,24 @@ def _done_versions(config: JobConfig, s3: S3Settings, completed: list[str]) -> D
     if not config.sink.incremental or not completed:
         return None
     return DoneSet(config.sink.uri, tuple(completed), config.model.name, config.fingerprint(), s3)
+
+
+def with_labels_key(chunk: pa.Table, resolver: LabelResolver) -> pa.Table:
+    """The listing chunk with each entry's `labels_key` (`camray.io.done`): its labels resolved against the
+    model's classes; null where it carries none. Labels that name no class get a key no result has: the image
+    becomes an error row again, and errors are never done."""
+    if chunk.column("labels").null_count == chunk.num_rows:
+        return chunk.append_column(LABELS_KEY, pa.nulls(chunk.num_rows, pa.string()))
+    keys = []
+    for tokens in chunk.column("labels").to_pylist():
+        if tokens is None:
+            keys.append(None)
+            continue
+        try:
+            keys.append(labels_key(resolver.class_ids(tokens)))
+        except UnknownLabel:
+            keys.append("?")
+    return chunk.append_column(LABELS_KEY, pa.array(keys, pa.string()))
 
 
 @dataclass
@@ -103,7 +110,12 @@ class _StagedListing:
 
 
 def _stage_listing(
-    config: JobConfig, s3: S3Settings, state: _ListingProgress, source_uri: str, completed: list[str]
+    config: JobConfig,
+    s3: S3Settings,
+    state: _ListingProgress,
+    source_uri: str,
+    completed: list[str],
+    resolver: LabelResolver,
 ) -> _StagedListing:
     """Streams the listing through the skip rules into Parquet files, holding one chunk at a time.
 
@@ -131,11 +143,12 @@ def _stage_listing(
 
     def listed() -> Iterator[pa.Table]:
         limit = config.source.limit
-        for chunk in iter_listing(source_uri, config.source.extensions, config.source.recursive, s3):
+        source = config.source
+        for chunk in iter_listing(source_uri, source.extensions, source.recursive, s3, labels_from=source.labels_from):
             if limit is not None:
                 chunk = chunk.slice(0, max(0, limit - state.listed))
             state.listed += chunk.num_rows
-            yield chunk
+            yield with_labels_key(chunk, resolver)
             if limit is not None and state.listed >= limit:
                 break
 
@@ -221,14 +234,6 @@ def storage_settings(config: JobConfig) -> S3Settings:
         config.storage.s3_region,
         config.storage.s3_max_attempts,
     )
-
-
-def _check_setup(config: JobConfig) -> None:
-    """The checks that need no lease, no listing and no Ray; what they refuse is the user's to fix."""
-    try:
-        validate_before_work(config)
-    except (ValueError, LookupError) as exc:  # the model registry's and the CAM methods' refusals name the field
-        raise SetupError(str(exc)) from exc
 
 
 def _check_input(config: JobConfig, s3: S3Settings) -> None:
@@ -364,8 +369,8 @@ def run_job(config: JobConfig) -> RunSummary:
     Raises `LeaseHeld` when another run holds the output, `SetupError` (or `ConfigError`, `InputNotFound`) when the
     job cannot start as configured, and the underlying error when the run fails; `RunInterrupted` on SIGTERM.
     Every run that took the lease leaves its runs row."""
-    _check_setup(config)
     s3 = storage_settings(config)
+    setup = resolve_run_setup(config, s3)
     _check_input(config, s3)
     started = datetime.now(UTC)
     clock = time.perf_counter()
@@ -375,7 +380,7 @@ def run_job(config: JobConfig) -> RunSummary:
     status = "failed"
     try:
         with _sigterm_interrupts():
-            status = _work(config, s3, attempt, lease, sink, record)
+            status = _work(config, setup, s3, attempt, lease, sink, record)
     except RunInterrupted as exc:
         status, record.message = "interrupted", f"interrupted: {exc}; the work done so far is kept for the next run"
         logger.warning("run %s %s", attempt.run_id, record.message)
@@ -442,13 +447,19 @@ def failure_message(exc: BaseException) -> str:
 
 
 def _work(
-    config: JobConfig, s3: S3Settings, attempt: Attempt, lease: OutputLease, sink: CamDatasink, record: _Record
+    config: JobConfig,
+    setup: ModelSetup,
+    s3: S3Settings,
+    attempt: Attempt,
+    lease: OutputLease,
+    sink: CamDatasink,
+    record: _Record,
 ) -> str:
     """The attempt's steps once the output is leased; returns its status."""
-    record.model = model = _load_model(config, s3)
+    record.model = model = ModelFacts(setup.weights_source, setup.weights_sha256, setup.input_size, setup.interpolation)
     record.prior = prior = _resume(config, s3, attempt)
     record.listing = listing = _ListingProgress(attempt.run_id, attempt.number, prior)
-    staged = _list_inputs(config, s3, listing)
+    staged = _list_inputs(config, s3, listing, LabelResolver(setup.class_names))
 
     _ensure_ray(config)
     _take_sigterm()
@@ -468,7 +479,7 @@ def _work(
     )
 
     if staged.rows:
-        record.stats_uri = _annotate(config, s3, attempt, staged, model, resources, sink)
+        record.stats_uri = _annotate(config, setup, s3, attempt, staged, resources, sink)
     accounted = sink.counts.results + sink.counts.errors
     if accounted != staged.rows:
         record.message = (
@@ -511,23 +522,6 @@ def _all_failed_alike(counts: WrittenCounts) -> str | None:
     )
 
 
-def _load_model(config: JobConfig, s3: S3Settings) -> ModelFacts:
-    """Loads the model once in the driver: bad weights or layers fail before any work, and the run records which
-    weights it used."""
-    try:
-        loaded = load_model(config.model, s3)
-        if uses_refine_layer(config.cam, config.tiling) and config.cam.refine_layer:
-            resolve_layer(loaded.module, config.cam.refine_layer, "cam.refine_layer")
-    except ValueError as exc:  # a layer or head the model does not have, named by its field
-        raise SetupError(str(exc)) from exc
-    return ModelFacts(
-        loaded.weights_source,
-        loaded.weights_sha256,
-        config.model.input_size or loaded.spec.input_size,
-        loaded.spec.interpolation,
-    )
-
-
 def _resume(config: JobConfig, s3: S3Settings, attempt: Attempt) -> PriorWork | None:
     """What earlier attempts of a resumed run hold (read under the lease, where no attempt is writing), and this
     attempt's `run.json`, written before any work so that a crash leaves a run the next one can resume."""
@@ -551,7 +545,9 @@ def _resume(config: JobConfig, s3: S3Settings, attempt: Attempt) -> PriorWork | 
     return prior
 
 
-def _list_inputs(config: JobConfig, s3: S3Settings, listing: _ListingProgress) -> _StagedListing:
+def _list_inputs(
+    config: JobConfig, s3: S3Settings, listing: _ListingProgress, resolver: LabelResolver
+) -> _StagedListing:
     """Lists the source and stages what is left to do under `_listing/`, for the read tasks."""
     with store_errors("reading of the done work in", config.sink.uri, s3):
         completed = layout.succeeded_run_ids(config.sink.uri, s3)
@@ -559,7 +555,7 @@ def _list_inputs(config: JobConfig, s3: S3Settings, listing: _ListingProgress) -
     if source_uri == SAMPLES_URI:
         source_uri = str(export_samples(SAMPLES_FOLDER).resolve())
     with store_errors("listing of", source_uri, s3):
-        staged = _stage_listing(config, s3, listing, source_uri, completed)
+        staged = _stage_listing(config, s3, listing, source_uri, completed, resolver)
     logger.info(
         "run %s: %d listed, %d already done, %d done by earlier attempts, %d to process",
         listing.run_id,
@@ -573,10 +569,10 @@ def _list_inputs(config: JobConfig, s3: S3Settings, listing: _ListingProgress) -
 
 def _annotate(
     config: JobConfig,
+    setup: ModelSetup,
     s3: S3Settings,
     attempt: Attempt,
     staged: _StagedListing,
-    model: ModelFacts,
     resources: Resources,
     sink: CamDatasink,
 ) -> str:
@@ -584,7 +580,7 @@ def _annotate(
 
     Ray Data's per-operator statistics run to hundreds of lines: a file beside the output, linked from the runs
     row, rather than the terminal."""
-    ds = _plan(config, attempt.run_id, staged, model, s3, resources)
+    ds = _plan(config, setup, attempt.run_id, staged, s3, resources)
     ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
     stats_uri = layout.stats_uri(config.sink.uri, attempt.run_id, attempt.number)
     _write_text(stats_uri, ds.stats(), s3)
@@ -600,9 +596,9 @@ def _commit(config: JobConfig, s3: S3Settings, attempt: Attempt, lease: OutputLe
 
 
 def _plan(
-    config: JobConfig, run_id: str, staged: _StagedListing, model: ModelFacts, s3: S3Settings, resources: Resources
+    config: JobConfig, setup: ModelSetup, run_id: str, staged: _StagedListing, s3: S3Settings, resources: Resources
 ) -> ray.data.Dataset:
-    input_size = model.input_size
+    input_size = setup.input_size
     s3_plain = dataclasses.asdict(s3)  # workers rebuild S3Settings from plain data
     # One item per listing file, read by the read+decode tasks themselves. Ray Data's `read_parquet` would add
     # a file-listing task wanting a whole CPU, which a full actor pool never leaves free: the run stalled.
@@ -618,7 +614,7 @@ def _plan(
             "s3": s3_plain,
             "limits": DecodeLimits().__dict__,
             "decode": config.runtime.decode,
-            "interpolation": model.interpolation,
+            "interpolation": setup.interpolation,
         },
         num_cpus=config.runtime.decode_cpus,
     )
@@ -634,8 +630,8 @@ def _plan(
         runtime_env={"env_vars": ALLOCATOR_ENV},
         fn_constructor_kwargs={
             "config": config.model_dump(mode="json"),
+            "setup": setup.to_plain(),
             "run_id": run_id,
-            "input_size": input_size,
             "s3": s3_plain,
             "cpu_threads": resources.cpu_threads,
         },

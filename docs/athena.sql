@@ -6,6 +6,7 @@ CREATE EXTERNAL TABLE IF NOT EXISTS camray_results (
   `height` int,
   `model` string,
   `method` string,
+  `labels` array<struct<class_id:int,label:string>>,
   `predictions` array<struct<class_id:int,label:string,score:float>>,
   `cams` array<struct<class_id:int,heatmap_height:int,heatmap_width:int,heatmap:binary>>,
   `boxes` array<struct<class_id:int,label:string,score:float,x0:float,y0:float,x1:float,y1:float>>,
@@ -15,7 +16,7 @@ CREATE EXTERNAL TABLE IF NOT EXISTS camray_results (
 )
 STORED AS PARQUET
 LOCATION 's3://my-annotations/cam/results/'
-TBLPROPERTIES ('camray.schema_version' = '2');
+TBLPROPERTIES ('camray.schema_version' = '3');
 
 CREATE EXTERNAL TABLE IF NOT EXISTS camray_errors (
   `image_uri` string,
@@ -27,7 +28,7 @@ CREATE EXTERNAL TABLE IF NOT EXISTS camray_errors (
 )
 STORED AS PARQUET
 LOCATION 's3://my-annotations/cam/errors/'
-TBLPROPERTIES ('camray.schema_version' = '2');
+TBLPROPERTIES ('camray.schema_version' = '3');
 
 CREATE EXTERNAL TABLE IF NOT EXISTS camray_runs (
   `run_id` string,
@@ -63,4 +64,4 @@ CREATE EXTERNAL TABLE IF NOT EXISTS camray_runs (
 )
 STORED AS PARQUET
 LOCATION 's3://my-annotations/cam/runs/'
-TBLPROPERTIES ('camray.schema_version' = '2');
+TBLPROPERTIES ('camray.schema_version' = '3');

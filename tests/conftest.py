@@ -63,9 +63,9 @@ def built_evalset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def _lite0_as_loaded():
     from camray.config import ModelConfig
-    from camray.models import load_model
+    from camray.models import resolve_setup
 
-    return load_model(ModelConfig(name="efficientnet_lite0"))
+    return resolve_setup(ModelConfig(name="efficientnet_lite0"))
 
 
 @pytest.fixture

@@ -63,18 +63,31 @@ def _run_clis(*commands: tuple[str, ...], cwd: Path) -> list[subprocess.Complete
     ]
     finished = []
     for args, process in started:
-        stdout, stderr = process.communicate(timeout=120)
+        stdout, stderr = process.communicate(timeout=300)  # a generous deadline: six interpreters on a shared host
         finished.append(subprocess.CompletedProcess(args, process.returncode, stdout, stderr))
     return finished
 
 
 def test_cli_fails_before_any_work(tmp_path):
+    """Setup problems exit 2 before the lease: a bad field, an unknown model, a method or a refine block the model
+    cannot have, a labels file of another length than the head, a head that fits no supported architecture."""
+    import torch
+    import torchvision
+
     out = str(tmp_path / "out")
-    bad, unknown, cam_on_vgg, refine_unknown = _run_clis(
+    model = torchvision.models.resnet18(num_classes=20)
+    torch.save(model.state_dict(), tmp_path / "resnet18-20.pth")
+    model.fc = torch.nn.Linear(256, 20)  # a head for another trunk
+    torch.save(model.state_dict(), tmp_path / "resnet18-narrow.pth")
+    (tmp_path / "names.txt").write_text("".join(f"c{index}\n" for index in range(19)))
+    fine_tuned = ("--model", "resnet18", "--input", str(tmp_path), "--output", out, "--weights")
+    bad, unknown, cam_on_vgg, refine_unknown, labels, head = _run_clis(
         ("--cam.top_k", "0", "--output", out),
         ("--model", "resnet5", "--output", out),
         ("--model", "vgg16", "--cam.method", "cam", "--output", out),
         ("--model", "vit_b_16", "--preset", "accurate", "--output", out),
+        (*fine_tuned, str(tmp_path / "resnet18-20.pth"), "--model.labels", str(tmp_path / "names.txt")),
+        (*fine_tuned, str(tmp_path / "resnet18-narrow.pth")),
         cwd=tmp_path,
     )
     assert bad.returncode == 2 and "cam.top_k" in bad.stderr
@@ -82,9 +95,11 @@ def test_cli_fails_before_any_work(tmp_path):
     assert cam_on_vgg.returncode == 2 and "`cam.method` is `cam`" in cam_on_vgg.stderr
     # A ViT has no block finer than its token grid for the tiles' `layer` fusion.
     assert refine_unknown.returncode == 2 and "need `cam.refine_layer` for 'vit_b_16'" in refine_unknown.stderr
-    assert not (tmp_path / "out").exists()
+    assert labels.returncode == 2 and "holds 19 class names, but the model's head has 20 outputs" in labels.stderr
+    assert head.returncode == 2 and "layer `fc` (fc.weight) is [20, 256] in the weights but [1000, 512]" in head.stderr
+    assert not (tmp_path / "out").exists()  # no lease, no runs row, no listing
     # The message alone: no traceback, nothing of Ray's (a setup refused before the lease has no log to keep).
-    for ran in (unknown, cam_on_vgg, refine_unknown):
+    for ran in (unknown, cam_on_vgg, refine_unknown, labels, head):
         assert len(ran.stderr.strip().splitlines()) == 1 and not ran.stdout, ran.stdout + ran.stderr
 
 
@@ -171,3 +186,20 @@ def test_the_demo_without_its_data_packages_fails_fast_naming_the_extra(tmp_path
     assert ran.returncode == 2, ran.stdout + ran.stderr
     assert "photos ship in scikit-image, not installed" in ran.stderr and "pip install 'camray[demo]'" in ran.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_classes_fields_leave_old_fingerprints_alone_and_labels_from_a_manifest_is_refused():
+    base = JobConfig().fingerprint()
+    assert (
+        load_config(overrides={"cam.classes": "predicted", "model.head": "softmax"}, preset="fast").fingerprint()
+        == base
+    )
+    changed = [
+        {"cam.classes": "given"},
+        {"cam.min_score": 0.3},
+        {"model.head": "sigmoid"},
+        {"model.labels": "names.txt"},
+    ]
+    assert len({load_config(overrides=o, preset="fast").fingerprint() for o in changed} | {base}) == 5
+    with pytest.raises(ConfigError, match="source.labels_from"):
+        load_config(overrides={"source.uri": "m.csv", "source.labels_from": "folder"})

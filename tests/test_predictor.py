@@ -2,6 +2,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from predictors import predictor_for
 from truth import CHELSEA_CAT, iou
 
 from camray.annotator import Annotator, PlainMode
@@ -9,7 +10,6 @@ from camray.cam.maps import normalize_maps
 from camray.config import JobConfig
 from camray.image.decode import decode_image
 from camray.io.schema import ROWS, decode_heatmap, decode_mask
-from camray.predictor import Predictor
 
 
 def _batch(photos, names, size=224, policy="letterbox"):
@@ -33,7 +33,7 @@ def _batch(photos, names, size=224, policy="letterbox"):
 
 @pytest.fixture(scope="module")
 def predictor():
-    return Predictor(JobConfig().model_dump(mode="json"), run_id="test-run", input_size=224, s3={})
+    return predictor_for(JobConfig(), "test-run")
 
 
 def test_rows_follow_the_schema_and_locate_the_cat(photos, predictor):
@@ -71,7 +71,7 @@ def test_error_rows_pass_through(photos, predictor):
 def test_letterbox_maps_cover_the_whole_image_exactly(photos, lite0):
     """The same photo padded into a canvas and squashed must give boxes in the same original pixels."""
     config = JobConfig()
-    annotator = Annotator(lite0, config.cam, config.boxes, 224, torch.device("cpu"))
+    annotator = Annotator(lite0, config.cam, config.boxes, torch.device("cpu"))
     assert isinstance(annotator.mode, PlainMode) and annotator.canvas_size == 224
     letter = decode_image(photos["chelsea.png"], 224, "letterbox")
     out = annotator.annotate(torch.from_numpy(letter.pixels)[None], torch.tensor([[224, 149]]))
@@ -89,8 +89,8 @@ def test_refined_maps_are_the_class_map_times_the_finer_activation(photos, lite0
     refined = JobConfig.model_validate({"cam": {"refine": True, "refine_power": 2.0}})
     letter = decode_image(photos["chelsea.png"], 224, "letterbox")
     pixels, valid = torch.from_numpy(letter.pixels)[None], torch.tensor([[letter.valid_width, letter.valid_height]])
-    base = Annotator(lite0, plain.cam, plain.boxes, 224, torch.device("cpu"))
-    sharp = Annotator(lite0, refined.cam, refined.boxes, 224, torch.device("cpu"))
+    base = Annotator(lite0, plain.cam, plain.boxes, torch.device("cpu"))
+    sharp = Annotator(lite0, refined.cam, refined.boxes, torch.device("cpu"))
     assert sharp.refine_block is lite0.module.get_submodule("features.11") and base.refine_block is None
     captured = []
     handle = lite0.module.get_submodule("features.11").register_forward_hook(lambda m, i, o: captured.append(o))
@@ -120,7 +120,7 @@ def test_balanced_keeps_the_plain_map_of_an_image_it_is_sure_of(photos, lite0):
     valid = torch.from_numpy(np.stack([batch["valid_width"], batch["valid_height"]], 1))
 
     def annotate(config: JobConfig, **cam: object):
-        return Annotator(lite0, config.cam.model_copy(update=cam), config.boxes, 224, torch.device("cpu")).annotate(
+        return Annotator(lite0, config.cam.model_copy(update=cam), config.boxes, torch.device("cpu")).annotate(
             pixels, valid
         )
 
@@ -135,7 +135,7 @@ def test_balanced_keeps_the_plain_map_of_an_image_it_is_sure_of(photos, lite0):
     assert torch.equal(out.thresholds[sure], torch.full_like(out.thresholds[sure], balanced.cam.plain_threshold))
 
 
-def _faulty_predictor(factory: str) -> Predictor:
+def _faulty_predictor(factory: str):
     from camray.models import get_spec
 
     config = JobConfig.model_validate(
@@ -149,7 +149,7 @@ def _faulty_predictor(factory: str) -> Predictor:
             "cam": {"top_k": 3},
         }
     )
-    return Predictor(config.model_dump(mode="json"), run_id="faults", input_size=224, s3={})
+    return predictor_for(config, "faults")
 
 
 def test_a_poison_image_costs_only_itself(photos, caplog):
@@ -222,3 +222,16 @@ def test_out_of_device_memory_halves_the_batch_and_says_so_once_per_halving(phot
         "out of device memory at a batch of 8 images; batches of 4 from now on",
         "out of device memory at a batch of 4 images; batches of 2 from now on",
     ]
+
+
+def test_rows_without_labels_however_ray_hands_them_over(photos, predictor):
+    """A batch whose labels column holds no labels at all reaches the actor as a null column (NaN floats), one
+    with some as arrays: both are read as the rows' labels, none here."""
+    batch = _batch(photos, ["chelsea.png", "coffee.png"])
+    some = np.empty(2, dtype=object)
+    some[:] = [None, np.array(["285"], dtype=object)]
+    for column in (np.full(2, np.nan, dtype=np.float32), some):
+        rows = predictor({**batch, "labels": column}).to_pylist()
+        assert all(row["stage"] is None for row in rows), rows
+        assert rows[0]["labels"] is None
+    assert rows[1]["labels"] == [{"class_id": 285, "label": "Egyptian cat"}]

@@ -12,6 +12,7 @@ import pyarrow as pa
 import skimage
 import torch
 from PIL import Image
+from predictors import predictor_for
 from test_predictor import _batch
 from truth import CHELSEA_CAT, iou
 
@@ -20,7 +21,6 @@ from camray.cam.boxes import Components
 from camray.cam.tiling import tile_layout, tile_stride
 from camray.config import load_config
 from camray.io.schema import ROWS
-from camray.predictor import Predictor
 
 CATS = {281, 282, 283, 284, 285}
 
@@ -49,7 +49,7 @@ def _annotate_counting_forwards(annotator: Annotator, lite0_module, batch) -> tu
 def test_tiles_go_through_the_model_in_one_batch(photos, lite0) -> None:
     config = load_config(preset="accurate", overrides={"cam.plain_above_score": None})
     loaded = copy.deepcopy(lite0)
-    annotator = Annotator(loaded, config.cam, config.boxes, 224, torch.device("cpu"), tiling=config.tiling)
+    annotator = Annotator(loaded, config.cam, config.boxes, torch.device("cpu"), tiling=config.tiling)
     side = decode_side(config.tiling, 224)
     assert isinstance(annotator.mode, TiledMode)
     assert annotator.canvas_size == side == 224 + 2 * tile_stride(224, config.tiling.overlap)
@@ -79,7 +79,7 @@ def test_a_confident_image_keeps_the_plain_map_and_sends_no_tiles(photos, lite0)
     def annotator(**cam: object) -> tuple[Annotator, object]:
         loaded = copy.deepcopy(lite0)
         cam_config = config.cam.model_copy(update=cam)
-        return Annotator(loaded, cam_config, config.boxes, 224, torch.device("cpu"), tiling=config.tiling), loaded
+        return Annotator(loaded, cam_config, config.boxes, torch.device("cpu"), tiling=config.tiling), loaded
 
     gated, gated_model = annotator()
     out, calls = _annotate_counting_forwards(gated, gated_model.module, batch)
@@ -102,7 +102,7 @@ def test_tiled_rows_follow_the_schema_and_box_the_cat(photos) -> None:
     """The close-up cat is an image the model is sure of: `accurate` keeps its plain map, whose box covers the
     whole cat (with every image tiled, the box would shrink to the cat's most activated part: docs/localization.md)."""
     config = load_config(preset="accurate", overrides={"sink.uri": "unused"})
-    predictor = Predictor(config.model_dump(mode="json"), "tiled-run", 224, {})
+    predictor = predictor_for(config, "tiled-run")
     table = predictor(_batch(photos, ["chelsea.png"], size=decode_side(config.tiling, 224)))
     assert table.schema.equals(ROWS) and isinstance(table, pa.Table)
     row = table.to_pylist()[0]
@@ -135,7 +135,7 @@ def test_a_large_tiled_box_takes_the_whole_images_refined_map(photos, lite0) -> 
 
     def annotated(whole_image_above_area: float | None):
         tiling = config.tiling.model_copy(update={"whole_image_above_area": whole_image_above_area})
-        annotator = Annotator(copy.deepcopy(lite0), config.cam, config.boxes, 224, torch.device("cpu"), tiling=tiling)
+        annotator = Annotator(copy.deepcopy(lite0), config.cam, config.boxes, torch.device("cpu"), tiling=tiling)
         valid = torch.from_numpy(np.stack([batch["valid_width"], batch["valid_height"]], 1))
         return annotator.annotate(torch.from_numpy(batch["pixels"]), valid)
 

@@ -27,9 +27,14 @@ def _batch() -> tuple[AnnotatedBatch, dict[str, np.ndarray]]:
         mass=torch.tensor([4.0, 1.8, 1.0, 4.0]),
         peak=torch.tensor([1.0, 0.9, 1.0, 1.0]),
     )
+    class_ids, scores = torch.tensor([[7, 3], [2, 5]]), torch.tensor([[0.5, 0.4], [0.9, 0.05]])
     out = AnnotatedBatch(
-        class_ids=torch.tensor([[7, 3], [2, 5]]),
-        scores=torch.tensor([[0.5, 0.4], [0.9, 0.05]]),
+        predicted_ids=class_ids,
+        predicted_scores=scores,
+        class_ids=class_ids,
+        scores=scores,
+        kept=torch.ones(2, 2, dtype=torch.bool),
+        given=torch.zeros(2, 2, dtype=torch.bool),
         maps=maps,
         thresholds=torch.full((2, 2), 0.5),
         components=components,
@@ -71,13 +76,77 @@ def test_rows_by_hand():
     assert (first["image_uri"], second["width"], second["height"]) == ("s3://b/a.jpg", 80, 40)
     assert [first["io_retries"], second["io_retries"]] == [0, 2]
     assert (first["model"], first["method"], first["run_id"], first["error_type"]) == ("m", "cam", "run", None)
+    assert first["labels"] is None and second["labels"] is None
+
+
+def test_kept_classes_apart_from_the_predictions_padding_never_written():
+    """Image 0 keeps its given label 4 (not predicted) and its top prediction 7; image 1 keeps only class 2, its
+    second slot padding: the padding's map and box are in no row. A given label's box is scored by its map alone."""
+    out, images = _batch()
+    components = Components(
+        map_index=torch.tensor([0, 1, 2, 3]),
+        boxes=torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 2.0, 1.0, 4.0], [1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 4.0, 4.0]]),
+        area=torch.tensor([4.0, 2.0, 4.0, 16.0]),
+        mass=torch.tensor([4.0, 1.8, 4.0, 16.0]),
+        peak=torch.tensor([1.0, 0.9, 1.0, 1.0]),
+    )
+    out = AnnotatedBatch(
+        predicted_ids=torch.tensor([[7, 3], [2, 5]]),
+        predicted_scores=torch.tensor([[0.5, 0.4], [0.9, 0.05]]),
+        class_ids=torch.tensor([[7, 4], [2, 2]]),
+        scores=torch.tensor([[0.5, 0.01], [0.9, 0.9]]),
+        kept=torch.tensor([[True, True], [True, False]]),
+        given=torch.tensor([[False, True], [False, False]]),
+        maps=out.maps,
+        thresholds=out.thresholds,
+        components=components,
+    )
+    context = RowContext("m", "cam", "fp", "run", CATEGORIES, write_masks=True)
+    first, second = result_table(out, images, context, given=[[4], None]).to_pylist()
+    assert [p["class_id"] for p in first["predictions"]] == [7, 3] and [
+        p["class_id"] for p in second["predictions"]
+    ] == [2, 5]
+    assert [c["class_id"] for c in first["cams"]] == [7, 4] and [c["class_id"] for c in second["cams"]] == [2]
+    assert [(b["class_id"], round(b["score"], 4)) for b in first["boxes"]] == [(4, 0.9), (7, 0.5)]
+    assert [b["class_id"] for b in second["boxes"]] == [2]
+    assert first["labels"] == [{"class_id": 4, "label": "class 4"}] and second["labels"] is None
+    assert first["mask"]["class_id"] == 7 and second["mask"]["class_id"] == 2
+
+
+def test_an_image_that_keeps_no_class_has_no_map_box_or_mask():
+    out, images = _batch()
+    empty = Components(torch.zeros(0, dtype=torch.long), torch.zeros(0, 4), *(torch.zeros(0) for _ in range(3)))
+    out = AnnotatedBatch(
+        out.predicted_ids,
+        out.predicted_scores,
+        out.class_ids,
+        out.scores,
+        torch.tensor([[True, False], [False, False]]),
+        out.given,
+        out.maps,
+        out.thresholds,
+        empty,
+    )
+    first, second = result_table(out, images, RowContext("m", "cam", "fp", "run", CATEGORIES, True)).to_pylist()
+    assert [c["class_id"] for c in first["cams"]] == [7] and second["cams"] == [] and second["mask"] is None
+    assert len(second["predictions"]) == 2 and first["mask"]["class_id"] == 7
 
 
 def test_no_masks_and_no_boxes():
     out, images = _batch()
     empty = Components(*(torch.zeros(0) for _ in range(5)))
     empty = Components(empty.map_index.long(), torch.zeros(0, 4), empty.area, empty.mass, empty.peak)
-    out = AnnotatedBatch(out.class_ids, out.scores, out.maps, out.thresholds, empty)
+    out = AnnotatedBatch(
+        out.predicted_ids,
+        out.predicted_scores,
+        out.class_ids,
+        out.scores,
+        out.kept,
+        out.given,
+        out.maps,
+        out.thresholds,
+        empty,
+    )
     rows = result_table(out, images, RowContext("m", "cam", "fp", "run", CATEGORIES, write_masks=False)).to_pylist()
     assert [row["boxes"] for row in rows] == [[], []] and [row["mask"] for row in rows] == [None, None]
 

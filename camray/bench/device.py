@@ -36,6 +36,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -51,7 +52,7 @@ from camray.annotator import Annotator, decode_side
 from camray.cam.methods import MapExtractor
 from camray.image.decode import decode_image
 from camray.image.device_decode import decode_to_canvases
-from camray.models import LoadedModel, get_spec, load_model
+from camray.models import LoadedModel, get_spec, resolve_setup
 from camray.presets import PRESETS
 
 ASSETS = Path(".bench-device")  # ignored by git; carried to the GPU host next to the tree
@@ -67,11 +68,13 @@ DECODE_GOAL = 5000.0
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """The `model` fields `camray.models.load_model` reads, at the config's defaults."""
+    """The `model` fields `camray.models.resolve_setup` reads, at the config's defaults."""
 
     name: str
     weights: str | None = None
     weights_sha256: str | None = None
+    labels: str | None = None
+    head: str = "softmax"
     target_layer: str | None = None
     classifier_layer: str | None = None
     input_size: int | None = None
@@ -83,6 +86,8 @@ class CamSettings:
 
     method: str | None = None
     top_k: int = 5
+    classes: str = "predicted"
+    min_score: float | None = None
     upsample: int = 8
     refine: bool = False
     refine_layer: str | None = None
@@ -271,16 +276,16 @@ def photo_jpegs(folder: Path | None) -> dict[str, bytes]:
     return out
 
 
-def loaded_model(name: str) -> LoadedModel:
-    """Lite0 with its bundled weights; any other registered model with random weights (no download)."""
+def loaded_model(name: str, input_size: int | None = None) -> LoadedModel:
+    """Lite0 with its bundled weights; any other registered model with random weights (no download), saved to a
+    file and resolved from it as a user's own weights are."""
     if name.startswith("efficientnet_lite"):
-        return load_model(ModelSettings(name))  # the `model` fields it reads, as a plain dataclass
-    spec = get_spec(name)
+        return resolve_setup(ModelSettings(name, input_size=input_size))  # its `model` fields, as plain data
     torch.manual_seed(0)
-    module = spec.build()
-    if spec.finalize is not None:
-        spec.finalize(module)
-    return LoadedModel(module.eval(), spec, weights_sha256="", weights_source="random")
+    with tempfile.TemporaryDirectory(prefix="camray-bench-") as folder:
+        weights = Path(folder) / f"{name}.pth"
+        torch.save(get_spec(name).build().state_dict(), weights)
+        return resolve_setup(ModelSettings(name, weights=str(weights), input_size=input_size))
 
 
 # --- timing ---------------------------------------------------------------------------------------------------
@@ -501,7 +506,7 @@ def measure(
 ) -> list[dict[str, Any]]:
     """The figures of one setting, one entry per batch size."""
     loaded = copy.deepcopy(base)  # the annotator folds and moves its model in place
-    size = plan.input_size or loaded.spec.input_size
+    size = loaded.setup.input_size
     tiling = preset.tiling if preset.tiling.enabled else None
     entries = []
     try:
@@ -510,7 +515,6 @@ def measure(
             loaded,
             preset.cam,
             preset.boxes,
-            size,
             device,
             setting.precision,
             setting.channels_last,
@@ -698,7 +702,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "settings": [],
         "skipped": [],
     }
-    models = {name: loaded_model(name) for name in plan.models}
+    models = {name: loaded_model(name, plan.input_size) for name in plan.models}
     for setting in plan.settings():
         elapsed = time.perf_counter() - clock
         # A compiled setting compiles for about a minute at each batch size: begin one only with time for it.

@@ -81,20 +81,23 @@ def steps(annotator: Annotator, pixels: torch.Tensor, valid_wh: torch.Tensor) ->
         mark("prepare")
         forward = annotator._forward(x, annotator.cam_config.refine)
         mark("forward_cams")
-        scores = annotator._scores(forward)
+        choice = forward.choice
+        assert choice is not None
         on_device = valid_wh.to(device)
         maps = annotator._whole_image_maps(forward.raw_maps.float(), on_device, x.shape[-1])
         mark("resample_normalize")
         if forward.activation is not None:
             refined = annotator._refine(maps, forward.activation, on_device, x.shape[-1])
             mark("refine")
-            maps, thresholds = annotator._maps_keeping_plain(maps, refined, annotator._keeps_plain(scores))
+            maps, thresholds = annotator._maps_keeping_plain(
+                maps, refined, annotator._keeps_plain(choice.predicted_scores)
+            )
         else:
             thresholds = annotator._thresholds(maps)
         mark("keep_thresholds")
-        components = annotator._components(maps, thresholds)
+        components = annotator._components(maps, thresholds, choice)
         mark("components")
-        annotator._boxed(forward.class_ids, scores, maps, thresholds, components)
+        annotator._boxed(choice, maps, thresholds, components)
         mark("to_host")
         if call >= WARMUP:
             for (_, before), (name, after) in zip(marks, marks[1:], strict=False):
@@ -105,7 +108,7 @@ def steps(annotator: Annotator, pixels: torch.Tensor, valid_wh: torch.Tensor) ->
 def measure_model(name: str, photos: dict[str, bytes], batch_size: int, size: int, device: torch.device) -> dict:
     preset = preset_settings("balanced")
     annotator = Annotator(
-        copy.deepcopy(loaded_model(name)), preset.cam, preset.boxes, size, device, "bf16", True, False, None
+        copy.deepcopy(loaded_model(name, size)), preset.cam, preset.boxes, device, "bf16", True, False, None
     )
     batch = make_batch(photos, batch_size, size, device)
     per_image = 1e6 / batch_size

@@ -38,7 +38,7 @@ from camray.cam.methods import MapExtractor
 from camray.config import JobConfig, ModelConfig, load_config
 from camray.host_memory import retain_freed_memory
 from camray.image.decode import decode_image
-from camray.models import load_model
+from camray.models import resolve_setup
 from camray.predictor import Annotator, decode_side, pick_device
 from camray.presets import PRESETS
 from camray.samples import sample_photos
@@ -88,8 +88,8 @@ def _batch(size: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _forward_setup(loaded, config: JobConfig, batch_size: int):
     """The predictor, its batch (uint8 pixels, valid sizes, prepared input) and the forward-only step on it."""
     device = pick_device(config.model.device)
-    size = config.model.input_size or loaded.spec.input_size
-    annotator = Annotator(loaded, config.cam, config.boxes, size, device, config.model.precision)
+    size = loaded.setup.input_size
+    annotator = Annotator(loaded, config.cam, config.boxes, device, config.model.precision)
     pixels, valid = _batch(size, batch_size)
     x = annotator.prepare(pixels, valid)
 
@@ -155,7 +155,7 @@ def _preset_steps(loaded, config: JobConfig, batch_size: int) -> dict[str, Calla
     """The predictor of each preset other than `fast` (whose predictor is `predictor_top5`) on the same
     photos, decoded at the canvas side its mode needs; the model object is shared, as in one actor."""
     device = pick_device(config.model.device)
-    size = config.model.input_size or loaded.spec.input_size
+    size = loaded.setup.input_size
     steps: dict[str, Callable[[], object]] = {}
     for preset in PRESETS:
         if preset == "fast":
@@ -170,9 +170,7 @@ def _preset_steps(loaded, config: JobConfig, batch_size: int) -> dict[str, Calla
             # preset's extra work: its cost on a wide shot, where every image does that work, is timed apart.
             variants[f"predictor_{preset}_every_image"] = resolved.cam.model_copy(update={"plain_above_score": None})
         for step, cam in variants.items():
-            annotator = Annotator(
-                loaded, cam, resolved.boxes, size, device, config.model.precision, tiling=resolved.tiling
-            )
+            annotator = Annotator(loaded, cam, resolved.boxes, device, config.model.precision, tiling=resolved.tiling)
             steps[step] = lambda a=annotator, p=pixels, v=valid: a.annotate(p, v)
     return steps
 
@@ -187,7 +185,7 @@ def timm_benchmarks(name: str, batch_size: int, seconds: float, root: Path) -> d
     weights = root / f"{name.removeprefix('timm:')}.safetensors"
     save_file({k: v.contiguous() for k, v in get_spec(name).build().model.state_dict().items()}, str(weights))
     config = load_config(overrides={"sink.uri": "unused", "model.name": name, "model.weights": str(weights)})
-    loaded = load_model(config.model)
+    loaded = resolve_setup(config.model)
     annotator, pixels, valid, _, forward = _forward_setup(loaded, config, batch_size)
     timed = side_by_side(
         {"forward_only": forward, "predictor_top5": lambda: annotator.annotate(pixels, valid)}, batch_size, seconds
@@ -330,12 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models:
             overrides: dict[str, object] = {"model.name": name, "runtime.batch_size": batch_size}
             if name.startswith("efficientnet_lite"):
-                loaded = load_model(ModelConfig(name=name))
+                loaded = resolve_setup(ModelConfig(name=name))
             else:  # no hub here: random weights in a file, as a user would pass their own
                 weights = root / f"{name}.pth"
                 torch.save(torchvision.models.get_model(name, weights=None).state_dict(), weights)
                 overrides["model.weights"] = str(weights)
-                loaded = load_model(ModelConfig(name=name, weights=str(weights)))
+                loaded = resolve_setup(ModelConfig(name=name, weights=str(weights)))
             config = load_config(overrides={"sink.uri": "unused", **overrides})
             numbers = compute_benchmarks(loaded, config, batch_size, args.seconds)
             meter = forward_meter(loaded, config, batch_size, args.seconds)

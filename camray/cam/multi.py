@@ -11,20 +11,14 @@ import torch
 from torch import Tensor
 
 
-def propose_classes(
-    probs: Tensor, window_image: Tensor, images: int, k: int, propose_score: float
-) -> tuple[Tensor, Tensor]:
-    """The `k` candidate classes of each image and their scores, best first.
+def candidate_scores(probs: Tensor, window_image: Tensor, images: int, propose_score: float) -> Tensor:
+    """(B, N): each image's score of every class, the higher of its whole-image probability and the probability
+    of the tiles that propose it.
 
     Args:
-        probs (Tensor[W, N]): softmax probabilities of each window, the `images` whole images first.
+        probs (Tensor[W, N]): probabilities of each window, the `images` whole images first.
         window_image (Tensor[W]): the image each window belongs to.
         propose_score: a tile whose top-1 class reaches this probability proposes that class.
-
-    Returns:
-        class_ids (Tensor[B, K]), scores (Tensor[B, K]): a class's score is the higher of its whole-image
-        probability and the probability of the tiles that propose it; the whole image's top-1 class comes first,
-        the others by score, so with no tile proposing anything this is the whole image's top-k.
     """
     n = probs.shape[1]
     candidate = probs[:images].clone()
@@ -32,24 +26,50 @@ def propose_classes(
     proposed = top >= propose_score
     slot = window_image[images:][proposed] * n + top_class[proposed]
     candidate.view(-1).scatter_reduce_(0, slot, top[proposed], reduce="amax")
+    return candidate
+
+
+def propose_classes(
+    probs: Tensor, window_image: Tensor, images: int, k: int, propose_score: float
+) -> tuple[Tensor, Tensor]:
+    """The `k` candidate classes of each image and their scores, best first (`candidate_scores`'s arguments).
+
+    Returns:
+        class_ids (Tensor[B, K]), scores (Tensor[B, K]): a class's score is `candidate_scores`'; the whole image's
+        top-1 class comes first, the others by score, so with no tile proposing anything this is the whole
+        image's top-k.
+    """
+    candidate = candidate_scores(probs, window_image, images, propose_score)
     # The whole image's own best class stays first, so that a photo of one object keeps its top-1.
     ranked = candidate.scatter(1, probs[:images].argmax(dim=1, keepdim=True), torch.inf)
     class_ids = ranked.topk(k, dim=1).indices
     return class_ids, candidate.gather(1, class_ids)
 
 
-def window_proposes(window_probs: Tensor, images: int, propose_score: float) -> Tensor:
+def window_proposes(
+    window_probs: Tensor,
+    images: int,
+    propose_score: float,
+    kept: Tensor | None = None,
+    given: Tensor | None = None,
+) -> Tensor:
     """(W, K) bool: which of its image's `K` candidate classes each window boxes in its own map.
 
-    `window_probs (Tensor[W, K])` is each window's probability of its image's candidates. A tile boxes its own
-    top-1 class where that reaches `propose_score`; a whole image boxes each candidate it scores that high, and its
-    own best candidate always (its best class, unless a tile proposed a class it scores higher)."""
+    `window_probs (Tensor[W, K])` is each window's probability of its image's candidates; `kept (Tensor[W, K])`
+    marks the candidates that are the image's own (the rest are padding, never boxed), `given (Tensor[B, K])` the
+    image's given labels. A tile boxes its own best candidate where that reaches `propose_score`; a whole image
+    boxes each candidate it scores that high, each given label, and its own best candidate always (its best
+    class, unless a tile proposed a class it scores higher)."""
+    if kept is not None:
+        window_probs = window_probs.where(kept, -1.0)
     best = window_probs.argmax(dim=1, keepdim=True)
     is_best = torch.zeros_like(window_probs, dtype=torch.bool).scatter_(1, best, True)
     confident = window_probs >= propose_score
     proposes = is_best & confident
     proposes[:images] = confident[:images] | is_best[:images]
-    return proposes
+    if given is not None:
+        proposes[:images] |= given
+    return proposes if kept is None else proposes & kept
 
 
 def window_boxes_to_image(boxes: Tensor, window_grid: int, region: Tensor, image_wh: Tensor, image_grid: int) -> Tensor:
@@ -67,13 +87,20 @@ def window_boxes_to_image(boxes: Tensor, window_grid: int, region: Tensor, image
 
 
 def merge_boxes(
-    boxes: Tensor, scores: Tensor, image: Tensor, class_ids: Tensor, iou: float, cross_class_iou: float | None
+    boxes: Tensor,
+    scores: Tensor,
+    image: Tensor,
+    class_ids: Tensor,
+    iou: float,
+    cross_class_iou: float | None,
+    given: Tensor | None = None,
 ) -> Tensor:
     """Indices of the boxes kept, best score first: class-aware NMS per image at `iou` (the same object boxed by
     several windows), then, with `cross_class_iou`, NMS across classes at that overlap (one object boxed as two
-    neighbouring classes, tabby and tiger cat, keeps its better box).
+    neighbouring classes, tabby and tiger cat, keeps its better box). Boxes of an image's given labels (`given`)
+    are of objects known to be there, each of its own class: no other class suppresses them.
 
-    boxes (Tensor[M, 4]), scores (Tensor[M]), image (Tensor[M]), class_ids (Tensor[M])."""
+    boxes (Tensor[M, 4]), scores (Tensor[M]), image (Tensor[M]), class_ids (Tensor[M]), given (Tensor[M], bool)."""
     # Imported here: torchvision loads torch._dynamo (seconds of CPU), which the bundled-model actors never pay.
     from torchvision.ops import batched_nms
 
@@ -82,7 +109,8 @@ def merge_boxes(
     n = int(class_ids.max()) + 1
     keep = batched_nms(boxes.float(), scores.float(), image * n + class_ids, iou)
     if cross_class_iou is not None:
-        again = batched_nms(boxes[keep].float(), scores[keep].float(), image[keep], cross_class_iou)
+        group = image[keep] * (n + 1) + (n if given is None else class_ids[keep].where(given[keep], n))
+        again = batched_nms(boxes[keep].float(), scores[keep].float(), group, cross_class_iou)
         keep = keep[again]
     return keep
 

@@ -21,7 +21,7 @@ from camray.config import JobConfig, load_config
 from camray.evaluation.evalset import build
 from camray.evaluation.evaluate import SIZE_BUCKETS, Report, evaluate_rows, load_truth
 from camray.image.decode import DecodeLimits
-from camray.models import get_spec
+from camray.models import resolve_setup
 from camray.predictor import Predictor, decode_side
 from camray.presets import PRESETS
 from camray.reader import read_decode_batch
@@ -39,14 +39,24 @@ GRID: list[dict[str, Any]] = [
 ]
 
 
-def annotate_folder(config: JobConfig, images: list[Path], batch_size: int = 16) -> dict[str, dict]:
-    """Result rows keyed by file name, computed exactly as the job's tasks and actors would."""
-    input_size = config.model.input_size or get_spec(config.model.name).input_size
-    predictor = Predictor(config.model_dump(mode="json"), "sweep", input_size, {})
+def annotate_folder(
+    config: JobConfig, images: list[Path], batch_size: int = 16, labels: dict[str, list[str]] | None = None
+) -> dict[str, dict]:
+    """Result rows keyed by file name, computed exactly as the job's tasks and actors would. `labels` gives images
+    (by file name) their labels, for `cam.classes` `given` and `both`."""
+    setup = resolve_setup(config.model, config.cam, config.tiling).setup
+    input_size = setup.input_size
+    predictor = Predictor(config.model_dump(mode="json"), setup.to_plain(), "sweep", {})
     rows: dict[str, dict] = {}
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        listing = {"uri": np.array([str(p) for p in chunk], dtype=object), "version": np.array([""] * len(chunk))}
+        given = np.empty(len(chunk), dtype=object)
+        given[:] = [None if labels is None else labels.get(p.name) for p in chunk]
+        listing = {
+            "uri": np.array([str(p) for p in chunk], dtype=object),
+            "version": np.array([""] * len(chunk)),
+            "labels": given,
+        }
         decoded = read_decode_batch(
             listing,
             input_size=decode_side(config.tiling, input_size),

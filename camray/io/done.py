@@ -2,8 +2,15 @@
 bounded whatever the output's history.
 
 An input is done when a row of `results/` holds its URI and version, with this model and these settings
-(`config_fingerprint`), written by a run whose row in `runs/` says `succeeded`. `results/` is the only truth:
-nothing is cached beside it, so rows written by any camray, older ones included, count.
+(`config_fingerprint`), written by a run whose row in `runs/` says `succeeded`; and, where the listing gives the
+input labels, when that row holds the same labels. `results/` is the only truth: nothing is cached beside it, so
+rows written by any camray, older ones included, count.
+
+Labels are compared as keys (`labels_key`): the distinct class ids, ascending, comma-separated. The listing's key
+is its labels resolved against the model's classes (the runner's, which knows them; a column `labels_key` of the
+listing); a result's is read from its `labels` column. A listing row without a key (no labels, as every input
+had before labels existed, or labels that arrive inside a container at read time) is matched on URI and version
+alone, as before; one with a key is redone when the result holds other labels, or none.
 
 The anti-join runs in DuckDB, out of core: the night's listing is streamed into a table of a database file in
 a local temporary folder, the history is streamed past it once (only `image_uri` and `source_version`, the
@@ -20,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,6 +37,7 @@ import pyarrow.dataset as pads
 
 from camray.io import layout
 from camray.io.bounded_duckdb import bounded_duckdb
+from camray.io.schema import LABEL
 from camray.io.sources import S3Settings, filesystem_for
 
 if TYPE_CHECKING:
@@ -44,6 +52,8 @@ MAX_THREADS = 4
 OUT_ROWS = 50_000
 
 KEY = pa.schema([("image_uri", pa.string()), ("source_version", pa.string())])
+# The column of a listing chunk with its labels' key, where the runner adds it.
+LABELS_KEY = "labels_key"
 # The columns a results file is read for; any that an older file lacks reads as nulls (and matches nothing).
 _READ = pa.schema(
     [
@@ -52,8 +62,18 @@ _READ = pa.schema(
         ("model", pa.string()),
         ("config_fingerprint", pa.string()),
         ("run_id", pa.string()),
+        ("labels", pa.list_(LABEL)),
     ]
 )
+LABELS = pa.list_(LABEL)
+# A result's labels (the column named) as `labels_key` spells them, in DuckDB's SQL.
+_RESULT_LABELS_KEY = "array_to_string(list_sort(list_distinct(list_transform({labels}, lambda x: x.class_id))), ',')"
+
+
+def labels_key(class_ids: Iterable[int]) -> str:
+    """The set of an image's given classes as skip-done compares it, however they were written and ordered: the
+    distinct ids ascending, comma-separated (`"3,17"`; `""` for none)."""
+    return ",".join(str(index) for index in sorted(set(class_ids)))
 
 
 @dataclass(frozen=True)
@@ -71,9 +91,9 @@ class DoneSet:
         """The files of `results/` (`camray.io.layout.table_files`); none without a succeeded run."""
         return layout.table_files(self.output_uri, "results", self.s3)[1] if self.run_ids else []
 
-    def batches(self, files: list[str]) -> pa.RecordBatchReader:
-        """(image_uri, source_version) of every done row of `files` (from `files()`), as one stream read a few
-        files at a time."""
+    def batches(self, files: list[str], with_labels: bool = False) -> pa.RecordBatchReader:
+        """(image_uri, source_version[, labels]) of every done row of `files` (from `files()`), as one stream read
+        a few files at a time."""
         fs, _ = filesystem_for(self.output_uri, self.s3)
         wanted = (
             pads.field("run_id").isin(list(self.run_ids))
@@ -81,19 +101,23 @@ class DoneSet:
             & (pads.field("config_fingerprint") == self.fingerprint)
             & (pads.field("source_version") != "")
         )
-        return layout.stream_files(files, fs, _READ, KEY.names, wanted)
+        return layout.stream_files(files, fs, _READ, [*KEY.names, *(["labels"] if with_labels else [])], wanted)
 
 
 def without_done(chunks: Iterable[pa.Table], done: DoneSet, out_rows: int = OUT_ROWS) -> Iterator[pa.Table]:
     """The listing chunks (`uri`, `size`, `version`, ...) without the entries whose (uri, version) `done` holds,
     in the listing's order, re-chunked to `out_rows`. Entries without a version (a manifest's) are always kept:
-    without one, "the same file" cannot be told."""
+    without one, "the same file" cannot be told. Entries with a `labels_key` are done only where the result's
+    labels have that key (the module's docstring)."""
     files = done.files()
     if not files:
         yield from chunks
         return
     logger.info("skip-done: against %d results files of %d succeeded runs", len(files), len(done.run_ids))
-    history = done.batches(files)
+
+    def history(with_labels: bool) -> pa.RecordBatchReader:
+        return done.batches(files, with_labels)
+
     # On disk: the night's listing is a table that may outgrow the limit too. Its order is restored by `seq`,
     # so DuckDB need not keep it.
     settings = {"preserve_insertion_order": False}
@@ -105,12 +129,15 @@ def without_done(chunks: Iterable[pa.Table], done: DoneSet, out_rows: int = OUT_
 def _anti_join(
     connection: duckdb.DuckDBPyConnection,
     chunks: Iterable[pa.Table],
-    history: pa.RecordBatchReader,
+    history_of: Callable[[bool], pa.RecordBatchReader],
     out_rows: int,
 ) -> Iterator[pa.Table]:
     schema: pa.Schema | None = None
     position = 0
+    labelled = False  # whether any listed entry has a labels key: only then are the results' labels read
     for chunk in chunks:
+        if LABELS_KEY in chunk.column_names:
+            labelled = labelled or chunk.column(LABELS_KEY).null_count < chunk.num_rows
         if schema is None:
             schema = chunk.schema
             connection.register("chunk", chunk.slice(0, 0).append_column("seq", pa.array([], pa.int64())))
@@ -122,14 +149,16 @@ def _anti_join(
     connection.unregister("chunk")
     if schema is None or not position:
         return
-    connection.register("history", history)
+    connection.register("history", history_of(labelled))
     # The history streams past a hash table of the listing, which is the side to build: it is one night's,
     # the history is every night's. DuckDB cannot size an Arrow stream, so its own choice of side is off here.
     connection.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
+    result_key = _RESULT_LABELS_KEY.format(labels="history.labels")
+    same_labels = f" AND (listing.{LABELS_KEY} IS NULL OR listing.{LABELS_KEY} = {result_key})" if labelled else ""
     connection.execute(
-        """
+        f"""
         CREATE TABLE matched AS SELECT listing.seq FROM history JOIN listing
-        ON history.image_uri = listing.uri AND history.source_version = listing.version
+        ON history.image_uri = listing.uri AND history.source_version = listing.version{same_labels}
         """
     )
     connection.unregister("history")

@@ -3,10 +3,16 @@ grow with the input: a million-entry manifest or a bucket of millions of objects
 `chunk_rows` entries (`uri`, `size`, `version`), never as one list.
 
 Folders are walked directory by directory with `os.scandir`, S3 prefixes page through `ListObjectsV2` (1,000
-keys a page), manifests are read in blocks (`.txt` line by line, `.csv` and `.parquet` batch by batch), and an
-S3 Inventory report (its `manifest.json`) data file by data file, batch by batch. The version of an object is
-its size and modification time (`"<size>-<mtime_ns>"`), from a folder, a LIST or an inventory alike, so that
-a bucket listed one night by LIST and the next by its inventory is not done twice; a manifest gives none.
+keys a page), manifests are read in blocks (`.txt` and `.jsonl` line by line, `.csv` and `.parquet` batch by
+batch), and an S3 Inventory report (its `manifest.json`) data file by data file, batch by batch. The version of an
+object is its size and modification time (`"<size>-<mtime_ns>"`), from a folder, a LIST or an inventory alike, so
+that a bucket listed one night by LIST and the next by its inventory is not done twice; a manifest gives none
+unless it has a `version` column.
+
+`labels` are an input's image-level labels as given, tokens that name classes (names, or ids in decimal), null
+where the input carries none: a manifest's `labels` column (CSV: `|`-separated; Parquet and JSON Lines: a list),
+or, with `labels_from="folder"`, the name of the sub-folder of the listed folder or prefix that holds the image
+(torchvision's `ImageFolder` layout). What they name is the model's business, not the listing's.
 """
 
 from __future__ import annotations
@@ -31,25 +37,43 @@ from camray.io.sources import Listed, S3Settings, endpoint_of, filesystem_for, i
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
+MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet", ".jsonl")
 INVENTORY_NAME = "manifest.json"
-LISTING = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("version", pa.string())])
+LISTING = pa.schema(
+    [("uri", pa.string()), ("size", pa.int64()), ("version", pa.string()), ("labels", pa.list_(pa.string()))]
+)
 CHUNK_ROWS = 50_000
+# Separates the labels of one image in a CSV manifest's `labels` column.
+CSV_LABEL_SEPARATOR = "|"
+
+# An entry: uri, size (-1 unknown), version ("" none), and optionally its labels (None: it carries none).
+Entry = tuple[str, int, str] | tuple[str, int, str, list[str] | None]
 
 
-def _chunks(entries: Iterable[tuple[str, int, str]], chunk_rows: int) -> Iterator[pa.Table]:
+def _chunks(entries: Iterable[Entry], chunk_rows: int) -> Iterator[pa.Table]:
     uris: list[str] = []
     sizes: list[int] = []
     versions: list[str] = []
-    for uri, size, version in entries:
+    labels: list[list[str] | None] = []
+    for uri, size, version, *rest in entries:
         uris.append(uri)
         sizes.append(size)
         versions.append(version)
+        labels.append(rest[0] if rest else None)
         if len(uris) >= chunk_rows:
-            yield pa.table([uris, sizes, versions], schema=LISTING)
-            uris, sizes, versions = [], [], []
+            yield pa.table([uris, sizes, versions, labels], schema=LISTING)
+            uris, sizes, versions, labels = [], [], [], []
     if uris:
-        yield pa.table([uris, sizes, versions], schema=LISTING)
+        yield pa.table([uris, sizes, versions, labels], schema=LISTING)
+
+
+def _folder_labels(entries: Iterable[Entry], root: str) -> Iterator[Entry]:
+    """Each entry with the name of its first sub-folder under `root` as its one label (none directly under it)."""
+    root = root.rstrip("/") + "/"
+    for uri, size, version, *_ in entries:
+        relative = uri[len(root) :] if uri.startswith(root) else ""
+        folder, separator, _ = relative.partition("/")
+        yield uri, size, version, [folder] if separator and folder else None
 
 
 def _wanted(name: str, extensions: list[str]) -> bool:
@@ -145,36 +169,88 @@ def check_input_exists(uri: str, s3: S3Settings) -> None:
     raise InputNotFound(f"input {uri} does not exist: no file or folder {path} (the nearest folder is {existing})")
 
 
-def _manifest(fs: pafs.FileSystem, path: str, uri: str) -> Iterator[tuple[str, int, str]]:
+def _manifest(fs: pafs.FileSystem, path: str, uri: str) -> Iterator[Entry]:
     lower = uri.lower()
     if lower.endswith(".txt"):
-        with fs.open_input_stream(path) as stream:
-            rest = b""
-            while block := stream.read(1 << 20):
-                lines = (rest + block).split(b"\n")
-                rest = lines.pop()
-                for line in lines:
-                    text = line.decode().strip()
-                    if text and not text.startswith("#"):
-                        yield text, -1, ""
-            text = rest.decode().strip()
+        for text in _lines(fs, path):
             if text and not text.startswith("#"):
                 yield text, -1, ""
+        return
+    if lower.endswith(".jsonl"):
+        yield from _json_lines(fs, path, uri)
         return
     if lower.endswith(".parquet"):
         with fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
-            if "uri" not in parquet.schema_arrow.names:
-                raise ValueError(f"manifest {uri} must have a `uri` column, has {parquet.schema_arrow.names}")
-            for batch in parquet.iter_batches(columns=["uri"], batch_size=CHUNK_ROWS):
-                yield from ((str(value), -1, "") for value in batch.column(0).to_pylist() if value)
+            names = parquet.schema_arrow.names
+            if "uri" not in names:
+                raise ValueError(f"manifest {uri} must have a `uri` column, has {names}")
+            columns = [name for name in ("uri", "version", "labels") if name in names]
+            for batch in parquet.iter_batches(columns=columns, batch_size=CHUNK_ROWS):
+                yield from _manifest_entries(batch, uri)
         return
     with fs.open_input_stream(path) as stream:
-        reader = pacsv.open_csv(stream)
+        # Labels and versions are text, whatever they look like: an id `007` stays `007`, `3|5` is two labels.
+        reader = pacsv.open_csv(
+            stream,
+            convert_options=pacsv.ConvertOptions(
+                column_types={"uri": pa.string(), "version": pa.string(), "labels": pa.string()}
+            ),
+        )
         if "uri" not in reader.schema.names:
             raise ValueError(f"manifest {uri} must have a `uri` column, has {reader.schema.names}")
         for batch in reader:
-            yield from ((str(value), -1, "") for value in batch.column("uri").to_pylist() if value)
+            yield from _manifest_entries(batch, uri)
+
+
+def _lines(fs: pafs.FileSystem, path: str) -> Iterator[str]:
+    """The stripped lines of a text file, read in blocks."""
+    with fs.open_input_stream(path) as stream:
+        rest = b""
+        while block := stream.read(1 << 20):
+            lines = (rest + block).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                yield line.decode().strip()
+        yield rest.decode().strip()
+
+
+def _json_lines(fs: pafs.FileSystem, path: str, uri: str) -> Iterator[Entry]:
+    """A JSON Lines manifest: an object a line with `uri`, and optionally `version` and `labels` (a list)."""
+    for number, text in enumerate(_lines(fs, path), start=1):
+        if not text:
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"manifest {uri}, line {number}: not JSON ({exc})") from exc
+        if not isinstance(record, dict) or not isinstance(record.get("uri"), str):
+            raise ValueError(f"manifest {uri}, line {number}: must be an object with a `uri` string")
+        if record["uri"]:
+            yield record["uri"], -1, str(record.get("version") or ""), _tokens(record.get("labels"), uri, number)
+
+
+def _manifest_entries(batch: pa.RecordBatch, uri: str) -> Iterator[Entry]:
+    names = batch.schema.names
+    versions = batch.column("version").to_pylist() if "version" in names else [None] * batch.num_rows
+    labels = batch.column("labels").to_pylist() if "labels" in names else [None] * batch.num_rows
+    rows = zip(batch.column("uri").to_pylist(), versions, labels, strict=True)
+    for number, (value, version, given) in enumerate(rows):
+        if value:
+            yield str(value), -1, str(version or ""), _tokens(given, uri, number)
+
+
+def _tokens(given: object, uri: str, row: int) -> list[str] | None:
+    """An entry's labels as text tokens: a list's items, or a text's `|`-separated parts (CSV); None for none."""
+    if given is None:
+        return None
+    if isinstance(given, str):
+        return [token.strip() for token in given.split(CSV_LABEL_SEPARATOR) if token.strip()]
+    if isinstance(given, list) and all(isinstance(token, str | int) and not isinstance(token, bool) for token in given):
+        return [str(token) for token in given]
+    if isinstance(given, int) and not isinstance(given, bool):
+        return [str(given)]
+    raise ValueError(f"manifest {uri}, entry {row}: `labels` must be a list of class names or ids, not {given!r}")
 
 
 # An inventory's fields, as its CSV schema names them (`fileSchema`), and the Parquet columns of the same.
@@ -300,12 +376,18 @@ def _as_mtimes_ns(values: pa.Array | None, rows: int) -> list[int | None]:
 
 
 def iter_listing(
-    uri: str, extensions: list[str], recursive: bool, s3: S3Settings, chunk_rows: int = CHUNK_ROWS
+    uri: str,
+    extensions: list[str],
+    recursive: bool,
+    s3: S3Settings,
+    chunk_rows: int = CHUNK_ROWS,
+    labels_from: str | None = None,
 ) -> Iterator[pa.Table]:
-    """A folder, an S3 prefix, a manifest (`.txt`, `.csv`/`.parquet` with a `uri` column) or an S3 Inventory
-    report (the URI of its `manifest.json`) as LISTING chunks.
+    """A folder, an S3 prefix, a manifest (`.txt`, `.csv`/`.parquet`/`.jsonl` with a `uri` column) or an S3
+    Inventory report (the URI of its `manifest.json`) as LISTING chunks; `labels_from="folder"` labels a folder's
+    or prefix's entries by their sub-folder (the module's docstring).
 
-    A manifest is the list to process as given, every time: its entries carry no version. Raises
+    A manifest is the list to process as given, every time, unless its entries carry a version. Raises
     FileNotFoundError for an input that does not exist."""
     fs, path = filesystem_for(uri, s3)
     info = fs.get_file_info(path)
@@ -318,9 +400,13 @@ def iter_listing(
             yield from _chunks(_manifest(fs, path, uri), chunk_rows)
         else:
             version = f"{info.size}-{info.mtime_ns if info.mtime_ns is not None else 0}"
-            yield pa.table([[f"s3://{path}" if is_s3(uri) else path], [info.size], [version]], schema=LISTING)
+            yield pa.table([[f"s3://{path}" if is_s3(uri) else path], [info.size], [version], [None]], schema=LISTING)
         return
-    entries = _walk_s3(uri, extensions, recursive, s3) if is_s3(uri) else _walk_local(path, extensions, recursive)
+    entries: Iterable[Entry] = (
+        _walk_s3(uri, extensions, recursive, s3) if is_s3(uri) else _walk_local(path, extensions, recursive)
+    )
+    if labels_from == "folder":
+        entries = _folder_labels(entries, f"s3://{path}" if is_s3(uri) else path)
     yield from _chunks(entries, chunk_rows)
 
 
@@ -329,7 +415,9 @@ def list_inputs(uri: str, extensions: list[str], recursive: bool, s3: S3Settings
     listed = [
         Listed(uri_, size, version)
         for chunk in iter_listing(uri, extensions, recursive, s3)
-        for uri_, size, version in zip(*(chunk.column(name).to_pylist() for name in LISTING.names), strict=True)
+        for uri_, size, version in zip(
+            *(chunk.column(name).to_pylist() for name in ("uri", "size", "version")), strict=True
+        )
     ]
     if not uri.lower().endswith(MANIFEST_SUFFIXES):
         listed.sort(key=lambda item: item.uri)

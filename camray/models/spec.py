@@ -39,10 +39,14 @@ class ModelSpec:
     `refine_layout` the same for the refining block.
     `downloaded_weights` fetches the published weights (needs internet) and returns the file and its source, where
     weights come from the model's own zoo (timm). `interpolation` is the resampling its weights were trained with.
+    `build(num_classes=None)` builds the untrained network, with a head of `num_classes` outputs where given and
+    `head_from_weights` says the builder takes it (a user's own factory builds its head as it likes); otherwise
+    with `num_classes` outputs, the published weights' size. `categories` are the published weights' labels,
+    empty where they are not known.
     """
 
     name: str
-    build: Callable[[], nn.Module]
+    build: Callable[..., nn.Module]
     target_layer: str
     classifier_layer: str | None
     input_size: int
@@ -59,6 +63,8 @@ class ModelSpec:
     refine_layout: Layout = "nchw"
     downloaded_weights: Callable[[], tuple[Path, str]] | None = None
     interpolation: str = "bilinear"
+    num_classes: int = 1000
+    head_from_weights: bool = True
 
     @property
     def default_method(self) -> str:

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,29 +55,22 @@ class TimmClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.model.forward_head(self.features(self.model.forward_features(x)))
 
-    def _load_reference_layout(self, state_dict: dict[str, Tensor]) -> None:
+    def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A state dict of the bare timm model (as timm and the hub publish it) or of this wrapper, in this
+        wrapper's layout, through the architecture's checkpoint filter where it has one."""
         if state_dict and all(key.startswith("model.") for key in state_dict):  # saved from this wrapper
             state_dict = {key.removeprefix("model."): value for key, value in state_dict.items()}
         checkpoint_filter = getattr(sys.modules[type(self.model).__module__], "checkpoint_filter_fn", None)
         if checkpoint_filter is not None:
             state_dict = checkpoint_filter(state_dict, self.model)
-        name = f"{TIMM_PREFIX}{self.model.pretrained_cfg.get('architecture', type(self.model).__name__)}"
-        try:
-            result = self.model.load_state_dict(state_dict, strict=False)
-        except RuntimeError as exc:  # shapes that differ: another member of the family
-            raise WeightsError(f"weights do not fit {name}: {str(exc).splitlines()[1].strip()} ...") from exc
-        if result.missing_keys or result.unexpected_keys:
-            raise WeightsError(
-                f"weights do not fit {name}: missing {result.missing_keys[:5]}, unexpected "
-                f"{result.unexpected_keys[:5]} (is `model.name` the architecture they were trained as?)"
-            )
+        return {f"model.{key}": value for key, value in state_dict.items()}
 
 
 def _refuse(name: str, why: str) -> ValueError:
     return ValueError(f"`model.name` {name!r}: camray cannot explain this model: {why}")
 
 
-def _build(arch: str, input_size: int | None) -> tuple[TimmClassifier, dict[str, Any]]:
+def _build(arch: str, input_size: int | None, num_classes: int | None = None) -> tuple[TimmClassifier, dict[str, Any]]:
     import timm
 
     cfg = timm.models.get_pretrained_cfg(arch)
@@ -84,6 +78,8 @@ def _build(arch: str, input_size: int | None) -> tuple[TimmClassifier, dict[str,
     kwargs: dict[str, Any] = {}
     if input_size and input_size != native and cfg is not None and cfg.fixed_input_size:
         kwargs["img_size"] = input_size  # position embeddings and windows are built for one size
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
     model = timm.create_model(arch, pretrained=False, **kwargs).eval()
     return TimmClassifier(model), dict(model.pretrained_cfg)
 
@@ -200,24 +196,23 @@ def _categories(model: nn.Module, num_classes: int) -> tuple[str, ...]:
         info = ImageNetInfo(subset)
         if info.num_classes() == num_classes:
             return tuple(info.index_to_description(i).split(",")[0] for i in range(num_classes))
-    return tuple(f"class_{i}" for i in range(num_classes))
+    return ()  # unknown: `camray.models.labels.class_names` names them
 
 
 def timm_spec(
     name: str, input_size: int | None = None, target_layer: str | None = None, classifier_layer: str | None = None
 ):
     """The `ModelSpec` of `timm:ARCH[.TAG]`, measured on the model built once here (`build` hands that instance
-    out first, so an actor builds its model once). A ValueError names `model.name` for a model camray cannot
+    out first, so the driver builds its model once). A ValueError names `model.name` for a model camray cannot
     explain."""
     import timm
-
-    from camray.models.spec import ModelSpec
 
     arch = name.removeprefix(TIMM_PREFIX)
     if not timm.is_model(arch):
         raise ValueError(f"`model.name` {name!r} is not a timm model (see `timm.list_models()`)")
     wrapper, cfg = _build(arch, input_size)
     model = wrapper.model
+    unmeasured = unmeasured_timm_spec(name, input_size, wrapper, cfg)
     classifier = model.get_classifier()
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     if num_classes <= 0 or isinstance(classifier, nn.Identity):
@@ -256,31 +251,62 @@ def timm_spec(
     else:
         classifier_path, target, target_layout = None, "features", layout
     refine, refine_layout = _refine_layer(model, grid.shape[-1], stage_outputs, stages)
-    built = [wrapper]
-
-    def build() -> nn.Module:
-        return built.pop() if built else _build(arch, input_size)[0]
-
-    spec = ModelSpec(
-        name=name,
-        build=build,
+    spec = replace(
+        unmeasured,
         target_layer=target_layer or target,
         classifier_layer=classifier_layer or classifier_path,
-        input_size=side,
-        mean=tuple(float(v) for v in cfg["mean"]),
-        std=tuple(float(v) for v in cfg["std"]),
         categories=_categories(model, num_classes),
         refine_layer=refine,
         layout=target_layout if not target_layer else layout,
         prefix_tokens=prefix if target_layout == "tokens" else 0,
         refine_layout=refine_layout,
-        downloaded_weights=lambda: download_pretrained(cfg),
-        interpolation=str(cfg.get("interpolation") or "bilinear"),
+        num_classes=num_classes,
     )
     logger.info(
         "%s: %s features, pooling %r, %s, target %s", name, layout, pool, "CAM" if cam else "gradient methods", target
     )
     return spec
+
+
+def unmeasured_timm_spec(
+    name: str, input_size: int | None = None, built: TimmClassifier | None = None, cfg: dict[str, Any] | None = None
+):
+    """The `ModelSpec` of `timm:ARCH[.TAG]` without the measuring: how to build it, its preprocessing and where its
+    published weights are, with the layers and head left at placeholders. An actor takes the measured fields from
+    the run's resolved setup (`camray.models.setup`) instead of measuring the model again. `built`, a model
+    already built with the default head, is handed out by the first `build` that asks for that head."""
+    from camray.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+
+    arch = name.removeprefix(TIMM_PREFIX)
+    if cfg is None:
+        import timm
+
+        if not timm.is_model(arch):
+            raise ValueError(f"`model.name` {name!r} is not a timm model (see `timm.list_models()`)")
+        published = timm.models.get_pretrained_cfg(arch)
+        cfg = published.to_dict() if published is not None else {}
+    held = [built] if built is not None else []
+    default_classes = int(cfg.get("num_classes") or 1000)
+
+    def build(num_classes: int | None = None) -> nn.Module:
+        if held and num_classes in (None, held[0].model.num_classes):
+            return held.pop()
+        return _build(arch, input_size, num_classes)[0]
+
+    side = input_size or int(cfg.get("input_size", (3, 224, 224))[-1])
+    return ModelSpec(
+        name=name,
+        build=build,
+        target_layer="features",
+        classifier_layer=None,
+        input_size=side,
+        mean=tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(float(v) for v in cfg.get("std", IMAGENET_STD)),
+        categories=(),
+        downloaded_weights=lambda: download_pretrained(cfg),
+        interpolation=str(cfg.get("interpolation") or "bilinear"),
+        num_classes=int(built.model.num_classes) if built is not None else default_classes,
+    )
 
 
 def download_pretrained(cfg: dict[str, Any]) -> tuple[Path, str]:

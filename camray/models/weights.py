@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import torch
 
+from camray.errors import SetupError
 from camray.io.sources import S3Settings, filesystem_for, is_s3
 
 logger = logging.getLogger(__name__)
@@ -24,8 +25,9 @@ logger = logging.getLogger(__name__)
 CACHE_DIR = Path(os.environ.get("CAMRAY_CACHE", Path.home() / ".cache" / "camray")) / "weights"
 
 
-class WeightsError(RuntimeError):
-    """Weights that cannot be found, fetched or loaded; the message says how to supply them."""
+class WeightsError(SetupError):
+    """Weights that cannot be found, fetched or loaded, or that fit no supported architecture; the message says
+    how to supply them. Found before any work, it is the user's to fix (exit status 2)."""
 
 
 @dataclass(frozen=True)
@@ -91,15 +93,14 @@ def load_weights_file(uri: str, s3: S3Settings, expected_sha256: str | None = No
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch and safetensors raise a variety of parsing errors
         raise WeightsError(f"weights {uri} could not be loaded as a state dict: {exc}") from exc
-    if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
-        loaded = loaded["state_dict"]  # training checkpoints wrap the state dict
-    if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
-        loaded = loaded["model"]
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+    # Training checkpoints wrap the state dict with the rest of their state (optimizer, epoch, hyper-parameters):
+    # Lightning's and many scripts' under `state_dict`, others' under `model`. Wrappers' key prefixes (`module.`,
+    # a Lightning module's attribute) are taken off against the model's own keys (`camray.models.heads`).
+    for wrapper in ("state_dict", "model"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
+            loaded = loaded[wrapper]
+    if not isinstance(loaded, dict) or not loaded or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise WeightsError(f"weights {uri} do not hold a state dict of tensors")
-    # DataParallel / DistributedDataParallel checkpoints prefix every key.
-    if loaded and all(key.startswith("module.") for key in loaded):
-        loaded = {key.removeprefix("module."): value for key, value in loaded.items()}
     return LoadedWeights(loaded, digest, uri)
 
 

@@ -2,12 +2,13 @@
 
 Both take the results of one run, or, without a run, the newest row of every image across succeeded runs;
 boxes can be kept by score (`min_score`, on the box's score = class probability x the map's peak inside
-the box) and by class (ImageNet ids or labels).
+the box; the peak alone for a given label's class) and by class (class ids or labels).
 
 COCO: `images` (`id`, `file_name` = the input URI, `width`, `height`); `categories` for the classes that
-occur, `id` = the ImageNet class index (0-999, as in the evaluator's truth files); `annotations` with `bbox`
-`[x, y, w, h]` in pixels, `score`, `category_id`, `area`, `iscrowd` 0, and, for boxes of the class that has
-the pseudo-mask (the top-1 class), `segmentation`: the COCO RLE of the mask inside that box.
+occur, `id` = the model's class id (for an ImageNet head the ImageNet index 0-999, as in the evaluator's truth
+files), `name` its label (`model.labels`), `supercategory` the model; `annotations` with `bbox` `[x, y, w, h]`
+in pixels, `score`, `category_id`, `area`, `iscrowd` 0, and, for boxes of the class that has the pseudo-mask
+(the first kept class), `segmentation`: the COCO RLE of the mask inside that box.
 
 YOLO: `labels/<path>.txt` per image, one `class cx cy w h` line per box (normalised to the image, class =
 line number in `classes.txt`), `<path>` being the input's path under the inputs' common folder;
@@ -34,7 +35,7 @@ from camray.outputs.tables import Output
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ["image_uri", "width", "height", "boxes", "mask"]
+COLUMNS = ["image_uri", "width", "height", "model", "boxes", "mask"]
 # `camray export`'s default `--min-score`: the lowest box score at which the default preset's boxes cover an object
 # of their class at least half the time on the evaluation set (0.54 there; 0.46 for `fast`, 0.54 for `accurate`).
 # A box below it is written to the results all the same, its score saying it is a guess (docs, Localization).
@@ -49,7 +50,7 @@ def _rows(output: Output, run_id: str | None, columns: list[str] = COLUMNS) -> I
 
 
 def _class_filter(output: Output, run_id: str | None, classes: Sequence[str] | None) -> set[int] | None:
-    """ImageNet ids named by `classes` (ids or labels, case-insensitive); None keeps every class."""
+    """The class ids named by `classes` (ids or labels, case-insensitive); None keeps every class."""
     if not classes:
         return None
     labels: dict[str, int] = {}
@@ -125,7 +126,7 @@ def _write_coco_stream(
     The images go straight to `out`; the annotations, produced in the same pass, wait in a temporary file
     and follow the categories, which are only known once every row has been read."""
     wanted = _class_filter(output, run_id, classes)
-    categories: dict[int, str] = {}
+    categories: dict[int, tuple[str, str]] = {}
     info = {"description": f"camray boxes from {output.uri}", "run_id": run_id}
     out.write('{"info": ' + json.dumps(info) + ', "images": [')
     image_count = annotation_count = 0
@@ -136,7 +137,7 @@ def _write_coco_stream(
             image_count += 1
             boxes = _kept_boxes(row, min_score, wanted)
             for box in boxes:
-                categories[box["class_id"]] = box["label"]
+                categories.setdefault(box["class_id"], (box["label"], row["model"]))
             for annotation in _annotations(row, image_id, boxes):
                 annotation_count += 1
                 pending.write(
@@ -146,8 +147,8 @@ def _write_coco_stream(
         out.write(
             json.dumps(
                 [
-                    {"id": class_id, "name": name, "supercategory": "imagenet"}
-                    for class_id, name in sorted(categories.items())
+                    {"id": class_id, "name": name, "supercategory": model}
+                    for class_id, (name, model) in sorted(categories.items())
                 ]
             )
         )

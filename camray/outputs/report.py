@@ -204,42 +204,62 @@ def summary(run: dict[str, Any], results: pa.Table, errors: pa.Table) -> str:
 
 
 def _gallery_entry(index: int, row: dict[str, Any], reader: ByteReader, images_dir: Path) -> str:
+    """One image: the map of its first kept class (the mask's) with its boxes; beside it the other kept classes'
+    maps, then the predictions that have none. Kept classes are the top-k predictions unless the run mapped given
+    labels (`cam.classes`): those are marked `given`, and the probability shown is the prediction's where the class
+    is one (a given label outside the top-k has none stored: its box's own score stands in)."""
     photo = read_photo(reader, row, GALLERY_SIDE)
-    probs = {p["class_id"]: p for p in row["predictions"]}
-    cams = {cam["class_id"]: cam for cam in row["cams"]}
-    top1 = row["predictions"][0] if row["predictions"] else None
+    predictions = row["predictions"] or []
+    probs = {p["class_id"]: p["score"] for p in predictions}
+    ranks = {p["class_id"]: rank for rank, p in enumerate(predictions, start=1)}
+    given = {label["class_id"] for label in row.get("labels") or []}
+    names = {
+        entry["class_id"]: entry["label"] for entry in [*(row.get("labels") or []), *(row["boxes"] or []), *predictions]
+    }
+    cams = row["cams"] or []
+    top1 = predictions[0] if predictions else None
     size = _display_size(row["width"], row["height"], GALLERY_SIDE)
     name = html.escape(row["image_uri"].rsplit("/", 1)[-1])
     caption = f'<div class="uri">{html.escape(row["image_uri"])} · {row["width"]}×{row["height"]}</div>'
-    if top1 is not None and top1["class_id"] in cams:
-        picture = Image.fromarray(_map_picture(photo, cams[top1["class_id"]], size))
+
+    def title(class_id: int) -> str:
+        label = html.escape(names.get(class_id, str(class_id)))
+        rank = f"{ranks[class_id]}. " if class_id in ranks else ""
+        score = f" <b>{probs[class_id]:.3f}</b>" if class_id in probs else ""
+        return f"{rank}{label}{score}{' <i>given</i>' if class_id in given else ''}"
+
+    if cams:
+        first = cams[0]["class_id"]
+        picture = Image.fromarray(_map_picture(photo, cams[0], size))
         # The legend gives the class's probability; a box's own score also weighs in the map's peak inside it.
         boxes = [
-            LabelledBox(b["x0"], b["y0"], b["x1"], b["y1"], b["label"], probs[b["class_id"]]["score"])
+            LabelledBox(b["x0"], b["y0"], b["x1"], b["y1"], b["label"], probs.get(b["class_id"], b["score"]))
             for b in row["boxes"] or []
-            if b["class_id"] in probs
         ]
         picture = draw_boxes(picture, boxes, (row["width"], row["height"]))
         file = f"{index:04d}.jpg"
         _save_jpeg(picture, images_dir / file)
-        alt = f"{name}: map of {top1['label']}"
+        alt = f"{name}: map of {names.get(first, first)}"
         main = f'<img src="images/{file}" width="{size[0]}" height="{size[1]}" alt="{html.escape(alt)}">'
+        head = title(first)
     else:
         main = '<div class="missing">no map</div>'
+        head = title(top1["class_id"]) if top1 else "no prediction"
     if photo.problem:
         main = f'<div class="problem">{html.escape(photo.problem)}; the map is shown alone</div>{main}'
     others = []
     thumb_size = _display_size(row["width"], row["height"], THUMB_SIDE)
-    for rank, prediction in enumerate(row["predictions"][1:], start=2):
-        cam = cams.get(prediction["class_id"])
-        label = html.escape(prediction["label"])
-        thumb = ""
-        if cam is not None:
-            file = f"{index:04d}-{rank}.jpg"
-            _save_jpeg(_map_picture(photo, cam, thumb_size), images_dir / file)
-            thumb = f'<img src="images/{file}" width="{thumb_size[0]}" height="{thumb_size[1]}" alt="{label}">'
-        others.append(f'<div class="other">{thumb}<div>{rank}. {label} <b>{prediction["score"]:.3f}</b></div></div>')
-    head = f"1. {html.escape(top1['label'])} <b>{top1['score']:.3f}</b>" if top1 else "no prediction"
+    for position, cam in enumerate(cams[1:], start=2):
+        label = html.escape(names.get(cam["class_id"], str(cam["class_id"])))
+        file = f"{index:04d}-{position}.jpg"
+        _save_jpeg(_map_picture(photo, cam, thumb_size), images_dir / file)
+        thumb = f'<img src="images/{file}" width="{thumb_size[0]}" height="{thumb_size[1]}" alt="{label}">'
+        others.append(f'<div class="other">{thumb}<div>{title(cam["class_id"])}</div></div>')
+    mapped = {cam["class_id"] for cam in cams}
+    shown_first = cams[0]["class_id"] if cams else (top1["class_id"] if top1 else None)
+    for prediction in predictions:
+        if prediction["class_id"] not in mapped and prediction["class_id"] != shown_first:
+            others.append(f'<div class="other"><div>{title(prediction["class_id"])}</div></div>')
     return (
         f'<section class="entry"><div class="main">{main}{caption}<div class="top1">{head}</div></div>'
         f'<div class="others">{"".join(others)}</div></section>'
@@ -254,7 +274,7 @@ def gallery(output: Output, run_id: str, uris: list[str], dest: Path) -> str:
     rows = output.table(
         "results",
         [run_id],
-        ["image_uri", "content_sha256", "width", "height", "predictions", "cams", "boxes"],
+        ["image_uri", "content_sha256", "width", "height", "labels", "predictions", "cams", "boxes"],
         pads.field("image_uri").isin(uris),
     ).to_pylist()
     rows.sort(key=lambda row: row["image_uri"])

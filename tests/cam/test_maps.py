@@ -23,7 +23,7 @@ def test_cam_matches_a_loop_over_channels():
 def test_cam_mean_plus_bias_is_the_logit(photos, lite0):
     """The defining property of CAM on a GAP + linear network, checked on the real model and photo."""
     decoded = decode_image(photos["chelsea.png"], 224, "letterbox")
-    x = Annotator(lite0, *_configs(), 224, torch.device("cpu")).prepare(
+    x = Annotator(lite0, *_configs(), torch.device("cpu")).prepare(
         torch.from_numpy(decoded.pixels)[None], torch.tensor([[decoded.valid_width, decoded.valid_height]])
     )
     extractor = MapExtractor(lite0.module, lite0.spec, "cam")

@@ -48,7 +48,7 @@ def _listing(rng: random.Random, images: int) -> pa.Table:
     for index in rng.sample(range(images * 2), images):
         uris.append(f"s3://b/img-{index:06d}.jpg")
         versions.append("" if rng.random() < 0.05 else f"{index}-{rng.randrange(3)}")
-    return pa.table([uris, [1] * len(uris), versions], schema=LISTING)
+    return pa.table([uris, [1] * len(uris), versions, [None] * len(uris)], schema=LISTING)
 
 
 def _reference(listing: pa.Table, history: list[tuple[str, str, str, str, str]]) -> list[tuple[str, str]]:
@@ -124,7 +124,7 @@ def test_the_join_spills_to_disk_beyond_its_memory_limit(tmp_path, monkeypatch, 
 
 
 def test_what_earlier_attempts_hold_is_left_out_by_uri_whatever_its_version():
-    listing = pa.table([["a.jpg", "b.jpg", "c.jpg"], [1, 1, -1], ["1-10", "1-20", ""]], schema=LISTING)
+    listing = pa.table([["a.jpg", "b.jpg", "c.jpg"], [1, 1, -1], ["1-10", "1-20", ""], [None] * 3], schema=LISTING)
     assert without_inputs(listing, pa.array(["b.jpg", "c.jpg", "gone.jpg"])).column("uri").to_pylist() == ["a.jpg"]
     assert without_inputs(listing, pa.array([], pa.string())).equals(listing)
 
@@ -150,7 +150,7 @@ def test_results_written_by_an_older_camray_are_skipped_and_underscore_folders_a
     )
     pq.write_table(_results_table([("s3://b/new.jpg", "1-1", "run-a", MODEL, FINGERPRINT)]), results / ".tmp.parquet")
     listing = pa.table(
-        [["s3://b/old-1.jpg", "s3://b/old-2.jpg", "s3://b/new.jpg"], [1, 1, 1], ["10-1", "10-3", "1-1"]],
+        [["s3://b/old-1.jpg", "s3://b/old-2.jpg", "s3://b/new.jpg"], [1, 1, 1], ["10-1", "10-3", "1-1"], [None] * 3],
         schema=LISTING,
     )
     done = DoneSet(str(tmp_path), SUCCEEDED, MODEL, FINGERPRINT, S3Settings())
@@ -202,3 +202,31 @@ def test_a_second_run_over_the_same_input_skips_everything(ray_cluster, small_ph
     rewritten.write_bytes(rewritten.read_bytes())
     third = run_job(config)
     assert (third.listed, third.skipped, third.results + third.errors) == (6, 5, 1)
+
+
+def test_labels_are_part_of_done_where_the_listing_gives_them(tmp_path):
+    """An entry whose labels' key equals its result's labels is done; one whose labels changed, or whose result
+    has none (written before labels existed), is redone; an entry without a key is matched as before."""
+    from camray.io.done import LABELS_KEY, labels_key
+
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = _results_table([(f"s3://b/{name}.jpg", "1-1", "run-a", MODEL, FINGERPRINT) for name in "abcde"])
+    given = pa.array(
+        [[{"class_id": 3, "label": "c"}, {"class_id": 1, "label": "a"}], [{"class_id": 3, "label": "c"}], None, None]
+        + [[]],
+        RESULTS.field("labels").type,
+    )
+    pq.write_table(rows.set_column(RESULTS.get_field_index("labels"), "labels", given), results / "new.parquet")
+    older = pa.table(
+        {"run_id": ["run-a"], "config_fingerprint": [FINGERPRINT], "model": [MODEL]}
+        | {"image_uri": ["s3://b/f.jpg"], "source_version": ["1-1"]}
+    )
+    pq.write_table(older, results / "old.parquet")  # a version-2 file: no `labels` column
+    keys = [labels_key([1, 3, 3]), labels_key([3, 5]), None, labels_key([2]), labels_key([]), labels_key([4])]
+    listing = pa.table(
+        [[f"s3://b/{name}.jpg" for name in "abcdef"], [1] * 6, ["1-1"] * 6, [["x"]] * 6], schema=LISTING
+    ).append_column(LABELS_KEY, pa.array(keys, pa.string()))
+    done = DoneSet(str(tmp_path), SUCCEEDED, MODEL, FINGERPRINT, S3Settings())
+    kept = [uri for uri, _ in _kept(without_done([listing], done))]
+    assert keys[:2] == ["1,3", "3,5"] and kept == ["s3://b/b.jpg", "s3://b/d.jpg", "s3://b/f.jpg"]

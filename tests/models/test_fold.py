@@ -10,7 +10,7 @@ from torch import nn
 
 from camray.cam.methods import MapExtractor
 from camray.config import ModelConfig
-from camray.models import load_model
+from camray.models import resolve_setup
 from camray.models.efficientnet_lite import SamePadConv2d
 from camray.models.fold import fold_batch_norms
 
@@ -36,7 +36,7 @@ def _with_trained_statistics(module: nn.Module) -> nn.Module:
 def test_lite0_folds_every_batch_norm_and_keeps_its_logits_and_maps(photos):
     from camray.bench.throughput import _batch
 
-    loaded = load_model(ModelConfig(name="efficientnet_lite0"))
+    loaded = resolve_setup(ModelConfig(name="efficientnet_lite0"))
     reference = copy.deepcopy(loaded.module)
     before = _batch_norms(loaded.module)
     assert fold_batch_norms(loaded.module, keep=[loaded.spec.target_layer]) == before == 49

@@ -3,7 +3,7 @@ import torch
 
 from camray.config import ModelConfig
 from camray.io.sources import S3Settings
-from camray.models import WeightsError, available_models, get_spec, load_model
+from camray.models import WeightsError, available_models, get_spec, resolve_setup
 
 
 def test_registry_knows_the_classic_families():
@@ -34,7 +34,7 @@ def test_unknown_model_names_the_field():
 def test_offline_torchvision_download_says_how_to_supply_a_file(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached: the download must be attempted
     with pytest.raises(WeightsError, match="--weights /path/to/file.pth"):
-        load_model(ModelConfig(name="resnet18"))
+        resolve_setup(ModelConfig(name="resnet18"))
 
 
 def test_weights_from_a_local_file_with_sha256(tmp_path, lite0):
@@ -43,12 +43,12 @@ def test_weights_from_a_local_file_with_sha256(tmp_path, lite0):
     model = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18.pth"
     torch.save(model.state_dict(), path)
-    loaded = load_model(ModelConfig(name="resnet18", weights=str(path)))
+    loaded = resolve_setup(ModelConfig(name="resnet18", weights=str(path)))
     assert loaded.weights_sha256 and loaded.spec.name == "resnet18"
     with pytest.raises(WeightsError, match="expected 00"):
-        load_model(ModelConfig(name="resnet18", weights=str(path), weights_sha256="00" * 32))
+        resolve_setup(ModelConfig(name="resnet18", weights=str(path), weights_sha256="00" * 32))
     with pytest.raises(WeightsError, match="do not fit resnet34"):
-        load_model(ModelConfig(name="resnet34", weights=str(path)))
+        resolve_setup(ModelConfig(name="resnet34", weights=str(path)))
 
 
 @pytest.mark.integration
@@ -66,12 +66,12 @@ def test_weights_from_s3_are_cached(s3_server, tmp_path, monkeypatch):
     s3.create_bucket(Bucket="camray-weights")
     s3.upload_file(str(local), "camray-weights", "models/shuffle.pth")
     uri = "s3://camray-weights/models/shuffle.pth"
-    loaded = load_model(ModelConfig(name="shufflenet_v2_x0_5", weights=uri), S3Settings())
+    loaded = resolve_setup(ModelConfig(name="shufflenet_v2_x0_5", weights=uri), s3=S3Settings())
     assert loaded.weights_source == uri
     # One copy; beside it only the hidden lock that makes actors of one node wait for a single download.
     cached = [path for path in (tmp_path / "cache").iterdir() if not path.name.startswith(".")]
     assert len(cached) == 1
-    load_model(ModelConfig(name="shufflenet_v2_x0_5", weights=uri), S3Settings())
+    resolve_setup(ModelConfig(name="shufflenet_v2_x0_5", weights=uri), s3=S3Settings())
     assert [path for path in (tmp_path / "cache").iterdir() if not path.name.startswith(".")] == cached
 
 
@@ -88,7 +88,7 @@ def test_a_wrong_target_layer_lists_the_real_ones(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
     with pytest.raises(ValueError, match="`model.target_layer` 'layer5' is not a layer.*layer4"):
-        load_model(ModelConfig(name="resnet18", weights=str(path), target_layer="layer5"))
+        resolve_setup(ModelConfig(name="resnet18", weights=str(path), target_layer="layer5"))
 
 
 def test_a_custom_model_loads_with_its_weights_and_layers(tmp_path):
@@ -101,11 +101,11 @@ def test_a_custom_model_loads_with_its_weights_and_layers(tmp_path):
     config = ModelConfig(
         name="torchvision.models:resnet18", weights=str(path), target_layer="layer4", classifier_layer="fc"
     )
-    loaded = load_model(config)
+    loaded = resolve_setup(config)
     _, maps, class_ids = MapExtractor(loaded.module, loaded.spec, "cam")(torch.randn(1, 3, 96, 96), 2)
     assert maps.shape == (1, 2, 3, 3) and class_ids.shape == (1, 2)
     with pytest.raises(WeightsError, match="`model.weights` is required"):
-        load_model(ModelConfig(name="torchvision.models:resnet18", target_layer="layer4"))
+        resolve_setup(ModelConfig(name="torchvision.models:resnet18", target_layer="layer4"))
 
 
 def test_a_lite_predictor_never_imports_torchvision_or_timm():
@@ -119,10 +119,10 @@ def test_a_lite_predictor_never_imports_torchvision_or_timm():
         "from camray.config import load_config\n"
         "from camray.models.registry import imagenet_categories\n"
         "from camray.predictor import Predictor\n"
-        "from camray.runner import validate_before_work\n"
+        "from camray.runner import resolve_run_setup, storage_settings\n"
         "config = load_config(overrides={'sink.uri': 'unused'})\n"
-        "validate_before_work(config)\n"
-        "Predictor(config.model_dump(mode='json'), 'run', 224, {})\n"
+        "setup = resolve_run_setup(config, storage_settings(config))\n"
+        "Predictor(config.model_dump(mode='json'), setup.to_plain(), 'run', {})\n"
         "assert 'torchvision' not in sys.modules and 'torch._dynamo' not in sys.modules, 'torchvision was imported'\n"
         "assert 'timm' not in sys.modules, 'timm was imported'\n"
         "import torchvision.models._meta as meta\n"

@@ -14,7 +14,7 @@ from zoo import published_shaped_state
 from camray.cam.methods import MapExtractor
 from camray.config import ModelConfig
 from camray.io.sources import S3Settings
-from camray.models import WeightsError, get_spec, load_model
+from camray.models import WeightsError, get_spec, resolve_setup
 from camray.models.weights import sha256_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,19 +142,19 @@ def test_weights_from_a_safetensors_file_or_s3_with_sha256(s3_server, tmp_path, 
     reference = get_spec(name).build().model
     path = tmp_path / "model.safetensors"
     save_file(published_shaped_state(reference), str(path))
-    loaded = load_model(ModelConfig(name=name, weights=str(path), weights_sha256=sha256_of(path)))
+    loaded = resolve_setup(ModelConfig(name=name, weights=str(path), weights_sha256=sha256_of(path)))
     assert loaded.weights_sha256 == sha256_of(path) and loaded.weights_source == str(path)
     for key, value in reference.state_dict().items():
         assert torch.equal(loaded.module.model.state_dict()[key], value), key
     with pytest.raises(WeightsError, match="expected 00"):
-        load_model(ModelConfig(name=name, weights=str(path), weights_sha256="00" * 32))
+        resolve_setup(ModelConfig(name=name, weights=str(path), weights_sha256="00" * 32))
     with pytest.raises(WeightsError, match="do not fit timm:regnetx_004"):
-        load_model(ModelConfig(name="timm:regnetx_004", weights=str(path)))
+        resolve_setup(ModelConfig(name="timm:regnetx_004", weights=str(path)))
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="camray-timm")
     s3.upload_file(str(path), "camray-timm", "regnet/model.safetensors")
     uri = "s3://camray-timm/regnet/model.safetensors"
-    from_s3 = load_model(ModelConfig(name=name, weights=uri, weights_sha256=sha256_of(path)), S3Settings())
+    from_s3 = resolve_setup(ModelConfig(name=name, weights=uri, weights_sha256=sha256_of(path)), s3=S3Settings())
     assert from_s3.weights_source == uri and from_s3.weights_sha256 == sha256_of(path)
 
 
@@ -164,11 +164,11 @@ def test_a_pickle_is_loaded_as_data_only(tmp_path):
     state = get_spec(name).build().model.state_dict()
     good = tmp_path / "good.pth"
     torch.save(state, good)
-    assert load_model(ModelConfig(name=name, weights=str(good))).weights_source == str(good)
+    assert resolve_setup(ModelConfig(name=name, weights=str(good))).weights_source == str(good)
     evil = tmp_path / "evil.pth"
     torch.save({**state, "payload": _RunsCode()}, evil)
     with pytest.raises(WeightsError, match="could not be loaded as a state dict"):
-        load_model(ModelConfig(name=name, weights=str(evil)))
+        resolve_setup(ModelConfig(name=name, weights=str(evil)))
 
 
 class _RunsCode:
@@ -184,10 +184,12 @@ def test_without_internet_the_published_weights_say_how_to_supply_a_file(monkeyp
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(WeightsError, match=r"could not download timm's weights for resnet10t.*--weights /path/to/file"):
-        load_model(ModelConfig(name="timm:resnet10t"))
+        resolve_setup(ModelConfig(name="timm:resnet10t"))
 
 
-def test_a_predictor_builds_its_model_once(monkeypatch, tmp_path):
+def test_the_driver_and_each_predictor_build_the_model_once(monkeypatch, tmp_path):
+    """The driver builds and measures the model once (its probe forward included); an actor builds it once from
+    the resolved setup, measuring nothing."""
     import timm
     from safetensors.torch import save_file
 
@@ -200,8 +202,10 @@ def test_a_predictor_builds_its_model_once(monkeypatch, tmp_path):
     create_model = timm.create_model
     monkeypatch.setattr(timm, "create_model", lambda *a, **k: builds.append(a) or create_model(*a, **k))
     config = load_config(overrides={"model.name": "timm:resnet10t", "model.weights": str(path), "sink.uri": "x"})
-    predictor = Predictor(config.model_dump(mode="json"), "run", 176, {})
-    assert builds == [("resnet10t",)] and predictor.annotator.method == "cam"
+    setup = resolve_setup(config.model, config.cam, config.tiling).setup
+    assert builds == [("resnet10t",)]
+    predictor = Predictor(config.model_dump(mode="json"), setup.to_plain(), "run", {})
+    assert builds == [("resnet10t",)] * 2 and predictor.annotator.method == "cam"
 
 
 def test_the_read_tasks_resize_with_the_models_interpolation(tmp_path):
@@ -210,11 +214,11 @@ def test_the_read_tasks_resize_with_the_models_interpolation(tmp_path):
     from safetensors.torch import save_file
 
     from camray.config import load_config
-    from camray.runner import _load_model, storage_settings
+    from camray.runner import resolve_run_setup, storage_settings
 
     path = tmp_path / "model.safetensors"
     save_file(published_shaped_state(get_spec("timm:resnet10t").build().model), str(path))
     timm_config = load_config(overrides={"model.name": "timm:resnet10t", "model.weights": str(path), "sink.uri": "x"})
     lite_config = load_config(overrides={"sink.uri": "x"})
-    assert _load_model(timm_config, storage_settings(timm_config)).interpolation == "bicubic"
-    assert _load_model(lite_config, storage_settings(lite_config)).interpolation == "bilinear"
+    assert resolve_run_setup(timm_config, storage_settings(timm_config)).interpolation == "bicubic"
+    assert resolve_run_setup(lite_config, storage_settings(lite_config)).interpolation == "bilinear"

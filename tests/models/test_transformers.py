@@ -53,20 +53,21 @@ def test_the_refining_block_is_at_twice_the_target_resolution(name, size):
     assert (refine.shape[-1] + 1) // 2 == target.shape[-1], (refine.shape, target.shape)
 
 
-def test_vit_has_no_finer_block_and_balanced_keeps_its_maps_plain():
+def test_vit_has_no_finer_block_and_balanced_keeps_its_maps_plain(tmp_path):
     """A ViT's patch grid is the same in every block: nothing to refine with, so `balanced` (the default) boxes its
     plain maps at `cam.plain_threshold`, as it does the images a model is sure of."""
     from camray.config import load_config
-    from camray.models import LoadedModel
+    from camray.models import resolve_setup
     from camray.predictor import Annotator
 
     spec = get_spec("vit_b_32")
     assert spec.refine_layer is None and spec.default_method == "gradcam" and spec.layout == "tokens"
     module = spec.build()
-    module.load_state_dict(published_shaped_state(module))
-    loaded = LoadedModel(module, spec, "0" * 64, "test")
-    config = load_config(overrides={"model.name": "vit_b_32", "sink.uri": "unused"})
-    annotator = Annotator(loaded, config.cam, config.boxes, 224, torch.device("cpu"))
+    weights = tmp_path / "vit.pth"
+    torch.save(published_shaped_state(module), weights)
+    config = load_config(overrides={"model.name": "vit_b_32", "model.weights": str(weights), "sink.uri": "unused"})
+    loaded = resolve_setup(config.model, config.cam, config.tiling)
+    annotator = Annotator(loaded, config.cam, config.boxes, torch.device("cpu"))
     pixels = torch.randint(0, 255, (2, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     out = annotator.annotate(pixels, torch.tensor([[224, 224], [224, 150]]))
     assert out.maps.shape == (2, 5, 56, 56) and out.components.boxes.shape[0] >= 2

@@ -13,7 +13,7 @@ import torchvision
 
 from camray.config import ModelConfig
 from camray.io.sources import S3Settings
-from camray.models import WeightsError, load_model
+from camray.models import WeightsError, resolve_setup
 from camray.models.weights import load_weights_file, sha256_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,13 +70,13 @@ def test_torchvision_weights_are_checked_before_unpickling(tmp_path, monkeypatch
     checkpoints.mkdir(parents=True)
     path, marker = _malicious_weights(checkpoints, Path(url).name)
     with pytest.raises(WeightsError, match="`model.weights_sha256`"):
-        load_model(ModelConfig(name="resnet18", weights="torchvision:DEFAULT", weights_sha256="1" * 64))
+        resolve_setup(ModelConfig(name="resnet18", weights="torchvision:DEFAULT", weights_sha256="1" * 64))
     with pytest.raises(WeightsError, match="could not be loaded as a state dict"):
-        load_model(ModelConfig(name="resnet18", weights="torchvision:DEFAULT"))
+        resolve_setup(ModelConfig(name="resnet18", weights="torchvision:DEFAULT"))
     assert not marker.exists()
     # The genuine file format loads through the same path, its digest recorded.
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    loaded = load_model(ModelConfig(name="resnet18", weights_sha256=sha256_of(path)))
+    loaded = resolve_setup(ModelConfig(name="resnet18", weights_sha256=sha256_of(path)))
     assert (loaded.weights_source, loaded.weights_sha256) == ("torchvision:DEFAULT", sha256_of(path))
 
 
