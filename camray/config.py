@@ -42,7 +42,41 @@ class SourceConfig(_Section):
     uri: str = Field(
         "samples",
         description="A local folder, an `s3://bucket/prefix`, or a manifest file (.txt: one URI per line; "
-        ".csv or .parquet: a `uri` column). `samples` means the bundled demo photos.",
+        ".csv or .parquet: a `uri` column). WebDataset shards: a folder or prefix of `.tar` files, one `.tar`, a "
+        "brace pattern (`s3://b/shards/{000000..000999}.tar`) or a manifest of shard URIs; a Parquet image table "
+        "(`format: parquet`): a `.parquet` file, or a folder or prefix of them (docs/datasets.md). `samples` means "
+        "the bundled demo photos.",
+    )
+    format: Literal["files", "webdataset", "parquet"] | None = Field(
+        None,
+        description="What `uri` names: `files` (one image per object), `webdataset` (tar shards whose samples are "
+        "the members sharing a key) or `parquet` (tables of images, a row each). Default: `webdataset` where the "
+        "URI, a manifest's first entry or a folder's first file ends in `.tar`, else `files`; a Parquet table is "
+        "never guessed (a `.parquet` input alone is a manifest of URIs).",
+    )
+    image_column: str = Field(
+        "image",
+        min_length=1,
+        description="`format: parquet`: the column holding each row's encoded image: binary, or a struct with a "
+        "`bytes` field (the Hugging Face `datasets` Image layout).",
+    )
+    id_column: str | None = Field(
+        None,
+        min_length=1,
+        description="`format: parquet`: the column whose value names a row (`FILE_URI#ID`); unique within a file. "
+        "Default: the row's position in its file, from 0.",
+    )
+    labels_column: str | None = Field(
+        None,
+        min_length=1,
+        description="`format: parquet`: the column of each image's labels: a class name or id, or a list of "
+        "them. Default: none.",
+    )
+    labels_key: str | None = Field(
+        None,
+        min_length=1,
+        description="`format: webdataset`: the key of each sample's `.json` member that holds its labels (a "
+        "class name or id, or a list of them). Default: the `.cls` member, one class id per line, where present.",
     )
     extensions: list[str] = Field(
         default=[".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"],
@@ -50,12 +84,27 @@ class SourceConfig(_Section):
         "Empty means every object.",
     )
     recursive: bool = Field(True, description="List sub-folders / the whole prefix below `uri`.")
-    limit: int | None = Field(None, ge=1, description="Process at most this many listed images (for trials).")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="Process at most this many listed inputs (for trials): images, or shards and table files.",
+    )
 
     @field_validator("extensions")
     @classmethod
     def _lower_dotted(cls, value: list[str]) -> list[str]:
         return [ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in value]
+
+    @model_validator(mode="after")
+    def _fields_of_the_format(self) -> SourceConfig:
+        table_fields = [name for name in ("id_column", "labels_column") if getattr(self, name) is not None]
+        if self.image_column != "image":
+            table_fields.insert(0, "image_column")
+        if self.format in ("files", "webdataset") and table_fields:
+            raise ValueError(f"`source.{table_fields[0]}` applies to `source.format: parquet`, not {self.format}")
+        if self.format in ("files", "parquet") and self.labels_key is not None:
+            raise ValueError(f"`source.labels_key` applies to `source.format: webdataset`, not {self.format}")
+        return self
 
 
 class StorageConfig(_Section):

@@ -72,7 +72,8 @@ def result_table(out: AnnotatedBatch, images: dict[str, np.ndarray], context: Ro
     """One `ROWS` row per image of `out`.
 
     `images` holds the per-image columns, aligned with `out`: `image_uri`, `source_version`,
-    `content_sha256`, `width`, `height` (original pixels), `io_retries` (passed through to the sink).
+    `content_sha256`, `width`, `height` (original pixels), `io_retries` (passed through to the sink), and, for
+    samples of shards and tables, `container_uri`.
     """
     b, k = out.class_ids.shape
     grid = out.maps.shape[-1]
@@ -143,6 +144,10 @@ def result_table(out: AnnotatedBatch, images: dict[str, np.ndarray], context: Ro
     columns = {
         "image_uri": pa.array(images["image_uri"].tolist(), pa.string()),
         "source_version": pa.array(images["source_version"].tolist(), pa.string()),
+        # Set for a sample of a shard or table, absent for an image file of its own.
+        "container_uri": pa.array(images["container_uri"].tolist(), pa.string())
+        if "container_uri" in images
+        else pa.nulls(b, pa.string()),
         "content_sha256": pa.array(images["content_sha256"].tolist(), pa.string()),
         "width": pa.array(width),
         "height": pa.array(height),

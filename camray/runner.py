@@ -32,10 +32,13 @@ import ray
 
 from camray.cam.methods import resolve_method
 from camray.config import JobConfig
+from camray.container_reader import container_format, read_stages
+from camray.container_runs import input_format, is_container_format, stage_containers
 from camray.errors import SetupError
 from camray.host_memory import ALLOCATOR_ENV
 from camray.image.decode import DecodeLimits
 from camray.io import layout
+from camray.io.container_staging import StagedContainers
 from camray.io.done import DoneSet, without_done, without_inputs
 from camray.io.lease import OutputLease
 from camray.io.listing import iter_listing
@@ -111,6 +114,13 @@ class _StagedListing:
     uri: str
     files: int = 0
     rows: int = 0
+
+    @property
+    def images(self) -> int:
+        return self.rows
+
+    def expected_rows(self, s3: S3Settings) -> tuple[int | None, str]:
+        return self.rows, ""
 
 
 def _stage_listing(
@@ -416,7 +426,7 @@ def _work(
     # Read now: after a failure the cluster may be gone, and asking it then would hang the runs row.
     record.cluster = cluster_facts()
     resources = plan_resources(
-        config, ray.cluster_resources(), staged.rows, decode_side(config.tiling, model.input_size)
+        config, ray.cluster_resources(), staged.images, decode_side(config.tiling, model.input_size)
     )
     configure_data_context(config, resources)
     logger.info(
@@ -431,11 +441,13 @@ def _work(
     if staged.rows:
         record.stats_uri = _annotate(config, s3, attempt, staged, model, resources, sink)
     accounted = sink.counts.results + sink.counts.errors
-    if accounted != staged.rows:
+    expected, missing = staged.expected_rows(s3)
+    if accounted != expected:
         record.message = (
-            f"accounted for {accounted} of {staged.rows} inputs (blocks dropped under "
-            "`runtime.max_errored_blocks`); the staged work is kept and the next run finishes the rest"
-        )
+            f"accounted for {accounted} of {expected} inputs (blocks dropped under `runtime.max_errored_blocks`)"
+            if expected is not None
+            else f"{missing}"
+        ) + "; the staged work is kept and the next run finishes the rest"
         logger.error("run %s %s", attempt.run_id, record.message)
         return "incomplete"
     record.files = _commit(config, s3, attempt, lease)
@@ -482,7 +494,7 @@ def _resume(config: JobConfig, s3: S3Settings, attempt: Attempt) -> PriorWork | 
     return prior
 
 
-def _list_inputs(config: JobConfig, s3: S3Settings, listing: _ListingProgress) -> _StagedListing:
+def _list_inputs(config: JobConfig, s3: S3Settings, listing: _ListingProgress) -> _StagedListing | StagedContainers:
     """Lists the source and stages what is left to do under `_listing/`, for the read tasks."""
     with store_errors("reading of the done work in", config.sink.uri, s3):
         completed = layout.succeeded_run_ids(config.sink.uri, s3)
@@ -490,7 +502,11 @@ def _list_inputs(config: JobConfig, s3: S3Settings, listing: _ListingProgress) -
     if source_uri == SAMPLES_URI:
         source_uri = str(export_samples(SAMPLES_FOLDER).resolve())
     with store_errors("listing of", source_uri, s3):
-        staged = _stage_listing(config, s3, listing, source_uri, completed)
+        kind = input_format(config, source_uri, s3)
+        if is_container_format(kind):  # WebDataset shards, Parquet image tables
+            staged = stage_containers(config, s3, listing, source_uri, kind, completed)
+        else:
+            staged = _stage_listing(config, s3, listing, source_uri, completed)
     logger.info(
         "run %s: %d listed, %d already done, %d done by earlier attempts, %d to process",
         listing.run_id,
@@ -506,7 +522,7 @@ def _annotate(
     config: JobConfig,
     s3: S3Settings,
     attempt: Attempt,
-    staged: _StagedListing,
+    staged: _StagedListing | StagedContainers,
     model: ModelFacts,
     resources: Resources,
     sink: CamDatasink,
@@ -531,10 +547,19 @@ def _commit(config: JobConfig, s3: S3Settings, attempt: Attempt, lease: OutputLe
 
 
 def _plan(
-    config: JobConfig, run_id: str, staged: _StagedListing, model: ModelFacts, s3: S3Settings, resources: Resources
+    config: JobConfig,
+    run_id: str,
+    staged: _StagedListing | StagedContainers,
+    model: ModelFacts,
+    s3: S3Settings,
+    resources: Resources,
 ) -> ray.data.Dataset:
     input_size = model.input_size
     s3_plain = dataclasses.asdict(s3)  # workers rebuild S3Settings from plain data
+    if isinstance(staged, StagedContainers):
+        fmt = container_format(config, staged.kind)
+        ds = read_stages(config, staged, fmt, s3, decode_side(config.tiling, input_size), model.interpolation)
+        return _predict(ds, config, run_id, input_size, s3_plain, resources)
     # One item per listing file, read by the read+decode tasks themselves. Ray Data's `read_parquet` would add
     # a file-listing task wanting a whole CPU, which a full actor pool never leaves free: the run stalled.
     listing_files = [join_uri(staged.uri, layout.listing_file_name(index)) for index in range(staged.files)]
@@ -553,6 +578,17 @@ def _plan(
         },
         num_cpus=config.runtime.decode_cpus,
     )
+    return _predict(ds, config, run_id, input_size, s3_plain, resources)
+
+
+def _predict(
+    ds: ray.data.Dataset,
+    config: JobConfig,
+    run_id: str,
+    input_size: int,
+    s3_plain: dict[str, object],
+    resources: Resources,
+) -> ray.data.Dataset:
     return ds.map_batches(
         Predictor,
         batch_size=resources.batch_size,

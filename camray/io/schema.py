@@ -18,7 +18,9 @@ import pyarrow as pa
 # 2: `runs` gained the operator's columns (attempt, message, images_per_second, errors_by_stage, io_retries,
 # versions, nodes, GPU types, host, stats_uri). Results and errors are unchanged; readers of runs written by
 # version 1 read the new columns as nulls (`RUNS` as the dataset schema).
-SCHEMA_VERSION = 2
+# 3: `results` and `errors` gained `container_uri`: the WebDataset shard or Parquet table file that holds the
+# image (null for an image file of its own). Readers of older files read it as null.
+SCHEMA_VERSION = 3
 
 PREDICTION = pa.struct([("class_id", pa.int32()), ("label", pa.string()), ("score", pa.float32())])
 CAM = pa.struct(
@@ -48,6 +50,7 @@ RESULTS = pa.schema(
     [
         ("image_uri", pa.string()),
         ("source_version", pa.string()),
+        ("container_uri", pa.string()),
         ("content_sha256", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),
@@ -67,6 +70,7 @@ ERRORS = pa.schema(
     [
         ("image_uri", pa.string()),
         ("source_version", pa.string()),
+        ("container_uri", pa.string()),
         ("stage", pa.string()),
         ("error_type", pa.string()),
         ("message", pa.string()),
