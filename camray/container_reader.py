@@ -233,7 +233,7 @@ def read_stages(
             "attempt": staged.attempt,
         },
         num_cpus=0,
-        concurrency=max(1, min(staged.files, math.ceil(cpus * READ_TASKS_PER_CPU))),
+        compute=ray.data.TaskPoolStrategy(size=max(1, min(staged.files, math.ceil(cpus * READ_TASKS_PER_CPU)))),
     )
     return ds.map_batches(
         decode_samples,

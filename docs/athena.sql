@@ -1,6 +1,7 @@
 CREATE EXTERNAL TABLE IF NOT EXISTS camray_results (
   `image_uri` string,
   `source_version` string,
+  `container_uri` string,
   `content_sha256` string,
   `width` int,
   `height` int,
@@ -15,11 +16,12 @@ CREATE EXTERNAL TABLE IF NOT EXISTS camray_results (
 )
 STORED AS PARQUET
 LOCATION 's3://my-annotations/cam/results/'
-TBLPROPERTIES ('camray.schema_version' = '2');
+TBLPROPERTIES ('camray.schema_version' = '3');
 
 CREATE EXTERNAL TABLE IF NOT EXISTS camray_errors (
   `image_uri` string,
   `source_version` string,
+  `container_uri` string,
   `stage` string,
   `error_type` string,
   `message` string,
@@ -27,7 +29,7 @@ CREATE EXTERNAL TABLE IF NOT EXISTS camray_errors (
 )
 STORED AS PARQUET
 LOCATION 's3://my-annotations/cam/errors/'
-TBLPROPERTIES ('camray.schema_version' = '2');
+TBLPROPERTIES ('camray.schema_version' = '3');
 
 CREATE EXTERNAL TABLE IF NOT EXISTS camray_runs (
   `run_id` string,
@@ -63,4 +65,4 @@ CREATE EXTERNAL TABLE IF NOT EXISTS camray_runs (
 )
 STORED AS PARQUET
 LOCATION 's3://my-annotations/cam/runs/'
-TBLPROPERTIES ('camray.schema_version' = '2');
+TBLPROPERTIES ('camray.schema_version' = '3');

@@ -111,3 +111,21 @@ def test_a_decoded_sample_has_the_columns_a_decoded_file_has(jpegs, tmp_path):
     first, second = sample.to_pylist()
     assert (first["width"], first["height"]) == (single["width"][0], single["height"][0])
     assert first["labels"] == ["281"] and second["error_type"] == "NoImage" and second["error_stage"] == "read"
+
+
+def test_device_decoding_hands_the_bytes_on_as_single_files_do(jpegs, tmp_path):
+    shard = write_shard(tmp_path / "s.tar", {"a": {"jpg": jpegs[0]}, "b": {"png": b"\x89PNG not really"}})
+    listing = _stage(tmp_path / "listing.parquet", [{"uri": str(shard)}])
+    raw = _read(listing, str(tmp_path / "tally.parquet"), ContainerFormat(WEBDATASET))
+    sample = decode_samples(raw, **DECODE, decode="device")
+    (tmp_path / "a.jpg").write_bytes(jpegs[0])
+    single = read_decode_batch(
+        {"uri": np.array([str(tmp_path / "a.jpg")], dtype=object), "version": np.array(["v"], dtype=object)},
+        s3=S3,
+        decode="device",
+        **DECODE,
+    )
+    assert set(sample.column_names) == set(single) | {"container_uri", "labels"}
+    first, second = sample.to_pylist()
+    assert first["encoded"] == jpegs[0] and first["device_jpeg"] == bool(single["device_jpeg"][0])
+    assert first["orientation"] == single["orientation"][0] and second["error_stage"] == "decode"
