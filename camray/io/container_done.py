@@ -233,7 +233,7 @@ def _query(
         con.execute(
             """
             INSERT INTO res
-            SELECT l.seq, min(r.run_order), list(DISTINCT r.image_uri) FILTER (WHERE e.image_uri IS NOT NULL)
+            SELECT l.seq, min(r.run_order), list(r.image_uri) FILTER (WHERE e.image_uri IS NOT NULL)
             FROM results_rows r JOIN listing l ON r.container_uri = l.uri AND r.source_version = l.version
             LEFT JOIN err e ON e.seq = l.seq AND e.image_uri = r.image_uri
             GROUP BY l.seq
