@@ -75,7 +75,12 @@ class _RawRows:
     """Rows of `RAW` being gathered for one block."""
 
     def __init__(self) -> None:
-        self.columns: dict[str, list[Any]] = {name: [] for name in RAW.names}
+        self.columns: dict[str, list[Any]] = {}
+        self.bytes = 0
+        self._clear()
+
+    def _clear(self) -> None:
+        self.columns = {name: [] for name in RAW.names}
         self.bytes = 0
 
     def __len__(self) -> int:
@@ -100,7 +105,7 @@ class _RawRows:
 
     def take(self) -> pa.Table:
         table = pa.table(self.columns, schema=RAW)
-        self.__init__()
+        self._clear()
         return table
 
 

@@ -120,6 +120,7 @@ class _StagedListing:
         return self.rows
 
     def expected_rows(self, s3: S3Settings) -> tuple[int | None, str]:
+        """One row per listed input (`StagedContainers` counts by its read tasks' tallies)."""
         return self.rows, ""
 
 
@@ -441,13 +442,14 @@ def _work(
     if staged.rows:
         record.stats_uri = _annotate(config, s3, attempt, staged, model, resources, sink)
     accounted = sink.counts.results + sink.counts.errors
-    expected, missing = staged.expected_rows(s3)
+    expected, untallied = staged.expected_rows(s3)
     if accounted != expected:
-        record.message = (
-            f"accounted for {accounted} of {expected} inputs (blocks dropped under `runtime.max_errored_blocks`)"
-            if expected is not None
-            else f"{missing}"
-        ) + "; the staged work is kept and the next run finishes the rest"
+        shortfall = (
+            untallied
+            if expected is None
+            else f"accounted for {accounted} of {expected} inputs (blocks dropped under `runtime.max_errored_blocks`)"
+        )
+        record.message = f"{shortfall}; the staged work is kept and the next run finishes the rest"
         logger.error("run %s %s", attempt.run_id, record.message)
         return "incomplete"
     record.files = _commit(config, s3, attempt, lease)
