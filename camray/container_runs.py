@@ -39,6 +39,14 @@ def input_format(config: JobConfig, source_uri: str, s3: S3Settings) -> str:
     kind = source.format or detect_format(source_uri, source.extensions, source.recursive, s3)
     if kind != WEBDATASET and source.labels_key is not None:
         raise SetupError(f"`source.labels_key` applies to WebDataset shards; {source.uri} reads as {kind}")
+    table_fields = [name for name in ("id_column", "labels_column") if getattr(source, name) is not None]
+    if source.image_column != "image":
+        table_fields.insert(0, "image_column")
+    if kind != PARQUET and table_fields:
+        raise SetupError(
+            f"`source.{table_fields[0]}` applies to Parquet image tables, which are never guessed: set "
+            f"`source.format: parquet` ({source.uri} reads as {kind})"
+        )
     if source.format is None:
         logger.info("input %s read as %s (`source.format` not set)", source_uri, kind)
     return kind
