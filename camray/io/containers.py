@@ -3,7 +3,7 @@ its containers are listed, and a container read as samples with the rules every 
 
 Listing: a container is listed like a file (`uri`, `size`, `version`, the version its size and modification
 time), never opened: an unchanged container can be skipped without a GET. A folder or prefix lists its `.tar`
-(or `.parquet`) files, a manifest its entries, a brace pattern (`s3://b/shards/{000000..000999}.tar`) the
+and `.tgz` (or `.parquet`) files, a manifest its entries, a brace pattern (`s3://b/shards/{000000..000999}.tar`) the
 names it expands to, with the sizes and versions a listing of the folder they share gives them (a name that
 no object has is listed without, and reading it becomes its error row).
 
@@ -44,7 +44,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FILES, WEBDATASET, PARQUET = "files", "webdataset", "parquet"
-CONTAINER_SUFFIXES = {WEBDATASET: ".tar", PARQUET: ".parquet"}
+# What a folder or prefix lists of each format; a shard compressed whole is read too (`tarfile` sees to it).
+CONTAINER_SUFFIXES = {WEBDATASET: [".tar", ".tgz"], PARQUET: [".parquet"]}
+SHARD_NAMES = (".tar", ".tgz", ".tar.gz")
 CONTAINERS = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("version", pa.string())])
 CHUNK_ROWS = 50_000
 # The keys a container's own failure names when it lists repeated keys.
@@ -85,21 +87,22 @@ def expand_braces(uri: str) -> Iterator[str]:
 
 def detect_format(uri: str, image_suffixes: list[str], recursive: bool, s3: S3Settings) -> str:
     """`webdataset` where `uri` (a file, a brace pattern), a manifest's first entry or a folder's first file (in
-    name order, images and shards alike) ends in `.tar`; else `files`. A Parquet table is never guessed."""
+    name order, images and shards alike) is named as a shard (`.tar`, `.tgz`, `.tar.gz`); else `files`. A
+    Parquet table is never guessed."""
     if is_brace_pattern(uri):
-        return WEBDATASET if next(expand_braces(uri)).lower().endswith(".tar") else FILES
+        return WEBDATASET if next(expand_braces(uri)).lower().endswith(SHARD_NAMES) else FILES
     fs, path = filesystem_for(uri, s3)
     with store_errors("listing of", uri, s3):
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             raise FileNotFoundError(f"input {uri} does not exist")
         if info.type == pafs.FileType.File and not uri.lower().endswith(MANIFEST_SUFFIXES):
-            return WEBDATASET if uri.lower().endswith(".tar") else FILES
-        extensions = [] if info.type == pafs.FileType.File else [*image_suffixes, ".tar"]
+            return WEBDATASET if uri.lower().endswith(SHARD_NAMES) else FILES
+        extensions = [] if info.type == pafs.FileType.File else [*image_suffixes, *CONTAINER_SUFFIXES[WEBDATASET]]
         first = next(iter_listing(uri, extensions, recursive, s3, chunk_rows=1), None)
     if first is None or not first.num_rows:
         return FILES
-    return WEBDATASET if str(first.column("uri")[0]).lower().endswith(".tar") else FILES
+    return WEBDATASET if str(first.column("uri")[0]).lower().endswith(SHARD_NAMES) else FILES
 
 
 # --- listing ------------------------------------------------------------------------------------------------
@@ -120,7 +123,7 @@ def iter_containers(
             name = f"s3://{path}" if is_s3(uri) else path
             yield pa.table([[name], [info.size], [f"{info.size}-{info.mtime_ns or 0}"]], schema=CONTAINERS)
             return
-    for chunk in iter_listing(uri, [CONTAINER_SUFFIXES[kind]], recursive, s3, chunk_rows):
+    for chunk in iter_listing(uri, CONTAINER_SUFFIXES[kind], recursive, s3, chunk_rows):
         yield chunk.select(CONTAINERS.names).cast(CONTAINERS)
 
 

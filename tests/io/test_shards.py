@@ -129,3 +129,13 @@ def test_a_member_twice_in_one_sample_fails_it(jpegs):
     items = _read(out.getvalue(), labels_key="labels")
     assert _summary(items) == [("a", "DuplicateMember"), ("b", "BadLabels")]
     assert json.loads(b"[]") == [] and "object" in items[1].message
+
+
+def test_a_shard_compressed_whole_is_read_and_its_cut_said(five):
+    import gzip
+
+    data, _ = five
+    packed = gzip.compress(data)
+    assert _summary(_read(packed)) == [(f"{i:03d}", "ok") for i in range(5)]
+    cut = _summary(_read(packed[: len(packed) // 2]))
+    assert cut[0] == ("000", "ok") and cut[-1] == (None, "DamagedShard")
