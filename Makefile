@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser system-packages run test test-fast bench bench-scale bench-history bench-month bench-device lint clean
+.PHONY: install browser system-packages run test test-fast bench bench-scale bench-history bench-month bench-containers bench-device lint clean
 
 $(STAMP): pyproject.toml infra/install.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-history: $(STAMP)
 bench-month: $(STAMP)
 	$(PY) -m camray.bench.month
 
+bench-containers: $(STAMP)
+	$(PY) -m camray.bench.containers
+
 # GPU figures in one command (docs/device-benchmark.md). No install step: a bare GPU host has the packages but
 # no index, so this runs the venv's Python where there is one and python3 otherwise. ARGS=--smoke: on the CPU.
 bench-device:
@@ -59,4 +62,4 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf output data .pytest_cache bench-results.json bench-scale-results.json
+	rm -rf output data .pytest_cache bench-results.json bench-scale-results.json bench-containers-results.json

@@ -43,7 +43,10 @@ class SourceConfig(_Section):
         "samples",
         description="A local folder, an `s3://bucket/prefix`, or a manifest file (.txt: one URI per line; "
         ".csv, .parquet or .jsonl: a `uri` column, and optionally `labels`, the image's labels: class names or ids, "
-        "`|`-separated in CSV, a list in Parquet and JSON Lines). `samples` means the bundled demo photos.",
+        "`|`-separated in CSV, a list in Parquet and JSON Lines). WebDataset shards: a folder or prefix of `.tar` "
+        "files, one `.tar`, a brace pattern (`s3://b/shards/{000000..000999}.tar`) or a manifest of shard URIs; a "
+        "Parquet image table (`format: parquet`): a `.parquet` file, or a folder or prefix of them "
+        "(docs/datasets.md). `samples` means the bundled demo photos.",
     )
     labels_from: Literal["folder"] | None = Field(
         None,
@@ -51,13 +54,48 @@ class SourceConfig(_Section):
         "`ImageFolder` layout, `uri/CLASS/.../image.jpg`); images directly under `uri` have none. None: the labels "
         "a manifest's `labels` column gives, if any.",
     )
+    format: Literal["files", "webdataset", "parquet"] | None = Field(
+        None,
+        description="What `uri` names: `files` (one image per object), `webdataset` (tar shards whose samples are "
+        "the members sharing a key) or `parquet` (tables of images, a row each). Default: `webdataset` where the "
+        "URI, a manifest's first entry or a folder's first file ends in `.tar`, else `files`; a Parquet table is "
+        "never guessed (a `.parquet` input alone is a manifest of URIs).",
+    )
+    image_column: str = Field(
+        "image",
+        min_length=1,
+        description="`format: parquet`: the column holding each row's encoded image: binary, or a struct with a "
+        "`bytes` field (the Hugging Face `datasets` Image layout).",
+    )
+    id_column: str | None = Field(
+        None,
+        min_length=1,
+        description="`format: parquet`: the column whose value names a row (`FILE_URI#ID`); unique within a file. "
+        "Default: the row's position in its file, from 0.",
+    )
+    labels_column: str | None = Field(
+        None,
+        min_length=1,
+        description="`format: parquet`: the column of each image's labels: a class name or id, or a list of "
+        "them. Default: none.",
+    )
+    labels_key: str | None = Field(
+        None,
+        min_length=1,
+        description="`format: webdataset`: the key of each sample's `.json` member that holds its labels (a "
+        "class name or id, or a list of them). Default: the `.cls` member, one class id per line, where present.",
+    )
     extensions: list[str] = Field(
         default=[".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"],
         description="File suffixes (case-insensitive) that count as images when listing a folder or prefix. "
         "Empty means every object.",
     )
     recursive: bool = Field(True, description="List sub-folders / the whole prefix below `uri`.")
-    limit: int | None = Field(None, ge=1, description="Process at most this many listed images (for trials).")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="Process at most this many listed inputs (for trials): images, or shards and table files.",
+    )
 
     @model_validator(mode="after")
     def _labels_from_a_folder(self) -> SourceConfig:
@@ -65,12 +103,28 @@ class SourceConfig(_Section):
 
         if self.labels_from == "folder" and self.uri.lower().endswith(MANIFEST_SUFFIXES):
             raise ValueError("`source.labels_from` `folder` reads labels from sub-folders: `source.uri` is a manifest")
+        if self.labels_from == "folder" and self.format in ("webdataset", "parquet"):
+            raise ValueError(
+                f"`source.labels_from` `folder` labels image files by their sub-folder, not {self.format} samples: "
+                "their labels come from `source.labels_key` or `source.labels_column`"
+            )
         return self
 
     @field_validator("extensions")
     @classmethod
     def _lower_dotted(cls, value: list[str]) -> list[str]:
         return [ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in value]
+
+    @model_validator(mode="after")
+    def _fields_of_the_format(self) -> SourceConfig:
+        table_fields = [name for name in ("id_column", "labels_column") if getattr(self, name) is not None]
+        if self.image_column != "image":
+            table_fields.insert(0, "image_column")
+        if self.format in ("files", "webdataset") and table_fields:
+            raise ValueError(f"`source.{table_fields[0]}` applies to `source.format: parquet`, not {self.format}")
+        if self.format in ("files", "parquet") and self.labels_key is not None:
+            raise ValueError(f"`source.labels_key` applies to `source.format: webdataset`, not {self.format}")
+        return self
 
 
 class StorageConfig(_Section):

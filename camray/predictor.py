@@ -230,7 +230,16 @@ class Predictor:
         out = self.annotator.annotate(pixels, valid, self._given_tensor(given))
         images = {
             name: batch[name][index]
-            for name in ("image_uri", "source_version", "content_sha256", "width", "height", "io_retries")
+            for name in (
+                "image_uri",
+                "source_version",
+                "container_uri",
+                "content_sha256",
+                "width",
+                "height",
+                "io_retries",
+            )
+            if name in batch
         }
         return result_table(out, images, self.row_context, list(given))
 
@@ -246,6 +255,7 @@ class Predictor:
         return {
             "image_uri": batch["image_uri"][index],
             "source_version": batch["source_version"][index],
+            "container_uri": batch["container_uri"][index] if "container_uri" in batch else None,
             "stage": stage or str(batch["error_stage"][index]),
             "error_type": error_type or str(batch["error_type"][index]),
             "message": message if message is not None else str(batch["error_message"][index]),

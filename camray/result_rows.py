@@ -88,8 +88,9 @@ def result_table(
     """One `ROWS` row per image of `out`.
 
     `images` holds the per-image columns, aligned with `out`: `image_uri`, `source_version`,
-    `content_sha256`, `width`, `height` (original pixels), `io_retries` (passed through to the sink). `given`
-    holds each image's given labels as class ids (None: it carries none), for the `labels` column.
+    `content_sha256`, `width`, `height` (original pixels), `io_retries` (passed through to the sink), and, for
+    samples of shards and tables, `container_uri`. `given` holds each image's given labels as class ids (None: it
+    carries none), for the `labels` column.
     """
     b, k = out.class_ids.shape
     p = out.predicted_ids.shape[1]
@@ -178,6 +179,10 @@ def result_table(
     columns = {
         "image_uri": pa.array(images["image_uri"].tolist(), pa.string()),
         "source_version": pa.array(images["source_version"].tolist(), pa.string()),
+        # Set for a sample of a shard or table, absent for an image file of its own.
+        "container_uri": pa.array(images["container_uri"].tolist(), pa.string())
+        if "container_uri" in images
+        else pa.nulls(b, pa.string()),
         "content_sha256": pa.array(images["content_sha256"].tolist(), pa.string()),
         "width": pa.array(width),
         "height": pa.array(height),

@@ -33,10 +33,14 @@ import pyarrow.parquet as pq
 import ray
 
 from camray.config import JobConfig
+from camray.container_reader import container_format, read_stages
+from camray.container_runs import input_format, is_container_format, stage_containers
 from camray.errors import InputNotFound
 from camray.host_memory import ALLOCATOR_ENV
 from camray.image.decode import DecodeLimits
 from camray.io import layout
+from camray.io.container_staging import StagedContainers
+from camray.io.containers import brace_folder, is_brace_pattern
 from camray.io.done import LABELS_KEY, DoneSet, labels_key, without_done, without_inputs
 from camray.io.lease import OutputLease
 from camray.io.listing import check_input_exists, iter_listing
@@ -107,6 +111,14 @@ class _StagedListing:
     uri: str
     files: int = 0
     rows: int = 0
+
+    @property
+    def images(self) -> int:
+        return self.rows
+
+    def expected_rows(self, s3: S3Settings) -> tuple[int | None, str]:
+        """One row per listed input (`StagedContainers` counts by its read tasks' tallies)."""
+        return self.rows, ""
 
 
 def _stage_listing(
@@ -242,8 +254,11 @@ def _check_input(config: JobConfig, s3: S3Settings) -> None:
     run, whose listing meets the same store and records the outage in its runs row."""
     if config.source.uri == SAMPLES_URI:
         return
+    uri = config.source.uri
+    if is_brace_pattern(uri):  # the names it expands to are looked up by the listing: their folder must be there
+        uri = brace_folder(uri)
     try:
-        check_input_exists(config.source.uri, s3)
+        check_input_exists(uri, s3)
     except InputNotFound:
         raise
     except OSError as exc:
@@ -466,7 +481,7 @@ def _work(
     # Read now: after a failure the cluster may be gone, and asking it then would hang the runs row.
     record.cluster = cluster_facts()
     resources = plan_resources(
-        config, ray.cluster_resources(), staged.rows, decode_side(config.tiling, model.input_size)
+        config, ray.cluster_resources(), staged.images, decode_side(config.tiling, model.input_size)
     )
     configure_data_context(config, resources)
     logger.info(
@@ -481,11 +496,14 @@ def _work(
     if staged.rows:
         record.stats_uri = _annotate(config, setup, s3, attempt, staged, resources, sink)
     accounted = sink.counts.results + sink.counts.errors
-    if accounted != staged.rows:
-        record.message = (
-            f"accounted for {accounted} of {staged.rows} inputs (blocks dropped under "
-            "`runtime.max_errored_blocks`); the staged work is kept and the next run finishes the rest"
+    expected, untallied = staged.expected_rows(s3)
+    if accounted != expected:
+        shortfall = (
+            untallied
+            if expected is None
+            else f"accounted for {accounted} of {expected} inputs (blocks dropped under `runtime.max_errored_blocks`)"
         )
+        record.message = f"{shortfall}; the staged work is kept and the next run finishes the rest"
         logger.error("run %s %s", attempt.run_id, record.message)
         return "incomplete"
     alike = _all_failed_alike(sink.counts)
@@ -547,7 +565,7 @@ def _resume(config: JobConfig, s3: S3Settings, attempt: Attempt) -> PriorWork | 
 
 def _list_inputs(
     config: JobConfig, s3: S3Settings, listing: _ListingProgress, resolver: LabelResolver
-) -> _StagedListing:
+) -> _StagedListing | StagedContainers:
     """Lists the source and stages what is left to do under `_listing/`, for the read tasks."""
     with store_errors("reading of the done work in", config.sink.uri, s3):
         completed = layout.succeeded_run_ids(config.sink.uri, s3)
@@ -555,7 +573,11 @@ def _list_inputs(
     if source_uri == SAMPLES_URI:
         source_uri = str(export_samples(SAMPLES_FOLDER).resolve())
     with store_errors("listing of", source_uri, s3):
-        staged = _stage_listing(config, s3, listing, source_uri, completed, resolver)
+        kind = input_format(config, source_uri, s3)
+        if is_container_format(kind):  # WebDataset shards, Parquet image tables
+            staged = stage_containers(config, s3, listing, source_uri, kind, completed)
+        else:
+            staged = _stage_listing(config, s3, listing, source_uri, completed, resolver)
     logger.info(
         "run %s: %d listed, %d already done, %d done by earlier attempts, %d to process",
         listing.run_id,
@@ -572,7 +594,7 @@ def _annotate(
     setup: ModelSetup,
     s3: S3Settings,
     attempt: Attempt,
-    staged: _StagedListing,
+    staged: _StagedListing | StagedContainers,
     resources: Resources,
     sink: CamDatasink,
 ) -> str:
@@ -596,10 +618,19 @@ def _commit(config: JobConfig, s3: S3Settings, attempt: Attempt, lease: OutputLe
 
 
 def _plan(
-    config: JobConfig, setup: ModelSetup, run_id: str, staged: _StagedListing, s3: S3Settings, resources: Resources
+    config: JobConfig,
+    setup: ModelSetup,
+    run_id: str,
+    staged: _StagedListing | StagedContainers,
+    s3: S3Settings,
+    resources: Resources,
 ) -> ray.data.Dataset:
     input_size = setup.input_size
     s3_plain = dataclasses.asdict(s3)  # workers rebuild S3Settings from plain data
+    if isinstance(staged, StagedContainers):
+        fmt = container_format(config, staged.kind)
+        ds = read_stages(config, staged, fmt, s3, decode_side(config.tiling, input_size), setup.interpolation)
+        return _predict(ds, config, setup, run_id, s3_plain, resources)
     # One item per listing file, read by the read+decode tasks themselves. Ray Data's `read_parquet` would add
     # a file-listing task wanting a whole CPU, which a full actor pool never leaves free: the run stalled.
     listing_files = [join_uri(staged.uri, layout.listing_file_name(index)) for index in range(staged.files)]
@@ -618,6 +649,17 @@ def _plan(
         },
         num_cpus=config.runtime.decode_cpus,
     )
+    return _predict(ds, config, setup, run_id, s3_plain, resources)
+
+
+def _predict(
+    ds: ray.data.Dataset,
+    config: JobConfig,
+    setup: ModelSetup,
+    run_id: str,
+    s3_plain: dict[str, object],
+    resources: Resources,
+) -> ray.data.Dataset:
     return ds.map_batches(
         Predictor,
         batch_size=resources.batch_size,

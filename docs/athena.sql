@@ -1,6 +1,7 @@
 CREATE EXTERNAL TABLE IF NOT EXISTS camray_results (
   `image_uri` string,
   `source_version` string,
+  `container_uri` string,
   `content_sha256` string,
   `width` int,
   `height` int,
@@ -21,6 +22,7 @@ TBLPROPERTIES ('camray.schema_version' = '3');
 CREATE EXTERNAL TABLE IF NOT EXISTS camray_errors (
   `image_uri` string,
   `source_version` string,
+  `container_uri` string,
   `stage` string,
   `error_type` string,
   `message` string,

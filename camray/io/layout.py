@@ -5,6 +5,7 @@
   results/  errors/  runs/           the tables (`TABLES`), the only Parquet readers see
   _lease.json                        the lease of the run writing here (`camray.io.lease`)
   _staging/<run_id>/                 a run's staged files and its `run.json` until it commits (`io.sink`, `io.resume`)
+  _staging/<run_id>/tallies/         what each read task of shards or tables read (`io.container_staging`)
   _listing/<run_id>-aNN/             an attempt's inputs for its read tasks, removed when the attempt ends
   _logs/<run_id>-aNN-stats.txt       Ray Data's statistics of an attempt, linked from its runs row
   _logs/<run_id>-aNN-log.txt         the attempt's log: camray's lines and Ray's, kept off the terminal
@@ -45,6 +46,7 @@ STAGING_FOLDER = "_staging"
 LISTING_FOLDER = "_listing"
 LOGS_FOLDER = "_logs"
 STATE_NAME = "run.json"
+TALLIES_FOLDER = "tallies"
 
 SUCCEEDED = "succeeded"
 
@@ -86,6 +88,15 @@ def listing_uri(output_uri: str, run_id: str, attempt: int) -> str:
 
 def listing_file_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
+
+
+def tallies_uri(output_uri: str, run_id: str) -> str:
+    return join_uri(output_uri, STAGING_FOLDER, run_id, TALLIES_FOLDER)
+
+
+def tally_file_name(attempt: int, index: int) -> str:
+    """Fixed by the attempt and the listing file: a read task that Ray retries rewrites its tally."""
+    return f"a{attempt:02d}-{index:05d}.parquet"
 
 
 def stats_uri(output_uri: str, run_id: str, attempt: int) -> str:

@@ -216,6 +216,18 @@ class S3Objects:
                 logger.info("reading %s broke off (%s); reading it again in %.1f s", uri, exc, delay)
                 time.sleep(delay)
 
+    def open_body(self, uri: str, first_byte: int = 0, if_match: str | None = None) -> tuple[Any, str, int]:
+        """A GET from `first_byte` on, not yet read: (its streaming body, the object's ETag, the retries the
+        request took). With `if_match`, a store whose object no longer has that ETag refuses (`OSError`, 412)."""
+        bucket, key = split_s3_uri(uri)
+        extra: dict[str, str] = {}
+        if first_byte:
+            extra["Range"] = f"bytes={first_byte}-"
+        if if_match:
+            extra["IfMatch"] = if_match
+        response, attempts = self._call("GetObject", uri, self._client.get_object, Bucket=bucket, Key=key, **extra)
+        return response["Body"], response.get("ETag", ""), attempts - 1
+
     def put(self, uri: str, data: bytes) -> int:
         """Writes the object whole (S3 makes it visible at once, never in part); returns the retries it took.
 

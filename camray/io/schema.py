@@ -26,6 +26,8 @@ import pyarrow as pa
 # 3: `results` gained `labels` (the image's given labels, resolved), and maps and boxes follow the kept classes
 # (`cam.classes`) rather than the predictions one for one; `errors` gained the stage `labels`. Readers of older
 # results read `labels` as null.
+# `results` and `errors` also gained `container_uri`: the WebDataset shard or Parquet table file that holds the
+# image (null for an image file of its own). Readers of older files read it as null.
 SCHEMA_VERSION = 3
 
 PREDICTION = pa.struct([("class_id", pa.int32()), ("label", pa.string()), ("score", pa.float32())])
@@ -57,6 +59,7 @@ RESULTS = pa.schema(
     [
         ("image_uri", pa.string()),
         ("source_version", pa.string()),
+        ("container_uri", pa.string()),
         ("content_sha256", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),
@@ -77,6 +80,7 @@ ERRORS = pa.schema(
     [
         ("image_uri", pa.string()),
         ("source_version", pa.string()),
+        ("container_uri", pa.string()),
         ("stage", pa.string()),
         ("error_type", pa.string()),
         ("message", pa.string()),

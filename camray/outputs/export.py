@@ -11,7 +11,8 @@ in pixels, `score`, `category_id`, `area`, `iscrowd` 0, and, for boxes of the cl
 (the first kept class), `segmentation`: the COCO RLE of the mask inside that box.
 
 YOLO: `labels/<path>.txt` per image, one `class cx cy w h` line per box (normalised to the image, class =
-line number in `classes.txt`), `<path>` being the input's path under the inputs' common folder;
+line number in `classes.txt`), `<path>` being the input's path under the inputs' common folder (for a sample of
+a shard or table, the container's path without its suffix, then the sample's key: `shard-000/000123.txt`);
 `classes.txt`, one label a line; `images.txt`, the input URIs in the order of the label files.
 """
 
@@ -30,6 +31,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from camray.errors import UsageError
+from camray.io.containers import layout_path
 from camray.io.schema import decode_mask
 from camray.outputs.tables import Output
 
@@ -180,14 +182,19 @@ def write_coco(output: Output, dest: str | Path, **options: Any) -> Path:
     return path
 
 
-def _uri_path(uri: str) -> str:
-    return uri.removeprefix("s3://").removeprefix("file://")
+def _uri_path(row: dict[str, Any]) -> str:
+    """Where the image's files go, laid out like the inputs: its own path, or for a sample of a shard or table,
+    the container's path without its suffix, then the sample's key (`shards/shard-000/000123`)."""
+    if row.get("container_uri"):
+        return layout_path(row["image_uri"], row["container_uri"])
+    return row["image_uri"].removeprefix("s3://").removeprefix("file://")
 
 
-def _label_path(uri: str, common: str) -> str:
-    """The URI's path under the URIs' common folder, with `.txt` for its suffix."""
-    path = _uri_path(uri)
-    return posixpath.splitext(posixpath.relpath(path, common) if common else path.lstrip("/"))[0] + ".txt"
+def _label_path(row: dict[str, Any], common: str) -> str:
+    """The image's path under the images' common folder, with `.txt` for its suffix (after a sample's key)."""
+    path = _uri_path(row)
+    relative = posixpath.relpath(path, common) if common else path.lstrip("/")
+    return (relative if row.get("container_uri") else posixpath.splitext(relative)[0]) + ".txt"
 
 
 def write_yolo(
@@ -204,8 +211,8 @@ def write_yolo(
     wanted = _class_filter(output, run_id, classes)
     labels: dict[int, str] = {}
     common: str | None = None
-    for row in _rows(output, run_id, ["image_uri", "boxes"]):
-        folder = posixpath.dirname(_uri_path(row["image_uri"]))
+    for row in _rows(output, run_id, ["image_uri", "container_uri", "boxes"]):
+        folder = posixpath.dirname(_uri_path(row))
         common = folder if common is None else posixpath.commonpath([common, folder])
         for box in _kept_boxes(row, min_score, wanted):
             labels[box["class_id"]] = box["label"]
@@ -218,8 +225,8 @@ def write_yolo(
     written = 0
     try:
         with (dest / "images.txt").open("w", encoding="utf-8") as images:
-            for row in _rows(output, run_id, ["image_uri", "width", "height", "boxes"]):
-                name = _label_path(row["image_uri"], common or "")
+            for row in _rows(output, run_id, ["image_uri", "container_uri", "width", "height", "boxes"]):
+                name = _label_path(row, common or "")
                 lines = []
                 for box in _kept_boxes(row, min_score, wanted):
                     cx = (box["x0"] + box["x1"]) / 2 / row["width"]

@@ -3,8 +3,9 @@
 `DIR/index.html` holds the run summary, histograms (inline SVG), a gallery and the error list; the gallery's
 pictures are JPEG files in `DIR/images/`. Each gallery entry is the photo in grayscale with its top-1 class
 activation map over it (`overlay`'s ramp at 50% opacity) and its boxes with a legend, and beside it the other
-top-k classes with their scores and maps. Photos are read back from the input URIs the results recorded; an
-input that has vanished (or changed) since the run is shown as such.
+top-k classes with their scores and maps. Photos are read back from the input URIs the results recorded (a
+sample of a shard or table from its container, read once for the samples of it shown); an input that has
+vanished (or changed) since the run is shown as such.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import pyarrow.dataset as pads
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from camray.errors import UsageError
+from camray.io.container_samples import sample_key, sample_uri
+from camray.io.containers import PARQUET, WEBDATASET, ContainerFormat, read_images
 from camray.io.schema import decode_heatmap
 from camray.io.sources import ByteReader
 from camray.outputs.overlay import LabelledBox, draw_boxes, overlay, ramp, resize_map
@@ -69,7 +72,7 @@ def _display_size(width: int, height: int, side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def read_photo(reader: ByteReader, row: dict[str, Any], side: int) -> Photo:
+def read_photo(reader: ByteReader | InputBytes, row: dict[str, Any], side: int) -> Photo:
     """The row's input in grayscale at display size; a missing, unreadable or changed input is named."""
     try:
         data = reader.read(row["image_uri"])
@@ -203,7 +206,7 @@ def summary(run: dict[str, Any], results: pa.Table, errors: pa.Table) -> str:
     )
 
 
-def _gallery_entry(index: int, row: dict[str, Any], reader: ByteReader, images_dir: Path) -> str:
+def _gallery_entry(index: int, row: dict[str, Any], reader: ByteReader | InputBytes, images_dir: Path) -> str:
     """One image: the map of its first kept class (the mask's) with its boxes; beside it the other kept classes'
     maps, then the predictions that have none. Kept classes are the top-k predictions unless the run mapped given
     labels (`cam.classes`): those are marked `given`, and the probability shown is the prediction's where the class
@@ -266,7 +269,57 @@ def _gallery_entry(index: int, row: dict[str, Any], reader: ByteReader, images_d
     )
 
 
-def gallery(output: Output, run_id: str, uris: list[str], dest: Path) -> str:
+class InputBytes:
+    """The bytes of the rows' inputs: an image file read whole, a sample of a shard or table from its container,
+    each container read once for the samples of it the gallery shows (as far as the last of them)."""
+
+    def __init__(self, output: Output, source: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        self._files = ByteReader(output.s3)
+        self._samples: dict[str, bytes] = {}
+        self._unreadable: dict[str, str] = {}  # container -> why it could not be read
+        wanted: dict[str, set[str]] = {}
+        for row in rows:
+            if row.get("container_uri"):
+                wanted.setdefault(row["container_uri"], set()).add(sample_key(row["container_uri"], row["image_uri"]))
+        fmt = _container_format(source)
+        for container, keys in wanted.items():
+            try:
+                found = read_images(container, fmt, keys, output.s3)
+            except OSError as exc:  # the store is down: the photos are shown as unreadable, the maps alone
+                logger.warning("cannot read %s for the gallery: %s", container, exc)
+                self._unreadable[container] = f"{container}: {exc}"
+                continue
+            self._samples.update({sample_uri(container, key): data for key, data in found.items()})
+        self._containers = {row["image_uri"]: row["container_uri"] for row in rows if row.get("container_uri")}
+
+    def read(self, uri: str) -> bytes:
+        if uri in self._samples:
+            return self._samples[uri]
+        if uri in self._containers:
+            container = self._containers[uri]
+            if container in self._unreadable:
+                raise OSError(self._unreadable[container])
+            raise FileNotFoundError(f"{uri}: no such sample in its container now")
+        return self._files.read(uri)
+
+
+def _container_format(source: dict[str, Any]) -> ContainerFormat:
+    """How the run read its containers, from its config's `source` section (defaults where it is older)."""
+    kind = PARQUET if source.get("format") == PARQUET else WEBDATASET
+    defaults = ContainerFormat(kind)
+    return ContainerFormat(
+        kind,
+        image_suffixes=tuple(source.get("extensions") or defaults.image_suffixes),
+        labels_key=source.get("labels_key"),
+        image_column=source.get("image_column") or defaults.image_column,
+        id_column=source.get("id_column"),
+        labels_column=source.get("labels_column"),
+    )
+
+
+def gallery(output: Output, run_id: str, uris: list[str], dest: Path, source: dict[str, Any] | None = None) -> str:
+    """The gallery of `uris` (results of `run_id`); `source` is the run's `source` config section, which says
+    how samples of shards and tables are read back."""
     if not uris:
         return "<p>No results in this run.</p>"
     images_dir = dest / "images"
@@ -274,11 +327,11 @@ def gallery(output: Output, run_id: str, uris: list[str], dest: Path) -> str:
     rows = output.table(
         "results",
         [run_id],
-        ["image_uri", "content_sha256", "width", "height", "labels", "predictions", "cams", "boxes"],
+        ["image_uri", "container_uri", "content_sha256", "width", "height", "labels", "predictions", "cams", "boxes"],
         pads.field("image_uri").isin(uris),
     ).to_pylist()
     rows.sort(key=lambda row: row["image_uri"])
-    reader = ByteReader(output.s3)
+    reader = InputBytes(output, source or {}, rows)
     return "".join(_gallery_entry(index, row, reader, images_dir) for index, row in enumerate(rows))
 
 
@@ -315,6 +368,13 @@ table.errors td:first-child { word-break: break-all; }
 """
 
 
+def _source_section(run: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return json.loads(run.get("config_json") or "{}").get("source", {})
+    except ValueError:
+        return {}
+
+
 def write_report(output: Output, dest: str | Path, run_id: str | None = None, limit: int = 24) -> Path:
     """Writes `dest/index.html` (and `dest/images/`) for `run_id`, or the newest succeeded run; returns the
     page's path. `limit` bounds the gallery; histograms and the error list cover the whole run."""
@@ -342,7 +402,7 @@ def write_report(output: Output, dest: str | Path, run_id: str | None = None, li
 <h2>Gallery ({len(uris)} of {results.num_rows} images)</h2>
 <p>Each photo in grayscale under its top-1 class activation map (50% opacity), with its boxes; beside it the
 other top-k classes, each with its own map.</p>
-{gallery(output, run["run_id"], uris, dest)}
+{gallery(output, run["run_id"], uris, dest, _source_section(run))}
 <h2>Errors ({errors.num_rows})</h2>{error_list(errors)}
 </body></html>
 """

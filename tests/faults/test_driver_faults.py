@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from container_inputs import write_shard
 from ray_helpers import SMALL_BATCHES
 from readers import runs, succeeded_inputs
 
@@ -41,7 +42,8 @@ def _driver(ray_address: str, source: Path, output: Path, *extra: str) -> subpro
 
 def _staged_rows(output: Path) -> int:
     rows = 0
-    for path in (output / "_staging").glob("*/*/*.parquet"):
+    staged = [*(output / "_staging").glob("*/results/*.parquet"), *(output / "_staging").glob("*/errors/*.parquet")]
+    for path in staged:
         if not path.name.startswith("."):
             try:
                 rows += pq.read_metadata(path).num_rows
@@ -92,6 +94,35 @@ def test_a_killed_driver_is_resumed_not_redone(ray_address, small_photos, tmp_pa
     assert rows[0]["resumed"] >= staged and processed <= 0.6 * total, rows[0]
     seen = succeeded_inputs(output)
     assert set(seen) == _inputs(small_photos) and set(seen.values()) == {1}
+
+
+def test_a_driver_killed_mid_shard_is_resumed_and_every_sample_appears_once(ray_address, small_photos, tmp_path):
+    """WebDataset shards on local disk: the resumed attempt skips the shards its predecessor finished and the
+    samples it staged of the others, by key."""
+    photos = sorted(small_photos.iterdir())
+    shards = tmp_path / "shards"
+    for s in range(3):
+        samples = {
+            f"{i:03d}": {"jpg": path.read_bytes(), "cls": str(i)} for i, path in enumerate(photos[16 * s :][:16])
+        }
+        write_shard(shards / f"shard-{s}.tar", samples)
+    expected = {f"{shards}/shard-{s}.tar#{i:03d}" for s in range(3) for i in range(16)}
+    output = tmp_path / "out"
+    first = _driver(ray_address, shards, output)
+    staged = _wait_for_staged(output, len(expected) // 2, first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not succeeded_inputs(output), "readers see nothing of a killed run"
+
+    code, log = _finish(_driver(ray_address, shards, output))
+    assert code == 0, log[-4000:]
+    assert "resuming run" in log
+    [row] = runs(output)
+    assert (row["status"], row["attempt"], row["listed"]) == ("succeeded", 2, 3)
+    processed = row["results"] + row["errors"] - row["resumed"]
+    assert row["resumed"] >= staged and processed <= 0.6 * len(expected), row
+    seen = succeeded_inputs(output)
+    assert set(seen) == expected and set(seen.values()) == {1}
 
 
 def test_sigterm_ends_the_run_cleanly_and_the_next_run_finishes_it(ray_address, small_photos, tmp_path):
