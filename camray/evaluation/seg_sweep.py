@@ -1,0 +1,366 @@
+"""Label-map sweep: the annotator's maps of the segmentation set turned into label maps and scored in mIoU.
+
+`python -m camray.evaluation.seg_sweep [--segset data/segset] [--head data/kinds_head] [--preset fast balanced
+accurate] [--json OUT]` runs in-process without Ray, like `camray.evaluation.sweep`: each preset's annotator (the
+actors' compute) over the set `camray.evaluation.segset` builds, its maps made label maps by
+`camray.cam.label_maps`, scored by `camray.evaluation.segmentation` (mIoU, background included). For each preset,
+head (the trained one of `camray.evaluation.kinds_head`, whose classes are the set's, and ImageNet's, whose classes
+are mapped to the set's by `segset.IMAGENET_KINDS`) and classes (`given`: each image's labels; `predicted`: the
+sigmoid head's classes scoring `MIN_SCORE` or more, at most `cam.top_k`, or the softmax head's top-k) it prints:
+
+- the best `background` threshold on the `dev` images (`segset.split_of`) and the mIoU it gives on `test`;
+- for the trained head with given classes, every refinement of `camray.evaluation.refiners` with its parameters
+  chosen on `dev` too, its `test` mIoU and its cost an image, beside the annotator's own cost an image;
+- the ignore band (`ignore_below`) above the chosen threshold: the share of pixels it leaves out and the accuracy
+  of those it labels.
+
+Until the job keeps given classes (the `classes` work), the classes are set here, by handing the annotator's class
+picker the image's classes; everything else is the annotator the actors run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from camray.annotator import Annotator, _Forward, decode_side
+from camray.cam.label_maps import IGNORE, label_maps, resize_label_map
+from camray.config import JobConfig, load_config
+from camray.evaluation import refiners
+from camray.evaluation.kinds_head import load_head
+from camray.evaluation.segmentation import BACKGROUND_NAME, Confusion, SegmentationReport
+from camray.evaluation.segset import CLASSES, IMAGENET_KINDS, build, split_of
+from camray.image.decode import DecodeLimits
+from camray.models import LoadedModel, load_model
+from camray.outputs.label_png import read_label_png
+from camray.reader import read_decode_batch
+
+MIN_SCORE = 0.5  # a sigmoid head's class is kept from this probability (`cam.min_score` of the classes work)
+THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.76, 0.05))
+NAMES = [BACKGROUND_NAME, *CLASSES]  # score indices: the truth's values
+
+
+@dataclass
+class ImageMaps:
+    """One image's kept classes and their maps, with what scoring needs.
+
+    maps (float32[K, R, R]), valid (bool[K]), slot_index (int[K]): each slot's index in `NAMES` (0 where the
+    class belongs to none of the set's classes); canvas (uint8[h, w, 3]): the decoded canvas's valid region;
+    truth (uint8[H, W]): indices in `NAMES`, or IGNORE."""
+
+    name: str
+    maps: np.ndarray
+    valid: np.ndarray
+    slot_index: np.ndarray
+    canvas: np.ndarray
+    truth: np.ndarray
+
+
+class ChosenClasses(Annotator):
+    """The annotator with its classes chosen outside: `chosen` (B, K), set before each batch, replaces the top-k of
+    the whole-image pass (the tiles follow it), and a sigmoid head's scores are its probabilities."""
+
+    def __init__(self, *args: Any, sigmoid: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sigmoid = sigmoid
+        self.chosen: Tensor | None = None
+
+    def _forward(self, x: Tensor, keep_activation: bool, classes: Tensor | None = None) -> _Forward:
+        if classes is None and self.chosen is not None:
+            classes = self.chosen.to(x.device)
+        return super()._forward(x, keep_activation, classes)
+
+    def _scores(self, forward: _Forward) -> Tensor:
+        if self.sigmoid:
+            return torch.sigmoid(forward.logits.float()).gather(1, forward.class_ids)
+        return super()._scores(forward)
+
+
+def _annotator(config: JobConfig, loaded: LoadedModel, sigmoid: bool) -> ChosenClasses:
+    input_size = config.model.input_size or loaded.spec.input_size
+    return ChosenClasses(
+        loaded, config.cam, config.boxes, input_size, torch.device("cpu"), tiling=config.tiling, sigmoid=sigmoid
+    )
+
+
+def _given_ids(labels: list[str], categories: tuple[str, ...], imagenet: bool) -> list[int]:
+    if imagenet:
+        return [i for kind in labels for i in IMAGENET_KINDS.get(kind, ())]
+    return [categories.index(kind) for kind in labels]
+
+
+def _slot_index(class_ids: np.ndarray, categories: tuple[str, ...], imagenet: bool) -> np.ndarray:
+    if imagenet:
+        kind_of = {i: kind for kind, ids in IMAGENET_KINDS.items() for i in ids}
+        return np.array([NAMES.index(kind_of[c]) if c in kind_of else 0 for c in class_ids.tolist()])
+    return np.array([NAMES.index(categories[c]) if categories[c] in NAMES else 0 for c in class_ids.tolist()])
+
+
+def collect(
+    config: JobConfig, loaded: LoadedModel, sigmoid: bool, imagenet: bool, segset: Path, given: bool, batch: int = 8
+) -> tuple[list[ImageMaps], float]:
+    """Every image's maps under `config` (given or predicted classes) and the annotator's seconds an image."""
+    annotator = _annotator(config, loaded, sigmoid)
+    categories = loaded.spec.categories
+    rows = _manifest(segset)
+    side = decode_side(config.tiling, annotator.input_size)
+    out: list[ImageMaps] = []
+    seconds = 0.0
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        listing = {"uri": np.array([uri for uri, _ in chunk], dtype=object), "version": np.array([""] * len(chunk))}
+        decoded = read_decode_batch(
+            listing, input_size=side, policy=config.model.resize, s3={}, limits=DecodeLimits().__dict__
+        )
+        pixels = torch.from_numpy(np.ascontiguousarray(decoded["pixels"]))
+        valid_wh = torch.from_numpy(np.stack([decoded["valid_width"], decoded["valid_height"]], axis=1))
+        if given:
+            ids = [_given_ids(labels, categories, imagenet) or [0] for _, labels in chunk]
+            k = max(len(i) for i in ids)
+            annotator.chosen = torch.tensor([i + [i[0]] * (k - len(i)) for i in ids])
+            valid = np.array([[slot < len(i) for slot in range(k)] for i in ids])
+        else:
+            annotator.chosen = None
+        clock = time.perf_counter()
+        with torch.inference_mode():
+            result = annotator.annotate(pixels, valid_wh)
+        seconds += time.perf_counter() - clock
+        if not given:
+            valid = (result.scores >= MIN_SCORE).numpy() if sigmoid else np.ones(result.scores.shape, dtype=bool)
+        for i, (uri, _) in enumerate(chunk):
+            name = Path(uri).stem
+            truth = read_label_png(segset / "truth" / f"{name}.png")
+            if imagenet:  # the set's classes ImageNet has no class for are not scored
+                unmapped = [NAMES.index(kind) for kind in CLASSES if kind not in IMAGENET_KINDS]
+                truth = np.where(np.isin(truth, unmapped), IGNORE, truth).astype(np.uint8)
+            w, h = int(decoded["valid_width"][i]), int(decoded["valid_height"][i])
+            class_ids = result.class_ids[i].numpy()
+            out.append(
+                ImageMaps(
+                    name=name,
+                    maps=result.maps[i].numpy(),
+                    valid=valid[i],
+                    slot_index=_slot_index(class_ids, categories, imagenet) * valid[i],
+                    canvas=decoded["pixels"][i, :h, :w],
+                    truth=truth,
+                )
+            )
+    return out, seconds / len(rows)
+
+
+def _manifest(segset: Path) -> list[tuple[str, list[str]]]:
+    import csv
+
+    with (segset / "images.csv").open(newline="") as handle:
+        return [(row["uri"], row["labels"].split("|")) for row in csv.DictReader(handle)]
+
+
+Refine = Callable[[ImageMaps], np.ndarray]
+
+
+def predicted_label_map(
+    item: ImageMaps, background: float, ignore_below: float | None = None, scores: np.ndarray | None = None
+) -> np.ndarray:
+    """The image's label map at its original size, in `NAMES` indices: from its maps, or from refined `scores`
+    (float[K, h, w]) where given."""
+    source = item.maps if scores is None else scores
+    grid = label_maps(torch.from_numpy(source)[None], torch.from_numpy(item.valid)[None], background, ignore_below)[
+        0
+    ].numpy()
+    height, width = item.truth.shape
+    slots = resize_label_map(grid, width, height)
+    lookup = np.zeros(256, dtype=np.uint8)
+    lookup[1 : len(item.slot_index) + 1] = item.slot_index
+    lookup[IGNORE] = IGNORE
+    return lookup[slots]
+
+
+def crf_label_map(item: ImageMaps, background: float, **params: Any) -> np.ndarray:
+    marginals = refiners.crf(item.maps * item.valid[:, None, None], item.canvas, background, **params)
+    marginals[1:][~item.valid] = 0.0
+    grid = marginals.argmax(axis=0).astype(np.uint8)  # 0 background, k + 1 slot k
+    height, width = item.truth.shape
+    lookup = np.zeros(256, dtype=np.uint8)
+    lookup[1 : len(item.slot_index) + 1] = item.slot_index
+    return lookup[resize_label_map(grid, width, height)]
+
+
+def score(items: list[ImageMaps], predict: Callable[[ImageMaps], np.ndarray]) -> SegmentationReport:
+    confusion = Confusion(NAMES)
+    for item in items:
+        confusion.add(item.truth, predict(item))
+    return confusion.report()
+
+
+def split(items: list[ImageMaps], part: str) -> list[ImageMaps]:
+    return [item for item in items if split_of(item.name) == part]
+
+
+def best_threshold(items: list[ImageMaps], scores: dict[str, np.ndarray] | None = None) -> tuple[float, float]:
+    """(threshold, dev mIoU): the background threshold of `THRESHOLDS` with the best mIoU on the dev images."""
+    dev = split(items, "dev")
+    refined = scores or {}
+    results = [
+        (score(dev, lambda i, t=t: predicted_label_map(i, t, scores=refined.get(i.name))).miou, t) for t in THRESHOLDS
+    ]
+    best, threshold = max(results)
+    return threshold, best
+
+
+def _line(label: str, items: list[ImageMaps], predict: Callable[[ImageMaps], np.ndarray], extra: str) -> dict:
+    test, every = score(split(items, "test"), predict), score(items, predict)
+    natural = score([i for i in items if i.name.startswith("photo_")], predict)
+    print(f"| {label} | {test.miou:.3f} | {every.miou:.3f} | {natural.miou:.3f} | {extra} |", flush=True)
+    return {"label": label, "test": test.miou, "all": every.miou, "photos": natural.miou, "extra": extra}
+
+
+def refinement_study(items: list[ImageMaps], annotate_seconds: float, label: str) -> list[dict]:
+    """Each refinement, its parameters and threshold chosen on dev, scored on test, timed an image."""
+    out = []
+    threshold, _ = best_threshold(items)
+    out.append(_line(f"{label}, no refinement", items, lambda i: predicted_label_map(i, threshold), f"bg {threshold}"))
+    candidates: list[tuple[str, Refine]] = [("bilinear to the canvas", lambda i: refiners.bilinear(i.maps, i.canvas))]
+    candidates += [
+        (f"guided filter r={r} eps={e}", lambda i, r=r, e=e: refiners.guided(i.maps, i.canvas, r, e))
+        for r in (4, 8, 16)
+        for e in (0.001, 0.01, 0.1)
+    ]
+    candidates += [
+        (f"SLIC superpixels n={n}", lambda i, n=n: refiners.superpixels(i.maps, i.canvas, n)) for n in (100, 300)
+    ]
+    best: dict[str, tuple[float, str, dict[str, np.ndarray], float, float]] = {}
+    for name, refine in candidates:
+        clock = time.perf_counter()
+        scores = {i.name: refine(i) for i in items}
+        cost = (time.perf_counter() - clock) / len(items)
+        threshold, dev = best_threshold(items, scores)
+        kind = name.split(" r=")[0].split(" n=")[0]
+        print(f"  dev {dev:.3f} at bg {threshold}: {name}, {cost * 1000:.1f} ms an image", flush=True)
+        if kind not in best or dev > best[kind][0]:
+            best[kind] = (dev, name, scores, threshold, cost)
+    for _, name, scores, threshold, cost in best.values():
+        out.append(
+            _line(
+                f"{label}, {name}",
+                items,
+                lambda i, s=scores, t=threshold: predicted_label_map(i, t, scores=s[i.name]),
+                f"bg {threshold}; {cost * 1000:.1f} ms an image ({cost / annotate_seconds:.2f}x the annotator)",
+            )
+        )
+    dev_items = split(items, "dev")
+    crf_grid = [{"bilateral_rgb": rgb, "bilateral_weight": w} for rgb in (5.0, 10.0, 20.0) for w in (3.0, 5.0)]
+    crf_results = []
+    for params in crf_grid:
+        for threshold in (0.2, 0.3, 0.4, 0.5):
+            dev = score(dev_items, lambda i, t=threshold, p=params: crf_label_map(i, t, **p)).miou
+            crf_results.append((dev, threshold, tuple(params.items())))
+    dev, threshold, params = max(crf_results)
+    clock = time.perf_counter()
+    for item in items:
+        refiners.crf(item.maps, item.canvas, threshold, **dict(params))
+    cost = (time.perf_counter() - clock) / len(items)
+    out.append(
+        _line(
+            f"{label}, dense CRF {dict(params)}",
+            items,
+            lambda i: crf_label_map(i, threshold, **dict(params)),
+            f"bg {threshold}; {cost * 1000:.1f} ms an image ({cost / annotate_seconds:.2f}x the annotator)",
+        )
+    )
+    return out
+
+
+def ignore_band_study(items: list[ImageMaps], background: float) -> list[dict]:
+    """The ignore band above `background`: share of scored pixels left out, and the labelled pixels' accuracy."""
+    out = []
+    test = split(items, "test")
+    print("| ignore_below | left out (test) | pixel accuracy of the rest | mIoU of the rest | mIoU, band as a miss |")
+    print("|---|---|---|---|---|")
+    for above in (None, 0.1, 0.2, 0.3):
+        ignore_below = None if above is None else round(min(background + above, 1.0), 2)
+        if ignore_below is not None and ignore_below <= background:
+            continue
+        report = score(test, lambda i, b=ignore_below: predicted_label_map(i, background, b))
+        rest_accuracy = report.pixel_accuracy / max(report.labelled, 1e-9)
+        print(
+            f"| {ignore_below or 'none'} | {1 - report.labelled:.3f} | {rest_accuracy:.3f} "
+            f"| {report.miou_labelled:.3f} | {report.miou:.3f} |",
+            flush=True,
+        )
+        out.append(
+            {
+                "ignore_below": ignore_below,
+                "left_out": 1 - report.labelled,
+                "accuracy": rest_accuracy,
+                "miou_labelled": report.miou_labelled,
+                "miou": report.miou,
+            }
+        )
+    return out
+
+
+def per_class(items: list[ImageMaps], background: float) -> dict[str, float | None]:
+    report = score(split(items, "test"), lambda i: predicted_label_map(i, background))
+    return {name: entry.iou for name, entry in report.classes.items()}
+
+
+def run(segset: Path, head_dir: Path, presets: list[str], heads: list[str]) -> dict[str, Any]:
+    if not (segset / "images.csv").exists():
+        build(segset)
+    if "trained" in heads and not (head_dir / "head.pth").exists():
+        from camray.evaluation.kinds_head import train
+
+        train(head_dir)
+    results: dict[str, Any] = {"configurations": [], "refinement": [], "ignore_band": [], "per_class": {}}
+    print("| configuration | mIoU test | mIoU all | mIoU photos | chosen on dev |\n|---|---|---|---|---|")
+    kept: dict[str, tuple[list[ImageMaps], float, float]] = {}
+    for head in heads:
+        for preset in presets:
+            config = load_config(overrides={"sink.uri": "unused"}, preset=preset)
+            if head == "trained":
+                loaded, sigmoid, imagenet = load_head(head_dir / "head.pth", head_dir / "labels.txt"), True, False
+            else:
+                loaded, sigmoid, imagenet = load_model(config.model), False, True
+            for given in (True, False):
+                items, seconds = collect(config, loaded, sigmoid, imagenet, segset, given)
+                threshold, dev = best_threshold(items)
+                label = f"`{preset}`, {head} head, {'given' if given else 'predicted'} classes"
+                line = _line(label, items, lambda i, t=threshold: predicted_label_map(i, t), f"bg {threshold}")
+                line.update(dev=dev, seconds=seconds, background=threshold)
+                results["configurations"].append(line)
+                if head == "trained" and given:
+                    kept[preset] = (items, seconds, threshold)
+                    results["per_class"][preset] = per_class(items, threshold)
+    for preset, (items, seconds, threshold) in kept.items():
+        print(f"\nRefinements, `{preset}` (annotator {seconds * 1000:.0f} ms an image):")
+        results["refinement"] += refinement_study(items, seconds, f"`{preset}`")
+        print(f"\nIgnore band, `{preset}` at background {threshold}:")
+        results["ignore_band"].append({"preset": preset, "rows": ignore_band_study(items, threshold)})
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--segset", default="data/segset", help="folder from `python -m camray.evaluation.segset`")
+    parser.add_argument("--head", default="data/kinds_head", help="from `python -m camray.evaluation.kinds_head`")
+    parser.add_argument("--preset", nargs="+", default=["fast", "balanced", "accurate"])
+    parser.add_argument("--heads", nargs="+", choices=["trained", "imagenet"], default=["trained", "imagenet"])
+    parser.add_argument("--json", help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    results = run(Path(args.segset), Path(args.head), args.preset, args.heads)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
