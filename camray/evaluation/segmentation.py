@@ -64,10 +64,11 @@ class SegmentationReport:
 
 
 def _miou(matrix: np.ndarray) -> tuple[float, list[float | None]]:
-    """(mIoU, per-class IoU) of a square confusion matrix [truth, prediction]; classes with no pixel either way
-    are left out (None)."""
-    tp = np.diag(matrix).astype(np.float64)
-    union = matrix.sum(axis=0) + matrix.sum(axis=1) - tp
+    """(mIoU, per-class IoU) of a confusion matrix [truth class, predicted class (+ extra columns that are no
+    class: misses)]; classes with no pixel either way are left out (None)."""
+    n = matrix.shape[0]
+    tp = np.diag(matrix[:, :n]).astype(np.float64)
+    union = matrix.sum(axis=1) + matrix[:, :n].sum(axis=0) - tp
     ious = [float(t / u) if u > 0 else None for t, u in zip(tp, union, strict=True)]
     present = [iou for iou in ious if iou is not None]
     return (float(np.mean(present)) if present else math.nan), ious
@@ -104,10 +105,7 @@ class Confusion:
     def report(self) -> SegmentationReport:
         n = len(self.names)
         labelled = self.matrix[:, :n]
-        # A predicted IGNORE is a miss: it joins the truth class's row as a column no class owns.
-        strict = np.zeros((n + 1, n + 1), dtype=np.int64)
-        strict[:n] = self.matrix
-        miou, ious = _miou(strict)
+        miou, ious = _miou(self.matrix)  # a predicted IGNORE is in its truth class's row, no class's column
         miou_labelled, _ = _miou(labelled)
         total = int(self.matrix.sum())
         return SegmentationReport(
