@@ -1,18 +1,21 @@
 """Label-map sweep: the annotator's maps of the segmentation set turned into label maps and scored in mIoU.
 
-`python -m camray.evaluation.seg_sweep [--segset data/segset] [--head data/kinds_head] [--preset fast balanced
-accurate] [--json OUT]` runs in-process without Ray, like `camray.evaluation.sweep`: each preset's annotator (the
-actors' compute) over the set `camray.evaluation.segset` builds, its maps made label maps by
-`camray.cam.label_maps`, scored by `camray.evaluation.segmentation` (mIoU, background included). For each preset,
-head (the trained one of `camray.evaluation.kinds_head`, whose classes are the set's, and ImageNet's, whose classes
-are mapped to the set's by `segset.IMAGENET_KINDS`) and classes (`given`: each image's labels; `predicted`: the
-sigmoid head's classes scoring `MIN_SCORE` or more, at most `cam.top_k`, or the softmax head's top-k) it prints:
+`python -m camray.evaluation.seg_sweep [--segset data/segset] [--head data/kinds_head] [--heads trained imagenet]
+[--no-crf] [--json OUT]` runs in-process without Ray, like `camray.evaluation.sweep`: each configuration's annotator
+(the actors' compute) over the set `camray.evaluation.segset` builds, its maps made label maps by
+`camray.cam.label_maps`, scored by `camray.evaluation.segmentation` (mIoU, background included). Configurations
+(`CONFIGURATIONS`): `fast`, `balanced` and `accurate`, the last two also with their maps refined for every image.
+Heads: the one `camray.evaluation.kinds_head` trains, whose classes are the set's, and ImageNet's, whose classes
+`segset.IMAGENET_KINDS` maps to the set's. Classes: `given` (each image's labels) and `predicted` (the sigmoid
+head's classes scoring `MIN_SCORE` or more, at most `cam.top_k`; the softmax head's top-k). For each it prints:
 
-- the best `background` threshold on the `dev` images (`segset.split_of`) and the mIoU it gives on `test`;
-- for the trained head with given classes, every refinement of `camray.evaluation.refiners` with its parameters
-  chosen on `dev` too, its `test` mIoU and its cost an image, beside the annotator's own cost an image;
-- the ignore band (`ignore_below`) above the chosen threshold: the share of pixels it leaves out and the accuracy
-  of those it labels.
+- the `background` threshold best on the `dev` images (`segset.split_of`), and the mIoU on `test`, on every image
+  and on the natural photos alone;
+- the same after the dense CRF (`camray.evaluation.refiners.crf`), its colour scale and threshold chosen on dev,
+  and its cost an image beside the annotator's;
+- for the default candidate (`DEFAULT_LABEL`, trained head, given classes): the other refinements of `refiners`,
+  the per-class IoU, and the ignore band (`ignore_below`) above the chosen threshold: the share of pixels it leaves
+  out and the accuracy of those it labels.
 
 Until the job keeps given classes (the `classes` work), the classes are set here, by handing the annotator's class
 picker the image's classes; everything else is the annotator the actors run.
@@ -45,7 +48,7 @@ from camray.outputs.label_png import read_label_png
 from camray.reader import read_decode_batch
 
 MIN_SCORE = 0.5  # a sigmoid head's class is kept from this probability (`cam.min_score` of the classes work)
-THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.76, 0.05))
+THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
 NAMES = [BACKGROUND_NAME, *CLASSES]  # score indices: the truth's values
 
 
@@ -223,71 +226,68 @@ def _line(label: str, items: list[ImageMaps], predict: Callable[[ImageMaps], np.
     return {"label": label, "test": test.miou, "all": every.miou, "photos": natural.miou, "extra": extra}
 
 
-def refinement_study(items: list[ImageMaps], annotate_seconds: float, label: str) -> list[dict]:
-    """Each refinement, its parameters and threshold chosen on dev, scored on test, timed an image."""
+def _timed(items: list[ImageMaps], work: Callable[[ImageMaps], object]) -> float:
+    clock = time.perf_counter()
+    for item in items:
+        work(item)
+    return (time.perf_counter() - clock) / len(items)
+
+
+def crf_study(items: list[ImageMaps], annotate_seconds: float, label: str) -> dict:
+    """The dense CRF on the label rule's scores: its bilateral colour scale and the background threshold chosen
+    on dev, scored on test, timed an image beside the annotator."""
+    dev = split(items, "dev")
+    candidates = [
+        (score(dev, lambda i, t=t, rgb=rgb: crf_label_map(i, t, bilateral_rgb=rgb)).miou, t, rgb)
+        for rgb in CRF_COLOUR_SCALES
+        for t in CRF_THRESHOLDS
+    ]
+    _, threshold, rgb = max(candidates)
+    cost = _timed(items, lambda i: refiners.crf(i.maps, i.canvas, threshold, bilateral_rgb=rgb))
+    return _line(
+        f"{label} + dense CRF",
+        items,
+        lambda i: crf_label_map(i, threshold, bilateral_rgb=rgb),
+        f"bg {threshold}, colour scale {rgb}; {cost * 1000:.0f} ms an image, {cost / annotate_seconds:.2f}x the "
+        "annotator's",
+    )
+
+
+def filter_study(items: list[ImageMaps], annotate_seconds: float, label: str) -> list[dict]:
+    """The other refinements (`refiners`), each with the background threshold chosen on dev."""
     out = []
-    threshold, _ = best_threshold(items)
-    out.append(_line(f"{label}, no refinement", items, lambda i: predicted_label_map(i, threshold), f"bg {threshold}"))
-    candidates: list[tuple[str, Refine]] = [("bilinear to the canvas", lambda i: refiners.bilinear(i.maps, i.canvas))]
-    candidates += [
-        (f"guided filter r={r} eps={e}", lambda i, r=r, e=e: refiners.guided(i.maps, i.canvas, r, e))
-        for r in (4, 8, 16)
-        for e in (0.001, 0.01, 0.1)
+    candidates: list[tuple[str, Refine]] = [
+        ("maps bilinear to the canvas", lambda i: refiners.bilinear(i.maps, i.canvas)),
+        ("guided filter r=8 eps=0.01", lambda i: refiners.guided(i.maps, i.canvas, 8, 0.01)),
+        ("guided filter r=4 eps=0.001", lambda i: refiners.guided(i.maps, i.canvas, 4, 0.001)),
+        ("SLIC superpixels n=200", lambda i: refiners.superpixels(i.maps, i.canvas, 200)),
     ]
-    candidates += [
-        (f"SLIC superpixels n={n}", lambda i, n=n: refiners.superpixels(i.maps, i.canvas, n)) for n in (100, 300)
-    ]
-    best: dict[str, tuple[float, str, dict[str, np.ndarray], float, float]] = {}
     for name, refine in candidates:
         clock = time.perf_counter()
         scores = {i.name: refine(i) for i in items}
         cost = (time.perf_counter() - clock) / len(items)
-        threshold, dev = best_threshold(items, scores)
-        kind = name.split(" r=")[0].split(" n=")[0]
-        print(f"  dev {dev:.3f} at bg {threshold}: {name}, {cost * 1000:.1f} ms an image", flush=True)
-        if kind not in best or dev > best[kind][0]:
-            best[kind] = (dev, name, scores, threshold, cost)
-    for _, name, scores, threshold, cost in best.values():
+        threshold, _ = best_threshold(items, scores)
         out.append(
             _line(
-                f"{label}, {name}",
+                f"{label} + {name}",
                 items,
                 lambda i, s=scores, t=threshold: predicted_label_map(i, t, scores=s[i.name]),
-                f"bg {threshold}; {cost * 1000:.1f} ms an image ({cost / annotate_seconds:.2f}x the annotator)",
+                f"bg {threshold}; {cost * 1000:.0f} ms an image, {cost / annotate_seconds:.2f}x the annotator's",
             )
         )
-    dev_items = split(items, "dev")
-    crf_grid = [{"bilateral_rgb": rgb, "bilateral_weight": w} for rgb in (5.0, 10.0, 20.0) for w in (3.0, 5.0)]
-    crf_results = []
-    for params in crf_grid:
-        for threshold in (0.2, 0.3, 0.4, 0.5):
-            dev = score(dev_items, lambda i, t=threshold, p=params: crf_label_map(i, t, **p)).miou
-            crf_results.append((dev, threshold, tuple(params.items())))
-    dev, threshold, params = max(crf_results)
-    clock = time.perf_counter()
-    for item in items:
-        refiners.crf(item.maps, item.canvas, threshold, **dict(params))
-    cost = (time.perf_counter() - clock) / len(items)
-    out.append(
-        _line(
-            f"{label}, dense CRF {dict(params)}",
-            items,
-            lambda i: crf_label_map(i, threshold, **dict(params)),
-            f"bg {threshold}; {cost * 1000:.1f} ms an image ({cost / annotate_seconds:.2f}x the annotator)",
-        )
-    )
     return out
 
 
 def ignore_band_study(items: list[ImageMaps], background: float) -> list[dict]:
-    """The ignore band above `background`: share of scored pixels left out, and the labelled pixels' accuracy."""
+    """The ignore band above `background`, on test: the share of scored pixels it leaves out and the accuracy of
+    the pixels it labels."""
     out = []
     test = split(items, "test")
-    print("| ignore_below | left out (test) | pixel accuracy of the rest | mIoU of the rest | mIoU, band as a miss |")
+    print("| ignore_below | left out | pixel accuracy of the rest | mIoU of the rest | mIoU, band as a miss |")
     print("|---|---|---|---|---|")
     for above in (None, 0.1, 0.2, 0.3):
-        ignore_below = None if above is None else round(min(background + above, 1.0), 2)
-        if ignore_below is not None and ignore_below <= background:
+        ignore_below = None if above is None else round(background + above, 2)
+        if ignore_below is not None and ignore_below > 1.0:
             continue
         report = score(test, lambda i, b=ignore_below: predicted_label_map(i, background, b))
         rest_accuracy = report.pixel_accuracy / max(report.labelled, 1e-9)
@@ -308,24 +308,43 @@ def ignore_band_study(items: list[ImageMaps], background: float) -> list[dict]:
     return out
 
 
-def per_class(items: list[ImageMaps], background: float) -> dict[str, float | None]:
-    report = score(split(items, "test"), lambda i: predicted_label_map(i, background))
+def per_class(items: list[ImageMaps], predict: Callable[[ImageMaps], np.ndarray]) -> dict[str, float | None]:
+    report = score(split(items, "test"), predict)
     return {name: entry.iou for name, entry in report.classes.items()}
 
 
-def run(segset: Path, head_dir: Path, presets: list[str], heads: list[str]) -> dict[str, Any]:
+# (label, preset, overrides): each preset as it is, and with its maps refined for every image: the confidence
+# gate (`cam.plain_above_score`) keeps the plain map for the images a head is sure of, which a sigmoid head is of
+# nearly every class it is given.
+CONFIGURATIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("`fast`", "fast", {}),
+    ("`balanced`", "balanced", {}),
+    ("`balanced`, no gate", "balanced", {"cam.plain_above_score": None}),
+    ("`balanced`, no gate, refine_power 1", "balanced", {"cam.plain_above_score": None, "cam.refine_power": 1.0}),
+    ("`accurate`", "accurate", {}),
+    ("`accurate`, no gate", "accurate", {"cam.plain_above_score": None}),
+    ("`accurate`, no gate, refine_power 1", "accurate", {"cam.plain_above_score": None, "cam.refine_power": 1.0}),
+)
+CRF_COLOUR_SCALES = (5.0, 10.0)
+CRF_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+DEFAULT_LABEL = "`balanced`, no gate, refine_power 1"
+HEADER = "| configuration | mIoU test | mIoU all | mIoU photos | chosen on dev; cost |\n|---|---|---|---|---|"
+
+
+def run(segset: Path, head_dir: Path, heads: list[str], crf: bool = True) -> dict[str, Any]:
     if not (segset / "images.csv").exists():
         build(segset)
     if "trained" in heads and not (head_dir / "head.pth").exists():
         from camray.evaluation.kinds_head import train
 
         train(head_dir)
-    results: dict[str, Any] = {"configurations": [], "refinement": [], "ignore_band": [], "per_class": {}}
-    print("| configuration | mIoU test | mIoU all | mIoU photos | chosen on dev |\n|---|---|---|---|---|")
-    kept: dict[str, tuple[list[ImageMaps], float, float]] = {}
+    results: dict[str, Any] = {"configurations": [], "filters": [], "ignore_band": [], "per_class": {}}
+    print(HEADER)
     for head in heads:
-        for preset in presets:
-            config = load_config(overrides={"sink.uri": "unused"}, preset=preset)
+        for label, preset, overrides in CONFIGURATIONS:
+            if head == "imagenet" and label not in ("`fast`", DEFAULT_LABEL):
+                continue
+            config = load_config(overrides={"sink.uri": "unused", **overrides}, preset=preset)
             if head == "trained":
                 loaded, sigmoid, imagenet = load_head(head_dir / "head.pth", head_dir / "labels.txt"), True, False
             else:
@@ -333,18 +352,22 @@ def run(segset: Path, head_dir: Path, presets: list[str], heads: list[str]) -> d
             for given in (True, False):
                 items, seconds = collect(config, loaded, sigmoid, imagenet, segset, given)
                 threshold, dev = best_threshold(items)
-                label = f"`{preset}`, {head} head, {'given' if given else 'predicted'} classes"
-                line = _line(label, items, lambda i, t=threshold: predicted_label_map(i, t), f"bg {threshold}")
-                line.update(dev=dev, seconds=seconds, background=threshold)
-                results["configurations"].append(line)
-                if head == "trained" and given:
-                    kept[preset] = (items, seconds, threshold)
-                    results["per_class"][preset] = per_class(items, threshold)
-    for preset, (items, seconds, threshold) in kept.items():
-        print(f"\nRefinements, `{preset}` (annotator {seconds * 1000:.0f} ms an image):")
-        results["refinement"] += refinement_study(items, seconds, f"`{preset}`")
-        print(f"\nIgnore band, `{preset}` at background {threshold}:")
-        results["ignore_band"].append({"preset": preset, "rows": ignore_band_study(items, threshold)})
+                name = f"{label}, {head} head, {'given' if given else 'predicted'} classes"
+                line = _line(
+                    name,
+                    items,
+                    lambda i, t=threshold: predicted_label_map(i, t),
+                    f"bg {threshold}; annotator {seconds * 1000:.0f} ms an image",
+                )
+                results["configurations"].append({**line, "dev": dev, "seconds": seconds, "background": threshold})
+                if crf:
+                    results["configurations"].append(crf_study(items, seconds, name))
+                if head == "trained" and given and label == DEFAULT_LABEL:
+                    results["per_class"] = per_class(items, lambda i, t=threshold: predicted_label_map(i, t))
+                    results["filters"] = filter_study(items, seconds, name)
+                    print(f"\nIgnore band, {name}, background {threshold}:")
+                    results["ignore_band"] = ignore_band_study(items, threshold)
+                    print(f"\n{HEADER}")
     return results
 
 
@@ -352,11 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--segset", default="data/segset", help="folder from `python -m camray.evaluation.segset`")
     parser.add_argument("--head", default="data/kinds_head", help="from `python -m camray.evaluation.kinds_head`")
-    parser.add_argument("--preset", nargs="+", default=["fast", "balanced", "accurate"])
     parser.add_argument("--heads", nargs="+", choices=["trained", "imagenet"], default=["trained", "imagenet"])
+    parser.add_argument("--no-crf", action="store_true", help="skip the dense CRF (the slowest part)")
     parser.add_argument("--json", help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    results = run(Path(args.segset), Path(args.head), args.preset, args.heads)
+    results = run(Path(args.segset), Path(args.head), args.heads, crf=not args.no_crf)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=float))
     return 0
