@@ -107,17 +107,23 @@ def _rle(counts: np.ndarray, width: int, height: int) -> dict[str, Any]:
 def label_map_rles(label_map: np.ndarray, slots: int, width: int, height: int) -> list[dict[str, Any]]:
     """One image's label map -> one COCO RLE (compressed, as pycocotools writes it) per slot, at `height` x
     `width`: entry `k` is the mask of the pixels labelled ``k + 1`` (empty where the slot won none). Masks of
-    one image never overlap, background and `IGNORE` pixels belong to none; the full-size mask is never built.
+    one image never overlap, background and `IGNORE` pixels belong to none; the full-size mask is never built,
+    and the image's runs are walked once for all slots.
 
     label_map (uint8[Rh, Rw]): covers the whole image (see the module docstring)."""
     values, lengths = label_runs(label_map, width, height)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    order = np.argsort(values, kind="stable")  # each label's runs together, in image order
+    bounds = np.searchsorted(values[order], np.arange(1, slots + 2))
     out = []
-    for label in range(1, slots + 1):
-        inside = values == label
-        # Runs of "this label or not", merged; COCO counts start with the pixels outside the mask.
-        starts = np.flatnonzero(np.r_[True, inside[1:] != inside[:-1]])
-        counts = np.add.reduceat(lengths, starts)
-        if inside[0]:
-            counts = np.r_[0, counts]
-        out.append(_rle(counts, width, height))
+    for label in range(slots):
+        runs = order[bounds[label] : bounds[label + 1]]
+        # Equal neighbours were merged, so each run of the label is a whole stretch of the mask; COCO counts
+        # alternate outside / inside, starting outside (0 where the mask starts at the first pixel).
+        counts = np.empty(2 * runs.size + 1, dtype=np.int64)
+        counts[0:-1:2] = starts[runs] - np.r_[0, ends[runs][:-1]]
+        counts[1::2] = lengths[runs]
+        counts[-1] = width * height - (ends[runs][-1] if runs.size else 0)
+        out.append(_rle(counts if counts[-1] else counts[:-1], width, height))
     return out
