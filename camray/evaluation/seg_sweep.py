@@ -50,6 +50,8 @@ from camray.reader import read_decode_batch
 MIN_SCORE = 0.5  # a sigmoid head's class is kept from this probability (`cam.min_score` of the classes work)
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
 NAMES = [BACKGROUND_NAME, *CLASSES]  # score indices: the truth's values
+CRF_COLOUR_SCALES = (5.0, 10.0)  # the bilateral kernel's colour scale, chosen on dev with the threshold
+CRF_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
 @dataclass
@@ -233,13 +235,15 @@ def _timed(items: list[ImageMaps], work: Callable[[ImageMaps], object]) -> float
     return (time.perf_counter() - clock) / len(items)
 
 
-def crf_study(items: list[ImageMaps], annotate_seconds: float, label: str) -> dict:
+def crf_study(
+    items: list[ImageMaps], annotate_seconds: float, label: str, scales: tuple[float, ...] = CRF_COLOUR_SCALES
+) -> dict:
     """The dense CRF on the label rule's scores: its bilateral colour scale and the background threshold chosen
     on dev, scored on test, timed an image beside the annotator."""
     dev = split(items, "dev")
     candidates = [
         (score(dev, lambda i, t=t, rgb=rgb: crf_label_map(i, t, bilateral_rgb=rgb)).miou, t, rgb)
-        for rgb in CRF_COLOUR_SCALES
+        for rgb in scales
         for t in CRF_THRESHOLDS
     ]
     _, threshold, rgb = max(candidates)
@@ -276,6 +280,53 @@ def filter_study(items: list[ImageMaps], annotate_seconds: float, label: str) ->
             )
         )
     return out
+
+
+def cost_study(config: JobConfig, loaded: LoadedModel, sigmoid: bool, segset: Path, rounds: int = 7) -> dict:
+    """What label maps add to a batch of the set's first eight images, in interleaved rounds (median): the
+    annotator alone; the label maps of its maps and one RLE per class at each image's size (the step the job
+    adds); the dense CRF on each image's canvas."""
+    from camray.cam.label_maps import label_map_rles
+
+    annotator = _annotator(config, loaded, sigmoid)
+    rows = _manifest(segset)[:8]
+    side = decode_side(config.tiling, annotator.input_size)
+    listing = {"uri": np.array([uri for uri, _ in rows], dtype=object), "version": np.array([""] * len(rows))}
+    decoded = read_decode_batch(listing, input_size=side, policy=config.model.resize, s3={}, limits={})
+    pixels = torch.from_numpy(np.ascontiguousarray(decoded["pixels"]))
+    valid_wh = torch.from_numpy(np.stack([decoded["valid_width"], decoded["valid_height"]], axis=1))
+    ids = [_given_ids(labels, loaded.spec.categories, not sigmoid) for _, labels in rows]
+    k = max(len(i) for i in ids)
+    annotator.chosen = torch.tensor([i + [i[0]] * (k - len(i)) for i in ids])
+    valid = torch.tensor([[slot < len(i) for slot in range(k)] for i in ids])
+    sizes = list(zip(decoded["width"].tolist(), decoded["height"].tolist(), strict=True))
+    canvases = [decoded["pixels"][i, :h, :w] for i, (w, h) in enumerate(valid_wh.tolist())]
+
+    def annotate() -> Any:
+        with torch.inference_mode():
+            return annotator.annotate(pixels, valid_wh)
+
+    out = annotate()  # warm-up
+    times: dict[str, list[float]] = {"annotate": [], "label_maps": [], "crf": []}
+    for _ in range(rounds):
+        clock = time.perf_counter()
+        out = annotate()
+        times["annotate"].append(time.perf_counter() - clock)
+        clock = time.perf_counter()
+        grids = label_maps(out.maps, valid, 0.5).numpy()
+        for grid, (width, height) in zip(grids, sizes, strict=True):
+            label_map_rles(grid, k, width, height)
+        times["label_maps"].append(time.perf_counter() - clock)
+        clock = time.perf_counter()
+        for maps, canvas in zip(out.maps.numpy(), canvases, strict=True):
+            refiners.crf(maps, canvas, 0.5)
+        times["crf"].append(time.perf_counter() - clock)
+    median = {name: float(np.median(values)) / len(rows) for name, values in times.items()}
+    return {
+        **{f"{name}_ms": value * 1000 for name, value in median.items()},
+        "label_maps_vs_annotate": median["label_maps"] / median["annotate"],
+        "crf_vs_annotate": median["crf"] / median["annotate"],
+    }
 
 
 def ignore_band_study(items: list[ImageMaps], background: float) -> list[dict]:
@@ -325,13 +376,20 @@ CONFIGURATIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("`accurate`, no gate", "accurate", {"cam.plain_above_score": None}),
     ("`accurate`, no gate, refine_power 1", "accurate", {"cam.plain_above_score": None, "cam.refine_power": 1.0}),
 )
-CRF_COLOUR_SCALES = (5.0, 10.0)
-CRF_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 DEFAULT_LABEL = "`balanced`, no gate, refine_power 1"
 HEADER = "| configuration | mIoU test | mIoU all | mIoU photos | chosen on dev; cost |\n|---|---|---|---|---|"
 
 
-def run(segset: Path, head_dir: Path, heads: list[str], crf: bool = True) -> dict[str, Any]:
+def run(
+    segset: Path,
+    head_dir: Path,
+    heads: list[str],
+    crf: bool = True,
+    only: list[str] | None = None,
+    crf_scales: tuple[float, ...] = CRF_COLOUR_SCALES,
+    costs: bool = True,
+) -> dict[str, Any]:
+    """The study of the module docstring; `only` keeps the configurations whose label contains one of its words."""
     if not (segset / "images.csv").exists():
         build(segset)
     if "trained" in heads and not (head_dir / "head.pth").exists():
@@ -343,6 +401,8 @@ def run(segset: Path, head_dir: Path, heads: list[str], crf: bool = True) -> dic
     for head in heads:
         for label, preset, overrides in CONFIGURATIONS:
             if head == "imagenet" and label not in ("`fast`", DEFAULT_LABEL):
+                continue
+            if only and not any(word in label for word in only):
                 continue
             config = load_config(overrides={"sink.uri": "unused", **overrides}, preset=preset)
             if head == "trained":
@@ -361,13 +421,27 @@ def run(segset: Path, head_dir: Path, heads: list[str], crf: bool = True) -> dic
                 )
                 results["configurations"].append({**line, "dev": dev, "seconds": seconds, "background": threshold})
                 if crf:
-                    results["configurations"].append(crf_study(items, seconds, name))
+                    results["configurations"].append(crf_study(items, seconds, name, crf_scales))
                 if head == "trained" and given and label == DEFAULT_LABEL:
                     results["per_class"] = per_class(items, lambda i, t=threshold: predicted_label_map(i, t))
                     results["filters"] = filter_study(items, seconds, name)
                     print(f"\nIgnore band, {name}, background {threshold}:")
                     results["ignore_band"] = ignore_band_study(items, threshold)
                     print(f"\n{HEADER}")
+    if costs and "trained" in heads:
+        print("\n| configuration | annotator ms an image | label maps + RLEs | dense CRF |\n|---|---|---|---|")
+        loaded = load_head(head_dir / "head.pth", head_dir / "labels.txt")
+        for label, preset, overrides in CONFIGURATIONS:
+            if only and not any(word in label for word in only):
+                continue
+            config = load_config(overrides={"sink.uri": "unused", **overrides}, preset=preset)
+            cost = cost_study(config, loaded, True, segset)
+            results.setdefault("costs", {})[label] = cost
+            print(
+                f"| {label} | {cost['annotate_ms']:.1f} | {cost['label_maps_ms']:.1f} ms, "
+                f"{cost['label_maps_vs_annotate']:.2f}x | {cost['crf_ms']:.0f} ms, {cost['crf_vs_annotate']:.1f}x |",
+                flush=True,
+            )
     return results
 
 
@@ -377,9 +451,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head", default="data/kinds_head", help="from `python -m camray.evaluation.kinds_head`")
     parser.add_argument("--heads", nargs="+", choices=["trained", "imagenet"], default=["trained", "imagenet"])
     parser.add_argument("--no-crf", action="store_true", help="skip the dense CRF (the slowest part)")
+    parser.add_argument("--crf-scale", type=float, nargs="+", default=list(CRF_COLOUR_SCALES))
+    parser.add_argument("--only", nargs="+", help="the configurations whose label holds one of these words")
+    parser.add_argument("--no-costs", action="store_true", help="skip the timed rounds")
     parser.add_argument("--json", help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    results = run(Path(args.segset), Path(args.head), args.heads, crf=not args.no_crf)
+    results = run(
+        Path(args.segset),
+        Path(args.head),
+        args.heads,
+        crf=not args.no_crf,
+        only=args.only,
+        crf_scales=tuple(args.crf_scale),
+        costs=not args.no_costs,
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=float))
     return 0
