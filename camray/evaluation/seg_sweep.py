@@ -1,10 +1,11 @@
 """Label-map sweep: the annotator's maps of the segmentation set turned into label maps and scored in mIoU.
 
 `python -m camray.evaluation.seg_sweep [--segset data/segset] [--head data/kinds_head] [--heads trained imagenet]
-[--no-crf] [--json OUT]` runs in-process without Ray, like `camray.evaluation.sweep`: each configuration's annotator
-(the actors' compute) over the set `camray.evaluation.segset` builds, its maps made label maps by
-`camray.cam.label_maps`, scored by `camray.evaluation.segmentation` (mIoU, background included). Configurations
-(`CONFIGURATIONS`): `fast`, `balanced` and `accurate`, the last two also with their maps refined for every image.
+[--only WORD ...] [--crf-scale 5 10] [--no-crf] [--no-costs] [--json OUT]` runs in-process without Ray, like
+`camray.evaluation.sweep`: each configuration's annotator (the actors' compute) over the set
+`camray.evaluation.segset` builds, its maps made label maps by `camray.cam.label_maps`, scored by
+`camray.evaluation.segmentation` (mIoU, background included). Configurations (`CONFIGURATIONS`, `--only` picks by a
+word of their label): `fast`, `balanced` and `accurate`, the last two also with their maps refined for every image.
 Heads: the one `camray.evaluation.kinds_head` trains, whose classes are the set's, and ImageNet's, whose classes
 `segset.IMAGENET_KINDS` maps to the set's. Classes: `given` (each image's labels) and `predicted` (the sigmoid
 head's classes scoring `MIN_SCORE` or more, at most `cam.top_k`; the softmax head's top-k). For each it prints:
@@ -128,10 +129,10 @@ def collect(
         )
         pixels = torch.from_numpy(np.ascontiguousarray(decoded["pixels"]))
         valid_wh = torch.from_numpy(np.stack([decoded["valid_width"], decoded["valid_height"]], axis=1))
-        if given:
-            ids = [_given_ids(labels, categories, imagenet) or [0] for _, labels in chunk]
-            k = max(len(i) for i in ids)
-            annotator.chosen = torch.tensor([i + [i[0]] * (k - len(i)) for i in ids])
+        if given:  # padded with a class of the image (class 0 where the head has none of its classes), not kept
+            ids = [_given_ids(labels, categories, imagenet) for _, labels in chunk]
+            k = max(1, *(len(i) for i in ids))
+            annotator.chosen = torch.tensor([i + [i[0] if i else 0] * (k - len(i)) for i in ids])
             valid = np.array([[slot < len(i) for slot in range(k)] for i in ids])
         else:
             annotator.chosen = None
