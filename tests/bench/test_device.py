@@ -83,16 +83,22 @@ def _check_report(report: dict, peers: set[str]) -> None:
     for figures in report["settings"]:
         assert not figures["errors"], figures["errors"]
         speeds = figures["images_per_s"]
-        stages = {"forward", "prepare", "maps_top5", "predictor", "decode", "decode_predictor"}
-        assert stages <= speeds.keys() and all(value > 0 for value in speeds.values())
+        stages = {"forward", "prepare", "maps_top5", "predictor", "predictor_reference", "decode", "decode_predictor"}
+        assert stages | {"decode_predictor_overlapped"} <= speeds.keys() and all(v > 0 for v in speeds.values())
         assert figures["predictor_vs_forward"] > 0
+        # The captured box stage (without a graph on the CPU) boxes as the eager steps do, bit for bit.
+        check = figures["captured_vs_eager"]
+        assert check["identical"] and check["maps_with_other_boxes"] == 0 and check["maps_max_difference"] == 0.0
         if figures["channels_last"]:
             assert peers <= speeds.keys()
     goals = report["goals"]
-    assert len(goals) == 5 and all(goal["applies"] is False for goal in goals)
+    # Predictor / forward and decode beside the predictor for each model (eager only here), decode + predictor,
+    # captured == eager, and the peers for each model.
+    assert len(goals) == 8 and all(goal["applies"] is False for goal in goals)
     assert all(goal["met"] in (True, False) for goal in goals)
     for goal in goals:
         assert (goal["bound_by"] is None) == goal["met"], goal
+    assert next(goal for goal in goals if goal["goal"].startswith("captured"))["met"]
 
 
 def test_smoke_runs_every_stage_and_loads_nothing_of_ray_pydantic_duckdb_or_boto3(tmp_path):
