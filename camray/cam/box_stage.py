@@ -164,7 +164,7 @@ ABSENT = -(2**63) + 1
 def _order_key(mass: Tensor, slots: int) -> Tensor:
     """(N, S) int64 keys that sort like (`mass` descending, slot ascending): the eager path's order, made total,
     so that `topk` picks exactly the components a stable sort would. `mass` (Tensor[N, S]) float32."""
-    bits = (mass + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0, as a sort compares them
+    bits = mass.view(torch.int32)  # never -0.0, which would order below 0.0: sums start at +0.0
     ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()  # int order = float order
     slot = torch.arange(slots, device=mass.device).view(1, slots)
     return ordered * 2**32 + (2**32 - 1 - slot)
