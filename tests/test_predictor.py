@@ -235,13 +235,13 @@ def test_the_captured_box_stage_annotates_as_the_eager_steps(photos, lite0, over
     _assert_same_batch(captured.annotate(pixels, valid), eager.annotate(pixels, valid))
 
 
-def test_the_eager_steps_box_what_the_captured_stage_cannot(photos, lite0, caplog):
+def test_the_eager_steps_box_what_the_captured_stage_cannot(photos, lite0, caplog, monkeypatch):
     """A batch whose labelling did not settle in the stage's rounds, and a stage that cannot be captured (a fault
     injected into it): the eager steps box the batch, as without the stage; the failure is logged once."""
     import dataclasses
     import logging
 
-    from camray.cam.box_stage import EAGER_STEPS, CapturedBoxStage
+    from camray.cam.box_stage import CapturedBoxStage
     from camray.config import load_config
 
     config = load_config(preset="balanced")
@@ -258,10 +258,10 @@ def test_the_eager_steps_box_what_the_captured_stage_cannot(photos, lite0, caplo
         _assert_same_batch(annotator.annotate(pixels, valid), reference)
     assert any("more than 1 labelling rounds" in r.getMessage() for r in caplog.records)
 
-    def broken_maps(*args, **kwargs):
+    def broken(*args, **kwargs):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    stage._steps = dataclasses.replace(EAGER_STEPS, maps=broken_maps)
+    monkeypatch.setattr("camray.cam.box_stage._whole_image_maps", broken)
     annotator.box_stage = stage
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="camray.annotator"):

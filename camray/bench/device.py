@@ -651,9 +651,12 @@ def measure(
                 boxes = captured_vs_eager(annotator, batch)  # after the rounds: the stage is compiled and captured
             except Exception as exc:
                 rounds.errors["captured_vs_eager"] = _error(exc)
-            if annotator.box_stage is not None and annotator.box_stage.failures():
+            stage = annotator.box_stage
+            if stage is not None and stage.uncompiled:  # captured all the same, without inductor's fusion
+                rounds.errors["box_stage_compile"] = "; ".join(stage.uncompiled)[-500:]
+            if stage is not None and stage.failures():
                 # Its batches were boxed by the eager steps: the comparison above compared them with themselves.
-                rounds.errors["box_stage"] = "; ".join(annotator.box_stage.failures())[-500:]
+                rounds.errors["box_stage"] = "; ".join(stage.failures())[-500:]
                 boxes = None
         finally:
             if pipeline is not None:

@@ -327,17 +327,19 @@ class _Captured:
     inputs: list[Tensor | None]
     outputs: list[Tensor]
     graph: torch.cuda.CUDAGraph | None
+    steps: Steps
 
 
 class CapturedBoxStage:
     """`plain_box_stage` for one setting, padded to a few batch sizes (`bucket`) and, on a GPU, captured as one
     CUDA graph per padded size: a batch's box stage is then one graph launch, whatever its kernel count.
 
-    With `compiled`, `torch.compile` fuses the stage first (inductor; each padded size compiles once, in the
-    first call). The graphs are this object's own (`torch.cuda.CUDAGraph`), not `mode="reduce-overhead"`'s,
-    whose graph trees are per thread and assert when another thread calls them (pytorch/pytorch#123177): the
-    predictor actor computes from two threads. One call at a time: a lock guards the graphs' static buffers,
-    and the outputs of a call are views of them, valid until the next call.
+    With `compiled`, `torch.compile` fuses the stage's pieces first (inductor; each padded size compiles once, in
+    its first call); a size that fails to compile is captured uncompiled (`uncompiled` says why). The graphs are
+    this object's own (`torch.cuda.CUDAGraph`), not `mode="reduce-overhead"`'s, whose graph trees are per thread
+    and assert when another thread calls them (pytorch/pytorch#123177): the predictor actor computes from two
+    threads. One call at a time: a lock guards the graphs' static buffers, and the outputs of a call are views of
+    them, valid until the next call.
 
     On the CPU it runs the same padded function, compiled or not, without a graph (how the tests check it).
     """
@@ -350,6 +352,7 @@ class CapturedBoxStage:
         self.compiled = compiled
         self._steps = compiled_steps() if compiled else EAGER_STEPS
         self._captured: dict[tuple, _Captured | CaptureFailed] = {}
+        self.uncompiled: list[str] = []  # why a padded size runs uncompiled
         self._lock = threading.Lock()
 
     def __call__(
@@ -375,46 +378,54 @@ class CapturedBoxStage:
                 captured.graph.replay()
                 outputs = captured.outputs
             else:
-                outputs = self._run(captured.inputs, size).tensors()
+                outputs = self._run(captured.inputs, size, captured.steps).tensors()
             return StageOutput.from_tensors(outputs).first(images)
 
     def failures(self) -> list[str]:
         """Why each padded size that could not be captured could not."""
         return [str(failed) for failed in self._captured.values() if isinstance(failed, CaptureFailed)]
 
-    def _run(self, inputs: list[Tensor | None], size: int) -> StageOutput:
+    def _run(self, inputs: list[Tensor | None], size: int, steps: Steps) -> StageOutput:
         raw, activation, keep, valid_wh = inputs
         assert raw is not None and keep is not None and valid_wh is not None
-        return plain_box_stage(raw, activation, keep, valid_wh, size, self.settings, self._steps)
+        return plain_box_stage(raw, activation, keep, valid_wh, size, self.settings, steps)
 
     def _capture(self, key: tuple, inputs: list[Tensor | None], padded: int, size: int) -> _Captured | CaptureFailed:
         static = [
             None if t is None else torch.zeros((padded, *t.shape[1:]), dtype=t.dtype, device=self.device)
             for t in inputs
         ]
-        graph = None
-        outputs: list[Tensor] = []
-        try:
-            if self.device.type == "cuda":
-                side = torch.cuda.Stream(self.device)
-                side.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(side):
-                    for _ in range(self.WARMUP_CALLS):
-                        self._run(static, size)
-                torch.cuda.current_stream(self.device).wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                # Thread-local: the decoding thread beside this one may allocate or synchronise meanwhile.
-                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                    outputs = self._run(static, size).tensors()
-            else:
-                self._run(static, size)  # compiles here, where a failure is caught, not in the first batch
-        except torch.cuda.OutOfMemoryError:
-            raise  # the predictor halves its batches; a smaller padded size may fit
-        except Exception as exc:
-            failed = CaptureFailed(f"the box stage could not be captured at {padded} images: {exc}")
-            failed.__cause__ = exc
-            self._captured[key] = failed
-            return failed
-        captured = _Captured(static, outputs, graph)
-        self._captured[key] = captured
-        return captured
+        failed: CaptureFailed | None = None
+        for steps in dict.fromkeys([self._steps, EAGER_STEPS]):  # compiled (if asked), else uncompiled
+            try:
+                captured = self._capture_steps(static, size, steps)
+            except torch.cuda.OutOfMemoryError:
+                raise  # the predictor halves its batches; a smaller padded size may fit
+            except Exception as exc:
+                stage = "compiled" if steps is not EAGER_STEPS else "uncompiled"
+                failed = CaptureFailed(f"the {stage} box stage could not be captured at {padded} images: {exc}")
+                failed.__cause__ = exc
+                if steps is not EAGER_STEPS:
+                    self.uncompiled.append(str(failed))
+                continue
+            self._captured[key] = captured
+            return captured
+        assert failed is not None
+        self._captured[key] = failed
+        return failed
+
+    def _capture_steps(self, static: list[Tensor | None], size: int, steps: Steps) -> _Captured:
+        if self.device.type != "cuda":
+            self._run(static, size, steps)  # compiles here, where a failure is caught, not in the first batch
+            return _Captured(static, [], None, steps)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP_CALLS):
+                self._run(static, size, steps)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # Thread-local: the decoding thread beside this one may allocate or synchronise meanwhile.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            outputs = self._run(static, size, steps).tensors()
+        return _Captured(static, outputs, graph, steps)

@@ -225,6 +225,21 @@ def test_the_stage_compiled_by_inductor_gives_the_same_maps_and_boxes(forward_of
     assert torch.equal(again.maps, reference.maps[order])
 
 
+def test_a_size_that_fails_to_compile_is_captured_uncompiled(forward_of_photos):
+    """A compiled piece that raises (a fault injected in its place): the padded size runs the uncompiled steps,
+    with the same outputs, and says why."""
+    forward, keep, valid, settings, reference = forward_of_photos
+    stage = CapturedBoxStage(settings, torch.device("cpu"), compiled=True)
+
+    def fails_to_compile(*args, **kwargs):
+        raise RuntimeError("inductor: lowering failed")
+
+    stage._steps = dataclasses.replace(stage._steps, statistics=fails_to_compile)
+    _check_stage(stage(forward.raw_maps.float(), forward.activation, keep, valid, 224), reference)
+    assert stage.failures() == [] and len(stage.uncompiled) == 1
+    assert "compiled box stage could not be captured at 16 images: inductor: lowering failed" in stage.uncompiled[0]
+
+
 def test_a_stage_short_of_rounds_says_so(forward_of_photos):
     forward, keep, valid, settings, reference = forward_of_photos
     short = dataclasses.replace(settings, label_rounds=1)
