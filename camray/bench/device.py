@@ -899,6 +899,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for figures in measure(setting, models[setting.model], photos, preset, plan, device):
             report["settings"].append(figures)
             print(f"[{time.perf_counter() - clock:6.1f} s] {_summary(figures)}", file=sys.stderr, flush=True)
+        # What is measured so far, in case the lease ends first: the goals come with the last write.
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2))
     report["goals"] = goals(report["settings"], plan, device)
     report["seconds"] = time.perf_counter() - clock
     return report
