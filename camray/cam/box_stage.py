@@ -30,10 +30,10 @@ from torch import Tensor
 from camray.cam.boxes import Components
 from camray.cam.maps import normalize_maps, resample_regions
 
-# Rounds of hooking and pointer jumping. Measured (tests/cam/test_box_stage.py): the maps of real photos settle in
-# 4, 56 x 56 snakes, spirals and random mazes (one component winding through the whole grid) in at most 6; a map
-# that needs more is reported by `converged` and boxed by the eager path.
-LABEL_ROUNDS = 8
+# Rounds of hooking and pointer jumping. Measured: the maps of real photos settle in 2 to 4 (docs/device-benchmark.md);
+# 56 x 56 snakes, spirals and random mazes, one component winding through the whole grid, in 6
+# (tests/cam/test_box_stage.py). A map that needs more is reported by `converged` and boxed by the eager path.
+LABEL_ROUNDS = 6
 # Batches are padded to a power of two, at least this many images: a handful of shapes, each captured once.
 MIN_BUCKET = 16
 
@@ -173,43 +173,40 @@ def _order_key(mass: Tensor, slots: int) -> Tensor:
 def _statistics(
     maps: Tensor, mask: Tensor, parents: Tensor, min_area: float, max_per_map: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """`dense_components`' fields, in their order."""
+    """`dense_components`' fields, in their order.
+
+    Each pixel adds to the slot its pointer names: a component's pixels to its largest index's, a background pixel
+    to its own, which no component owns (their area, counted from the mask, stays 0). So no other statistic needs
+    masking, and the statistics that reduce alike go in one scatter: sums (area, mass), minima (x0, y0), maxima
+    (x1, y1, peak)."""
     n, h, w = maps.shape
     slots = h * w
     device = maps.device
-    foreground = mask.view(n, slots)
-    root = parents.long()  # a component's statistics gather in the slot of its largest index
-    values = maps.reshape(n, slots).float()
     position = torch.arange(slots, device=device)
     xs = (position % w).float().expand(n, slots)
     ys = torch.div(position, w, rounding_mode="floor").float().expand(n, slots)
+    values = maps.reshape(n, slots).float()
 
-    def reduce(src: Tensor, how: str, empty: float) -> Tensor:
-        start = torch.full((n, slots), empty, device=device)
-        return start.scatter_reduce(1, root, torch.where(foreground, src, empty), reduce=how)
+    def reduce(sources: list[Tensor], how: str, start: float) -> Tensor:
+        """(N, len(sources), S): each source reduced into the slots its pixels' pointers name."""
+        index = parents.long().unsqueeze(1).expand(n, len(sources), slots)
+        initial = torch.full((n, len(sources), slots), start, device=device)
+        return initial.scatter_reduce(2, index, torch.stack(sources, dim=1), reduce=how)
 
-    area = reduce(torch.ones_like(values), "sum", 0.0)
-    mass = reduce(values, "sum", 0.0)
-    present = area > 0
-    key = torch.where(present, _order_key(mass, slots), ABSENT)
+    sums = reduce([mask.view(n, slots).float(), values], "sum", 0.0)
+    lows = reduce([xs, ys], "amin", float(max(h, w)))
+    highs = reduce([xs, ys, values], "amax", float("-inf"))
+    present = sums[:, 0] > 0
+    key = torch.where(present, _order_key(sums[:, 1], slots), ABSENT)
     top = key.topk(max_per_map, dim=1).indices  # (N, P), heaviest first
 
-    def pick(values: Tensor) -> Tensor:
-        return values.gather(1, top)
+    def pick(reduced: Tensor) -> Tensor:
+        return reduced.gather(2, top.unsqueeze(1).expand(n, reduced.shape[1], max_per_map))
 
-    boxes = torch.stack(
-        [
-            pick(reduce(xs, "amin", float(w))),
-            pick(reduce(ys, "amin", float(h))),
-            pick(reduce(xs, "amax", -1.0)) + 1,
-            pick(reduce(ys, "amax", -1.0)) + 1,
-        ],
-        dim=-1,
-    )
-    area = pick(area)
+    (area, mass), (x0, y0), (x1, y1, peak) = pick(sums).unbind(1), pick(lows).unbind(1), pick(highs).unbind(1)
     rank = torch.arange(max_per_map, device=device).view(1, max_per_map)
-    kept = pick(present) & ((rank == 0) | (area >= min_area))
-    return kept, boxes, area, pick(mass), pick(reduce(values, "amax", float("-inf")))
+    kept = present.gather(1, top) & ((rank == 0) | (area >= min_area))
+    return kept, torch.stack([x0, y0, x1 + 1, y1 + 1], dim=-1), area, mass, peak
 
 
 def dense_components(

@@ -118,9 +118,9 @@ def test_bounded_labels_are_the_eager_labels(seed, density):
     assert torch.equal(parents, _eager_parents(mask)) and torch.equal(parents, _scipy_parents(mask))
 
 
-def test_winding_components_settle_well_within_the_bound():
+def test_winding_components_settle_within_the_bound():
     """The bound, tested: snakes, a spiral and mazes filling a 56 x 56 map (max-pool rounds alone need up to 1,540
-    for them) settle in at most 6 rounds of 8; one round short, `converged` says so."""
+    for them) settle within `LABEL_ROUNDS` (6; real maps need 2 to 4); one round short, `converged` says so."""
     mask = _winding_masks()
     expected = _scipy_parents(mask)
     needed = next(rounds for rounds in range(1, LABEL_ROUNDS + 1) if bool(label_components_bounded(mask, rounds)[1]))
