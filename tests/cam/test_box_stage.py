@@ -213,12 +213,10 @@ def test_the_stage_gives_the_annotators_eager_maps_and_boxes(forward_of_photos):
 
 
 def test_the_stage_compiled_by_inductor_gives_the_same_maps_and_boxes(forward_of_photos):
-    """What `model.compile` runs on a GPU, compiled here by inductor for the CPU: one compile, at 16 images, to
-    scalar C++ (vectorised C++ takes g++ half as long again, and a GPU runs Triton's code either way)."""
+    """What `model.compile` runs on a GPU, compiled here by inductor for the CPU: one compile, at 16 images."""
     forward, keep, valid, settings, reference = forward_of_photos
     stage = CapturedBoxStage(settings, torch.device("cpu"), compiled=True)
-    with torch._inductor.config.patch({"cpp.vec_isa_ok": False}):
-        _check_stage(stage(forward.raw_maps.float(), forward.activation, keep, valid, 224), reference)
+    _check_stage(stage(forward.raw_maps.float(), forward.activation, keep, valid, 224), reference)
     # The second batch of the size reuses the compiled code: a permutation, so no output is left over.
     order = torch.arange(keep.numel()).flip(0)
     again = stage(forward.raw_maps.float()[order], forward.activation[order], keep[order], valid[order], 224)
