@@ -15,6 +15,8 @@ own. Predictions (the top-k by score) are returned beside them, since the two ar
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from camray.cam.box_stage import BoxStageSettings, CapturedBoxStage, CaptureFailed, StageOutput, compact
 from camray.cam.boxes import Components, components_from_maps
 from camray.cam.classes import ClassChoice, choose_classes
 from camray.cam.layers import resolve_layer
@@ -36,6 +39,8 @@ from camray.models.setup import refine_layer_of
 if TYPE_CHECKING:  # read as attributes only: the annotator runs where pydantic is not installed
     from camray.config import BoxConfig, CamConfig, TilingConfig
     from camray.models import LoadedModel
+
+logger = logging.getLogger(__name__)
 
 # `cam.min_score`'s default for a sigmoid head: a multi-label classifier's decision threshold.
 SIGMOID_MIN_SCORE = 0.5
@@ -80,7 +85,23 @@ def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
         return None
     if precision == "fp16":
         return torch.float16
-    return torch.bfloat16  # "auto" and "bf16": bf16 keeps fp32's range, so logits never overflow
+    if precision == "auto" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.float16  # a GPU before Ampere emulates bf16
+    return torch.bfloat16  # bf16 keeps fp32's range, so logits never overflow
+
+
+def box_stage_settings(cam: CamConfig, boxes: BoxConfig) -> BoxStageSettings:
+    """The settings of the plain mode's box stage, read from the config's sections."""
+    return BoxStageSettings(
+        upsample=cam.upsample,
+        refine_power=cam.refine_power,
+        plain_threshold=cam.plain_threshold,
+        threshold_rule=boxes.threshold_rule,
+        threshold=boxes.threshold,
+        percentile=boxes.percentile,
+        min_area_fraction=boxes.min_area_fraction,
+        max_per_map=boxes.max_boxes_per_class,
+    )
 
 
 def decode_side(tiling: TilingConfig, input_size: int) -> int:
@@ -121,6 +142,7 @@ class Annotator:
         channels_last: bool = True,
         compile_model: bool = False,
         tiling: TilingConfig | None = None,
+        capture_boxes: bool | None = None,
     ) -> None:
         self.spec = loaded.spec
         self.setup = setup = loaded.setup
@@ -160,6 +182,17 @@ class Annotator:
             else TiledMode(self, tiling)
         )
         self.canvas_size = self.mode.canvas_size
+        # The plain mode's box stage as one CUDA graph a batch (`camray.cam.box_stage`), compiled with the model;
+        # by default on a GPU only: on the CPU, OpenCV's labelling is faster than any number of tensor rounds.
+        self.box_stage: CapturedBoxStage | None = None
+        if isinstance(self.mode, PlainMode) and (capture_boxes or (capture_boxes is None and device.type == "cuda")):
+            self.box_stage = CapturedBoxStage(
+                box_stage_settings(cam, boxes), device, compiled=compile_model and device.type == "cuda"
+            )
+        self._stage_failures: set[str] = set()
+        self.unsettled_batches = 0  # boxed by the eager steps: their labelling needed more than the stage's rounds
+        # One batch at a time: the predictor actor calls from two threads, one decoding while the other computes.
+        self._lock = threading.Lock()
 
     @property
     def method(self) -> str:
@@ -169,7 +202,8 @@ class Annotator:
         """pixels (Tensor[B, S, S, 3], uint8), valid_wh (Tensor[B, 2]), given (Tensor[B, G], long: each image's
         labels, padded with -1; None: none) -> `AnnotatedBatch`. `given` is read under `cam.classes` `given` and
         `both`."""
-        return self.mode.annotate(pixels, valid_wh, given)
+        with self._lock:
+            return self.mode.annotate(pixels, valid_wh, given)
 
     def probabilities(self, logits: Tensor) -> Tensor:
         """(B, N) logits -> the head's probabilities: softmax across the classes, or each class's sigmoid."""
@@ -250,6 +284,49 @@ class Annotator:
         )
         return AnnotatedBatch(*host[:8], Components(*host[8:]))
 
+    def _boxed_by_stage(self, forward: _Forward, valid_wh: Tensor, size: int) -> AnnotatedBatch | None:
+        """The plain mode's maps, thresholds and boxes from `self.box_stage`, the same as its eager steps give; None
+        where the stage cannot be captured at this batch's size (the eager steps box the batch then)."""
+        assert self.box_stage is not None
+        choice = forward.choice
+        assert choice is not None
+        b, k = choice.class_ids.shape
+        if forward.activation is None:  # `cam.refine` without a finer block (a ViT) keeps every map plain
+            keep = torch.full((b,), bool(self.cam_config.refine), device=valid_wh.device)
+        else:
+            keep = self._keeps_plain(choice.predicted_scores)
+        try:
+            out = self.box_stage(forward.raw_maps.float(), forward.activation, keep, valid_wh, size)
+        except CaptureFailed as exc:
+            if str(exc) not in self._stage_failures:  # once per batch size, not once per batch
+                self._stage_failures.add(str(exc))
+                logger.warning("%s; boxing such batches with the eager steps", exc)
+            return None
+        chosen = [
+            choice.predicted_ids,
+            choice.predicted_scores,
+            choice.class_ids,
+            choice.scores,
+            choice.kept,
+            choice.given,
+        ]
+        host = _to_host([*chosen, *out.tensors()])
+        stage = StageOutput.from_tensors(host[len(chosen) :])
+        fields = list(Components.__dataclass_fields__)
+        if bool(stage.converged):
+            components = compact(stage.components)
+        else:  # a component wound further than the stage's rounds reach: the eager labelling runs to the end
+            self.unsettled_batches += 1
+            logger.info(
+                "a batch's components needed more than %d labelling rounds", self.box_stage.settings.label_rounds
+            )
+            eager = self._components(out.maps, out.thresholds, choice)
+            components = Components(*_to_host([getattr(eager, name) for name in fields]))
+        if not choice.every_slot_kept:  # the stage boxes every slot at its fixed shape; padding is never written
+            own = host[4].flatten()[components.map_index]
+            components = Components(*(getattr(components, name)[own] for name in fields))
+        return AnnotatedBatch(*host[: len(chosen)], stage.maps, stage.thresholds.view(b, k), components)
+
     def _whole_image_maps(self, raw: Tensor, valid_wh: Tensor, size: int, grid: int | None = None) -> Tensor:
         """Resamples (bilinear) each map's valid region onto a grid covering the original image, normalised.
         The grid is `cam.upsample` x the map's side unless given."""
@@ -325,6 +402,8 @@ class PlainMode:
         choice = forward.choice
         assert choice is not None
         valid_wh = valid_wh.to(a.device)
+        if a.box_stage is not None and (boxed := a._boxed_by_stage(forward, valid_wh, x.shape[-1])):
+            return boxed
         maps = a._whole_image_maps(forward.raw_maps.float(), valid_wh, x.shape[-1])
         if forward.activation is None and a.cam_config.refine:  # no finer block (a ViT): the plain map for all
             every = torch.ones(maps.shape[0], dtype=torch.bool, device=maps.device)

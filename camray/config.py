@@ -196,7 +196,9 @@ class ModelConfig(_Section):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Autocast dtype on GPU; `auto` is bf16 where supported. CPU always runs fp32."
+        "auto",
+        description="Autocast dtype on GPU; `auto` is bf16 where the GPU runs it natively (Ampere and later), "
+        "else fp16. CPU always runs fp32.",
     )
     channels_last: bool = Field(True, description="Channels-last memory format (faster convolutions on GPU and CPU).")
     compile: bool = Field(False, description="torch.compile the model on GPU (slow start, faster steady state).")
@@ -402,10 +404,19 @@ class SinkConfig(_Section):
 
 
 class RuntimeConfig(_Section):
-    """How the work is spread over the cluster."""
+    """How the work is spread over the cluster.
+
+    On GPU nodes, the fields left at their defaults (and `model.precision`, `model.channels_last`) give what the
+    device benchmark measured fastest (docs/device-benchmark.md): one actor per GPU, batches of 256, bf16,
+    channels-last, JPEGs decoded on the GPU, two batches in hand per actor (one decoded while the other is
+    computed) and the box stage captured as one CUDA graph. A value set in the config wins over each of them.
+    """
 
     batch_size: int | None = Field(
-        None, ge=1, le=4096, description="Images per predictor batch; default 256 on GPU, 16 on CPU."
+        None,
+        ge=1,
+        le=4096,
+        description="Images per predictor batch; default 256 on GPU (the device benchmark's best), 16 on CPU.",
     )
     num_actors: int | None = Field(
         None, ge=1, description="Predictor actors; default one per GPU, else one per `cpu_threads` CPUs."
@@ -423,11 +434,12 @@ class RuntimeConfig(_Section):
         "actors together reserve at most 3/4 of the cluster's CPUs (the rest runs read+decode tasks).",
     )
     decode_batch_size: int = Field(32, ge=1, le=4096, description="Images per read+decode task batch.")
-    decode: Literal["cpu", "device"] = Field(
-        "cpu",
+    decode: Literal["auto", "cpu", "device"] = Field(
+        "auto",
         description="Where images are decoded: `cpu` in the read tasks; `device` in the predictor, JPEGs batched "
         "on its device (nvJPEG on GPU, for GPU nodes whose CPUs cannot decode as fast as the GPU classifies), "
-        "other formats on its CPU. Read tasks check every header either way.",
+        "other formats on its CPU. Read tasks check every header either way. `auto`: `device` where the "
+        "predictor actors have GPUs, else `cpu`.",
     )
     decode_cpus: float = Field(
         0.5,
@@ -435,6 +447,14 @@ class RuntimeConfig(_Section):
         le=16,
         description="CPUs reserved per read+decode task. Differing from `cpus_per_actor` keeps Ray Data from "
         "fusing decoding into the predictor actors, so the two overlap.",
+    )
+    capture_boxes: bool | None = Field(
+        None,
+        description="Run the box stage (maps resampled onto the image, refined, thresholded, labelled into "
+        "components, measured) as one CUDA graph a batch, compiled with the model when `model.compile`: a batch "
+        "then costs a few launches instead of hundreds, and the boxes are the uncaptured stage's "
+        "(docs/device-benchmark.md). Default: on a GPU, without tiling (the tiled modes stay uncaptured). `true` on "
+        "a CPU runs the same fixed-shape steps without a graph, slower than OpenCV's labelling.",
     )
     cpu_threads: int | None = Field(
         None,

@@ -219,9 +219,11 @@ def read_stages(
     s3: S3Settings,
     canvas_side: int,
     interpolation: str,
+    decode: str,
 ) -> ray.data.Dataset:
     """The dataset of decoded samples for the predictor: read tasks over the staged listing files, then decode
-    tasks, each of `runtime.decode_cpus` (the read tasks hold none, and so are never fused with them)."""
+    tasks, each of `runtime.decode_cpus` (the read tasks hold none, and so are never fused with them). `decode` is
+    `runtime.decode` resolved for the cluster (`cpu` or `device`)."""
     listing_files = [
         {"listing": join_uri(staged.uri, layout.listing_file_name(index)), "tally": staged.tally_uri(index)}
         for index in range(staged.files)
@@ -248,7 +250,7 @@ def read_stages(
             "input_size": canvas_side,
             "policy": config.model.resize,
             "limits": DecodeLimits().__dict__,
-            "decode": config.runtime.decode,
+            "decode": decode,
             "interpolation": interpolation,
         },
         num_cpus=config.runtime.decode_cpus,

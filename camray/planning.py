@@ -21,6 +21,8 @@ class Resources:
     cpu_threads: int
     block_bytes: int
     object_store_bytes: int
+    decode: str  # `runtime.decode` resolved: `cpu` or `device`
+    calls_per_actor: int  # batches an actor holds at once (`GPU_CALLS_PER_ACTOR`)
 
 
 # On CPU nodes, the share of logical CPUs the predictor actors reserve; the rest is left to read+decode tasks,
@@ -32,6 +34,12 @@ RESULT_ROW_BYTES = 32 << 10
 BATCHES_AHEAD = 8
 MIN_OBJECT_STORE_BYTES = 256 << 20
 
+# Batches a GPU actor holds at once, each in a thread of its own: one is loaded onto the device (decoded by nvJPEG,
+# or copied up) on a stream of its own while the other is computed, so that loading hides behind the model
+# (Ray Data's `max_concurrent_calls_per_actor` with `enable_true_multi_threading`). A CPU actor keeps one: its
+# reserved CPU has no room for a second thread.
+GPU_CALLS_PER_ACTOR = 2
+
 # CPUs reserved per Parquet write task. Ray Data's default (1) finds no room beside a full actor pool on a
 # small node, so every write would wait for the end of the run and the output pile up in the object store.
 WRITE_CPUS = 0.25
@@ -40,9 +48,11 @@ WRITE_CPUS = 0.25
 def plan_resources(
     config: JobConfig, cluster: dict[str, float], images: int | None = None, canvas_side: int = 224
 ) -> Resources:
-    """Batch size, pool size, threads, reservations and memory, chosen together from the cluster unless configured.
+    """Batch size, pool size, threads, reservations, memory and where images are decoded, chosen together from the
+    cluster unless configured.
 
-    GPU clusters: one actor per GPU, batch 256. CPU clusters: single-threaded actors, one per CPU, batch 16.
+    GPU clusters: one actor per GPU, batch 256 (the device benchmark's best), JPEGs decoded on the GPU, two batches
+    in hand per actor. CPU clusters: single-threaded actors, one per CPU, batch 16, decoded in the read tasks.
     Many one-thread actors beat one many-thread actor on a shared node: an OpenMP team waits at every
     operator's barrier for its slowest thread, so any other process (decoding, Ray's own) preempting one
     thread stalls them all (measured on 2 CPUs: two 1-thread actors 8% faster than one 2-thread actor).
@@ -87,8 +97,18 @@ def plan_resources(
     else:
         read_ahead = max(MIN_OBJECT_STORE_BYTES, num_actors * BATCHES_AHEAD * batch_size * canvas_bytes)
         object_store_bytes = read_ahead + config.sink.rows_per_file * RESULT_ROW_BYTES
+    on_gpu = gpus_per_actor > 0 and config.model.device != "cpu"
+    decode = runtime.decode if runtime.decode != "auto" else ("device" if on_gpu else "cpu")
     return Resources(
-        batch_size, num_actors, gpus_per_actor, cpus_per_actor, cpu_threads, block_bytes, object_store_bytes
+        batch_size,
+        num_actors,
+        gpus_per_actor,
+        cpus_per_actor,
+        cpu_threads,
+        block_bytes,
+        object_store_bytes,
+        decode,
+        GPU_CALLS_PER_ACTOR if on_gpu else 1,
     )
 
 

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from camray.annotator import Annotator, decode_side, pick_device, top1_box_fraction
 from camray.config import JobConfig
-from camray.image.device_decode import decode_to_canvases
+from camray.image.device_decode import DeviceLoader
 from camray.io.schema import ROWS
 from camray.io.sources import S3Settings
 from camray.metrics import timed_batch
@@ -65,7 +65,11 @@ class Predictor:
             job.model.channels_last,
             job.model.compile,
             job.tiling,
+            job.runtime.capture_boxes,
         )
+        # Ray Data hands a GPU actor two batches at once (`camray.planning`): one thread loads its batch onto the
+        # device on this loader's stream while the other computes; the annotator takes one batch at a time.
+        self.loader = DeviceLoader(device)
         self.resize = job.model.resize
         # Lowered (never raised) when the device runs out of memory; None means the whole batch at once.
         self.batch_cap: int | None = None
@@ -101,6 +105,10 @@ class Predictor:
             pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
             if self.annotator.device.type == "cuda":
                 pixels = pixels.pin_memory()
+                try:  # copied up beside the other thread's compute
+                    pixels = self.loader.hand_over(self.loader.upload(pixels))
+                except torch.cuda.OutOfMemoryError:
+                    pass  # no room now: the annotator copies them itself, within its out-of-memory handling
             valid = torch.from_numpy(np.stack([batch["valid_width"][ok], batch["valid_height"][ok]], axis=1))
         tables: list[pa.Table] = []
         self._annotate_in_chunks(batch, index, pixels, valid, tables, rows)
@@ -206,13 +214,12 @@ class Predictor:
     ) -> tuple[np.ndarray, Tensor, Tensor]:
         """`runtime.decode: device`: decodes the batch's bytes on the model's device; failures become rows."""
         try:
-            canvases = decode_to_canvases(
+            canvases = self.loader.decode(
                 [batch["encoded"][i] for i in ok],
                 [int(batch["orientation"][i]) for i in ok],
                 [bool(batch["device_jpeg"][i]) for i in ok],
                 self.annotator.canvas_size,
                 self.resize,
-                self.annotator.device,
                 interpolation=self.annotator.spec.interpolation,
             )
         except Exception as exc:  # a device fault: every image of the batch is reported, none is lost
@@ -221,7 +228,7 @@ class Predictor:
             return ok[:0], torch.empty(0), torch.empty(0)
         for position, error in canvases.failed.items():
             rows.append(self._error_row(batch, ok[position], "decode", error.error_type, error.message))
-        return ok[canvases.decoded], canvases.pixels, canvases.valid_wh
+        return ok[canvases.decoded], self.loader.hand_over(canvases.pixels), canvases.valid_wh
 
     def _annotate_table(
         self, batch: dict[str, np.ndarray], index: np.ndarray, pixels: Tensor, valid: Tensor

@@ -485,10 +485,13 @@ def _work(
     )
     configure_data_context(config, resources)
     logger.info(
-        "run %s: %d predictor actors, batches of %d, blocks up to %.0f MiB, object store budget %.0f MiB",
+        "run %s: %d predictor actors, batches of %d (%d at once an actor), decoded on the %s, blocks up to %.0f MiB, "
+        "object store budget %.0f MiB",
         attempt.run_id,
         resources.num_actors,
         resources.batch_size,
+        resources.calls_per_actor,
+        "device" if resources.decode == "device" else "CPU",
         resources.block_bytes / 2**20,
         resources.object_store_bytes / 2**20,
     )
@@ -629,7 +632,9 @@ def _plan(
     s3_plain = dataclasses.asdict(s3)  # workers rebuild S3Settings from plain data
     if isinstance(staged, StagedContainers):
         fmt = container_format(config, staged.kind)
-        ds = read_stages(config, staged, fmt, s3, decode_side(config.tiling, input_size), setup.interpolation)
+        ds = read_stages(
+            config, staged, fmt, s3, decode_side(config.tiling, input_size), setup.interpolation, resources.decode
+        )
         return _predict(ds, config, setup, run_id, s3_plain, resources)
     # One item per listing file, read by the read+decode tasks themselves. Ray Data's `read_parquet` would add
     # a file-listing task wanting a whole CPU, which a full actor pool never leaves free: the run stalled.
@@ -644,7 +649,7 @@ def _plan(
             "policy": config.model.resize,
             "s3": s3_plain,
             "limits": DecodeLimits().__dict__,
-            "decode": config.runtime.decode,
+            "decode": resources.decode,
             "interpolation": setup.interpolation,
         },
         num_cpus=config.runtime.decode_cpus,
@@ -665,7 +670,12 @@ def _predict(
         batch_size=resources.batch_size,
         # The whole pool from the start: grown on demand, a new actor waits for CPUs that read+decode tasks,
         # running ahead, keep taking; measured, a job then ran on one actor of two.
-        compute=ray.data.ActorPoolStrategy(min_size=resources.num_actors, max_size=resources.num_actors),
+        compute=ray.data.ActorPoolStrategy(
+            min_size=resources.num_actors,
+            max_size=resources.num_actors,
+            max_concurrent_calls_per_actor=resources.calls_per_actor,
+            enable_true_multi_threading=resources.calls_per_actor > 1,
+        ),
         num_gpus=resources.gpus_per_actor,
         num_cpus=resources.cpus_per_actor,
         # Merged into the job's runtime environment by Ray; glibc reads these at process start.

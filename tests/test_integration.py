@@ -212,11 +212,15 @@ def test_a_torchvision_model_with_its_weights_file_runs_grad_cam_in_the_actors(r
     assert runs[0]["weights_source"] == str(weights) and len(runs[0]["weights_sha256"]) == 64
 
 
-def test_device_decoding_through_ray_and_files_sized_by_rows(ray_cluster, tmp_path, photos):
+def test_device_decoding_through_ray_and_files_sized_by_rows(ray_cluster, tmp_path, photos, monkeypatch):
     """`runtime.decode: device` in the actors (on the CPU here), with a corrupt JPEG among real photos; one
-    Parquet file per `sink.rows_per_file` rows rather than one per block."""
+    Parquet file per `sink.rows_per_file` rows rather than one per block. The second run's actors hold two batches
+    at once, each called in a thread of its own, as a GPU actor's are (`camray.planning.GPU_CALLS_PER_ACTOR`)."""
+    import dataclasses
+
     import pyarrow.parquet as pq
 
+    from camray import runner
     from camray.config import load_config
     from camray.runner import run_job
 
@@ -225,8 +229,15 @@ def test_device_decoding_through_ray_and_files_sized_by_rows(ray_cluster, tmp_pa
     for name, data in photos.items():
         (images / name).write_bytes(data)
     (images / "truncated.jpg").write_bytes(photos["grace_hopper.jpg"][:5000])
+    planned = runner.plan_resources
+
+    def two_calls_per_actor(*args, **kwargs):
+        return dataclasses.replace(planned(*args, **kwargs), calls_per_actor=2)
+
     counts = {}
     for rows_per_file in (4096, 2):
+        if rows_per_file == 2:
+            monkeypatch.setattr(runner, "plan_resources", two_calls_per_actor)
         out = tmp_path / f"out-{rows_per_file}"
         config = load_config(
             overrides={

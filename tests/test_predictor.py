@@ -235,3 +235,104 @@ def test_rows_without_labels_however_ray_hands_them_over(photos, predictor):
         assert all(row["stage"] is None for row in rows), rows
         assert rows[0]["labels"] is None
     assert rows[1]["labels"] == [{"class_id": 285, "label": "Egyptian cat"}]
+
+
+def _assert_same_batch(ours, theirs) -> None:
+    for name in ("predicted_ids", "predicted_scores", "class_ids", "scores", "kept", "given", "maps", "thresholds"):
+        assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+    for name in ("map_index", "boxes", "area", "peak"):
+        assert torch.equal(getattr(ours.components, name), getattr(theirs.components, name)), name
+    torch.testing.assert_close(ours.components.mass, theirs.components.mass, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"cam.refine": False}, {"boxes.threshold_rule": "percentile", "boxes.threshold": 0.9}],
+    ids=["balanced", "unrefined", "percentile"],
+)
+def test_the_captured_box_stage_annotates_as_the_eager_steps(photos, lite0, overrides):
+    """`runtime.capture_boxes` (on the CPU: the fixed-shape steps without a graph) gives the batch the eager steps
+    give it: the maps, thresholds and boxes of refined and plain maps, under both threshold rules."""
+    import copy
+
+    from camray.config import load_config
+
+    config = load_config(preset="balanced", overrides=overrides)
+    names = ["chelsea.png", "rocket.jpg", "astronaut.png", "coffee.png", "grace_hopper.jpg"]
+    batch = _batch(photos, names)
+    pixels = torch.from_numpy(batch["pixels"])
+    valid = torch.from_numpy(np.stack([batch["valid_width"], batch["valid_height"]], 1))
+    eager = Annotator(copy.deepcopy(lite0), config.cam, config.boxes, torch.device("cpu"))
+    captured = Annotator(lite0, config.cam, config.boxes, torch.device("cpu"), capture_boxes=True)
+    assert eager.box_stage is None and captured.box_stage is not None  # on the CPU, only when asked
+    _assert_same_batch(captured.annotate(pixels, valid), eager.annotate(pixels, valid))
+
+
+def test_the_eager_steps_box_what_the_captured_stage_cannot(photos, lite0, caplog, monkeypatch):
+    """A batch whose labelling did not settle in the stage's rounds, and a stage that cannot be captured (a fault
+    injected into it): the eager steps box the batch, as without the stage; the failure is logged once."""
+    import dataclasses
+    import logging
+
+    from camray.cam.box_stage import CapturedBoxStage
+    from camray.config import load_config
+
+    config = load_config(preset="balanced")
+    batch = _batch(photos, ["chelsea.png", "rocket.jpg", "astronaut.png"])
+    pixels = torch.from_numpy(batch["pixels"])
+    valid = torch.from_numpy(np.stack([batch["valid_width"], batch["valid_height"]], 1))
+    annotator = Annotator(lite0, config.cam, config.boxes, torch.device("cpu"), capture_boxes=True)
+    settings = annotator.box_stage.settings
+    stage, annotator.box_stage = annotator.box_stage, None
+    reference = annotator.annotate(pixels, valid)
+
+    annotator.box_stage = CapturedBoxStage(dataclasses.replace(settings, label_rounds=1), torch.device("cpu"))
+    with caplog.at_level(logging.INFO, logger="camray.annotator"):
+        _assert_same_batch(annotator.annotate(pixels, valid), reference)
+    assert any("more than 1 labelling rounds" in r.getMessage() for r in caplog.records)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr("camray.cam.box_stage._whole_image_maps", broken)
+    annotator.box_stage = stage
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="camray.annotator"):
+        for _ in range(2):
+            _assert_same_batch(annotator.annotate(pixels, valid), reference)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "could not be captured at 16 images" in warnings[0], warnings
+    assert "stream is capturing" in warnings[0]
+
+
+def test_two_threads_share_a_predictor_as_a_gpu_actors_two_calls_do(photos, tmp_path):
+    """A GPU actor holds two batches at once (`camray.planning.GPU_CALLS_PER_ACTOR`), each called from a thread of
+    its own: every batch gets the rows it gets alone, decoded in the read tasks or by the actor, and boxed by the
+    captured stage."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from camray.image.decode import DecodeLimits
+    from camray.reader import read_decode_batch
+
+    for name, data in photos.items():
+        (tmp_path / name).write_bytes(data)
+    names = sorted(photos)
+    config = JobConfig.model_validate({"runtime": {"capture_boxes": True}})
+    predictor = predictor_for(config, "threads")
+    assert predictor.annotator.box_stage is not None
+    batches = []
+    for start, decode in ((0, "device"), (2, "cpu"), (4, "device"), (1, "cpu")):
+        listing = {
+            "uri": np.array([str(tmp_path / name) for name in names[start : start + 3]], dtype=object),
+            "version": np.array(["v"] * len(names[start : start + 3]), dtype=object),
+        }
+        batches.append(
+            read_decode_batch(
+                listing, input_size=224, policy="letterbox", s3={}, limits=DecodeLimits().__dict__, decode=decode
+            )
+        )
+    alone = [predictor(batch) for batch in batches]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(pool.map(predictor, batches * 2))
+    for table, expected in zip(together, alone * 2, strict=True):
+        assert table.equals(expected)

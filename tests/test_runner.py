@@ -19,6 +19,19 @@ def test_gpu_cluster_one_actor_per_gpu_with_large_batches():
     assert (plan.num_actors, plan.gpus_per_actor, plan.cpus_per_actor, plan.batch_size) == (4, 1.0, 1.0, 256)
 
 
+def test_gpu_actors_decode_on_the_device_with_two_batches_in_hand_unless_configured():
+    """`runtime.decode: auto` decodes where the model runs on a GPU; an actor there holds two batches (one loading,
+    one computing); what the config names wins, and the CPU keeps one batch an actor, decoded in the read tasks."""
+    gpu = {"CPU": 32.0, "GPU": 4.0}
+    assert (_plan(gpu).decode, _plan(gpu).calls_per_actor) == ("device", 2)
+    assert (_plan({"CPU": 8.0}).decode, _plan({"CPU": 8.0}).calls_per_actor) == ("cpu", 1)
+    assert _plan(gpu, **{"runtime.decode": "cpu"}).decode == "cpu"
+    assert _plan({"CPU": 8.0}, **{"runtime.decode": "device"}).decode == "device"
+    on_cpu = _plan(gpu, **{"model.device": "cpu"})  # GPUs reserved, but the model asked to run on the CPU
+    assert (on_cpu.decode, on_cpu.calls_per_actor) == ("cpu", 1)
+    assert _plan(gpu, **{"runtime.batch_size": 64}).batch_size == 64
+
+
 @pytest.mark.parametrize("cpus", [1.0, 2.0, 4.0, 16.0])
 def test_cpu_cluster_single_threaded_actors_leave_room_to_decode(cpus):
     plan = _plan({"CPU": cpus})

@@ -7,8 +7,10 @@ plain mode's steps one at a time, the device synchronised after each:
   whole-image grid), `refine` (times the refining block's activation), `keep_thresholds`, `components`
   (labelling and per-component statistics), `to_host` (every result copied back);
 and times alone, in microseconds per image (medians of 7 after 2 warm-up calls): the whole `forward` and
-`predictor`; the labelling (`label`) and the statistics that include it (`statistics`); the maps' copy to
-pageable and to pinned host memory; `nvjpeg` (the batched decode alone) against `decode` (to canvases).
+`predictor` (whose box stage is captured on a GPU, `camray.cam.box_stage`); that captured stage alone, from the
+forward pass's maps to the boxes on the host (`box_stage_captured`), against the eager steps above; the eager
+labelling (`label`) and the statistics that include it (`statistics`); the maps' copy to pageable and to pinned
+host memory; `nvjpeg` (the batched decode alone) against `decode` (to canvases).
 Like `camray.bench.device`, it imports nothing of Ray, pydantic, DuckDB or boto3. `--smoke` runs it on the CPU
 with a batch of 2 at 64 pixels, where the steps are the CPU's (OpenCV labels the components).
 """
@@ -130,6 +132,12 @@ def measure_model(name: str, photos: dict[str, bytes], batch_size: int, size: in
     with torch.inference_mode():
         forward_out = annotator._forward(x, annotator.cam_config.refine)
         maps = annotator._whole_image_maps(forward_out.raw_maps.float(), batch.valid_wh.to(device), size)
+    if annotator.box_stage is not None:  # the box stage as the predictor runs it on a GPU: one graph launch
+        scores = annotator._scores(forward_out)
+        on_device = batch.valid_wh.to(device)
+        figures["box_stage_captured"] = (
+            median(lambda: annotator._boxed_by_stage(forward_out, scores, on_device, size)) * per_image
+        )
     b, k, grid, _ = maps.shape
     flat = maps.reshape(b * k, grid, grid)
     mask = flat >= annotator._thresholds(maps).view(-1, 1, 1)

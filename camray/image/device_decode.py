@@ -12,6 +12,7 @@ the CPU, the same code as `runtime.decode: cpu`, so the output differs only by r
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -165,3 +166,59 @@ def decode_to_canvases(
     decoded = np.flatnonzero(done).tolist()
     index = torch.tensor(decoded, dtype=torch.int64)
     return CanvasBatch(pixels[index.to(device)], valid[index], decoded, failed)
+
+
+class DeviceLoader:
+    """Brings batches onto the device on a CUDA stream of its own, one batch at a time: decoding JPEG bytes there
+    (`decode_to_canvases`) or copying decoded canvases up. A thread loading batch n+1 here runs beside another
+    computing batch n on its own stream, so a loaded device does both at the pace of the slower.
+
+    What `decode` and `upload` return is complete when they return (they wait for this stream; nvJPEG waits for
+    its own anyway), so any stream may read it: the reader calls `record_stream` on it (PyTorch's allocator
+    then keeps its memory from this stream's next batches until that reader is done). On the CPU it loads in
+    the calling thread, with no streams.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._lock = threading.Lock()
+
+    def decode(
+        self,
+        encoded: list[bytes],
+        orientations: list[int],
+        on_device: list[bool],
+        size: int,
+        policy: ResizePolicy,
+        limits: DecodeLimits | None = None,
+        interpolation: str = "bilinear",
+    ) -> CanvasBatch:
+        """`decode_to_canvases` on this loader's stream."""
+        with self._lock:
+            if self.stream is None:
+                return decode_to_canvases(
+                    encoded, orientations, on_device, size, policy, self.device, limits, interpolation
+                )
+            with torch.cuda.stream(self.stream):
+                canvases = decode_to_canvases(
+                    encoded, orientations, on_device, size, policy, self.device, limits, interpolation
+                )
+            self.stream.synchronize()
+            return canvases
+
+    def upload(self, pixels: Tensor) -> Tensor:
+        """`pixels` (host memory, pinned for an asynchronous copy) on the device."""
+        with self._lock:
+            if self.stream is None:
+                return pixels.to(self.device)
+            with torch.cuda.stream(self.stream):
+                on_device = pixels.to(self.device, non_blocking=True)
+            self.stream.synchronize()
+            return on_device
+
+    def hand_over(self, tensor: Tensor) -> Tensor:
+        """`tensor` (loaded here) made safe to read on the calling thread's current stream."""
+        if self.stream is not None and tensor.device.type == "cuda":
+            tensor.record_stream(torch.cuda.current_stream(self.device))
+        return tensor

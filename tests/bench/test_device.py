@@ -14,6 +14,7 @@ import pytest
 from camray.bench.device import (
     CARRIED_PACKAGES,
     DECODE_GOAL,
+    OVERLAP_GOAL,
     PREDICTOR_GOAL,
     SMOKE_PLAN,
     BoxSettings,
@@ -86,9 +87,12 @@ def _check_report(report: dict, peers: set[str]) -> None:
     for figures in report["settings"]:
         assert not figures["errors"], figures["errors"]
         speeds = figures["images_per_s"]
-        stages = {"forward", "prepare", "maps_top5", "predictor", "decode", "decode_predictor"}
-        assert stages <= speeds.keys() and all(value > 0 for value in speeds.values())
+        stages = {"forward", "prepare", "maps_top5", "predictor", "predictor_reference", "decode", "decode_predictor"}
+        assert stages | {"decode_predictor_overlapped"} <= speeds.keys() and all(v > 0 for v in speeds.values())
         assert figures["predictor_vs_forward"] > 0
+        # The captured box stage (without a graph on the CPU) boxes as the eager steps do, bit for bit.
+        check = figures["captured_vs_eager"]
+        assert check["identical"] and check["maps_with_other_boxes"] == 0 and check["maps_max_difference"] == 0.0
         if figures["channels_last"]:
             assert peers <= speeds.keys()
     _check_goals(report)
@@ -101,8 +105,13 @@ def _check_goals(report: dict) -> None:
     batch, precision = max(SMOKE_PLAN.batches), SMOKE_PLAN.precisions[0]
     models = SMOKE_PLAN.models
     goals = report["goals"]
-    assert len(goals) == 2 * len(models) + 1 and all(goal["applies"] is False for goal in goals)
-    predictor, (decode,), peers = goals[: len(models)], goals[len(models) : len(models) + 1], goals[len(models) + 1 :]
+    # Predictor / forward for each model, decode beside the predictor for each model (eager only here), device
+    # decode + predictor for ResNet-50, captured == eager, and camray's maps against each peer's for each model.
+    assert len(goals) == 3 * len(models) + 2 and all(goal["applies"] is False for goal in goals)
+    predictor = goals[: len(models)]
+    overlap = goals[len(models) : 2 * len(models)]
+    decode, captured = goals[2 * len(models)], goals[2 * len(models) + 1]
+    peers = goals[2 * len(models) + 2 :]
 
     def at(model: str) -> dict:
         (figures,) = [
@@ -116,8 +125,15 @@ def _check_goals(report: dict) -> None:
     for model, goal in zip(models, predictor, strict=True):
         ratio = at(model)["predictor_vs_forward"]
         assert model in goal["goal"] and goal["value"] == ratio and goal["met"] == (ratio >= PREDICTOR_GOAL), goal
-    resnet = [f["images_per_s"]["decode_predictor"] for f in report["settings"] if f["model"] == "resnet50"]
+    for model, goal in zip(models, overlap, strict=True):
+        speeds = at(model)["images_per_s"]
+        ratio = speeds["decode_predictor_overlapped"] / min(speeds["decode"], speeds["predictor"])
+        assert model in goal["goal"] and goal["value"] == ratio and goal["met"] == (ratio >= OVERLAP_GOAL), goal
+    resnet = [f["images_per_s"]["decode_predictor_overlapped"] for f in report["settings"] if f["model"] == "resnet50"]
     assert decode["value"] == max(resnet) and decode["met"] == (max(resnet) >= DECODE_GOAL), decode
+    checks = [f["captured_vs_eager"] for f in report["settings"]]
+    assert captured["value"] == {"settings": len(checks), "identical": sum(c["identical"] for c in checks)}
+    assert captured["met"] is True, captured
     for model, goal in zip(models, peers, strict=True):
         speeds = at(model)["images_per_s"]
         pairs = {"torchcam_cam_top1": "maps_top5", "pytorch_grad_cam_gradcam_top1": "gradcam_top5"}
