@@ -18,24 +18,9 @@ import pytest
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 from ray_helpers import cluster_temp_dir, free_port, name_for_its_jobs, node_ports, wait_for_job_agent  # noqa: E402
+from server_fixtures import unmarked_server_tests  # noqa: E402
 
 from camray.samples import sample_photos  # noqa: E402
-
-# The fixtures that start the S3 server or a Ray head. `make test-fast` leaves out the tests marked integration,
-# "those that start Ray or S3" (README): a test that takes one of these, directly or through other fixtures, must
-# be marked so, and a collection that finds one unmarked stops there.
-SERVER_FIXTURES = ("s3_server", "ray_head", "ray_cluster", "ray_address")
-
-
-def unmarked_server_tests(items: list[pytest.Item]) -> list[str]:
-    """The tests among `items` that take a server fixture without the `integration` mark."""
-    return [
-        item.nodeid
-        for item in items
-        if set(SERVER_FIXTURES) & set(getattr(item, "fixturenames", ()))
-        and item.get_closest_marker("integration") is None
-    ]
-
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` leaves any test out: every collected test is looked at
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -369,14 +369,14 @@ def test_make_test_fast_leaves_out_every_test_that_starts_ray_or_s3(request):
     """The README says `make test-fast` runs without the tests marked integration, those that start Ray or S3.
     tests/conftest.py refuses a collection holding a test that takes the S3 server or a Ray head unmarked; this
     session's tests passed it, and the Makefile's selection is the one it guards."""
-    import conftest
-    from conftest import SERVER_FIXTURES, unmarked_server_tests
+    from server_fixtures import SERVER_FIXTURES, unmarked_server_tests
 
     recipe = re.search(r"^test-fast:.*\n\t(.+)$", (REPO / "Makefile").read_text(), re.M)
     assert recipe and '-m "not integration"' in recipe.group(1), "the Makefile's test-fast selects otherwise"
     assert "make test-fast   # without the tests marked integration (those that start Ray or S3)" in README.read_text()
     assert unmarked_server_tests(request.session.items) == []
-    assert all(hasattr(conftest, name) for name in SERVER_FIXTURES)  # the fixtures it guards are the shared ones
+    shared = (REPO / "tests" / "conftest.py").read_text()
+    assert all(f"\ndef {name}(" in shared for name in SERVER_FIXTURES)  # the fixtures it guards are the shared ones
 
 
 def test_the_listed_version_is_what_the_docs_say_it_is(tmp_path):
