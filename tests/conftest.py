@@ -22,6 +22,7 @@ from server_fixtures import unmarked_server_tests  # noqa: E402
 
 from camray.samples import sample_photos  # noqa: E402
 
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` leaves any test out: every collected test is looked at
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     unmarked = unmarked_server_tests(items)

@@ -383,7 +383,8 @@ def test_the_image_goes_without_the_demo_data_that_make_install_adds(tmp_path):
         return {re.split(r"[=<>\[ ]", requirement)[0] for requirement in requirements}
 
     demo = names(project["optional-dependencies"]["demo"])
-    assert demo == {"scikit-image", "matplotlib", "imgviz", "scikit-learn"} and not demo & names(project["dependencies"])
+    assert demo == {"scikit-image", "matplotlib", "imgviz", "scikit-learn"}
+    assert not demo & names(project["dependencies"])
     assert _install_targets(tmp_path / "image") == [str(REPO)]  # the Dockerfile's call
     assert _install_targets(tmp_path / "dev", "--with-tests") == [f"{REPO}[test,demo]"]  # make install's
 
