@@ -26,7 +26,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 # image build) without them fails here rather than in the first job.
 "$python" -c "
 from camray.config import ModelConfig
-from camray.models import load_model
+from camray.models import resolve_setup
 for name in ('efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2'):
-    load_model(ModelConfig(name=name))
+    resolve_setup(ModelConfig(name=name))
 "
