@@ -385,10 +385,14 @@ def run_job(config: JobConfig) -> RunSummary:
     job cannot start as configured, and the underlying error when the run fails; `RunInterrupted` on SIGTERM.
     Every run that took the lease leaves its runs row."""
     s3 = storage_settings(config)
-    setup = resolve_run_setup(config, s3)
-    _check_input(config, s3)
     started = datetime.now(UTC)
     clock = time.perf_counter()
+    try:
+        setup = resolve_run_setup(config, s3)
+        _check_input(config, s3)
+    except Exception as exc:
+        _push_refused(config, exc, time.perf_counter() - clock)
+        raise
     attempt, lease = _lease_attempt(config, s3, started)
     sink = CamDatasink(config.sink.uri, attempt.run_id, s3, config.sink.rows_per_file, attempt.number)
     record = _Record()
@@ -427,6 +431,25 @@ def run_job(config: JobConfig) -> RunSummary:
         finally:
             lease.release()
     return summary
+
+
+def _push_refused(config: JobConfig, exc: Exception, seconds: float) -> None:
+    """A night whose setup fails (weights, labels, an input that is not there) leaves no runs row, but its
+    schedule fired and did nothing: it pushes a failed status so that the alert on failed runs names it, not
+    only the later one on a stale success."""
+    summary = RunSummary(
+        run_id="",
+        status="failed",
+        listed=0,
+        skipped=0,
+        results=0,
+        errors=0,
+        seconds=seconds,
+        output_uri=config.sink.uri,
+        result_files=(),
+        message=failure_message(exc),
+    )
+    push_outcome(config.metrics, summary, WrittenCounts())
 
 
 # In the text of an error that Ray carried from a worker: Python's line between an exception and the one it caused,

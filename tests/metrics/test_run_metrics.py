@@ -125,8 +125,8 @@ def test_a_run_pushes_its_counts_and_prometheus_answers_them(monitoring, photos,
         "CamrayErrorShareHigh to fire",
     )
 
-    # A second run into the same output fails after taking the lease (its weights file is missing): it pushes
-    # its status and leaves the last success as it was.
+    # A second run into the same output fails before any work (its weights file is missing): it pushes its
+    # failed status and leaves the last success as it was.
     with pytest.raises(Exception):  # noqa: B017 - the loader's own error type
         run_job(load_config(overrides={**overrides, "model.weights": str(tmp_path / "missing.pth")}))
     failed = wait_for(
