@@ -24,8 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camray.cam.maps import resample_regions
-
 
 @dataclass(frozen=True)
 class CrfSettings:
@@ -42,6 +40,16 @@ class CrfSettings:
     smoothness_weight: float = 3.0
 
 
+def _area_weights(extent: Tensor, grid: int, length: int) -> Tensor:
+    """(B, grid, length): the share of each of `length` pixels in each of `grid` equal bins spanning `[0, extent)`
+    of an axis, divided by the bin's width (so a row of weights averages its bin); `extent (Tensor[B])`."""
+    width = (extent.float() / grid).view(-1, 1, 1)
+    start = torch.arange(grid, device=extent.device).view(1, -1, 1) * width
+    pixel = torch.arange(length, device=extent.device).view(1, 1, -1).float()
+    overlap = (torch.minimum(pixel + 1, start + width) - torch.maximum(pixel, start)).clamp_min(0.0)
+    return overlap / width
+
+
 def cell_colours(pixels: Tensor, valid_wh: Tensor, grid: int) -> Tensor:
     """The mean colour of each cell of a `grid` x `grid` grid over each canvas's valid region.
 
@@ -49,13 +57,14 @@ def cell_colours(pixels: Tensor, valid_wh: Tensor, grid: int) -> Tensor:
         pixels (Tensor[B, S, S, 3]): uint8 canvases, the image in the top-left `valid_wh` (B, 2) pixels.
 
     Returns:
-        Tensor[B, 3, grid, grid]: float32 RGB levels; each cell the mean of as many bilinear samples of its
-        region (`resample_regions`) as the canvas has pixels across a cell, so an area mean, not a point.
+        Tensor[B, 3, grid, grid]: float32 RGB levels; each cell the area mean of the pixels it covers (two batched
+        matrix products, as `camray.cam.maps.resample_regions`), the padding never counted.
     """
     image = pixels.permute(0, 3, 1, 2).float()
-    per_cell = max(1, image.shape[-1] // grid)
-    fine = resample_regions(image, valid_wh.to(image.device).float(), grid * per_cell)
-    return F.avg_pool2d(fine, per_cell) if per_cell > 1 else fine
+    valid_wh = valid_wh.to(image.device)
+    rows = _area_weights(valid_wh[:, 1], grid, image.shape[-2])
+    cols = _area_weights(valid_wh[:, 0], grid, image.shape[-1])
+    return rows.unsqueeze(1) @ image @ cols.unsqueeze(1).transpose(-1, -2)
 
 
 def _positions(aspect: Tensor, grid: int) -> Tensor:
