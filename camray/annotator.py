@@ -45,6 +45,10 @@ if TYPE_CHECKING:  # read as attributes only: the annotator runs where pydantic 
 
 logger = logging.getLogger(__name__)
 
+# The dense CRF's label maps are resampled to a grid this much finer than the maps' (112 x 112 cells for a 7 x 7
+# map): their edges follow the photo's more closely than the grid's steps (docs/localization.md).
+CRF_UPSAMPLE = 2
+
 # `cam.min_score`'s default for a sigmoid head: a multi-label classifier's decision threshold.
 SIGMOID_MIN_SCORE = 0.5
 
@@ -386,7 +390,9 @@ class Annotator:
         background = own_background(scores, kept) if config.background == "auto" else config.background
         if config.refine == "crf":
             colours = cell_colours(pixels.to(scores.device), valid_wh, scores.shape[-1])
-            return crf_label_maps(scores, kept, background, colours, valid_wh, self.crf, config.ignore_below)
+            return crf_label_maps(
+                scores, kept, background, colours, valid_wh, self.crf, config.ignore_below, CRF_UPSAMPLE
+            )
         return argmax_label_maps(scores, kept, background, config.ignore_below)
 
     def _keeps_plain(self, scores: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pycocotools import mask as coco_mask
 from torch import Tensor
 
@@ -111,12 +112,16 @@ def crf_label_maps(
     aspect: Tensor,
     settings: CrfSettings,
     ignore_below: float | None = None,
+    upsample: int = 1,
 ) -> Tensor:
     """`label_maps` decided by the dense CRF (`camray.cam.dense_crf`) rather than by the rule alone: its unary is
     the rule's own scores, background at `background` and each valid class at its map, normalised per cell, so
     that without pairwise terms it gives `label_maps`' answer; the CRF then pulls each cell towards the labels of
     the cells of like colour. colours (Tensor[B, 3, R, R]), aspect (Tensor[B, 2]): `dense_crf`'s. The ignore band,
-    where asked for, is the rule's: cells whose highest map lies between `background` and `ignore_below`."""
+    where asked for, is the rule's: cells whose highest map lies between `background` and `ignore_below`.
+
+    Returns Tensor[B, R * upsample, R * upsample] (uint8): the marginals resampled (bilinear) to a grid `upsample`
+    times finer before each cell takes its most probable label, so that edges are not the grid's steps."""
     _check(maps, valid)
     b, k, h, w = maps.shape
     if k == 0:
@@ -127,9 +132,13 @@ def crf_label_maps(
     probabilities = probabilities / probabilities.sum(dim=1, keepdim=True)
     allowed = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=maps.device), valid], dim=1)
     marginals = dense_crf(probabilities, colours, aspect, allowed, settings)
+    if upsample > 1:
+        marginals = F.interpolate(marginals, scale_factor=upsample, mode="bilinear", align_corners=False)
     labels = marginals.argmax(dim=1).to(torch.uint8)  # 0 background, k + 1 slot k
     if ignore_below is None:
         return labels
+    if upsample > 1:
+        scores = F.interpolate(scores, scale_factor=upsample, mode="bilinear", align_corners=False)
     best = scores.masked_fill(~valid.view(b, k, 1, 1), -torch.inf).amax(dim=1)
     band = (best >= level) & (best < ignore_below)
     return torch.where(band, torch.full_like(labels, IGNORE), labels)

@@ -37,7 +37,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from camray.annotator import Annotator, decode_side
+from camray.annotator import CRF_UPSAMPLE, Annotator, decode_side
 from camray.cam.dense_crf import CrfSettings, cell_colours
 from camray.cam.label_maps import IGNORE, crf_label_maps, label_maps, own_background, resize_label_map
 from camray.config import JobConfig, ModelConfig, load_config
@@ -212,7 +212,7 @@ def job_label_map(
     if refine == "crf":
         wh = torch.tensor([item.valid_wh])
         colours = cell_colours(torch.from_numpy(item.pixels)[None], wh, maps.shape[-1])
-        grid = crf_label_maps(maps, valid, level, colours, wh, crf or CrfSettings(), ignore_below)
+        grid = crf_label_maps(maps, valid, level, colours, wh, crf or CrfSettings(), ignore_below, CRF_UPSAMPLE)
     else:
         grid = label_maps(maps, valid, level, ignore_below)
     return _named(item, grid[0].numpy())

@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from camray.cam.label_maps import IGNORE, MAX_SLOTS
 from camray.errors import UsageError
 from camray.io.schema import decode_mask, label_map
 from camray.outputs.export import _rows, common_folder, export_path
-from camray.outputs.label_png import CLASSES_FILE, write_classes, write_label_png
+from camray.outputs.label_png import CLASSES_FILE, IGNORE, MAX_CLASSES, write_classes, write_label_png
 from camray.outputs.tables import Output
 
 logger = logging.getLogger(__name__)
@@ -99,9 +98,9 @@ def write_masks(
     """Writes the label maps (see the module docstring) under `dest`; returns `dest`. Each export replaces the
     `SegmentationClass/` of the one before it; two images that would share a file stop it, naming the second."""
     names = _named_classes(output, run_id, classes)
-    if len(names) > MAX_SLOTS:
+    if len(names) > MAX_CLASSES:
         raise UsageError(
-            f"{len(names)} classes occur, more than an indexed PNG holds besides 0 and 255 ({MAX_SLOTS}): "
+            f"{len(names)} classes occur, more than an indexed PNG holds besides 0 and 255 ({MAX_CLASSES}): "
             "export fewer with --classes"
         )
     values = {class_id: value for value, class_id in enumerate(sorted(names), start=1)}

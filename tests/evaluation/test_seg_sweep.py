@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from camray.annotator import CRF_UPSAMPLE
 from camray.config import load_config
 from camray.evaluation import refiners
 from camray.evaluation.seg_sweep import (
@@ -34,7 +35,8 @@ def test_the_annotator_maps_the_classes_it_is_handed_and_records_its_label_stage
     assert sorted(out.class_ids[0].tolist()) == [281, 967] and out.kept.tolist() == [[True, True], [True, False]]
     ((scores, kept),) = annotator.recorded
     assert scores.shape == out.maps.shape and torch.equal(kept, out.kept)
-    assert out.label_maps.shape == (2, *out.maps.shape[-2:]) and out.label_maps.dtype == torch.uint8
+    side = out.maps.shape[-1] * CRF_UPSAMPLE  # `accurate` decides its label maps by the CRF, on a finer grid
+    assert out.label_maps.shape == (2, side, side) and out.label_maps.dtype == torch.uint8
     assert set(out.label_maps[1].unique().tolist()) <= {0, 1}  # the coffee keeps one class: no slot 2
 
 
