@@ -112,9 +112,10 @@ def fabricate_label_maps(output: Path, rows: int, rows_per_file: int = 4096, see
     (`masks`, as the job writes them, from maps of 56 x 56 cells), under a thousand images a folder; the other map,
     box and mask columns null."""
     import numpy as np
+    from pycocotools import mask as coco_mask
 
-    from camray.cam.label_maps import label_map_rles
-
+    # Not `camray.cam.label_maps`: it imports torch, and the export's measured peak would start from this
+    # process's (a child's high-water mark starts from its parent's at the fork).
     rng = np.random.default_rng(seed)
     width, height = 640, 480
     patterns = []  # a few label maps, reused: what is measured is the export, not the fabrication
@@ -126,13 +127,16 @@ def fabricate_label_maps(output: Path, rows: int, rows_per_file: int = 4096, see
             ys, xs = np.ogrid[:56, :56]
             grid[(ys - y) ** 2 + (xs - x) ** 2 < r * r] = value
         ids = rng.choice(1000, size=classes, replace=False).tolist()
-        rles = label_map_rles(grid, classes, width, height)
-        patterns.append(
-            [
-                {"class_id": i, "label": f"class {i}", "size": rle["size"], "counts": rle["counts"]}
-                for i, rle in zip(ids, rles, strict=True)
-            ]
-        )
+        rows_at = ((np.arange(height) + 0.5) * 56 / height).astype(int)
+        cols_at = ((np.arange(width) + 0.5) * 56 / width).astype(int)
+        full = grid[np.ix_(rows_at, cols_at)]
+        entries = []
+        for value, class_id in enumerate(ids, start=1):
+            counts = coco_mask.encode(np.asfortranarray((full == value).astype(np.uint8)))["counts"].decode()
+            entries.append(
+                {"class_id": class_id, "label": f"class {class_id}", "size": [height, width], "counts": counts}
+            )
+        patterns.append(entries)
     run_id = f"{FABRICATED_RUN}000000"
     (output / "results").mkdir(parents=True, exist_ok=True)
     (output / "runs").mkdir(parents=True, exist_ok=True)
