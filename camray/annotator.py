@@ -27,6 +27,9 @@ from torch import Tensor
 from camray.cam.box_stage import BoxStageSettings, CapturedBoxStage, CaptureFailed, StageOutput, compact
 from camray.cam.boxes import Components, components_from_maps
 from camray.cam.classes import ClassChoice, choose_classes
+from camray.cam.dense_crf import CrfSettings, cell_colours
+from camray.cam.label_maps import crf_label_maps, own_background
+from camray.cam.label_maps import label_maps as argmax_label_maps
 from camray.cam.layers import resolve_layer
 from camray.cam.maps import normalize_maps, resample_regions
 from camray.cam.methods import MapExtractor
@@ -37,10 +40,14 @@ from camray.models.fold import fold_batch_norms
 from camray.models.setup import refine_layer_of
 
 if TYPE_CHECKING:  # read as attributes only: the annotator runs where pydantic is not installed
-    from camray.config import BoxConfig, CamConfig, TilingConfig
+    from camray.config import BoxConfig, CamConfig, MasksConfig, TilingConfig
     from camray.models import LoadedModel
 
 logger = logging.getLogger(__name__)
+
+# The dense CRF's label maps are resampled to a grid this much finer than the maps' (112 x 112 cells for a 7 x 7
+# map): their edges follow the photo's more closely than the grid's steps (docs/localization.md).
+CRF_UPSAMPLE = 2
 
 # `cam.min_score`'s default for a sigmoid head: a multi-label classifier's decision threshold.
 SIGMOID_MIN_SCORE = 0.5
@@ -59,6 +66,9 @@ class AnnotatedBatch:
     maps (Tensor[B, K, R, R]): normalised to [0, 1].
     thresholds (Tensor[B, K]): the foreground threshold each map was boxed at.
     components: boxes in grid pixel-edge coordinates, of kept maps only; `map_index` is ``b * K + k``.
+    label_maps (Tensor[B, Rh, Rw], uint8): each image's label map over its kept classes
+    (`camray.cam.label_maps`: 0 background, ``k + 1`` slot `k`, 255 undecided), covering the whole image; None
+    where the run writes none (`masks.label_maps`).
     """
 
     predicted_ids: Tensor
@@ -70,6 +80,7 @@ class AnnotatedBatch:
     maps: Tensor
     thresholds: Tensor
     components: Components
+    label_maps: Tensor | None = None
 
 
 def pick_device(requested: str) -> torch.device:
@@ -143,12 +154,16 @@ class Annotator:
         compile_model: bool = False,
         tiling: TilingConfig | None = None,
         capture_boxes: bool | None = None,
+        masks: MasksConfig | None = None,
     ) -> None:
         self.spec = loaded.spec
         self.setup = setup = loaded.setup
         tiling = tiling if tiling is not None and tiling.enabled else None
         self.cam_config = cam
         self.box_config = boxes
+        # Label maps of the kept classes (`masks.label_maps`); None: the run writes none.
+        self.mask_config = masks if masks is not None and getattr(masks, "label_maps", False) else None
+        self.crf = CrfSettings()
         self.input_size = setup.input_size
         self.device = device
         self.top_k = min(cam.top_k, setup.num_classes)
@@ -264,11 +279,13 @@ class Annotator:
         maps: Tensor,
         thresholds: Tensor | None = None,
         components: Components | None = None,
+        label_maps: Tensor | None = None,
     ) -> AnnotatedBatch:
         thresholds = self._thresholds(maps) if thresholds is None else thresholds
         components = self._components(maps, thresholds, choice) if components is None else components
         b, k = choice.class_ids.shape
         fields = [getattr(components, name) for name in Components.__dataclass_fields__]
+        labelled = [] if label_maps is None else [label_maps]
         host = _to_host(
             [
                 choice.predicted_ids,
@@ -279,12 +296,16 @@ class Annotator:
                 choice.given,
                 maps,
                 thresholds.view(b, k),
+                *labelled,
                 *fields,
             ]
         )
-        return AnnotatedBatch(*host[:8], Components(*host[8:]))
+        label_host = host.pop(8) if labelled else None
+        return AnnotatedBatch(*host[:8], Components(*host[8:]), label_host)
 
-    def _boxed_by_stage(self, forward: _Forward, valid_wh: Tensor, size: int) -> AnnotatedBatch | None:
+    def _boxed_by_stage(
+        self, forward: _Forward, valid_wh: Tensor, size: int, label_maps: Tensor | None
+    ) -> AnnotatedBatch | None:
         """The plain mode's maps, thresholds and boxes from `self.box_stage`, the same as its eager steps give; None
         where the stage cannot be captured at this batch's size (the eager steps box the batch then)."""
         assert self.box_stage is not None
@@ -310,7 +331,9 @@ class Annotator:
             choice.kept,
             choice.given,
         ]
-        host = _to_host([*chosen, *out.tensors()])
+        labelled = [] if label_maps is None else [label_maps]
+        host = _to_host([*chosen, *labelled, *out.tensors()])
+        label_host = host.pop(len(chosen)) if labelled else None
         stage = StageOutput.from_tensors(host[len(chosen) :])
         fields = list(Components.__dataclass_fields__)
         if bool(stage.converged):
@@ -325,7 +348,7 @@ class Annotator:
         if not choice.every_slot_kept:  # the stage boxes every slot at its fixed shape; padding is never written
             own = host[4].flatten()[components.map_index]
             components = Components(*(getattr(components, name)[own] for name in fields))
-        return AnnotatedBatch(*host[: len(chosen)], stage.maps, stage.thresholds.view(b, k), components)
+        return AnnotatedBatch(*host[: len(chosen)], stage.maps, stage.thresholds.view(b, k), components, label_host)
 
     def _whole_image_maps(self, raw: Tensor, valid_wh: Tensor, size: int, grid: int | None = None) -> Tensor:
         """Resamples (bilinear) each map's valid region onto a grid covering the original image, normalised.
@@ -335,13 +358,42 @@ class Annotator:
         extent = valid_wh.float() * torch.tensor([w / size, h / size], device=raw.device)
         return normalize_maps(resample_regions(raw, extent, grid))
 
-    def _refine(self, maps: Tensor, activation: Tensor, valid_wh: Tensor, size: int) -> Tensor:
-        """Class maps x (normalised mean activation of the refining block) ** power, renormalised.
+    def _refine(
+        self, maps: Tensor, activation: Tensor, valid_wh: Tensor, size: int, power: float | None = None
+    ) -> Tensor:
+        """Class maps x (normalised mean activation of the refining block) ** power (`cam.refine_power` unless
+        given), renormalised.
 
         The class map says which object; the finer, class-agnostic activation says where its edges are. This is
         the multiplicative fusion of shallow features of SPOL (Wei et al., CVPR 2021), without training."""
         fine = self._whole_image_maps(activation, valid_wh, size, grid=maps.shape[-1])
-        return normalize_maps(maps * fine.pow(self.cam_config.refine_power))
+        return normalize_maps(maps * fine.pow(self.cam_config.refine_power if power is None else power))
+
+    def _label_scores(self, plain: Tensor, activation: Tensor | None, valid_wh: Tensor, size: int) -> Tensor:
+        """(B, K, R, R): the maps label maps are made of, for every image alike: the geometric mean of each plain
+        map and its refined map (normalised, the map refined at half `cam.refine_power`) where the mode refines,
+        else the plain map. Refinement sharpens a map to an object's most active part, which boxes small objects
+        well and cuts large ones down; the plain map spreads past the object. Their mean labels better than either
+        (docs/localization.md), and the confidence gate that picks one of them for boxes does not apply."""
+        if activation is None:
+            return plain
+        return self._refine(plain, activation, valid_wh, size, self.cam_config.refine_power / 2)
+
+    def label_maps_of(self, scores: Tensor, kept: Tensor, pixels: Tensor, valid_wh: Tensor) -> Tensor | None:
+        """Each image's label map (B, R, R) uint8 from its kept classes' `scores` (B, K, R, R) and its canvas
+        (`pixels` (B, S, S, 3) uint8, of which `valid_wh` (B, 2) is the image), under `masks`; None where the run
+        writes none."""
+        config = self.mask_config
+        if config is None:
+            return None
+        kept = kept.to(scores.device)
+        background = own_background(scores, kept) if config.background == "auto" else config.background
+        if config.refine == "crf":
+            colours = cell_colours(pixels.to(scores.device), valid_wh, scores.shape[-1])
+            return crf_label_maps(
+                scores, kept, background, colours, valid_wh, self.crf, config.ignore_below, CRF_UPSAMPLE
+            )
+        return argmax_label_maps(scores, kept, background, config.ignore_below)
 
     def _keeps_plain(self, scores: Tensor) -> Tensor:
         """(B,) bool: the images whose top-1 prediction (`scores[:, 0]`, of (B, P) best first) scores at least
@@ -402,17 +454,24 @@ class PlainMode:
         choice = forward.choice
         assert choice is not None
         valid_wh = valid_wh.to(a.device)
-        if a.box_stage is not None and (boxed := a._boxed_by_stage(forward, valid_wh, x.shape[-1])):
+        size = x.shape[-1]
+        plain = label_maps = None
+        if a.mask_config is not None:
+            plain = a._whole_image_maps(forward.raw_maps.float(), valid_wh, size)
+            scores = a._label_scores(plain, forward.activation, valid_wh, size)
+            label_maps = a.label_maps_of(scores, choice.kept, pixels, valid_wh)
+        if a.box_stage is not None and (boxed := a._boxed_by_stage(forward, valid_wh, size, label_maps)):
             return boxed
-        maps = a._whole_image_maps(forward.raw_maps.float(), valid_wh, x.shape[-1])
+        if plain is None:
+            plain = a._whole_image_maps(forward.raw_maps.float(), valid_wh, size)
         if forward.activation is None and a.cam_config.refine:  # no finer block (a ViT): the plain map for all
-            every = torch.ones(maps.shape[0], dtype=torch.bool, device=maps.device)
-            return a._boxed(choice, *a._maps_keeping_plain(maps, maps, every))
+            every = torch.ones(plain.shape[0], dtype=torch.bool, device=plain.device)
+            return a._boxed(choice, *a._maps_keeping_plain(plain, plain, every), label_maps=label_maps)
         if forward.activation is None:
-            return a._boxed(choice, maps)
-        refined = a._refine(maps, forward.activation, valid_wh, x.shape[-1])
-        maps, thresholds = a._maps_keeping_plain(maps, refined, a._keeps_plain(choice.predicted_scores))
-        return a._boxed(choice, maps, thresholds)
+            return a._boxed(choice, plain, label_maps=label_maps)
+        refined = a._refine(plain, forward.activation, valid_wh, size)
+        maps, thresholds = a._maps_keeping_plain(plain, refined, a._keeps_plain(choice.predicted_scores))
+        return a._boxed(choice, maps, thresholds, label_maps=label_maps)
 
 
 class TiledMode:
@@ -457,13 +516,19 @@ class TiledMode:
                 canvas[tiled], device_wh[tiled], forward.class_ids[tiled], plain.shape[-1]
             )
             fused[tiled] = self._fuse(coarse[tiled], fine, layer)
+        label_maps = None
+        if a.mask_config is not None:
+            # The tiled images' fused maps, the others' as the plain mode makes them (docs/localization.md).
+            scores = a._label_scores(plain, forward.activation, small_wh, size)
+            scores = torch.where(keep.view(-1, 1, 1, 1), scores, fused)
+            label_maps = a.label_maps_of(scores, choice.kept, pixels, valid_wh)
         maps, thresholds = a._maps_keeping_plain(plain, fused, keep)
         components = None
         if above_area is not None and refined is not None and tiled.numel():
             maps, thresholds, components = self._large_objects_from_whole_image(
                 maps, thresholds, refined, ~keep, above_area, choice
             )
-        return a._boxed(choice, maps, thresholds, components)
+        return a._boxed(choice, maps, thresholds, components, label_maps)
 
     def _large_objects_from_whole_image(
         self, maps: Tensor, thresholds: Tensor, whole: Tensor, tiled: Tensor, above_area: float, choice: ClassChoice

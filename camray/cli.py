@@ -162,6 +162,7 @@ EXAMPLES = {
     'GROUP BY label ORDER BY images DESC"',
     "export coco": "camray export coco --output output --min-score 0.2 --dest output/coco.json",
     "export yolo": "camray export yolo --output output --classes 'Egyptian cat' tabby --dest output/yolo",
+    "export masks": "camray export masks --output output --dest output/masks",
 }
 
 
@@ -240,9 +241,11 @@ def build_camray_parser() -> argparse.ArgumentParser:
     )
 
     export = subparsers.add_parser(
-        "export", help="write the boxes as COCO instances JSON or YOLO labels", formatter_class=_formatter
+        "export",
+        help="write the boxes as COCO instances JSON or YOLO labels, the label maps as VOC-style PNGs",
+        formatter_class=_formatter,
     )
-    formats = export.add_subparsers(dest="format", metavar="{coco,yolo}", required=True)
+    formats = export.add_subparsers(dest="format", metavar="{coco,yolo,masks}", required=True)
     coco = _subparser(formats, "coco", "COCO instances JSON: images, categories, annotations (+ RLE)", "export coco")
     _common(coco)
     _filters(coco)
@@ -251,6 +254,22 @@ def build_camray_parser() -> argparse.ArgumentParser:
     _common(yolo)
     _filters(yolo)
     yolo.add_argument("--dest", required=True, metavar="DIR", help="folder for labels/, classes.txt, images.txt")
+    masks = _subparser(
+        formats,
+        "masks",
+        "label maps: one indexed PNG per image, VOC's palette, values the lines of classes.txt",
+        "export masks",
+    )
+    _common(masks)
+    masks.add_argument(
+        "--run", metavar="RUN_ID", help="one run (default: the newest row of each image, succeeded runs)"
+    )
+    masks.add_argument(
+        "--classes", nargs="+", metavar="CLASS", help="export these class ids or labels (the others' pixels: 255)"
+    )
+    masks.add_argument(
+        "--dest", required=True, metavar="DIR", help="folder for SegmentationClass/, classes.txt, images.txt"
+    )
     return parser
 
 
@@ -370,6 +389,12 @@ def _cmd_query(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from camray.outputs.export import DEFAULT_MIN_SCORE, write_coco, write_yolo
 
+    if args.format == "masks":
+        from camray.outputs.mask_export import write_masks
+
+        path = write_masks(_output(args), args.dest, run_id=args.run, classes=args.classes)
+        print(f"masks: {path.resolve()}")
+        return 0
     min_score = DEFAULT_MIN_SCORE if args.min_score is None else args.min_score
     options = {"run_id": args.run, "min_score": min_score, "classes": args.classes}
     writer = write_coco if args.format == "coco" else write_yolo

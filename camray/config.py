@@ -11,7 +11,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,6 +28,8 @@ DEPRECATED_FIELDS = {
     "source.s3_endpoint_url": "storage.s3_endpoint_url",
     "source.s3_region": "storage.s3_region",
     "source.s3_max_attempts": "storage.s3_max_attempts",
+    # The switch of the first kept class's `mask` column moved to the section of the masks.
+    "boxes.masks": "masks.top1",
 }
 
 
@@ -282,7 +284,54 @@ class BoxConfig(_Section):
         lt=1.0,
         description="Components other than the largest must cover this fraction of the image to be kept.",
     )
-    masks: bool = Field(True, description="Write a COCO RLE pseudo-mask of the best-scoring kept class.")
+
+
+class MasksConfig(_Section):
+    """Label maps for segmentation: each pixel of an image labelled with one of its kept classes, background or
+    undecided, written as one COCO RLE per kept class (the `masks` column; docs/localization.md)."""
+
+    label_maps: bool = Field(
+        True,
+        description="Write each image's label map over its kept classes: the `masks` column, one COCO RLE per kept "
+        "class, never overlapping (and `ignore_mask` with `ignore_below`). The maps it is made of: each class's "
+        "plain map, or where the preset refines maps, the geometric mean of its plain and refined maps (with the "
+        "tiles' where the preset tiles), whatever `cam.plain_above_score` decides for boxes.",
+    )
+    background: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["auto"] = Field(
+        0.8,
+        description="A pixel where every kept class's normalised map is below this is background; elsewhere it "
+        "takes the class whose map is highest there (the argmax rule of CAM seeds). `auto`: each image's own level, "
+        "the mean over the image of its highest map, which the CRF (`refine: crf`) labels best with "
+        "(docs/localization.md).",
+    )
+    refine: Literal["none", "crf"] = Field(
+        "none",
+        description="`crf`: the label map decided by a fully connected CRF over the label rule's scores and the "
+        "image's colours (Kraehenbuehl and Koltun, NeurIPS 2011), so that it follows the photo's edges; computed on "
+        "the maps' 56 x 56 grid, on the model's device. `none`: the rule alone.",
+    )
+    ignore_below: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Above `background`: a pixel whose highest map is below this is left undecided (255 in the "
+        "PNG export, `ignore_mask` in the results), as pseudo-label sets leave pixels a segmenter's loss skips. "
+        "None: every pixel is decided.",
+    )
+    top1: bool = Field(
+        True,
+        description="Also write the `mask` column: the first kept class's map thresholded at its box threshold, "
+        "as one COCO RLE (the pseudo-mask of outputs before label maps; kept for one more schema version, then "
+        "removed: read `masks`).",
+    )
+
+    @model_validator(mode="after")
+    def _band_above_background(self) -> MasksConfig:
+        if self.ignore_below is not None and self.background != "auto" and self.ignore_below <= self.background:
+            raise ValueError(
+                f"`masks.ignore_below` ({self.ignore_below}) must be above `masks.background` ({self.background})"
+            )
+        return self
 
 
 class TilingConfig(_Section):
@@ -512,6 +561,7 @@ class JobConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     cam: CamConfig = Field(default_factory=CamConfig)
     boxes: BoxConfig = Field(default_factory=BoxConfig)
+    masks: MasksConfig = Field(default_factory=MasksConfig)
     tiling: TilingConfig = Field(default_factory=TilingConfig)
     sink: SinkConfig = Field(default_factory=SinkConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
@@ -555,6 +605,11 @@ class JobConfig(_Section):
             include={"model": True, "cam": True, "boxes": True},
             exclude={"model": {"device", "precision", "channels_last", "compile"}},
         )
+        # The `mask` switch keeps its old place in the hash; label maps enter it when written, so that outputs
+        # made before them keep their fingerprints (and done work) only where a run writes none.
+        relevant["boxes"]["masks"] = self.masks.top1
+        if self.masks.label_maps:
+            relevant["masks"] = self.masks.model_dump(exclude={"top1"})
         for section, defaults in UNSET_BEFORE.items():
             for name, default in defaults.items():
                 if relevant[section][name] == default:

@@ -87,6 +87,12 @@ class DetectMode:
         extent = torch.cat([device_wh.float() * (size / self.canvas_size), tile_extent.float()])
         window_maps = a._whole_image_maps(raw, extent, size, grid)  # (W, K, grid, grid), each over its region
         window_thresholds = a._thresholds(window_maps)
+        label_maps = None
+        if a.mask_config is not None:  # the whole image's label scores, with its tiles' where those are higher
+            whole_activation = None if activation is None else activation[:images]
+            scores = a._label_scores(window_maps[:images], whole_activation, extent[:images], size)
+            scores = self._image_maps(scores, raw[images:], image_of, offsets, device_wh, images)
+            label_maps = a.label_maps_of(scores, choice.kept, pixels, valid_wh)
         if activation is not None:  # refined as `PlainMode` refines, window by window; sure windows keep plain maps
             refined = a._refine(window_maps, activation, extent, size)
             sure = a._keeps_plain(chosen["probs"].max(dim=1, keepdim=True).values)
@@ -94,7 +100,7 @@ class DetectMode:
         maps = self._image_maps(window_maps[:images], raw[images:], image_of, offsets, device_wh, images)
         components = self._boxes(window_maps, window_thresholds, window_probs, region, window_image, device_wh, choice)
         thresholds = window_thresholds.view(-1, class_ids.shape[1])[:images]
-        return a._boxed(choice, maps, thresholds.flatten(), components)
+        return a._boxed(choice, maps, thresholds.flatten(), components, label_maps)
 
     def _image_maps(
         self, whole: Tensor, tile_raw: Tensor, image_of: Tensor, offsets: Tensor, valid_wh: Tensor, images: int

@@ -64,6 +64,9 @@ def _type_name(annotation: Any) -> str:
     args = typing.get_args(annotation)
     if origin is Literal:
         return "one of " + ", ".join(f"`{value}`" for value in args)
+    if origin is typing.Annotated:  # a bounded member of a union (`float` in [0, 1], or `auto`)
+        bounds = ", ".join(_bounds(item) for item in args[1:] if isinstance(item, FieldInfo))
+        return f"{_type_name(args[0])} ({bounds})" if bounds else _type_name(args[0])
     if origin in (typing.Union, types.UnionType):
         named = [_type_name(arg) for arg in args if arg is not type(None)]
         return " or ".join(named) + (" or null" if type(None) in args else "")

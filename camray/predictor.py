@@ -1,4 +1,4 @@
-"""The predictor: decoded images -> top-k predictions, class maps, boxes and a pseudo-mask per image.
+"""The predictor: decoded images -> top-k predictions, class maps, boxes and a label map per image.
 
 `Predictor` is the Ray Data actor callable around `camray.annotator.Annotator` (the compute, plain PyTorch):
 config validated and model loaded once in `__init__` from the run's resolved setup, numpy batch in, Arrow rows
@@ -66,6 +66,7 @@ class Predictor:
             job.model.compile,
             job.tiling,
             job.runtime.capture_boxes,
+            job.masks,
         )
         # Ray Data hands a GPU actor two batches at once (`camray.planning`): one thread loads its batch onto the
         # device on this loader's stream while the other computes; the annotator takes one batch at a time.
@@ -79,7 +80,8 @@ class Predictor:
             config_fingerprint=self.fingerprint,
             run_id=run_id,
             categories=pa.array(resolved.class_names, pa.string()),
-            write_masks=job.boxes.masks,
+            write_masks=job.masks.top1,
+            write_ignore=job.masks.label_maps and job.masks.ignore_below is not None,
         )
         logger.info("predictor ready: %s on %s, method %s", self.model_name, device, self.annotator.method)
 

@@ -12,6 +12,8 @@ CREATE EXTERNAL TABLE IF NOT EXISTS camray_results (
   `cams` array<struct<class_id:int,heatmap_height:int,heatmap_width:int,heatmap:binary>>,
   `boxes` array<struct<class_id:int,label:string,score:float,x0:float,y0:float,x1:float,y1:float>>,
   `mask` struct<class_id:int,size:array<int>,counts:string>,
+  `masks` array<struct<class_id:int,label:string,size:array<int>,counts:string>>,
+  `ignore_mask` struct<size:array<int>,counts:string>,
   `config_fingerprint` string,
   `run_id` string
 )

@@ -104,25 +104,27 @@ def test_cli_fails_before_any_work(tmp_path):
 
 
 # The fingerprint of the `fast` preset (the config's field defaults, and the default preset then) before the S3
-# settings moved to `storage`: outputs written then keep skipping their done work.
+# settings moved to `storage`: outputs written then keep skipping their done work (a run that writes no label maps:
+# label maps are results those outputs lack).
 FAST_FINGERPRINT = "7c0a8234eb15cec4"
+NO_LABEL_MAPS = {"masks.label_maps": False}
 
 
 def test_s3_settings_live_in_storage_and_leave_the_fingerprint_alone():
     config = load_config(
-        overrides={"storage.s3_endpoint_url": "http://minio:9000", "storage.s3_region": "eu-west-1"},
+        overrides={"storage.s3_endpoint_url": "http://minio:9000", "storage.s3_region": "eu-west-1", **NO_LABEL_MAPS},
         preset="fast",
     )
     assert config.storage.s3_endpoint_url == "http://minio:9000" and config.storage.s3_region == "eu-west-1"
     assert config.storage.s3_max_attempts == 6
-    assert JobConfig().fingerprint() == config.fingerprint() == FAST_FINGERPRINT
+    assert config.fingerprint() == FAST_FINGERPRINT
 
 
 def test_the_old_s3_spellings_still_work_with_a_warning_naming_the_new_field(tmp_path, caplog):
     path = tmp_path / "job.yaml"
     path.write_text("source:\n  uri: photos\n  s3_endpoint_url: http://minio:9000\n  s3_max_attempts: 3\n")
     with pytest.warns(DeprecationWarning) as warned:
-        config = load_config(path, {"source.s3_region": "eu-west-1"}, preset="fast")
+        config = load_config(path, {"source.s3_region": "eu-west-1", **NO_LABEL_MAPS}, preset="fast")
     assert config.source.uri == "photos"
     assert (config.storage.s3_endpoint_url, config.storage.s3_region, config.storage.s3_max_attempts) == (
         "http://minio:9000",
@@ -186,6 +188,28 @@ def test_the_demo_without_its_data_packages_fails_fast_naming_the_extra(tmp_path
     assert ran.returncode == 2, ran.stdout + ran.stderr
     assert "photos ship in scikit-image, not installed" in ran.stderr and "pip install 'camray[demo]'" in ran.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_label_maps_fields_the_old_mask_switch_and_the_fingerprint(caplog):
+    """`boxes.masks` is read as `masks.top1` with a warning, in its old place in the fingerprint; label maps enter
+    the fingerprint when written; a band below the background is refused naming the field."""
+    with pytest.warns(DeprecationWarning, match="`boxes.masks` is deprecated .* set `masks.top1` instead"):
+        old = load_config(overrides={"boxes.masks": False, **NO_LABEL_MAPS}, preset="fast")
+    assert old.masks.top1 is False and "masks" not in old.model_dump()["boxes"]
+    assert old.fingerprint() != FAST_FINGERPRINT
+    new = load_config(overrides={"masks.top1": False, **NO_LABEL_MAPS}, preset="fast")
+    assert new.fingerprint() == old.fingerprint()
+    fingerprints = {
+        load_config(overrides=overrides, preset="fast").fingerprint()
+        for overrides in ({}, {"masks.background": 0.6}, {"masks.refine": "crf"}, {"masks.ignore_below": 0.9})
+    }
+    assert len(fingerprints | {FAST_FINGERPRINT}) == 5
+    balanced = load_config().masks
+    assert (balanced.refine, balanced.background, balanced.label_maps) == ("crf", "auto", True)
+    for bad, field in (({"masks.ignore_below": 0.5}, "masks"), ({"masks.background": "mean"}, "masks.background")):
+        with pytest.raises(ConfigError, match=field):
+            load_config(overrides=bad, preset="fast")
+    assert load_config(overrides={"masks.ignore_below": 0.5}).masks.ignore_below == 0.5  # above an `auto` background
 
 
 def test_the_classes_fields_leave_old_fingerprints_alone_and_labels_from_a_manifest_is_refused():

@@ -15,6 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -254,26 +255,36 @@ def test_fine_tuned_heads_labels_and_classes_through_the_job(ray_cluster, s3_ser
 
 
 def _previous_schema_is_still_read(out: Path, tmp_path: Path) -> None:
-    """The output rewritten as schema version 2 wrote it (no `labels`, metadata 2): query, report and both
-    exports read it, `labels` as null."""
-    from camray.io.schema import RESULTS
+    """The output rewritten as schema version 2 wrote it (no `labels`, `container_uri`, label maps; metadata 2):
+    query, report and the exports read it, the new columns as null; the masks export takes each row's `mask`."""
+    from camray.io.schema import RESULTS, decode_mask
     from camray.outputs.export import coco, write_yolo
+    from camray.outputs.label_png import read_classes, read_label_png
+    from camray.outputs.mask_export import write_masks
     from camray.outputs.query import connect
     from camray.outputs.report import write_report
     from camray.outputs.tables import Output
 
     old = tmp_path / "version-2"
     shutil.copytree(out, old)
-    v2 = pa.schema([field for field in RESULTS if field.name != "labels"], metadata={b"camray.schema_version": b"2"})
+    added = ("labels", "container_uri", "masks", "ignore_mask")
+    v2 = pa.schema([field for field in RESULTS if field.name not in added], metadata={b"camray.schema_version": b"2"})
     for path in (old / "results").glob("*.parquet"):
         pq.write_table(pq.read_table(path).select(v2.names).cast(v2), path)
     assert pq.read_schema(next((old / "results").glob("*.parquet"))).metadata[b"camray.schema_version"] == b"2"
     con = connect(str(old))
     assert con.sql("SELECT count(*), count(labels) FROM results").fetchall() == [(3, 0)]
     assert con.sql("SELECT count(*) FROM labels").fetchall() == [(0,)]
+    assert con.sql("SELECT count(*) FROM masks").fetchall() == [(0,)]
     assert con.sql("SELECT count(*) FROM boxes").fetchall()[0][0] > 0
     page = write_report(Output(str(old)), tmp_path / "report-v2")
-    assert "coffee.jpg" in page.read_text()
+    assert "coffee.jpg" in page.read_text() and 'class="labels"' not in page.read_text()
+    masks = write_masks(Output(str(old)), tmp_path / "masks-v2")
+    names = read_classes(masks / "classes.txt")
+    for row in Output(str(old)).latest_results(None).to_pylist():
+        pixels = read_label_png(masks / "SegmentationClass" / f"{Path(row['image_uri']).stem}.png")
+        value = next(v for v, name in names.items() if name == CLASSES[row["mask"]["class_id"]])
+        assert np.array_equal(pixels == value, decode_mask(row["mask"])) and set(np.unique(pixels)) <= {0, value}
     document = coco(Output(str(old)), min_score=0.0)
     assert {category["supercategory"] for category in document["categories"]} == {"resnet18"}
     assert {category["name"] for category in document["categories"]} <= set(CLASSES)

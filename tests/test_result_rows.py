@@ -7,7 +7,8 @@ import torch
 from pycocotools import mask as coco_mask
 
 from camray.cam.boxes import Components
-from camray.io.schema import ROWS, decode_heatmap, decode_mask
+from camray.cam.label_maps import resize_label_map
+from camray.io.schema import ROWS, decode_heatmap, decode_mask, label_map
 from camray.result_rows import AnnotatedBatch, RowContext, mask_rle, result_table
 
 CATEGORIES = pa.array([f"class {i}" for i in range(10)])
@@ -165,3 +166,38 @@ def test_mask_rle_equals_encoding_the_full_resolution_mask(shape, size, seed):
     assert mask_rle(grid, width, height) == {"size": [height, width], "counts": expected}
     all_on = mask_rle(np.ones(shape, dtype=bool), width, height)
     assert coco_mask.area({"size": [height, width], "counts": all_on["counts"].encode()}) == width * height
+
+
+def _replaced(out: AnnotatedBatch, **fields: object) -> AnnotatedBatch:
+    return AnnotatedBatch(**{**{name: getattr(out, name) for name in AnnotatedBatch.__dataclass_fields__}, **fields})
+
+
+def test_label_maps_become_one_rle_per_kept_class_and_the_undecided_pixels():
+    """Image 0 keeps both classes, image 1 only its first (its second slot padding): every kept class has its RLE
+    at the image's size, in the order of `cams`, none overlapping; image 1's padding never appears; the band's
+    pixels are `ignore_mask`."""
+    out, images = _batch()
+    out = _replaced(out, kept=torch.tensor([[True, True], [True, False]]))
+    label_maps = torch.zeros(2, 4, 4, dtype=torch.uint8)
+    label_maps[0, :2, :2], label_maps[0, 2:, :], label_maps[0, 0, 3] = 1, 2, 255
+    label_maps[1, 1:3, 1:3] = 1
+    context = RowContext("m", "cam", "fp", "run", CATEGORIES, write_masks=False, write_ignore=True)
+    first, second = result_table(_replaced(out, label_maps=label_maps), images, context).to_pylist()
+    assert [(m["class_id"], m["label"]) for m in first["masks"]] == [(7, "class 7"), (3, "class 3")]
+    assert [m["class_id"] for m in second["masks"]] == [2]
+    for row, grid in zip((first, second), label_maps.numpy(), strict=True):
+        expected = resize_label_map(grid, row["width"], row["height"])
+        decoded = [decode_mask(entry) for entry in row["masks"]]
+        assert all(mask.shape == (row["height"], row["width"]) for mask in decoded)
+        assert sum(mask.astype(int) for mask in decoded).max() == 1  # no pixel in two masks
+        for value, mask in enumerate(decoded, start=1):
+            np.testing.assert_array_equal(mask, expected == value)
+        np.testing.assert_array_equal(decode_mask(row["ignore_mask"]), expected == 255)
+        np.testing.assert_array_equal(label_map(row), expected)
+    assert not decode_mask(second["ignore_mask"]).any() and first["mask"] is None
+    without = result_table(out, images, RowContext("m", "cam", "fp", "run", CATEGORIES, True)).to_pylist()
+    assert [(row["masks"], row["ignore_mask"]) for row in without] == [(None, None)] * 2  # no label maps written
+    no_band = RowContext("m", "cam", "fp", "run", CATEGORIES, write_masks=True)
+    assert [
+        row["ignore_mask"] for row in result_table(_replaced(out, label_maps=label_maps), images, no_band).to_pylist()
+    ] == [None, None]

@@ -11,8 +11,11 @@ Measured, each in a fresh driver process connected to one Ray cluster started be
   (`camray run`, imports included);
 - `camray report`, `query` and `runs` after a kept run, over both outputs: peak RSS and wall time;
 - `camray export coco` over an output of 10,000 rows and over the H-row one: its peak RSS (stopped at
-  `--export-cap-gib`, so that it cannot take the machine down).
-Targets: driver peak with H rows <= 1.2x the peak with none; added wall time <= 30 s per 10 M rows; export
+  `--export-cap-gib`, so that it cannot take the machine down);
+- `camray export masks` over an output of 100 rows and one of 10,000, each row a label map of two or three
+  classes at 640 x 480 (`fabricate_label_maps`): its peak RSS and wall time (`--only-masks-export` runs this
+  alone, without Ray or the H-row history).
+Targets: driver peak with H rows <= 1.2x the peak with none; added wall time <= 30 s per 10 M rows; each export
 within 1.5x. Prints a table and writes `bench-history-results.json`. Absolute numbers vary by machine.
 """
 
@@ -102,6 +105,84 @@ def fabricate_history(
         schema_version=pa.array([2] * len(run_ids), pa.int32()),
     )
     pq.write_table(pa.table(runs_table, schema=RUNS), output / "runs" / "history.parquet")
+
+
+def fabricate_label_maps(output: Path, rows: int, rows_per_file: int = 4096, seed: int = 0) -> None:
+    """An output of `rows` results of one succeeded run, each image's label map two or three classes at 640 x 480
+    (`masks`, as the job writes them, from maps of 56 x 56 cells), under a thousand images a folder; the other map,
+    box and mask columns null."""
+    import numpy as np
+    from pycocotools import mask as coco_mask
+
+    # Not `camray.cam.label_maps`: it imports torch, and the export's measured peak would start from this
+    # process's (a child's high-water mark starts from its parent's at the fork).
+    rng = np.random.default_rng(seed)
+    width, height = 640, 480
+    patterns = []  # a few label maps, reused: what is measured is the export, not the fabrication
+    for _ in range(16):
+        grid = np.zeros((56, 56), dtype=np.uint8)
+        classes = int(rng.integers(2, 4))
+        for value in range(1, classes + 1):
+            y, x, r = (int(v) for v in rng.integers([8, 8, 5], [48, 48, 16]))
+            ys, xs = np.ogrid[:56, :56]
+            grid[(ys - y) ** 2 + (xs - x) ** 2 < r * r] = value
+        ids = rng.choice(1000, size=classes, replace=False).tolist()
+        rows_at = ((np.arange(height) + 0.5) * 56 / height).astype(int)
+        cols_at = ((np.arange(width) + 0.5) * 56 / width).astype(int)
+        full = grid[np.ix_(rows_at, cols_at)]
+        entries = []
+        for value, class_id in enumerate(ids, start=1):
+            counts = coco_mask.encode(np.asfortranarray((full == value).astype(np.uint8)))["counts"].decode()
+            entries.append(
+                {"class_id": class_id, "label": f"class {class_id}", "size": [height, width], "counts": counts}
+            )
+        patterns.append(entries)
+    run_id = f"{FABRICATED_RUN}000000"
+    (output / "results").mkdir(parents=True, exist_ok=True)
+    (output / "runs").mkdir(parents=True, exist_ok=True)
+    for index, start in enumerate(range(0, rows, rows_per_file)):
+        count = min(rows_per_file, rows - start)
+        numbers = range(start, start + count)
+        columns = {field.name: pa.nulls(count, field.type) for field in RESULTS}
+        columns.update(
+            image_uri=pa.array([f"/bench-history/photos/{n // 1000}/{n}.jpg" for n in numbers]),
+            width=pa.array([width] * count, pa.int32()),
+            height=pa.array([height] * count, pa.int32()),
+            masks=pa.array([patterns[n % len(patterns)] for n in numbers], RESULTS.field("masks").type),
+            run_id=pa.array([run_id] * count),
+        )
+        pq.write_table(pa.table(columns, schema=RESULTS), output / "results" / f"{run_id}-a01-{index:05d}.parquet")
+    started = datetime(2025, 12, 1, tzinfo=UTC)
+    runs = {field.name: pa.nulls(1, field.type) for field in RUNS}
+    runs.update(
+        run_id=pa.array([run_id]),
+        status=pa.array(["succeeded"]),
+        started_at=pa.array([started], pa.timestamp("us", tz="UTC")),
+        schema_version=pa.array([3], pa.int32()),
+    )
+    pq.write_table(pa.table(runs, schema=RUNS), output / "runs" / f"{run_id}.parquet")
+
+
+def masks_export_case(name: str, output: Path, env: dict[str, str], logs: Path) -> dict[str, object]:
+    """`camray export masks` over the output, in a fresh process: peak RSS, wall time and the files written."""
+    dest = logs / f"masks-{name}"
+    command = [sys.executable, "-m", "camray.cli", "export", "masks", "--output", str(output), "--dest", str(dest)]
+    measured = measure_process(command, env, logs / f"masks-export-{name}.log")
+    if measured.returncode != 0:
+        raise RuntimeError(f"the masks export of the {name} output failed; see {logs}/masks-export-{name}.log")
+    files = sum(1 for _ in (dest / "SegmentationClass").rglob("*.png"))
+    shutil.rmtree(dest, ignore_errors=True)
+    return {"peak_rss_mib": measured.peak_rss / 2**20, "seconds": measured.seconds, "files": files}
+
+
+def masks_export(root: Path, env: dict[str, str], logs: Path, small: int, large: int) -> dict[str, object]:
+    """The masks export over a `small`- and a `large`-row output of label maps, each fabricated fresh."""
+    out: dict[str, object] = {}
+    for name, rows in (("small", small), ("large", large)):
+        fabricate_label_maps(root / f"masks-{name}", rows)
+        out[name] = {"rows": rows, **masks_export_case(name, root / f"masks-{name}", env, logs)}
+        shutil.rmtree(root / f"masks-{name}", ignore_errors=True)
+    return out
 
 
 def _newest_run(output: Path) -> dict:
@@ -203,8 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-cap-gib", type=float, default=5.0, help="an export above this RSS is stopped")
     parser.add_argument("--repeats", type=int, default=2, help="runs per case, alternated; the best counts")
     parser.add_argument("--skip-export", action="store_true")
+    parser.add_argument("--masks-rows", type=int, nargs=2, default=[100, 10_000], metavar=("SMALL", "LARGE"))
+    parser.add_argument(
+        "--only-masks-export", action="store_true", help="the masks export alone: no Ray, no H-row history"
+    )
     parser.add_argument("--output", default="data/bench-history-results.json")
     args = parser.parse_args(argv)
+    if args.only_masks_export:
+        return _masks_export_alone(args)
 
     import ray
 
@@ -265,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 "small": export_case("small", root / "small", env, logs, cap),
                 "full": export_case("full", root / "full", env, logs, cap),
             }
+            report["masks_export"] = masks_export(root, env, logs, *args.masks_rows)
     finally:
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
@@ -273,6 +361,36 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.output).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.output}")
     return 0
+
+
+def _masks_export_alone(args: argparse.Namespace) -> int:
+    root = Path(tempfile.mkdtemp(prefix="camray-bench-masks-"))
+    logs = root / "logs"
+    logs.mkdir()
+    report: dict[str, object] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+    try:
+        report["masks_export"] = masks_export(root, dict(os.environ), logs, *args.masks_rows)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    _print_masks_export(report["masks_export"])
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _print_masks_export(numbers: dict) -> None:
+    small, large = numbers["small"], numbers["large"]
+    ratio = large["peak_rss_mib"] / small["peak_rss_mib"]
+    verdict = "met" if ratio <= EXPORT_RATIO else "MISSED"
+    print(
+        f"  camray export masks peak: {small['peak_rss_mib']:.0f} MiB over {small['rows']:,} rows "
+        f"({small['seconds']:.1f} s), {large['peak_rss_mib']:.0f} MiB over {large['rows']:,} ({large['seconds']:.1f} "
+        f"s, {large['files']:,} PNGs): {ratio:.2f}x (target <= {EXPORT_RATIO}: {verdict})"
+    )
 
 
 def _print(report: dict) -> None:
@@ -317,6 +435,8 @@ def _print(report: dict) -> None:
             f"  camray export coco peak: {small['peak_rss_mib']:.0f} MiB over 10,000 rows, {big['peak_rss_mib']:.0f} "
             f"MiB over {rows:,}: {export_ratio:.2f}x{note} (target <= {EXPORT_RATIO}: {verdict})"
         )
+    if "masks_export" in report:
+        _print_masks_export(report["masks_export"])
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """mIoU of label maps against truth: a job's mask export, or any folder of indexed PNGs, scored on your own set.
 
-`python -m camray.evaluation.segmentation --pred DIR --truth DIR [--json OUT]`
+`python -m camray.evaluation.segmentation --pred DIR --truth DIR [--names FILE.json] [--unscored CLASS ...]
+[--json OUT]`
 
 Both folders hold indexed PNGs (`camray.outputs.label_png`: 0 background, k the class on line k of the folder's
-`classes.txt`, 255 ignore) and their `classes.txt`. Classes are matched by name, so the two folders may number
-them differently. Images are matched by their path under the folder, else by file name (`camray export masks`
+`classes.txt`, 255 ignore) and their `classes.txt`; for a `camray export masks` folder, its `SegmentationClass/`
+holds the PNGs. Classes are matched by name, so the two folders may number them differently; `--names` maps the
+prediction's class names onto the truth's (a JSON object, several names onto one: an ImageNet head's cat breeds
+onto `cat`), and `--unscored` leaves truth classes the prediction cannot name out of the score (their pixels
+count as ignored). Images are matched by their path under the folder, else by file name (`camray export masks`
 lays files out under the inputs' common folder, truth sets are often flat); a truth image with no prediction
 counts as all background (`missing` says how many).
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +33,7 @@ import numpy as np
 
 from camray.cam.label_maps import IGNORE
 from camray.outputs.label_png import CLASSES_FILE, read_classes, read_label_png
+from camray.outputs.mask_export import PNG_FOLDER
 
 BACKGROUND_NAME = "background"
 
@@ -126,12 +132,16 @@ def _pngs(folder: Path) -> dict[str, Path]:
     return {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*.png"))}
 
 
-def _value_lookup(folder: Path, names: list[str]) -> np.ndarray:
-    """(256,) the class index in `names` of each pixel value of `folder`'s PNGs; -1 where classes.txt has none."""
+def _value_lookup(
+    folder: Path, names: list[str], renamed: dict[str, str] | None = None, unscored: Sequence[str] = ()
+) -> np.ndarray:
+    """(256,) the class index in `names` of each pixel value of `folder`'s PNGs (its class named through `renamed`;
+    IGNORE for an `unscored` class); -1 where classes.txt has none."""
     lookup = np.full(256, -1, dtype=np.int64)
     lookup[0], lookup[IGNORE] = 0, IGNORE
     for value, name in read_classes(folder / CLASSES_FILE).items():
-        lookup[value] = names.index(name)
+        name = (renamed or {}).get(name, name)
+        lookup[value] = IGNORE if name in unscored else names.index(name)
     return lookup
 
 
@@ -144,16 +154,26 @@ def _indices(path: Path, lookup: np.ndarray) -> np.ndarray:
     return out
 
 
-def score_folders(pred_dir: str | Path, truth_dir: str | Path) -> SegmentationReport:
-    """Scores every truth PNG under `truth_dir` against its prediction under `pred_dir` (module docstring)."""
+def score_folders(
+    pred_dir: str | Path,
+    truth_dir: str | Path,
+    pred_names: dict[str, str] | None = None,
+    unscored: Sequence[str] = (),
+) -> SegmentationReport:
+    """Scores every truth PNG under `truth_dir` against its prediction under `pred_dir` (module docstring):
+    `pred_names` maps prediction class names to the truth's, `unscored` truth classes are ignored."""
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
     for folder in (pred_dir, truth_dir):
         if not (folder / CLASSES_FILE).is_file():
             raise FileNotFoundError(f"{folder} has no {CLASSES_FILE} naming its label values")
-    truth_names = list(read_classes(truth_dir / CLASSES_FILE).values())
-    pred_only = [n for n in read_classes(pred_dir / CLASSES_FILE).values() if n not in truth_names]
+    truth_names = [n for n in read_classes(truth_dir / CLASSES_FILE).values() if n not in unscored]
+    renamed = [(pred_names or {}).get(n, n) for n in read_classes(pred_dir / CLASSES_FILE).values()]
+    pred_only = list(dict.fromkeys(n for n in renamed if n not in truth_names and n not in unscored))
     names = [BACKGROUND_NAME, *[n for n in truth_names + pred_only if n != BACKGROUND_NAME]]
-    truth_lookup, pred_lookup = _value_lookup(truth_dir, names), _value_lookup(pred_dir, names)
+    truth_lookup = _value_lookup(truth_dir, names, unscored=unscored)
+    pred_lookup = _value_lookup(pred_dir, names, pred_names, unscored)
+    if (pred_dir / PNG_FOLDER).is_dir():  # a `camray export masks` folder: its PNGs are under this
+        pred_dir = pred_dir / PNG_FOLDER
     predictions = _pngs(pred_dir)
     by_name: dict[str, list[Path]] = {}
     for path in predictions.values():
@@ -186,10 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pred", required=True, help="folder of predicted label maps and their classes.txt")
     parser.add_argument("--truth", required=True, help="folder of truth label maps and their classes.txt")
+    parser.add_argument("--names", help="JSON object mapping the prediction's class names onto the truth's")
+    parser.add_argument("--unscored", nargs="+", default=[], metavar="CLASS", help="truth classes left unscored")
     parser.add_argument("--json", help="also write the report as JSON here")
     args = parser.parse_args(argv)
     try:
-        report = score_folders(args.pred, args.truth)
+        names = json.loads(Path(args.names).read_text()) if args.names else None
+        report = score_folders(args.pred, args.truth, names, args.unscored)
     except (OSError, ValueError) as exc:
         parser.exit(2, f"error: {exc}\n")
     print(report.table())

@@ -4,9 +4,12 @@ Heatmap encoding (`cams[].heatmap`): the class map normalised to [0, 1] over the
 (`round(255 * value)`), row-major, `heatmap_height` x `heatmap_width`, covering exactly the whole original
 image (resize it to `height` x `width` to overlay). `decode_heatmap` turns it back into float32.
 
-Mask encoding (`mask`): COCO run-length encoding of the pseudo-mask of the image's first kept class (the best
-scoring one that has a map) at the original `height` x `width`, `counts` as the compressed string pycocotools
-writes; `decode_mask` returns it as bool.
+Mask encoding (`mask`, each entry of `masks`, `ignore_mask`): COCO run-length encoding at the original `height` x
+`width`, `counts` as the compressed string pycocotools writes; `decode_mask` returns it as bool. `mask` is the
+pseudo-mask of the image's first kept class (its map thresholded alone; kept for schema version 3 only). `masks`
+is the image's label map (docs/localization.md): one entry per kept class, in the order of `cams`, its pixels those
+where it wins (possibly none), so that no pixel belongs to two; a pixel in none is background, or undecided where
+it is in `ignore_mask` (written with `masks.ignore_below`). `label_map` rebuilds the label map.
 
 Classes: `predictions` are the model's top-k, best first. `cams`, `boxes` and `mask` are of the kept classes
 (`cam.classes`: the predicted ones, the image's given `labels`, or both), each entry naming its `class_id`: a
@@ -27,7 +30,9 @@ import pyarrow as pa
 # (`cam.classes`) rather than the predictions one for one; `errors` gained the stage `labels`. Readers of older
 # results read `labels` as null.
 # `results` and `errors` also gained `container_uri`: the WebDataset shard or Parquet table file that holds the
-# image (null for an image file of its own). Readers of older files read it as null.
+# image (null for an image file of its own); and `results` its label map: `masks`, one COCO RLE per kept class,
+# never overlapping, and `ignore_mask`, its undecided pixels. Readers of older files read them as null. `mask`, the
+# first kept class's thresholded map, stays for this version and goes in the next.
 SCHEMA_VERSION = 3
 
 PREDICTION = pa.struct([("class_id", pa.int32()), ("label", pa.string()), ("score", pa.float32())])
@@ -51,6 +56,10 @@ BOX = pa.struct(
     ]
 )
 MASK = pa.struct([("class_id", pa.int32()), ("size", pa.list_(pa.int32())), ("counts", pa.string())])
+CLASS_MASK = pa.struct(
+    [("class_id", pa.int32()), ("label", pa.string()), ("size", pa.list_(pa.int32())), ("counts", pa.string())]
+)
+RLE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
 LABEL = pa.struct([("class_id", pa.int32()), ("label", pa.string())])
 
 _META = {b"camray.schema_version": str(SCHEMA_VERSION).encode()}
@@ -70,6 +79,8 @@ RESULTS = pa.schema(
         ("cams", pa.list_(CAM)),
         ("boxes", pa.list_(BOX)),
         ("mask", MASK),
+        ("masks", pa.list_(CLASS_MASK)),
+        ("ignore_mask", RLE),
         ("config_fingerprint", pa.string()),
         ("run_id", pa.string()),
     ],
@@ -152,8 +163,25 @@ def encode_heatmap(heatmap: np.ndarray) -> bytes:
 
 
 def decode_mask(mask: dict[str, Any]) -> np.ndarray:
-    """`mask` (as `to_pylist` gives it) -> bool[height, width]."""
+    """`mask`, an entry of `masks`, or `ignore_mask` (as `to_pylist` gives them) -> bool[height, width]."""
     from pycocotools import mask as coco_mask
 
     rle = {"size": list(mask["size"]), "counts": mask["counts"].encode()}
     return coco_mask.decode(rle).astype(bool)
+
+
+def label_map(row: dict[str, Any], values: dict[int, int] | None = None) -> np.ndarray | None:
+    """A results row's label map (uint8[height, width]) from its `masks` and `ignore_mask`: 0 background, 255
+    undecided, and for each class its value in `values` (class id -> 1..254), or its position in `masks` plus 1
+    without it; a class `values` leaves out is background. None where the row has no `masks` (written before
+    label maps, or with `masks.label_maps` off)."""
+    if row.get("masks") is None:
+        return None
+    out = np.zeros((row["height"], row["width"]), dtype=np.uint8)
+    for position, entry in enumerate(row["masks"], start=1):
+        value = position if values is None else values.get(entry["class_id"], 0)
+        if value:
+            out[decode_mask(entry)] = value
+    if row.get("ignore_mask") is not None:
+        out[decode_mask(row["ignore_mask"])] = 255
+    return out

@@ -7,8 +7,9 @@ the box; the peak alone for a given label's class) and by class (class ids or la
 COCO: `images` (`id`, `file_name` = the input URI, `width`, `height`); `categories` for the classes that
 occur, `id` = the model's class id (for an ImageNet head the ImageNet index 0-999, as in the evaluator's truth
 files), `name` its label (`model.labels`), `supercategory` the model; `annotations` with `bbox` `[x, y, w, h]`
-in pixels, `score`, `category_id`, `area`, `iscrowd` 0, and, for boxes of the class that has the pseudo-mask
-(the first kept class), `segmentation`: the COCO RLE of the mask inside that box.
+in pixels, `score`, `category_id`, `area`, `iscrowd` 0, and `segmentation`: the COCO RLE of its class's mask in
+the image's label map (`masks`) inside the box, its `area` the mask's pixels there (for outputs written without
+label maps, the first kept class's `mask`, for that class's boxes).
 
 YOLO: `labels/<path>.txt` per image, one `class cx cy w h` line per box (normalised to the image, class =
 line number in `classes.txt`), `<path>` being the input's path under the inputs' common folder (for a sample of
@@ -37,7 +38,7 @@ from camray.outputs.tables import Output
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ["image_uri", "width", "height", "model", "boxes", "mask"]
+COLUMNS = ["image_uri", "width", "height", "model", "boxes", "mask", "masks"]
 # `camray export`'s default `--min-score`: the lowest box score at which the default preset's boxes cover an object
 # of their class at least half the time on the evaluation set (0.54 there; 0.46 for `fast`, 0.54 for `accurate`).
 # A box below it is written to the results all the same, its score saying it is a guess (docs, Localization).
@@ -95,10 +96,19 @@ def _segment(mask: np.ndarray, box: dict[str, Any]) -> tuple[dict[str, Any], int
     return {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}, area
 
 
+def _class_masks(row: dict[str, Any], boxes: list[dict[str, Any]]) -> dict[int, np.ndarray]:
+    """The pixels of each class of `boxes` that has a mask: its label-map mask (`masks`), or for a row written
+    without label maps, the first kept class's `mask`; decoded only for the classes boxed."""
+    boxed = {box["class_id"] for box in boxes}
+    if row.get("masks") is not None:
+        return {entry["class_id"]: decode_mask(entry) for entry in row["masks"] if entry["class_id"] in boxed}
+    mask = row.get("mask")
+    return {mask["class_id"]: decode_mask(mask)} if mask and mask["class_id"] in boxed else {}
+
+
 def _annotations(row: dict[str, Any], image_id: int, boxes: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """The row's kept boxes as COCO annotations, without their `id`."""
-    mask = row["mask"]
-    mask_pixels = decode_mask(mask) if mask and any(b["class_id"] == mask["class_id"] for b in boxes) else None
+    masks = _class_masks(row, boxes)
     for box in boxes:
         width, height = float(box["x1"]) - float(box["x0"]), float(box["y1"]) - float(box["y0"])
         annotation: dict[str, Any] = {
@@ -109,8 +119,8 @@ def _annotations(row: dict[str, Any], image_id: int, boxes: list[dict[str, Any]]
             "iscrowd": 0,
             "score": float(box["score"]),
         }
-        if mask_pixels is not None and box["class_id"] == mask["class_id"]:
-            segment = _segment(mask_pixels, box)
+        if box["class_id"] in masks:
+            segment = _segment(masks[box["class_id"]], box)
             if segment is not None:
                 annotation["segmentation"], annotation["area"] = segment
         yield annotation
@@ -190,11 +200,17 @@ def _uri_path(row: dict[str, Any]) -> str:
     return row["image_uri"].removeprefix("s3://").removeprefix("file://")
 
 
-def _label_path(row: dict[str, Any], common: str) -> str:
-    """The image's path under the images' common folder, with `.txt` for its suffix (after a sample's key)."""
+def export_path(row: dict[str, Any], common: str, suffix: str) -> str:
+    """The image's path under the images' common folder, with `suffix` for its own (after a sample's key)."""
     path = _uri_path(row)
     relative = posixpath.relpath(path, common) if common else path.lstrip("/")
-    return (relative if row.get("container_uri") else posixpath.splitext(relative)[0]) + ".txt"
+    return (relative if row.get("container_uri") else posixpath.splitext(relative)[0]) + suffix
+
+
+def common_folder(folder: str | None, row: dict[str, Any]) -> str:
+    """`folder` (None before the first row) narrowed to hold `row`'s image too."""
+    own = posixpath.dirname(_uri_path(row))
+    return own if folder is None else posixpath.commonpath([folder, own])
 
 
 def write_yolo(
@@ -212,8 +228,7 @@ def write_yolo(
     labels: dict[int, str] = {}
     common: str | None = None
     for row in _rows(output, run_id, ["image_uri", "container_uri", "boxes"]):
-        folder = posixpath.dirname(_uri_path(row))
-        common = folder if common is None else posixpath.commonpath([common, folder])
+        common = common_folder(common, row)
         for box in _kept_boxes(row, min_score, wanted):
             labels[box["class_id"]] = box["label"]
     index = {class_id: position for position, class_id in enumerate(sorted(labels))}
@@ -226,7 +241,7 @@ def write_yolo(
     try:
         with (dest / "images.txt").open("w", encoding="utf-8") as images:
             for row in _rows(output, run_id, ["image_uri", "container_uri", "width", "height", "boxes"]):
-                name = _label_path(row, common or "")
+                name = export_path(row, common or "", ".txt")
                 lines = []
                 for box in _kept_boxes(row, min_score, wanted):
                     cx = (box["x0"] + box["x1"]) / 2 / row["width"]

@@ -15,6 +15,8 @@ from PIL import Image
 
 CLASSES_FILE = "classes.txt"
 BACKGROUND_NAMES = ("background", "_background_", "__background__")
+IGNORE = 255  # VOC's void: the value a segmenter's loss skips
+MAX_CLASSES = 254  # the values left between background (0) and IGNORE
 
 
 def voc_palette() -> list[int]:
@@ -72,6 +74,6 @@ def read_classes(path: str | Path) -> dict[int, str]:
         names = names[1:]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: a class is named twice")
-    if len(names) > 254:
+    if len(names) > MAX_CLASSES:
         raise ValueError(f"{path}: {len(names)} classes, more than an indexed PNG holds besides 0 and 255")
     return {value: name for value, name in enumerate(names, start=1)}

@@ -1,5 +1,6 @@
 """Drawing a class activation map over its photo, in the CAM lesson's look: the photo in grayscale, the map in
-a six-stop colour ramp at 50% opacity, boxes with a legend `label (prob = 0.xxx)`.
+a six-stop colour ramp at 50% opacity, boxes with a legend `label (prob = 0.xxx)`; and a label map over its photo,
+each class in its palette colour.
 
 Pure image compute on numpy arrays and PIL images; nothing here reads files or knows the tables.
 """
@@ -45,6 +46,19 @@ def overlay(gray: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     colour = ramp(resize_map(heatmap, (width, height))).astype(np.float64)
     base = np.repeat(gray[..., None].astype(np.float64), 3, axis=-1)
     return np.round((1.0 - OPACITY) * base + OPACITY * colour).astype(np.uint8)
+
+
+def label_overlay(gray: np.ndarray, labels: np.ndarray, palette: list[int]) -> np.ndarray:
+    """gray (uint8[H, W]) with a label map (uint8[h, w], 0 background, 1..254 classes, 255 undecided) resized over
+    it (nearest) -> uint8[H, W, 3]: each class's pixels in its `palette` colour (flat [r0, g0, b0, r1, ...]) at
+    `OPACITY`, undecided ones in their colour too, background left as the photo."""
+    height, width = gray.shape
+    if labels.shape != (height, width):
+        labels = np.asarray(Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST))
+    colours = np.array(palette, dtype=np.float64).reshape(-1, 3)[labels]
+    base = np.repeat(gray[..., None].astype(np.float64), 3, axis=-1)
+    mixed = np.where((labels > 0)[..., None], (1.0 - OPACITY) * base + OPACITY * colours, base)
+    return np.round(mixed).astype(np.uint8)
 
 
 @dataclass(frozen=True)

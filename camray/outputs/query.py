@@ -7,7 +7,10 @@
 - `boxes`: one row per box (`image_uri`, `run_id`, `width`, `height`, `rank`, `class_id`, `label`,
   `score`, `x0`, `y0`, `x1`, `y1`: pixel-edge coordinates in original pixels);
 - `labels`: one row per image and given label (`image_uri`, `run_id`, `model`, `class_id`, `label`); none for
-  images without labels, and for outputs written before labels existed.
+  images without labels, and for outputs written before labels existed;
+- `masks`: one row per image and class of its label map (`image_uri`, `run_id`, `width`, `height`, `rank` (the
+  class's position among the image's kept classes), `class_id`, `label`, `size`, `counts`: COCO RLE); none for
+  outputs written before label maps.
 
 `results` and `errors` are read by DuckDB's own Parquet reader, file by file, so a query's memory does not
 grow with the number of files (a pyarrow dataset keeps the footer of every file it has read, about 75 KB a
@@ -30,7 +33,7 @@ from camray.io.bounded_duckdb import connect_bounded
 from camray.io.layout import TABLES
 from camray.outputs.tables import Output
 
-VIEWS = (*TABLES, "predictions", "boxes", "labels")
+VIEWS = (*TABLES, "predictions", "boxes", "labels", "masks")
 # DuckDB's working memory for a query (its default is 80% of the machine's); a query's joins, aggregates and
 # sorts spill to disk beyond it, so one over a long history does not take the machine.
 QUERY_MEMORY_LIMIT = "256MB"
@@ -46,6 +49,10 @@ _DERIVED = {
         FROM results""",
     "labels": """
         SELECT image_uri, run_id, model, unnest(labels, recursive := true)
+        FROM results""",
+    "masks": """
+        SELECT image_uri, run_id, width, height, generate_subscripts(masks, 1) AS rank,
+               unnest(masks, recursive := true)
         FROM results""",
 }
 

@@ -2,8 +2,9 @@
 
 `DIR/index.html` holds the run summary, histograms (inline SVG), a gallery and the error list; the gallery's
 pictures are JPEG files in `DIR/images/`. Each gallery entry is the photo in grayscale with its top-1 class
-activation map over it (`overlay`'s ramp at 50% opacity) and its boxes with a legend, and beside it the other
-top-k classes with their scores and maps. Photos are read back from the input URIs the results recorded (a
+activation map over it (`overlay`'s ramp at 50% opacity) and its boxes with a legend; its label map over the
+photo, each class in VOC's palette colour, with a legend of the classes' colours; and the other top-k classes with
+their scores and maps. Photos are read back from the input URIs the results recorded (a
 sample of a shard or table from its container, read once for the samples of it shown); an input that has
 vanished (or changed) since the run is shown as such.
 """
@@ -29,9 +30,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from camray.errors import UsageError
 from camray.io.container_samples import sample_key, sample_uri
 from camray.io.containers import PARQUET, WEBDATASET, ContainerFormat, read_images
-from camray.io.schema import decode_heatmap
+from camray.io.schema import decode_heatmap, label_map
 from camray.io.sources import ByteReader
-from camray.outputs.overlay import LabelledBox, draw_boxes, overlay, ramp, resize_map
+from camray.outputs.label_png import voc_palette
+from camray.outputs.overlay import LabelledBox, draw_boxes, label_overlay, overlay, ramp, resize_map
 from camray.outputs.tables import Output
 
 logger = logging.getLogger(__name__)
@@ -250,6 +252,7 @@ def _gallery_entry(index: int, row: dict[str, Any], reader: ByteReader | InputBy
         head = title(top1["class_id"]) if top1 else "no prediction"
     if photo.problem:
         main = f'<div class="problem">{html.escape(photo.problem)}; the map is shown alone</div>{main}'
+    labelled = _label_map_picture(index, row, photo, size, names, images_dir)
     others = []
     thumb_size = _display_size(row["width"], row["height"], THUMB_SIDE)
     for position, cam in enumerate(cams[1:], start=2):
@@ -264,8 +267,41 @@ def _gallery_entry(index: int, row: dict[str, Any], reader: ByteReader | InputBy
         if prediction["class_id"] not in mapped and prediction["class_id"] != shown_first:
             others.append(f'<div class="other"><div>{title(prediction["class_id"])}</div></div>')
     return (
-        f'<section class="entry"><div class="main">{main}{caption}<div class="top1">{head}</div></div>'
+        f'<section class="entry"><div class="main">{main}{caption}<div class="top1">{head}</div></div>{labelled}'
         f'<div class="others">{"".join(others)}</div></section>'
+    )
+
+
+def _label_map_picture(
+    index: int, row: dict[str, Any], photo: Photo, size: tuple[int, int], names: dict[int, str], images_dir: Path
+) -> str:
+    """The image's label map over the photo (each class in VOC's palette colour of its position among the kept
+    classes, as `camray.io.schema.label_map` numbers them) with a legend of the classes' colours; nothing for a
+    row without one."""
+    labels = label_map(row)
+    if labels is None:
+        return ""
+    palette = voc_palette()
+    small = np.asarray(Image.fromarray(labels).resize(size, Image.Resampling.NEAREST))
+    gray = photo.gray if photo.gray is not None and photo.gray.shape[::-1] == size else None
+    if gray is None:  # no photo: the label map on grey, still worth seeing
+        gray = np.full(small.shape, 128, dtype=np.uint8)
+    file = f"{index:04d}-labels.jpg"
+    _save_jpeg(label_overlay(gray, small, palette), images_dir / file)
+    present = set(np.unique(small).tolist())
+    legend = []
+    for value, entry in enumerate(row["masks"], start=1):
+        name = html.escape(entry.get("label") or names.get(entry["class_id"], str(entry["class_id"])))
+        colour = "#{:02x}{:02x}{:02x}".format(*palette[3 * value : 3 * value + 3])
+        share = "" if value in present else " <i>(no pixel)</i>"
+        legend.append(f'<li><span class="swatch" style="background:{colour}"></span>{name}{share}</li>')
+    if row.get("ignore_mask") is not None:
+        colour = "#{:02x}{:02x}{:02x}".format(*palette[3 * 255 : 3 * 256])
+        legend.append(f'<li><span class="swatch" style="background:{colour}"></span>undecided</li>')
+    alt = html.escape(f"{row['image_uri'].rsplit('/', 1)[-1]}: label map")
+    return (
+        f'<div class="labels"><img src="images/{file}" width="{size[0]}" height="{size[1]}" alt="{alt}">'
+        f'<ul class="legend">{"".join(legend)}</ul></div>'
     )
 
 
@@ -327,7 +363,19 @@ def gallery(output: Output, run_id: str, uris: list[str], dest: Path, source: di
     rows = output.table(
         "results",
         [run_id],
-        ["image_uri", "container_uri", "content_sha256", "width", "height", "labels", "predictions", "cams", "boxes"],
+        [
+            "image_uri",
+            "container_uri",
+            "content_sha256",
+            "width",
+            "height",
+            "labels",
+            "predictions",
+            "cams",
+            "boxes",
+            "masks",
+            "ignore_mask",
+        ],
         pads.field("image_uri").isin(uris),
     ).to_pylist()
     rows.sort(key=lambda row: row["image_uri"])
@@ -365,6 +413,9 @@ table.errors td:first-child { word-break: break-all; }
 .uri { font-size: 12px; color: #555; word-break: break-all; max-width: 480px; }
 .top1 { font-size: 14px; } .others { display: flex; flex-wrap: wrap; gap: 10px; max-width: 600px; }
 .other { font-size: 12px; width: 140px; } .problem, .missing { color: #a00; font-weight: 600; padding: 6px 0; }
+.legend { list-style: none; padding: 0; margin: 4px 0; font-size: 12px; }
+.swatch { display: inline-block; width: 12px; height: 12px; margin-right: 6px; vertical-align: middle;
+  border: 1px solid #555; }
 """
 
 
@@ -400,8 +451,9 @@ def write_report(output: Output, dest: str | Path, run_id: str | None = None, li
 <h2>Summary</h2>{summary(run, results, errors)}
 <h2>Distributions</h2><div class="charts">{histograms(results)}</div>
 <h2>Gallery ({len(uris)} of {results.num_rows} images)</h2>
-<p>Each photo in grayscale under its top-1 class activation map (50% opacity), with its boxes; beside it the
-other top-k classes, each with its own map.</p>
+<p>Each photo in grayscale under its top-1 class activation map (50% opacity), with its boxes; beside it its
+label map (each kept class in its colour, background clear) with the legend of the classes, then the other kept
+classes, each with its own map.</p>
 {gallery(output, run["run_id"], uris, dest, _source_section(run))}
 <h2>Errors ({errors.num_rows})</h2>{error_list(errors)}
 </body></html>

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from headless_chromium import render_ok, require_browser
+from PIL import Image
 from run_inputs import input_files
 
 from camray.cli import main_camray
@@ -111,13 +112,15 @@ def test_report_renders_in_a_real_browser(run, tmp_path, capsys):
     for chart in ("Top-1 classes", "Top-1 scores", "Box area / image area", "Boxes per image"):
         assert f"<figcaption>{chart}" in page
     assert "(prob = " not in page  # the legend is drawn into the pictures, not written in the page
+    assert page.count('class="labels"') == 11 and page.count('<span class="swatch"') >= 11 * 5
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
     if require_browser() is None:
         pytest.skip("chromium is not installed (make test installs it as root)")
     docs = REPO / "docs" / "report.png" if os.environ.get("CAMRAY_UPDATE_DOCS") == "1" else tmp_path / "report.png"
     check = render_ok(dest / "index.html", screenshot_to=docs)
-    # Every entry: its top-1 overlay and four other classes' maps; the vanished input's maps are drawn alone.
-    assert check.images == 11 * 5 == len(re.findall(r"<img ", page))
+    # Every entry: its top-1 overlay, its label map and four other classes' maps; the vanished input's are drawn
+    # alone.
+    assert check.images == 11 * 6 == len(re.findall(r"<img ", page))
 
 
 def test_report_errors_are_one_line_with_exit_status(run, tmp_path, capsys):
@@ -318,3 +321,116 @@ def test_yolo_export(run, tmp_path, capsys):
             )
             assert (cx - w / 2) * row["width"] == pytest.approx(box["x0"], abs=0.01)
             assert (cy + h / 2) * row["height"] == pytest.approx(box["y1"], abs=0.01)
+
+
+def test_label_maps_in_the_results_and_the_masks_view(run, capsys):
+    """One RLE per kept class, in the order of `cams`, at the image's size, never overlapping; the `masks` view a
+    row per entry."""
+    from camray.io.schema import decode_mask
+
+    rows = Output(str(run.out)).table("results", [run.run_id]).to_pylist()
+    assert len(rows) == 11
+    entries = 0
+    for row in rows:
+        masks = row["masks"]
+        assert [m["class_id"] for m in masks] == [c["class_id"] for c in row["cams"]] and row["ignore_mask"] is None
+        decoded = np.stack([decode_mask(m) for m in masks])
+        assert decoded.shape == (len(masks), row["height"], row["width"])
+        assert decoded.sum(axis=0).max() == 1 and decoded.any()  # no pixel of two classes; some pixel labelled
+        assert all(m["label"] == p["label"] for m, p in zip(masks, row["predictions"], strict=True))
+        entries += len(masks)
+    status, out, _ = _camray(capsys, "query", "--output", str(run.out), "--format", "json", "SELECT * FROM masks")
+    viewed = json.loads(out)
+    assert status == 0 and len(viewed) == entries and {v["rank"] for v in viewed} == {1, 2, 3, 4, 5}
+    assert set(viewed[0]) == {"image_uri", "run_id", "width", "height", "rank", "class_id", "label", "size", "counts"}
+
+
+def _voc_devkit(root: Path, export: Path, inputs: Path) -> Path:
+    """A VOC2012 tree over the export, as torchvision's `VOCSegmentation` reads one: the export's
+    `SegmentationClass/`, each input still there under `JPEGImages/` by its id (a link; PIL reads any format), their
+    ids listed."""
+    voc = root / "VOCdevkit" / "VOC2012"
+    (voc / "JPEGImages").mkdir(parents=True)
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (voc / "SegmentationClass").symlink_to(export / "SegmentationClass")
+    ids = sorted(
+        path.stem for path in (export / "SegmentationClass").glob("*.png") if any(inputs.glob(f"{path.stem}.*"))
+    )
+    for image_id in ids:
+        (voc / "JPEGImages" / f"{image_id}.jpg").symlink_to(next(inputs.glob(f"{image_id}.*")))
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("".join(f"{i}\n" for i in ids))
+    return root
+
+
+def test_masks_export_reads_back_as_voc_label_maps(run, tmp_path, capsys):
+    from torchvision.datasets import VOCSegmentation
+
+    from camray.io.schema import label_map
+    from camray.outputs.label_png import read_classes, voc_palette
+
+    dest = tmp_path / "masks"
+    status, out, _ = _camray(capsys, "export", "masks", "--output", str(run.out), "--dest", str(dest))
+    assert status == 0 and out.strip() == f"masks: {dest.resolve()}"
+    names = read_classes(dest / "classes.txt")
+    uris = (dest / "images.txt").read_text().splitlines()
+    assert len(uris) == 11 and "broken.jpg" not in " ".join(uris)
+    rows = {row["image_uri"]: row for row in Output(str(run.out)).latest_results(None).to_pylist()}
+    label_of = {row["image_uri"]: {m["class_id"]: m["label"] for m in row["masks"]} for row in rows.values()}
+    assert set(names.values()) == {label for labels in label_of.values() for label in labels.values()}
+    values = {
+        class_id: value
+        for uri in uris
+        for class_id, label in label_of[uri].items()
+        for value, name in names.items()
+        if name == label
+    }
+    for uri in uris:
+        png = dest / "SegmentationClass" / f"{Path(uri).stem}.png"  # laid out under the inputs' common folder
+        with Image.open(png) as image:
+            assert image.mode == "P" and image.getpalette()[: 3 * 256] == voc_palette()
+            pixels = np.asarray(image)
+        assert np.array_equal(pixels, label_map(rows[uri], values))
+        assert set(np.unique(pixels).tolist()) <= {0, *names}
+    dataset = VOCSegmentation(str(_voc_devkit(tmp_path / "voc", dest, run.inputs)), year="2012", image_set="train")
+    assert len(dataset) == 10  # every input but the one that vanished since the run
+    for photo, target in dataset:
+        assert target.mode == "P" and target.size == photo.size
+        assert set(np.unique(np.asarray(target)).tolist()) <= {0, *names}
+
+    cats = tmp_path / "cats"
+    argv = ["export", "masks", "--output", str(run.out), "--classes", "Egyptian cat", "281", "--dest", str(cats)]
+    assert _camray(capsys, *argv)[0] == 0
+    assert set(read_classes(cats / "classes.txt").values()) <= {"Egyptian cat", "tabby"}
+    cat_uri = str(run.inputs / "photo_cat.png")
+    with Image.open(cats / "SegmentationClass" / "photo_cat.png") as image:
+        pixels = np.asarray(image)
+    others = label_map(rows[cat_uri], {c: 1 for c in label_of[cat_uri] if c not in (285, 281)})
+    assert np.array_equal(pixels == 255, others == 1)  # the other classes' pixels: undecided, not background
+
+
+def test_coco_export_carries_each_classs_label_map_mask(run, tmp_path, capsys):
+    from pycocotools.coco import COCO
+
+    from camray.io.schema import decode_mask
+
+    dest = tmp_path / "coco.json"
+    argv = ["export", "coco", "--output", str(run.out), "--run", run.run_id, "--min-score", "0", "--dest", str(dest)]
+    assert _camray(capsys, *argv)[0] == 0
+    exported = COCO(str(dest))
+    rows = {row["image_uri"]: row for row in Output(str(run.out)).table("results", [run.run_id]).to_pylist()}
+    segmented_classes = set()
+    for image in exported.dataset["images"]:
+        row = rows[image["file_name"]]
+        class_masks = {m["class_id"]: decode_mask(m) for m in row["masks"]}
+        by_class: dict[int, np.ndarray] = {}
+        for ann in exported.loadAnns(exported.getAnnIds(imgIds=[image["id"]])):
+            if "segmentation" not in ann:
+                continue
+            mask = exported.annToMask(ann).astype(bool)
+            assert not (mask & ~class_masks[ann["category_id"]]).any() and mask.sum() == ann["area"]
+            by_class[ann["category_id"]] = by_class.get(ann["category_id"], False) | mask
+            segmented_classes.add((image["id"], ann["category_id"]))
+        if by_class:  # boxes of one class may overlap; the segmentations of two classes never do
+            assert sum(mask.astype(int) for mask in by_class.values()).max() == 1
+    assert len({category for _, category in segmented_classes}) >= 3
+    assert any(sum(1 for i, _ in segmented_classes if i == image) >= 2 for image, _ in segmented_classes)
