@@ -128,3 +128,29 @@ def test_the_given_labels_sweep_on_real_scenes_and_photos(tmp_path, lite0, built
         assert [label["label"] for label in row["labels"]] == image_kinds({name: truth[name]})[name]
         assert {box["label"] for box in row["boxes"]} <= set(image_kinds({name: truth[name]})[name])
     assert trained["scenes"].objects == result["scenes"].objects
+
+
+def test_the_bench_manifest_gives_each_image_its_labels(tmp_path) -> None:
+    """`head_bench.write_manifest`: a CSV a job reads (`camray.io.listing`) with each labelled image's labels, an
+    image without labels left out; the job's flags load a trained head's checkpoint and names as a sigmoid head."""
+    from camray.evaluation.head_bench import head_flags, write_manifest
+    from camray.io.listing import iter_listing
+    from camray.io.sources import S3Settings
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (images / name).write_bytes(b"")
+    labels = {"a.png": ["cat", "person"], "c.png": ["281"]}
+    manifest = write_manifest(tmp_path / "bench" / "manifest.csv", images, labels)
+    (table,) = iter_listing(str(manifest), [".png"], True, S3Settings())
+    listed = dict(zip(table.column("uri").to_pylist(), table.column("labels").to_pylist(), strict=True))
+    assert listed == {str(images / "a.png"): ["cat", "person"], str(images / "c.png"): ["281"]}
+    assert head_flags("imagenet", tmp_path) == []
+    flags = head_flags("trained", tmp_path)
+    assert dict(zip(flags[::2], flags[1::2], strict=True)) == {
+        "--model.name": "efficientnet_lite0",
+        "--weights": str(tmp_path / "head.pth"),
+        "--model.labels": str(tmp_path / "labels.txt"),
+        "--model.head": "sigmoid",
+    }
