@@ -154,3 +154,28 @@ def test_the_bench_manifest_gives_each_image_its_labels(tmp_path) -> None:
         "--model.labels": str(tmp_path / "labels.txt"),
         "--model.head": "sigmoid",
     }
+
+
+def test_a_sigmoid_head_is_never_gated_to_plain_maps(tmp_path, lite0) -> None:
+    """`cam.plain_above_score` keeps the plain map of the images a softmax head is sure of; a sigmoid head scores a
+    small object in a scene as surely as a close-up (every scene's given kinds above `balanced`'s 0.3 with the
+    trained kinds head, docs/localization-multi.md), so its images all take the refined maps."""
+    from camray.annotator import Annotator
+    from camray.config import load_config
+    from camray.evaluation.multi_sweep import head_overrides
+    from camray.models import resolve_setup
+
+    head = tmp_path / "head"
+    head.mkdir()
+    state = {key: value.clone() for key, value in lite0.module.state_dict().items()}
+    state["classifier.1.weight"] = state["classifier.1.weight"][: len(CLASSES)].clone()
+    state["classifier.1.bias"] = state["classifier.1.bias"][: len(CLASSES)].clone()
+    torch.save(state, head / "head.pth")
+    (head / "labels.txt").write_text("\n".join(CLASSES) + "\n")
+    scores = torch.tensor([[0.95, 0.01], [0.2, 0.1]])
+    softmax = load_config(preset="balanced", overrides={"sink.uri": "unused"})
+    gated = Annotator(lite0, softmax.cam, softmax.boxes, torch.device("cpu"))._keeps_plain(scores)
+    assert gated.tolist() == [True, False]
+    sigmoid = load_config(preset="balanced", overrides={"sink.uri": "unused", **head_overrides(str(head))})
+    annotator = Annotator(resolve_setup(sigmoid.model), sigmoid.cam, sigmoid.boxes, torch.device("cpu"))
+    assert annotator.setup.head == "sigmoid" and annotator._keeps_plain(scores).tolist() == [False, False]
