@@ -1,7 +1,7 @@
 """Bench of a user's own head through the real job: train it, run `camray run` with it, score the COCO export.
 
 `python -m camray.evaluation.head_bench [--out data/head_bench] [--preset balanced] [--heads imagenet trained]
-[--images 1500] [--seed 0] [--head DIR] [--per-texture 6]` (`make bench-head`):
+[--images 1500] [--seed 0] [--head DIR] [--per-texture 6] [--set FIELD=VALUE ...]` (`make bench-head`):
 
 1. builds the multi-object scenes (`camray.evaluation.scenes`) under `OUT/scenes`;
 2. trains the multi-label kinds head on frozen Lite0 (`camray.evaluation.kinds_head`: generated images apart from
@@ -12,9 +12,9 @@
    for ImageNet's head, the id of each kind's class the head scores highest on the image);
 4. runs the real job on it (`python -m camray.cli run --input manifest.csv --cam.classes given ...`, the trained
    head with `--weights head.pth --model.labels labels.txt --model.head sigmoid`), on the cluster at
-   `RAY_ADDRESS` or a local one, exports every box as COCO (`camray export coco --min-score 0`) and scores the
-   export with `python -m camray.evaluation.multi` (`--labels labels.txt` for the trained head, whose truth is
-   its own classes);
+   `RAY_ADDRESS` or a local one, with the `--set` fields as its flags (`model.input_size=320`), exports every
+   box as COCO (`camray export coco --min-score 0`) and scores the export with `python -m
+   camray.evaluation.multi` (`--labels labels.txt` for the trained head, whose truth is its own classes);
 5. prints the two heads' object recall, box precision and AP50 side by side and writes them with the job's
    figures (images, errors, seconds) to `OUT/results.json`.
 """
@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,11 @@ def labels_for(head: str, folder: Path, truth_csv: Path, images: Path) -> dict[s
     return imagenet_labels(truth, scores)
 
 
-def bench_head(head: str, out: Path, trained: Path, truth_csv: Path, images: Path, preset: str) -> dict[str, Any]:
-    """One head through the job, its export and the scorer; the scorer's report with the job's figures."""
+def bench_head(
+    head: str, out: Path, trained: Path, truth_csv: Path, images: Path, preset: str, fields: Sequence[str] = ()
+) -> dict[str, Any]:
+    """One head through the job (`fields`: `FIELD=VALUE` overrides, as its flags), its export and the scorer; the
+    scorer's report with the job's figures."""
     folder = out / head
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "commands.log"
@@ -105,7 +109,8 @@ def bench_head(head: str, out: Path, trained: Path, truth_csv: Path, images: Pat
     job = folder / "job"
     clock = time.perf_counter()
     run = _camray("run", "--input", str(manifest), "--output", str(job), "--preset", preset, "--cam.classes", "given")
-    _run([*run, *head_flags(head, trained)], log)
+    flags = [part for field in fields for part in (f"--{field.split('=', 1)[0]}", field.split("=", 1)[1])]
+    _run([*run, *flags, *head_flags(head, trained)], log)
     seconds = time.perf_counter() - clock
     coco = folder / "coco.json"
     _run(_camray("export", "coco", "--output", str(job), "--min-score", "0", "--dest", str(coco)), log)
@@ -120,6 +125,7 @@ def bench_head(head: str, out: Path, trained: Path, truth_csv: Path, images: Pat
         **result,
         "head": head,
         "preset": preset,
+        "fields": list(fields),
         "images_labelled": len(labels),
         "images_exported": len(exported["images"]),
         "job_seconds": seconds,
@@ -153,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the kinds head's training seed")
     parser.add_argument("--head", help="a folder with a trained head.pth and labels.txt: no training")
     parser.add_argument("--per-texture", type=int, default=scenes.SCENES_PER_TEXTURE, help="scenes a texture")
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="the jobs' config overrides")
     args = parser.parse_args(argv)
+    if bad := [field for field in args.set if "=" not in field]:
+        parser.error(f"--set takes FIELD=VALUE, got {bad}")
     out = Path(args.out)
     truth_csv = scenes.build(out / "scenes", per_texture=args.per_texture)
     trained = Path(args.head) if args.head else out / "trained"
@@ -161,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         from camray.evaluation.kinds_head import train
 
         train(trained, args.images, args.seed)
-    results = [bench_head(head, out, trained, truth_csv, out / "scenes" / "images", args.preset) for head in args.heads]
+    images = out / "scenes" / "images"
+    results = [bench_head(head, out, trained, truth_csv, images, args.preset, args.set) for head in args.heads]
     print(table(results))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"results: {(out / 'results.json').resolve()}")
