@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser system-packages run test test-fast bench bench-scale bench-history bench-month bench-containers bench-device lint clean
+.PHONY: install browser system-packages run test test-fast bench bench-scale bench-history bench-month bench-containers bench-head bench-device lint clean
 
 $(STAMP): pyproject.toml infra/install.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ bench-month: $(STAMP)
 
 bench-containers: $(STAMP)
 	$(PY) -m camray.bench.containers
+
+# A user's own trained head through the real job on the multi-object scenes, beside ImageNet's
+# (docs/localization-multi.md). ARGS: e.g. --head data/kinds_head to reuse a trained head.
+bench-head: $(STAMP)
+	$(PY) -m camray.evaluation.head_bench $(ARGS)
 
 # GPU figures in one command (docs/device-benchmark.md). No install step: a bare GPU host has the packages but
 # no index, so this runs the venv's Python where there is one and python3 otherwise. ARGS=--smoke: on the CPU.

@@ -397,8 +397,10 @@ class Annotator:
 
     def _keeps_plain(self, scores: Tensor) -> Tensor:
         """(B,) bool: the images whose top-1 prediction (`scores[:, 0]`, of (B, P) best first) scores at least
-        `cam.plain_above_score`."""
-        if self.cam_config.plain_above_score is None:
+        `cam.plain_above_score`; none with a sigmoid head, whose independent probabilities say nothing of how an
+        image frames its objects: it scores a small object in a scene as surely as a close-up, and the gate kept
+        its plain maps for nearly every image (docs/localization-multi.md)."""
+        if self.cam_config.plain_above_score is None or self.setup.head == "sigmoid":
             return torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
         return scores[:, 0] >= self.cam_config.plain_above_score
 

@@ -254,7 +254,8 @@ class CamConfig(_Section):
         description="Images whose top-1 class scores at least this keep the plain CAM, boxed at "
         "`plain_threshold`: no refinement, no tiles (none go through the model). An object the model is sure of "
         "is one the image frames, and the plain map boxes it whole where refinement and tiles cut it down to its "
-        "most active part (docs/localization.md). None: every image alike.",
+        "most active part (docs/localization.md). None: every image alike. A sigmoid head (`model.head`) is never "
+        "gated: its independent probabilities score small objects as surely as close-ups (docs/localization-multi.md).",
     )
     plain_threshold: float = Field(
         0.4, gt=0.0, lt=1.0, description="The box threshold of the images that keep the plain CAM."

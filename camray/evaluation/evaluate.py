@@ -1,19 +1,22 @@
 """Localization evaluation of camray results against ground truth boxes (and masks).
 
-`python -m camray.evaluation.evaluate --results URI --truth FILE [--cam-curve-interval 0.01] [--json OUT]`
+`python -m camray.evaluation.evaluate --results URI --truth FILE [--box-of top1|given] [--cam-curve-interval 0.01]
+[--json OUT]`
 
 Truth: COCO JSON (`images`, `annotations` with `bbox` [x, y, w, h], optional `segmentation`) or a CSV with
-`file,x0,y0,x1,y1[,class_id]` (several rows per file for several objects; `class_id` may list several
-acceptable ids separated by spaces). Of the output's results, the newest row of each image across succeeded runs
-is evaluated (the rule of `camray export`), matched to truth by file name.
+`file,x0,y0,x1,y1[,class_id][,kind]` (several rows per file for several objects; `class_id` may list several
+acceptable ids separated by spaces; `kind` names what the object is, for image-level labels). Of the output's
+results, the newest row of each image across succeeded runs is evaluated (the rule of `camray export`), matched to
+truth by file name.
 
 Measures (Choe et al., CVPR 2020, "Evaluating Weakly Supervised Object Localization Methods Right", with the
 definitions of clovaai/wsolevaluation: maps and boxes resized to 224 x 224, uint8 maps thresholded with
 OpenCV, boxes of contours, inclusive-pixel IoU):
 - `maxboxacc`: GT-known box accuracy at IoU 0.5, largest contour, best map threshold;
 - `maxboxacc_v2`: mean over IoU 0.3/0.5/0.7 of the same with every contour's box (best one counts);
-- `box_acc`: the job's own first box of the top-1 class, at the configured threshold, IoU >= 0.5 against
-  any truth box (pixel-edge IoU in original pixels): what users of the Parquet get; also per object size
+- `box_acc`: the job's own first box of the top-1 class (`--box-of given`: of the image's given labels, for a
+  job with `cam.classes: given`), at the configured threshold, IoU >= 0.5 against any truth box (pixel-edge IoU
+  in original pixels): what users of the Parquet get; also per object size
   (`box_acc_by_size`: the largest truth box under 10%, 10-30%, over 30% of the image area);
 - `top1_loc`: `box_acc` and the top-1 class is acceptable; `gt_known_loc`: `maxboxacc`'s counterpart at the
   configured threshold using the truth class's map;
@@ -37,6 +40,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -48,6 +52,9 @@ from camray.outputs.tables import Output
 
 RESIZE = 224
 IOU_V2 = (0.3, 0.5, 0.7)
+# Whose first box `box_acc` scores: the top-1 class's, or, for a job given image-level labels (`cam.classes`
+# `given`), the image's first box of one of its given classes (rows order an image's boxes best score first).
+BoxOf = Literal["top1", "given"]
 # Object size buckets by the largest truth box's share of the image area (COCO's small/medium/large, but
 # relative: a CAM's resolution is a fraction of the image, whatever its pixel count).
 SIZE_BUCKETS = (("small", 0.0, 0.1), ("medium", 0.1, 0.3), ("large", 0.3, 1.01))
@@ -59,6 +66,7 @@ class Truth:
     classes: set[int] = field(default_factory=set)
     box_classes: list[set[int]] = field(default_factory=list)  # each box's acceptable classes; empty: any
     mask: np.ndarray | None = None  # bool [height, width]
+    box_kinds: list[str] = field(default_factory=list)  # each box's kind (its image-level label), where known
 
 
 def load_truth(path: str | Path) -> dict[str, Truth]:
@@ -85,6 +93,8 @@ def load_truth(path: str | Path) -> dict[str, Truth]:
             entry.boxes.append(tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1")))
             entry.box_classes.append({int(c) for c in (row.get("class_id") or "").split()})
             entry.classes.update(entry.box_classes[-1])
+            if row.get("kind"):
+                entry.box_kinds.append(row["kind"])
     return dict(truth)
 
 
@@ -238,12 +248,15 @@ def _latest_rows(results_uri: str) -> dict[str, dict]:
     file name as the truth is; of two inputs with one file name, the later URI in sort order."""
     output = Output(output_of(results_uri))
     output.check_exists()
-    columns = ["image_uri", "width", "height", "predictions", "cams", "boxes", "run_id"]
+    columns = ["image_uri", "width", "height", "labels", "predictions", "cams", "boxes", "run_id"]
     return {row["image_uri"].rsplit("/", 1)[-1]: row for row in output.latest_results(None, columns).to_pylist()}
 
 
-def evaluate_rows(rows: dict[str, dict], truth: dict[str, Truth], interval: float = 0.01) -> Report:
-    """Computes the report from result rows (as `to_pylist` gives them) keyed by file name."""
+def evaluate_rows(
+    rows: dict[str, dict], truth: dict[str, Truth], interval: float = 0.01, box_of: BoxOf = "top1"
+) -> Report:
+    """Computes the report from result rows (as `to_pylist` gives them) keyed by file name. `box_of` says whose
+    first box `box_acc` scores (`BoxOf`)."""
     thresholds = np.arange(0, 1, interval)
     correct_single = np.zeros(len(thresholds))
     correct_multi = {iou: np.zeros(len(thresholds)) for iou in IOU_V2}
@@ -277,7 +290,8 @@ def evaluate_rows(rows: dict[str, dict], truth: dict[str, Truth], interval: floa
             best = multiple_iou(boxes_from_scoremap(scoremap, threshold, multi_contour=True), gt_boxes).max()
             for iou in IOU_V2:
                 correct_multi[iou][index] += best >= iou
-        own = [b for b in row["boxes"] if b["class_id"] == top1]
+        boxed = {top1} if box_of == "top1" else {label["class_id"] for label in row.get("labels") or ()}
+        own = [b for b in row["boxes"] if b["class_id"] in boxed]
         hit = bool(own) and bool(edge_ious([_corners(own[0])], gt.boxes).max() >= 0.5)
         box_hits += hit
         largest = max(gt.boxes, key=_area)
@@ -326,8 +340,8 @@ def evaluate_rows(rows: dict[str, dict], truth: dict[str, Truth], interval: floa
     )
 
 
-def evaluate(results_uri: str, truth_path: str | Path, interval: float = 0.01) -> Report:
-    return evaluate_rows(_latest_rows(results_uri), load_truth(truth_path), interval)
+def evaluate(results_uri: str, truth_path: str | Path, interval: float = 0.01, box_of: BoxOf = "top1") -> Report:
+    return evaluate_rows(_latest_rows(results_uri), load_truth(truth_path), interval, box_of)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,12 +350,15 @@ def main(argv: list[str] | None = None) -> int:
         "--results", required=True, help="a job's output, or its `results/` folder (a folder or s3:// prefix)"
     )
     parser.add_argument("--truth", required=True, help="COCO JSON or CSV of boxes")
+    parser.add_argument(
+        "--box-of", choices=["top1", "given"], default="top1", help="whose first box box accuracy scores"
+    )
     parser.add_argument("--cam-curve-interval", type=float, default=0.01)
     parser.add_argument("--json", help="also write the report as JSON here")
     args = parser.parse_args(argv)
     if not math.isfinite(args.cam_curve_interval) or not 0 < args.cam_curve_interval < 1:
         parser.error("--cam-curve-interval must be in (0, 1)")
-    report = evaluate(args.results, args.truth, args.cam_curve_interval)
+    report = evaluate(args.results, args.truth, args.cam_curve_interval, args.box_of)
     print(report.table())
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(report), indent=2))

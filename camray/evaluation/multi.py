@@ -1,8 +1,10 @@
 """Multi-object evaluation: are the boxes a pseudo-label set a detector can learn from?
 
-`python -m camray.evaluation.multi --coco EXPORT.json --truth data/scenes/truth.csv [--min-score S] [--json OUT]`
-scores a job's own COCO export (`camray export coco`) against truth in the evaluation set's CSV format
-(`camray.evaluation.scenes` builds the multi-object set). Images are matched by file name.
+`python -m camray.evaluation.multi --coco EXPORT.json --truth data/scenes/truth.csv [--min-score S] [--labels FILE]
+[--json OUT]` scores a job's own COCO export (`camray export coco`) against truth in the evaluation set's CSV format
+(`camray.evaluation.scenes` builds the multi-object set). Images are matched by file name. With `--labels` (the
+labels file of a head trained on the truth's kinds, `camray.evaluation.kinds_head`) every object is scored as its
+kind's class of that head, people and products included.
 
 Measures, every box in pixel-edge original pixels, a match at IoU >= 0.5:
 - `object_recall`: the share of truth objects that some box of an accepted class covers (any class where the
@@ -230,10 +232,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--coco", required=True, help="the job's COCO export (`camray export coco`)")
     parser.add_argument("--truth", required=True, help="CSV of boxes (`camray.evaluation.scenes` writes one)")
     parser.add_argument("--min-score", type=float, default=0.0, help="score only boxes with score >= S")
+    parser.add_argument(
+        "--labels",
+        help="the head's labels file (`model.labels`): score against the truth's kinds as its classes, for a head "
+        "trained on them (`camray.evaluation.given_labels.truth_for_head`)",
+    )
     parser.add_argument("--json", help="also write the report as JSON here")
     args = parser.parse_args(argv)
     detections = detections_from_coco(json.loads(Path(args.coco).read_text()))
-    report = evaluate_detections(detections, load_truth(args.truth), args.min_score)
+    truth = load_truth(args.truth)
+    if args.labels:
+        from camray.evaluation.given_labels import truth_for_head
+
+        truth = truth_for_head(truth, Path(args.labels).read_text().split())
+    report = evaluate_detections(detections, truth, args.min_score)
     print(report.table())
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(report), indent=2))

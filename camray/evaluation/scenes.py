@@ -7,7 +7,7 @@ shorter side. The annotated VOC and ARC photos of the evaluation set join them, 
 annotators (classes without an ImageNet counterpart are scored class-agnostically, as there).
 
 `python -m camray.evaluation.scenes OUT_DIR` writes `OUT_DIR/images/*.png` and `OUT_DIR/truth.csv` in the evaluation
-set's CSV format (`file,x0,y0,x1,y1,class_id`, one row per object). Scenes are named `scene_*`, photos `photo_*`.
+set's CSV format (`file,x0,y0,x1,y1,class_id,kind`, one row per object). Scenes are named `scene_*`, photos `photo_*`.
 Deterministic for a given seed.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from camray.evaluation.evalset import CANVASES, OBJECTS, TEXTURES, _texture, annotated_photos, write_truth
+from camray.evaluation.evalset import CANVASES, OBJECTS, TEXTURES, TruthRow, _texture, photo_rows, write_truth
 from camray.samples import sample_photos
 
 SCENES_PER_TEXTURE = 6
@@ -51,15 +51,13 @@ def _place(
     return placed
 
 
-def scene_rows(
-    out: Path, seed: int, per_texture: int = SCENES_PER_TEXTURE
-) -> list[tuple[str, int, int, int, int, str]]:
+def scene_rows(out: Path, seed: int, per_texture: int = SCENES_PER_TEXTURE) -> list[TruthRow]:
     """Writes `per_texture` scenes a texture under `out/images`; returns their truth rows."""
     photos = sample_photos()
     crops = {name: Image.open(photos[item.photo]).convert("RGB").crop(item.box) for name, item in OBJECTS.items()}
     names = sorted(OBJECTS)
     rng = np.random.default_rng(seed)
-    rows: list[tuple[str, int, int, int, int, str]] = []
+    rows: list[TruthRow] = []
     for t_index, texture_name in enumerate(TEXTURES):
         for s_index in range(per_texture):
             width, height = CANVASES[(t_index + s_index) % len(CANVASES)]
@@ -83,7 +81,8 @@ def scene_rows(
                 if rng.random() < 0.5:
                     obj = obj.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
                 canvas.paste(obj, (x0, y0))
-                rows.append((file, x0, y0, x1, y1, " ".join(map(str, OBJECTS[name].classes))))
+                item = OBJECTS[name]
+                rows.append((file, x0, y0, x1, y1, " ".join(map(str, item.classes)), item.kind))
             canvas.save(out / "images" / file)
     return rows
 
@@ -92,12 +91,7 @@ def build(out_dir: str | Path, seed: int = 2026, per_texture: int = SCENES_PER_T
     """Writes the scenes, the annotated photos and `truth.csv`; returns the CSV path."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    rows = scene_rows(out, seed, per_texture)
-    for name, rgb, boxes in annotated_photos():
-        file = f"photo_{name}.png"
-        Image.fromarray(rgb).save(out / "images" / file)
-        rows.extend((file, x0, y0, x1, y1, " ".join(map(str, classes))) for x0, y0, x1, y1, classes in boxes)
-    return write_truth(out, rows)
+    return write_truth(out, [*scene_rows(out, seed, per_texture), *photo_rows(out / "images")])
 
 
 if __name__ == "__main__":

@@ -95,6 +95,28 @@ def test_report_on_hand_made_results(tmp_path):
     assert "small objects (0%-10% of the image)" in report.table()
 
 
+def test_box_of_given_scores_the_first_box_of_a_given_label(tmp_path):
+    """A job given labels (`cam.classes: given`) boxes its labels whatever the top-1 class: `box_of="given"` scores
+    the image's best box of one of them (rows order boxes best score first), `top1` the top-1 class's."""
+    truth_csv = tmp_path / "truth.csv"
+    truth_csv.write_text("file,x0,y0,x1,y1,class_id,kind\na.png,100,100,300,300,7 8,cat\n")
+    truth = load_truth(truth_csv)
+    assert truth["a.png"].box_kinds == ["cat"]
+    grid = np.zeros((56, 56), dtype=np.float32)
+    row = _row(grid, 400, 400, top1=5, box=(0, 0, 50, 50), cam_class=5)  # the top-1 class, a wrong box
+    row["labels"] = [{"class_id": 8, "label": "tabby"}]
+    row["boxes"] += [
+        {"class_id": 8, "label": "", "score": 0.9, "x0": 100, "y0": 100, "x1": 300, "y1": 300},
+        {"class_id": 8, "label": "", "score": 0.5, "x0": 0, "y0": 300, "x1": 100, "y1": 400},
+    ]
+    assert evaluate_rows({"a.png": row}, truth).box_acc == 0.0
+    assert evaluate_rows({"a.png": row}, truth, box_of="given").box_acc == 1.0
+    row["boxes"][1], row["boxes"][2] = row["boxes"][2], row["boxes"][1]  # the given label's first box is wrong
+    assert evaluate_rows({"a.png": row}, truth, box_of="given").box_acc == 0.0
+    row["labels"] = None  # a row without labels has no given box
+    assert evaluate_rows({"a.png": row}, truth, box_of="given").box_acc == 0.0
+
+
 def test_coco_truth_with_masks(tmp_path):
     coco = {
         "images": [{"id": 1, "file_name": "dir/a.png", "width": 40, "height": 30}],
