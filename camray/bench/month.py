@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import logging
 import os
 import platform
 import random
@@ -346,13 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="data/bench-month-results.json")
     args = parser.parse_args(argv)
 
-    from moto.server import ThreadedMotoServer
+    from camray.bench.moto_process import MotoProcess
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    server = MotoProcess()
+    endpoint = server.start()
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench",
         AWS_SECRET_ACCESS_KEY="bench",
@@ -398,14 +394,6 @@ def main(argv: list[str] | None = None) -> int:
     if held:
         shutil.rmtree(root, ignore_errors=True)
     return 0 if held else 1
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _write(report: dict[str, object], output: str) -> None:
