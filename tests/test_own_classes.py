@@ -256,11 +256,11 @@ def test_fine_tuned_heads_labels_and_classes_through_the_job(ray_cluster, s3_ser
 def _previous_schema_is_still_read(out: Path, tmp_path: Path) -> None:
     """The output rewritten as schema version 2 wrote it (no `labels`, metadata 2): query, report and both
     exports read it, `labels` as null."""
+    from camray.io.output import Output
     from camray.io.schema import RESULTS
     from camray.outputs.export import coco, write_yolo
     from camray.outputs.query import connect
     from camray.outputs.report import write_report
-    from camray.outputs.tables import Output
 
     old = tmp_path / "version-2"
     shutil.copytree(out, old)

@@ -34,6 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from camray.bench.process import measure_process
+from camray.io.layout import DELTA
+from camray.io.output import Output
 from camray.io.schema import RESULTS, RUNS
 
 NEW_IMAGES = 60
@@ -54,9 +56,11 @@ def fabricate_history(
     fingerprint: str,
     rows_per_file: int = 4096,
     runs: int = RUNS_OF_HISTORY,
+    table_format: str = DELTA,
 ) -> None:
     """`rows` history rows (plus the `done` (uri, version) pairs, in the last run) under `output/results/`, in
-    files of `rows_per_file` rows spread over `runs` succeeded runs, each with its row in `output/runs/`."""
+    files of `rows_per_file` rows spread over `runs` succeeded runs, each with its row in `output/runs/`: Delta
+    tables (each run's files one commit, as nightly runs make them) or plain Parquet (`table_format`)."""
     import numpy as np
 
     results = output / "results"
@@ -64,6 +68,7 @@ def fabricate_history(
     (output / "runs").mkdir(parents=True, exist_ok=True)
     run_ids = [f"{FABRICATED_RUN}{index:06x}" for index in range(max(1, runs))]
     nulls: dict[int, dict[str, pa.Array]] = {}
+    files_of: dict[str, list[str]] = {}
 
     def write(uris: pa.Array, versions: pa.Array, run_id: str, index: int) -> None:
         count = len(uris)
@@ -77,7 +82,9 @@ def fabricate_history(
             config_fingerprint=pa.array([fingerprint] * count, pa.string()),
             run_id=pa.array([run_id] * count, pa.string()),
         )
-        pq.write_table(pa.table(columns, schema=RESULTS), results / f"{run_id}-a01-{index:05d}.parquet")
+        path = results / f"{run_id}-a01-{index:05d}.parquet"
+        pq.write_table(pa.table(columns, schema=RESULTS), path)
+        files_of.setdefault(run_id, []).append(str(path))
 
     files = -(-rows // rows_per_file)
     for index in range(files):
@@ -102,30 +109,48 @@ def fabricate_history(
         schema_version=pa.array([2] * len(run_ids), pa.int32()),
     )
     pq.write_table(pa.table(runs_table, schema=RUNS), output / "runs" / "history.parquet")
+    if table_format == DELTA:
+        from camray.io.delta_format import DeltaFormat
+        from camray.io.sources import S3Settings
+        from camray.io.store import Store
+
+        delta = DeltaFormat(Store(str(output), S3Settings()))
+        delta.prepare()
+        for run_id in run_ids:
+            if run_id in files_of:
+                delta.add_files("results", files_of[run_id], {"camray.run_id": run_id})
+        delta.add_files("runs", [str(output / "runs" / "history.parquet")], {"camray.fabricated": True})
 
 
-def _newest_run(output: Path) -> dict:
+def _newest_run(output: Output) -> dict:
     """The runs row of the run just measured: the one run that was not fabricated."""
-    runs = pq.read_table(output / "runs").to_pylist()
-    (run,) = [run for run in runs if not run["run_id"].startswith(FABRICATED_RUN)]
+    (run,) = [run for run in output.runs().to_pylist() if not run["run_id"].startswith(FABRICATED_RUN)]
     return run
+
+
+def _versions(output: Output) -> dict[str, int]:
+    """Each table's version now: what a measured run is undone to."""
+    delta = output.format
+    return {table: delta.table(table, refresh=True).version() for table in ("results", "errors", "runs")}
 
 
 def run_case(
     name: str, output: Path, images: Path, env: dict[str, str], logs: Path, keep: bool = False
 ) -> dict[str, object]:
-    """One `camray run` over the images; then, unless `keep`, its rows are removed again, so that the next
-    repeat on this output meets the same history."""
+    """One `camray run` over the images; then, unless `keep`, the tables are restored to their versions before
+    it, so that the next repeat on this output meets the same history."""
+    tables = Output(str(output))
+    before = _versions(tables)
     command = [sys.executable, "-m", "camray.cli", "run", "--input", str(images), "--output", str(output)]
     measured = measure_process(command, env, logs / f"run-{name}.log")
     if measured.returncode != 0:
         raise RuntimeError(f"run over the {name} history failed ({measured.returncode}); see {logs}/run-{name}.log")
-    run = _newest_run(output)
+    tables.refresh()
+    run = _newest_run(tables)
     if (run["skipped"], run["results"] + run["errors"]) != (NEW_IMAGES // 2, NEW_IMAGES - NEW_IMAGES // 2):
         raise RuntimeError(f"run over the {name} history skipped {run['skipped']}, did {run['results']} + errors")
-    for table in ("results", "errors", "runs") if not keep else ():
-        for path in (output / table).glob(f"{run['run_id']}*.parquet"):
-            path.unlink()
+    for table, version in before.items() if not keep else ():
+        tables.format.table(table, refresh=True).restore(version)
     return {
         "peak_driver_rss_mib": measured.peak_rss / 2**20,
         "seconds": measured.seconds,
@@ -136,17 +161,15 @@ def run_case(
 
 _SKIP_ALONE = """
 import sys, time
-import pyarrow.dataset as pads
 from camray.config import load_config
 from camray.io.done import DoneSet, without_done
 from camray.io.listing import iter_listing
+from camray.io.output import Output
 from camray.io.sources import S3Settings
 images, output = sys.argv[1], sys.argv[2]
 config = load_config(overrides={"source.uri": images, "sink.uri": output})
 clock = time.perf_counter()
-runs = pads.dataset(output + "/runs").to_table(columns=["run_id", "status"]).to_pylist()
-succeeded = tuple(run["run_id"] for run in runs if run["status"] == "succeeded")
-done = DoneSet(output, succeeded, config.model.name, config.fingerprint(), S3Settings())
+done = DoneSet.of(Output(output), config.model.name, config.fingerprint())
 kept = sum(chunk.num_rows for chunk in without_done(iter_listing(images, [], True, S3Settings()), done))
 print(f"kept {kept} in {time.perf_counter() - clock:.2f} s")
 """

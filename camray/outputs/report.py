@@ -29,10 +29,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from camray.errors import UsageError
 from camray.io.container_samples import sample_key, sample_uri
 from camray.io.containers import PARQUET, WEBDATASET, ContainerFormat, read_images
+from camray.io.output import Output
 from camray.io.schema import decode_heatmap
 from camray.io.sources import ByteReader
 from camray.outputs.overlay import LabelledBox, draw_boxes, overlay, ramp, resize_map
-from camray.outputs.tables import Output
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from headless_chromium import render_ok, require_browser
 from run_inputs import input_files
 
 from camray.cli import main_camray
+from camray.io.output import Output
 from camray.io.schema import RUNS
 from camray.outputs.query import connect
-from camray.outputs.tables import Output
 
 pytestmark = pytest.mark.integration
 
@@ -295,7 +295,7 @@ def test_coco_export_filters(run, tmp_path, capsys):
 
 
 def test_yolo_export(run, tmp_path, capsys):
-    from camray.outputs.tables import Output as Out
+    from camray.io.output import Output as Out
 
     dest = tmp_path / "yolo"
     argv = ["export", "yolo", "--output", str(run.out), "--min-score", "0", "--dest", str(dest)]
