@@ -306,7 +306,7 @@ def _work(config: JobConfig, setup: ModelSetup, run: OutputRun, sink: CamDatasin
     if staged.rows:
         record.stats_uri = _annotate(config, setup, run, staged, resources, sink)
     accounted = sink.counts.results + sink.counts.errors
-    expected, untallied = staged.expected_rows()
+    expected, untallied = staged.expected_rows(run.output.s3)
     if accounted != expected:
         shortfall = (
             untallied

@@ -28,7 +28,7 @@ from camray.io.lease import OutputLease
 from camray.io.output import Output
 from camray.io.resume import PriorWork, RunIdentity, RunState, find_resumable, prior_work, write_state
 from camray.io.sink import CamDatasink
-from camray.io.sources import join_uri, store_errors
+from camray.io.sources import S3Settings, join_uri, store_errors
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +96,8 @@ class StagedListing:
     def images(self) -> int:
         return self.rows
 
-    def expected_rows(self) -> tuple[int | None, str]:
-        """One row per listed input (`StagedContainers` counts by its read tasks' tallies)."""
+    def expected_rows(self, s3: S3Settings) -> tuple[int | None, str]:
+        """One row per listed input (`StagedContainers` counts by its read tasks' tallies, read through `s3`)."""
         return self.rows, ""
 
 
