@@ -187,8 +187,44 @@ def test_the_history_is_read_from_s3_through_pyarrow(s3_server, tmp_path):
     assert _kept(without_done([listing], done)) == _reference(listing, history)
 
 
+class _Poller:
+    """A reader polling the results table's current version through `deltalake` while a run goes: what it saw."""
+
+    def __init__(self, out) -> None:
+        import threading
+
+        self.out = out
+        self.seen: set[tuple[tuple[str, str], ...]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        from readers import delta_rows
+
+        while not self._stop.wait(0.02):
+            try:
+                rows = delta_rows(self.out, "results", ["image_uri", "run_id"])
+            except OSError:  # the table being created
+                continue
+            if rows is not None:
+                pairs = zip(rows.column("image_uri").to_pylist(), rows.column("run_id").to_pylist(), strict=True)
+                self.seen.add(tuple(sorted(pairs)))
+
+    def __enter__(self) -> _Poller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
 @pytest.mark.integration
 def test_a_second_run_over_the_same_input_skips_everything(ray_cluster, small_photos, tmp_path):
+    """Three nights over one folder; a reader polling the results table all along sees each run whole or not at
+    all, never part of one: its files, staged one write task at a time, become current in one commit."""
+    from readers import delta_rows
+
     from camray.config import load_config
     from camray.runner import run_job
 
@@ -197,19 +233,36 @@ def test_a_second_run_over_the_same_input_skips_everything(ray_cluster, small_ph
     for path in sorted(small_photos.iterdir())[:6]:
         shutil.copy2(path, images / path.name)
     config = load_config(
-        overrides={"source.uri": str(images), "sink.uri": str(tmp_path / "out"), "runtime.batch_size": 4}
+        overrides={
+            "source.uri": str(images),
+            "sink.uri": str(tmp_path / "out"),
+            "runtime.batch_size": 2,
+            "sink.rows_per_file": 2,
+        }
     )
-    first = run_job(config)
+
+    def current() -> tuple[tuple[str, str], ...]:
+        rows = delta_rows(tmp_path / "out", "results", ["image_uri", "run_id"]).to_pylist()
+        return tuple(sorted((row["image_uri"], row["run_id"]) for row in rows))
+
+    with _Poller(tmp_path / "out") as poller:
+        first = run_job(config)
     assert (first.status, first.listed, first.skipped, first.results + first.errors) == ("succeeded", 6, 0, 6)
+    assert poller.seen <= {(), current()} and current() in poller.seen  # none of the run, or all of it
 
     second = run_job(config)
     assert (second.status, second.listed, second.skipped, second.results, second.errors) == ("succeeded", 6, 6, 0, 0)
 
-    # A rewritten image has a new version: only it is done again.
+    # A rewritten image has a new version: only it is done again, and its row replaces the old one at once.
     rewritten = sorted(images.iterdir())[0]
     rewritten.write_bytes(rewritten.read_bytes())
-    third = run_job(config)
+    before = current()
+    with _Poller(tmp_path / "out") as poller:
+        third = run_job(config)
     assert (third.listed, third.skipped, third.results + third.errors) == (6, 5, 1)
+    after = current()
+    assert poller.seen <= {before, after} and len(after) == 6
+    assert [uri for uri, run_id in after if run_id == third.run_id] == [str(rewritten)]
 
 
 def test_labels_are_part_of_done_where_the_listing_gives_them(tmp_path):
