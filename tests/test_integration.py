@@ -152,6 +152,9 @@ def test_nightly_rerun_skips_what_is_done(ray_cluster, uploaded):
     summary = run_job(config)
     assert (summary.listed, summary.skipped, summary.results, summary.errors) == (11, 6, 1, 4)
     assert summary.status == "succeeded"
+    # Both nights' staging folders are gone, markers included: none reads as an unfinished run to the next night.
+    staging = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="out/_staging/").get("Contents", [])
+    assert [item["Key"] for item in staging if item["Key"] != "out/_staging/"] == []
 
 
 def test_a_crashed_run_leaves_nothing_that_looks_complete(ray_cluster, tmp_path, photos):

@@ -133,6 +133,11 @@ class Store:
         """The folder and everything under it, if it is there."""
         path = self.path(*parts)
         if self.is_s3:
-            self.fs.delete_dir_contents(path, missing_dir_ok=True)
+            # `delete_dir`, not `delete_dir_contents`: the latter keeps the folder's marker object, and a staging
+            # folder left behind reads as an unfinished run to every later run.
+            try:
+                self.fs.delete_dir(path)
+            except FileNotFoundError:
+                pass
         elif self.fs.get_file_info(path).type == pafs.FileType.Directory:
             self.fs.delete_dir(path)
