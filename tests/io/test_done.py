@@ -265,6 +265,39 @@ def test_a_second_run_over_the_same_input_skips_everything(ray_cluster, small_ph
     assert [uri for uri, run_id in after if run_id == third.run_id] == [str(rewritten)]
 
 
+@pytest.mark.integration
+def test_a_parquet_output_keeps_its_format_through_later_runs(ray_cluster, small_photos, tmp_path):
+    """`sink.format: parquet` writes plain Parquet; a later run with the default (delta) finds the output's format
+    and keeps it: it skips what is done, and its readers see the newest row of each image of succeeded runs."""
+    from camray.config import load_config
+    from camray.io.output import Output
+    from camray.runner import run_job
+
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    for path in sorted(small_photos.iterdir())[:3]:
+        shutil.copy2(path, images / path.name)
+    given = {"source.uri": str(images), "sink.uri": str(out), "runtime.batch_size": 2}
+    first = run_job(load_config(overrides={**given, "sink.format": "parquet"}))
+    rewritten = sorted(images.iterdir())[0]
+    rewritten.write_bytes(rewritten.read_bytes())
+    second = run_job(load_config(overrides=given))
+
+    assert (first.status, first.results + first.errors) == ("succeeded", 3)
+    assert (second.status, second.skipped, second.results + second.errors) == ("succeeded", 2, 1)
+    assert not (out / "results" / "_delta_log").exists() and not (out / "runs" / "_delta_log").exists()
+    files_of = [path.name.split("-a01-")[0] for path in (out / "results").glob("*.parquet")]
+    assert set(files_of) == {first.run_id, second.run_id} and files_of.count(second.run_id) == 1
+    assert not list((out / "_staging").glob("*/results/*.parquet"))  # moved into place at the commit
+    output = Output(str(out))
+    assert not output.is_delta
+    newest = {
+        row["image_uri"]: row["run_id"] for row in output.latest_results(None, ["image_uri", "run_id"]).to_pylist()
+    }
+    assert len(newest) == 3 and newest[str(rewritten)] == second.run_id
+    assert sorted(output.succeeded_run_ids()) == sorted([first.run_id, second.run_id])
+
+
 def test_labels_are_part_of_done_where_the_listing_gives_them(tmp_path):
     """An entry whose labels' key equals its result's labels is done; one whose labels changed, or whose result
     has none (written before labels existed, a file a migration kept), is redone; an entry without a key is
