@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser system-packages run test test-fast bench bench-scale bench-history bench-month bench-containers bench-head bench-device lint clean
+.PHONY: install browser system-packages run test test-fast bench bench-scale bench-history bench-month bench-compaction bench-containers bench-head bench-device lint clean
 
 $(STAMP): pyproject.toml infra/install.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-history: $(STAMP)
 bench-month: $(STAMP)
 	$(PY) -m camray.bench.month
 
+bench-compaction: $(STAMP)
+	$(PY) -m camray.bench.compaction
+
 bench-containers: $(STAMP)
 	$(PY) -m camray.bench.containers
 
@@ -67,4 +70,4 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf output data .pytest_cache bench-results.json bench-scale-results.json bench-containers-results.json
+	rm -rf output data .pytest_cache bench-results.json bench-scale-results.json bench-containers-results.json bench-compaction-results.json

@@ -152,7 +152,7 @@ def _refused(exc: BaseException, verbose: bool, message: str, status: int) -> in
 QUERY_BATCH_ROWS = 4096
 
 EXIT_CODES = """exit status: 0 done; 1 the run failed or is incomplete, or the output is missing or unreadable;
-2 bad usage, config, run id or SQL; 3 the output is leased by another run (camray run)."""
+2 bad usage, config, run id or SQL; 3 the output is leased by another run (camray run, migrate, optimize)."""
 
 EXAMPLES = {
     "run": "camray run --input s3://my-images/incoming/ --output s3://my-annotations/cam/",
@@ -163,6 +163,8 @@ EXAMPLES = {
     "export coco": "camray export coco --output output --min-score 0.2 --dest output/coco.json",
     "export yolo": "camray export yolo --output output --classes 'Egyptian cat' tabby --dest output/yolo",
     "export masks": "camray export masks --output output --dest output/masks",
+    "migrate": "camray migrate --output s3://my-annotations/cam/",
+    "optimize": "camray optimize --output s3://my-annotations/cam/ --retention-hours 168",
 }
 
 
@@ -204,11 +206,13 @@ def build_camray_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="camray",
-        description="Class activation maps on Ray: run the job, and look at, query and export its output.",
+        description="Class activation maps on Ray: run the job; look at, query and export its output; keep it.",
         epilog="examples:\n" + "\n".join(f"  {example}" for example in EXAMPLES.values()) + f"\n\n{EXIT_CODES}",
         formatter_class=_formatter,
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="{run,runs,report,query,export}", required=True)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="{run,runs,report,query,export,migrate,optimize}", required=True
+    )
     # `camray run ARGS` is handed to `main` whole (see main_camray); listed here for `camray --help`.
     subparsers.add_parser("run", help="run the job (the same as python jobs/cam_batch.py; camray run --help)")
 
@@ -238,6 +242,35 @@ def build_camray_parser() -> argparse.ArgumentParser:
     query.add_argument("--max-rows", type=int, default=50, metavar="N", help="rows printed as a table (default 50)")
     query.add_argument(
         "--athena-ddl", action="store_true", help="print Athena/Glue CREATE EXTERNAL TABLE statements for the output"
+    )
+
+    migrate = _subparser(subparsers, "migrate", "convert a Parquet output to Delta tables, in place or beside it")
+    _common(migrate)
+    migrate.add_argument("--dest", metavar="URI", help="write the Delta tables here instead (an empty location)")
+    migrate.add_argument(
+        "--wait-for-lease", type=float, default=0.0, metavar="SECONDS", help="wait this long for a run's lease"
+    )
+
+    optimize = _subparser(
+        subparsers, "optimize", "compact a Delta output's small files and vacuum old ones, under its lease"
+    )
+    _common(optimize)
+    optimize.add_argument(
+        "--target-size-mib", type=float, default=128.0, metavar="MIB", help="size of a compacted file (default 128)"
+    )
+    optimize.add_argument(
+        "--retention-hours",
+        type=float,
+        default=168.0,
+        metavar="HOURS",
+        help="vacuum unreferenced files older than this; newer ones keep time travel (default 168, a week)",
+    )
+    optimize.add_argument(
+        "--wait-for-lease",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="wait this long for a running night's lease (default 3600)",
     )
 
     export = subparsers.add_parser(
@@ -273,10 +306,10 @@ def build_camray_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _output(args: argparse.Namespace):
-    from camray.outputs.tables import Output
+def _output(args: argparse.Namespace, uri: str | None = None):
+    from camray.io.output import Output
 
-    return Output(args.output, S3Settings(args.s3_endpoint_url, args.s3_region))
+    return Output(uri or args.output, S3Settings(args.s3_endpoint_url, args.s3_region))
 
 
 def _json_value(value: Any) -> Any:
@@ -293,7 +326,7 @@ def _print_table(table: Any, fmt: str, dest: str | None = None, more_rows: bool 
         print(format_table(table, more_rows))
     elif fmt == "csv":
         from camray.io.bounded_duckdb import bounded_duckdb
-        from camray.outputs.tables import DUCKDB_MEMORY_LIMIT
+        from camray.io.output import DUCKDB_MEMORY_LIMIT
 
         with bounded_duckdb(DUCKDB_MEMORY_LIMIT) as con:
             _write_csv(con.from_arrow(table), dest)
@@ -356,8 +389,9 @@ def _cmd_query(args: argparse.Namespace) -> int:
     from camray.outputs.athena import create_tables
     from camray.outputs.query import connect
 
-    if args.athena_ddl:
-        print(create_tables(args.output), end="")
+    if args.athena_ddl:  # a new output will be Delta tables, as runs make them by default
+        output = _output(args)
+        print(create_tables(args.output, delta=output.is_delta or not output.format.has_tables()), end="")
         return 0
     import duckdb
 
@@ -403,17 +437,45 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from camray.io.migrate import migrate
+
+    dest = _output(args, args.dest) if args.dest else None
+    print(migrate(_output(args), dest, wait_for_lease=args.wait_for_lease).summary())
+    return 0
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    from camray.io.optimize import optimize
+
+    if args.target_size_mib <= 0:
+        raise UsageError(f"--target-size-mib must be > 0, not {args.target_size_mib}")
+    upkeep = optimize(
+        _output(args),
+        target_bytes=int(args.target_size_mib * 2**20),
+        retention_hours=args.retention_hours,
+        wait_for_lease=args.wait_for_lease,
+    )
+    print(upkeep.summary())
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "runs": _cmd_runs,
     "report": _cmd_report,
     "query": _cmd_query,
     "export": _cmd_export,
+    "migrate": _cmd_migrate,
+    "optimize": _cmd_optimize,
 }
 
 
 def _exit_status(exc: BaseException) -> int:
-    """Bad usage, bad values, an unknown run and bad SQL are the user's to fix (2, camray's `SetupError`s); an
-    output that is missing or cannot be read, and anything else, mean the work failed (1)."""
+    """Bad usage, bad values, an unknown run and bad SQL are the user's to fix (2, camray's `SetupError`s); a lease
+    another run holds is 3 (`migrate`, `optimize`); an output that is missing or cannot be read, and anything else,
+    mean the work failed (1)."""
+    if isinstance(exc, LeaseHeld):
+        return 3
     return 2 if isinstance(exc, SetupError) else 1
 
 

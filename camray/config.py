@@ -418,9 +418,16 @@ UNSET_BEFORE = {
 
 
 class SinkConfig(_Section):
-    """Where the Parquet goes."""
+    """Where the tables go, and in what format."""
 
     uri: str = Field("output", description="A local folder or an `s3://bucket/prefix`.")
+    format: Literal["delta", "parquet"] = Field(
+        "delta",
+        description="The format of a new output's tables: `delta`, Delta Lake tables whose current version every "
+        "engine reads as one row per image with no join (docs/output.md), or `parquet`, plain Parquet files read "
+        "by joining on the succeeded runs. An existing output keeps its own format; `camray migrate` converts a "
+        "Parquet one.",
+    )
     incremental: bool = Field(
         True,
         description="Skip images a previous completed run already annotated with the same model and settings "

@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from camray.config import JobConfig
 from camray.errors import SetupError
-from camray.io import layout
 from camray.io.container_done import ContainerHistory, Skipped, to_read
 from camray.io.container_staging import StagedContainers, prior_rows, read_tallies, stage
 from camray.io.containers import FILES, PARQUET, WEBDATASET, detect_format, iter_containers
 from camray.io.image_tables import TableColumns, TableSchemaError, check_schema
 from camray.io.sources import S3Settings
 from camray.io.streams import open_random_access
+
+if TYPE_CHECKING:
+    from camray.io.output_run import OutputRun
 
 logger = logging.getLogger(__name__)
 
@@ -77,25 +79,16 @@ def _checked_first(chunk: pa.Table, config: JobConfig, s3: S3Settings) -> None:
 
 
 def stage_containers(
-    config: JobConfig,
-    s3: S3Settings,
-    progress: ListingProgress,
-    source_uri: str,
-    kind: str,
-    completed: list[str],
+    config: JobConfig, run: OutputRun, progress: ListingProgress, source_uri: str, kind: str
 ) -> StagedContainers:
     """Lists the containers, leaves out what is done (and what earlier attempts of the run finished), and stages
     the rest as listing files; `progress` counts containers listed and skipped as done."""
-    listing_uri = layout.listing_uri(config.sink.uri, progress.run_id, progress.attempt)
-    tallies_uri = layout.tallies_uri(config.sink.uri, progress.run_id)
-    history = (
-        ContainerHistory(config.sink.uri, config.model.name, config.fingerprint(), s3)
-        if config.sink.incremental and completed
-        else None
-    )
+    output = run.output
+    s3 = output.s3
+    history = ContainerHistory(output, config.model.name, config.fingerprint()) if config.sink.incremental else None
     resumed = progress.attempt > 1
-    prior = prior_rows(config.sink.uri, progress.run_id, s3) if resumed else None
-    tallies = read_tallies(tallies_uri, s3, before=progress.attempt) if resumed else None
+    prior = prior_rows(output, progress.run_id) if resumed else None
+    tallies = read_tallies(run.tallies_uri, s3, before=progress.attempt) if resumed else None
 
     def listed() -> Iterator[pa.Table]:
         limit = config.source.limit
@@ -113,6 +106,6 @@ def stage_containers(
 
     skipped = Skipped()
     entries = to_read(listed(), history, prior, tallies, skipped)
-    staged = stage(listing_uri, tallies_uri, progress.attempt, entries, s3, kind)
+    staged = stage(run.listing_uri, run.tallies_uri, progress.attempt, entries, s3, kind)
     progress.skipped += skipped.done
     return staged

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -32,8 +32,6 @@ from ray.data._internal.execution.execution_callback import ExecutionCallback
 
 if TYPE_CHECKING:
     from ray.data._internal.execution.streaming_executor import StreamingExecutor
-
-    from camray.io.sources import S3Settings
 
 logger = logging.getLogger(__name__)
 
@@ -205,21 +203,16 @@ def run_output() -> Iterator[Terminal]:
         Path(log_name).unlink(missing_ok=True)
 
 
-def save_run_log(uri: str, s3: S3Settings) -> None:
-    """Copies the log of the run in progress to `uri` (local or s3://) and names it on the terminal; does nothing
-    outside `run_output`. A log that cannot be written is a warning: it must not fail the run."""
+def save_run_log(uri: str, write: Callable[[bytes], object]) -> None:
+    """Hands the log of the run in progress to `write` (which puts it at `uri`) and names it on the terminal; does
+    nothing outside `run_output`. A log that cannot be written is a warning: it must not fail the run."""
     capture = _active
     if capture is None:
         return
-    from camray.io.sources import filesystem_for
-
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        fs, path = filesystem_for(uri, s3)
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(path) as out:
-            out.write(capture.log_path.read_bytes())
+        write(capture.log_path.read_bytes())
     except Exception as exc:  # noqa: BLE001 - the run's own outcome matters more than its log
         logger.warning("could not save the run's log to %s: %s", uri, exc)
         return

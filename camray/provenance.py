@@ -13,14 +13,10 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
 from camray.config import JobConfig
-from camray.io.layout import runs_row_name, table_uri
-from camray.io.schema import RUNS, SCHEMA_VERSION
-from camray.io.sources import S3Settings, filesystem_for, store_errors
+from camray.io.schema import SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -148,18 +144,3 @@ def runs_row(
         "host": socket.gethostname(),
         "stats_uri": summary.stats_uri,
     }
-
-
-def write_runs_row(output_uri: str, s3: S3Settings, row: dict) -> None:
-    """Writes the row as its own file in `runs/`. A succeeded run without its row is not complete to readers, so
-    that failure is raised; for any other status the run's own error, raised after this, is the one to report."""
-    try:
-        with store_errors("write of the runs row to", output_uri, s3):
-            fs, base = filesystem_for(table_uri(output_uri, "runs"), s3)
-            fs.create_dir(base, recursive=True)
-            name = runs_row_name(row["run_id"], row["attempt"])
-            pq.write_table(pa.Table.from_pylist([row], schema=RUNS), f"{base}/{name}", filesystem=fs)
-    except OSError:
-        if row["status"] == "succeeded":
-            raise
-        logger.exception("run %s: could not record its %s status in runs/", row["run_id"], row["status"])

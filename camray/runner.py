@@ -2,14 +2,15 @@
 
 1. resolve the setup (model, weights and head, class names, layers, CAM method) once, and check that the input is
    there, before anything is touched;
-2. resolve the attempt (a new run, or the next attempt of an unfinished one) and lease the output under its id;
+2. open the output once (`camray.io.output.Output`), resolve the attempt and lease the output under its id
+   (`camray.io.output_run.OutputRun`);
 3. read what earlier attempts of the run left, stage the listing without what is done;
 4. start Ray, plan the resources, read+decode (CPU tasks), predict (actor pool, GPU where present), write;
 5. account for every input and commit;
 6. however it ended: remove the listing, write the runs row, release the lease.
 
-Resources and Ray Data's settings are `camray.planning`'s; the runs row is `camray.provenance`'s; where things
-live under the output is `camray.io.layout`'s."""
+Resources and Ray Data's settings are `camray.planning`'s; the runs row is `camray.provenance`'s; everything done
+to the output (where things live, the lease, staging, the commit) is the output's."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ import re
 import signal
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
 
 from camray.config import JobConfig
@@ -38,22 +36,22 @@ from camray.container_runs import input_format, is_container_format, stage_conta
 from camray.errors import InputNotFound
 from camray.host_memory import ALLOCATOR_ENV
 from camray.image.decode import DecodeLimits
-from camray.io import layout
 from camray.io.container_staging import StagedContainers
 from camray.io.containers import brace_folder, is_brace_pattern
-from camray.io.done import LABELS_KEY, DoneSet, labels_key, without_done, without_inputs
-from camray.io.lease import OutputLease
+from camray.io.done import LABELS_KEY, DoneSet, labels_key, without_done
 from camray.io.listing import check_input_exists, iter_listing
-from camray.io.resume import PriorWork, RunState, find_resumable, prior_work, write_state
+from camray.io.output import Output
+from camray.io.output_run import OutputRun, StagedListing
+from camray.io.resume import PriorWork, RunIdentity
 from camray.io.s3 import store_failure
-from camray.io.sink import CamDatasink, WrittenCounts, check_each_input_once, commit
-from camray.io.sources import S3Settings, filesystem_for, join_uri, store_errors
+from camray.io.sink import CamDatasink, WrittenCounts
+from camray.io.sources import S3Settings, store_errors
 from camray.logs import LOG_ONLY, save_run_log
 from camray.metrics import push_outcome
 from camray.models import LabelResolver, ModelSetup, UnknownLabel, resolve_setup
 from camray.planning import WRITE_CPUS, Resources, configure_data_context, plan_resources
 from camray.predictor import Predictor, decode_side
-from camray.provenance import ClusterFacts, ModelFacts, RunSummary, cluster_facts, runs_row, write_runs_row
+from camray.provenance import ClusterFacts, ModelFacts, RunSummary, cluster_facts, runs_row
 from camray.reader import read_decode_listing
 from camray.samples import export_samples, require_demo_packages
 
@@ -78,11 +76,9 @@ def resolve_run_setup(config: JobConfig, s3: S3Settings) -> ModelSetup:
     return resolve_setup(config.model, config.cam, config.tiling, s3).setup
 
 
-def _done_versions(config: JobConfig, s3: S3Settings, completed: list[str]) -> DoneSet | None:
-    """Where the done work is (results of completed runs with this model and these settings); nothing is read."""
-    if not config.sink.incremental or not completed:
-        return None
-    return DoneSet(config.sink.uri, tuple(completed), config.model.name, config.fingerprint(), s3)
+def identity(config: JobConfig) -> RunIdentity:
+    """What an unfinished run must share with this one to be resumed by it."""
+    return RunIdentity(config.fingerprint(), config.model.name, config.source.uri)
 
 
 def with_labels_key(chunk: pa.Table, resolver: LabelResolver) -> pa.Table:
@@ -101,108 +97,6 @@ def with_labels_key(chunk: pa.Table, resolver: LabelResolver) -> pa.Table:
         except UnknownLabel:
             keys.append("?")
     return chunk.append_column(LABELS_KEY, pa.array(keys, pa.string()))
-
-
-@dataclass
-class _StagedListing:
-    """The inputs to process, written as Parquet under `_listing/` for the read tasks; removed when the attempt
-    ends (a crashed attempt's is debris that the next attempt, writing its own, does not read)."""
-
-    uri: str
-    files: int = 0
-    rows: int = 0
-
-    @property
-    def images(self) -> int:
-        return self.rows
-
-    def expected_rows(self, s3: S3Settings) -> tuple[int | None, str]:
-        """One row per listed input (`StagedContainers` counts by its read tasks' tallies)."""
-        return self.rows, ""
-
-
-def _stage_listing(
-    config: JobConfig,
-    s3: S3Settings,
-    state: _ListingProgress,
-    source_uri: str,
-    completed: list[str],
-    resolver: LabelResolver,
-) -> _StagedListing:
-    """Streams the listing through the skip rules into Parquet files, holding one chunk at a time.
-
-    File sizes grow: the first files hold one read batch each, so that a small run still spreads over the
-    cluster; later ones up to `LISTING_FILE_ROWS`, so that millions of inputs make hundreds of files, not
-    tens of thousands. Each file becomes one read+decode task."""
-    staged = _StagedListing(layout.listing_uri(config.sink.uri, state.run_id, state.attempt))
-    fs, base = filesystem_for(staged.uri, s3)
-    fs.create_dir(base, recursive=True)
-    done = _done_versions(config, s3, completed)
-    small = config.runtime.decode_batch_size
-    pending: list[pa.Table] = []
-    pending_rows = 0
-
-    def flush(final: bool) -> None:
-        nonlocal pending, pending_rows
-        while pending_rows and (final or pending_rows >= _listing_file_rows(staged.files, small)):
-            table = pa.concat_tables(pending)
-            size = _listing_file_rows(staged.files, small)
-            pq.write_table(table.slice(0, size), f"{base}/{layout.listing_file_name(staged.files)}", filesystem=fs)
-            staged.files += 1
-            staged.rows += min(size, table.num_rows)
-            rest = table.slice(size)
-            pending, pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
-
-    def listed() -> Iterator[pa.Table]:
-        limit = config.source.limit
-        source = config.source
-        for chunk in iter_listing(source_uri, source.extensions, source.recursive, s3, labels_from=source.labels_from):
-            if limit is not None:
-                chunk = chunk.slice(0, max(0, limit - state.listed))
-            state.listed += chunk.num_rows
-            yield with_labels_key(chunk, resolver)
-            if limit is not None and state.listed >= limit:
-                break
-
-    not_done = 0
-    for kept in without_done(listed(), done) if done is not None else listed():
-        not_done += kept.num_rows
-        if state.prior is not None:  # what earlier attempts of this run hold, whatever its version
-            kept = without_inputs(kept, state.prior.inputs)
-        if kept.num_rows:
-            pending.append(kept)
-            pending_rows += kept.num_rows
-            flush(final=False)
-    state.skipped += state.listed - not_done
-    flush(final=True)
-    return staged
-
-
-# Rows of the listing files after the first `FINE_LISTING_FILES`, each of one read batch.
-LISTING_FILE_ROWS = 4096
-FINE_LISTING_FILES = 64
-
-
-def _listing_file_rows(index: int, read_batch: int) -> int:
-    return read_batch if index < FINE_LISTING_FILES else max(read_batch, LISTING_FILE_ROWS)
-
-
-def _write_text(uri: str, text: str, s3: S3Settings) -> None:
-    fs, path = filesystem_for(uri, s3)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as stream:
-        stream.write(text.encode())
-
-
-def _discard_listing(config: JobConfig, s3: S3Settings, attempt: Attempt) -> None:
-    uri = layout.listing_uri(config.sink.uri, attempt.run_id, attempt.number)
-    try:
-        fs, path = filesystem_for(uri, s3)
-        fs.delete_dir_contents(path, missing_dir_ok=True)
-        if isinstance(fs, pafs.LocalFileSystem):
-            fs.delete_dir(path)
-    except OSError as exc:  # the store may be what failed the run; a leftover listing harms no reader
-        logger.warning("run %s: could not remove its listing %s: %s", attempt.run_id, uri, exc)
 
 
 def _ensure_ray(config: JobConfig) -> None:
@@ -265,94 +159,6 @@ def _check_input(config: JobConfig, s3: S3Settings) -> None:
         logger.debug("the input could not be looked at before the lease: %s", exc)
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """Which run this invocation works on: a new run (attempt 1), or the next attempt of an unfinished run with
-    the same settings on the same input, which keeps that run's id."""
-
-    run_id: str
-    number: int
-    started: datetime  # this attempt's, for its runs row
-    run_started_at: str  # the run's first attempt's, kept in its `run.json`
-
-    @property
-    def resumed(self) -> bool:
-        return self.number > 1
-
-    def agrees_with(self, other: Attempt) -> bool:
-        """Both resolutions found no run to resume (a new run's id is each invocation's own), or the same attempt
-        of the same run (a concurrent attempt of that run may have taken the number meanwhile)."""
-        if not (self.resumed or other.resumed):
-            return True
-        return (self.run_id, self.number) == (other.run_id, other.number)
-
-
-def _new_attempt(started: datetime) -> Attempt:
-    return Attempt(f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}", 1, started, started.isoformat())
-
-
-def _resolve_attempt(config: JobConfig, s3: S3Settings, started: datetime, quiet: bool = False) -> Attempt:
-    if config.sink.resume:
-        with store_errors("reading of the done work in", config.sink.uri, s3):
-            succeeded = set(layout.succeeded_run_ids(config.sink.uri, s3))
-        unfinished = find_resumable(
-            config.sink.uri, config.fingerprint(), config.model.name, config.source.uri, succeeded, s3, quiet=quiet
-        )
-        if unfinished is not None:
-            return Attempt(unfinished.run_id, unfinished.attempt + 1, started, unfinished.started_at)
-    return _new_attempt(started)
-
-
-# Resolutions that another run's commit or crash may overturn before this run holds the lease; each takes that
-# other run holding the output meanwhile, so a second one is already rare.
-LEASE_RESOLUTIONS = 5
-
-
-def _lease_attempt(config: JobConfig, s3: S3Settings, started: datetime) -> tuple[Attempt, OutputLease]:
-    """The attempt, and the output's lease taken under its run id.
-
-    The attempt is resolved before the lease, so that the lease, the sink and every file carry the run's id from
-    the start, and resolved again once the lease is held, when no other run can change the output: a run that held
-    it meanwhile (this one waited for it, or raced it) may have committed the run this one meant to resume, or left
-    one unfinished. Then the lease is given back and the attempt resolved anew.
-
-    Only the answer under the lease counts. Where the output cannot be read, the look before the lease gives no
-    answer (a new run), and the look under it fails: a new run then goes ahead, meets the same error in its first
-    steps and fails with its runs row; a resumption is not trusted, and the lease is taken again as a new run."""
-    deadline = time.monotonic() + config.sink.wait_for_lease
-    unreadable = False
-    for _ in range(LEASE_RESOLUTIONS):
-        try:
-            expected = _new_attempt(started) if unreadable else _resolve_attempt(config, s3, started, quiet=True)
-        except Exception as exc:  # answered under the lease, where a failure is the run's
-            logger.debug("the attempt could not be resolved before the lease: %s", exc)
-            expected = _new_attempt(started)
-        lease = OutputLease(config.sink.uri, expected.run_id, s3, config.sink.lease_seconds)
-        lease.acquire(wait_seconds=max(0.0, deadline - time.monotonic()))
-        try:
-            confirmed = _resolve_attempt(config, s3, started)
-        except Exception:
-            if not expected.resumed:
-                return expected, lease
-            unreadable = True
-        except BaseException:  # interrupted while looking: the lease is not left to expire
-            lease.release()
-            raise
-        else:
-            if confirmed.agrees_with(expected):
-                return expected, lease
-            logger.info(
-                "run %s: the output changed while waiting for its lease (now %s); resolving the attempt again",
-                expected.run_id,
-                f"attempt {confirmed.number} of run {confirmed.run_id}" if confirmed.resumed else "a new run",
-            )
-        lease.release()
-    raise RuntimeError(
-        f"the runs on {config.sink.uri} changed under this run {LEASE_RESOLUTIONS} times while it waited for the "
-        "lease; run it again"
-    )
-
-
 @dataclass
 class _ListingProgress:
     """The listing step's counts as it goes (a run that fails mid-listing still records how far it got)."""
@@ -393,43 +199,52 @@ def run_job(config: JobConfig) -> RunSummary:
     except Exception as exc:
         _push_refused(config, exc, time.perf_counter() - clock)
         raise
-    attempt, lease = _lease_attempt(config, s3, started)
-    sink = CamDatasink(config.sink.uri, attempt.run_id, s3, config.sink.rows_per_file, attempt.number)
+    output = Output(config.sink.uri, s3, new_format=config.sink.format)
+    sink_settings = config.sink
+    run = OutputRun.begin(
+        output,
+        identity(config),
+        started,
+        resume=sink_settings.resume,
+        wait_for_lease=sink_settings.wait_for_lease,
+        lease_seconds=sink_settings.lease_seconds,
+    )
+    sink = run.datasink(sink_settings.rows_per_file)
     record = _Record()
     status = "failed"
     try:
         with _sigterm_interrupts():
-            status = _work(config, setup, s3, attempt, lease, sink, record)
+            status = _work(config, setup, run, sink, record)
     except RunInterrupted as exc:
         status, record.message = "interrupted", f"interrupted: {exc}; the work done so far is kept for the next run"
-        logger.warning("run %s %s", attempt.run_id, record.message)
+        logger.warning("run %s %s", run.run_id, record.message)
         raise
     except BaseException as exc:
         outage = store_failure(exc)
         status, record.message = "failed", failure_message(exc)
         # Into the run's log, saved below; the terminal gets the one line the command line prints.
-        logger.error("run %s failed: %s", attempt.run_id, record.message, exc_info=exc, extra={LOG_ONLY: True})
+        logger.error("run %s failed: %s", run.run_id, record.message, exc_info=exc, extra={LOG_ONLY: True})
         if outage is not None and outage is not exc:  # a task's outage arrives wrapped in Ray's traceback
             raise outage from exc
         raise
     finally:
-        _discard_listing(config, s3, attempt)
+        run.discard_listing()
         counts = sink.counts
         logger.info(
             "run %s: %d S3 retries (read %d, write %d)",
-            attempt.run_id,
+            run.run_id,
             counts.io_retries,
             counts.read_retries,
             counts.write_retries,
         )
-        save_run_log(layout.log_uri(config.sink.uri, attempt.run_id, attempt.number), s3)
+        save_run_log(run.log_uri, run.save_log)
         try:
-            summary = _summary(config, attempt, record, sink, status, time.perf_counter() - clock)
-            row = runs_row(config, summary, attempt.started, record.model, record.cluster, counts.io_retries)
-            write_runs_row(config.sink.uri, s3, row)
+            summary = _summary(config, run, record, sink, status, time.perf_counter() - clock)
+            row = runs_row(config, summary, run.attempt.started, record.model, record.cluster, counts.io_retries)
+            run.write_runs_row(row)
             push_outcome(config.metrics, summary, counts)
         finally:
-            lease.release()
+            run.release()
     return summary
 
 
@@ -484,20 +299,12 @@ def failure_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def _work(
-    config: JobConfig,
-    setup: ModelSetup,
-    s3: S3Settings,
-    attempt: Attempt,
-    lease: OutputLease,
-    sink: CamDatasink,
-    record: _Record,
-) -> str:
+def _work(config: JobConfig, setup: ModelSetup, run: OutputRun, sink: CamDatasink, record: _Record) -> str:
     """The attempt's steps once the output is leased; returns its status."""
     record.model = model = ModelFacts(setup.weights_source, setup.weights_sha256, setup.input_size, setup.interpolation)
-    record.prior = prior = _resume(config, s3, attempt)
-    record.listing = listing = _ListingProgress(attempt.run_id, attempt.number, prior)
-    staged = _list_inputs(config, s3, listing, LabelResolver(setup.class_names))
+    record.prior = prior = run.resume(identity(config))
+    record.listing = listing = _ListingProgress(run.run_id, run.number, prior)
+    staged = _list_inputs(config, run, listing, LabelResolver(setup.class_names))
 
     _ensure_ray(config)
     _take_sigterm()
@@ -510,7 +317,7 @@ def _work(
     logger.info(
         "run %s: %d predictor actors, batches of %d (%d at once an actor), decoded on the %s, blocks up to %.0f MiB, "
         "object store budget %.0f MiB",
-        attempt.run_id,
+        run.run_id,
         resources.num_actors,
         resources.batch_size,
         resources.calls_per_actor,
@@ -520,9 +327,9 @@ def _work(
     )
 
     if staged.rows:
-        record.stats_uri = _annotate(config, setup, s3, attempt, staged, resources, sink)
+        record.stats_uri = _annotate(config, setup, run, staged, resources, sink)
     accounted = sink.counts.results + sink.counts.errors
-    expected, untallied = staged.expected_rows(s3)
+    expected, untallied = staged.expected_rows(run.output.s3)
     if accounted != expected:
         shortfall = (
             untallied
@@ -530,14 +337,14 @@ def _work(
             else f"accounted for {accounted} of {expected} inputs (blocks dropped under `runtime.max_errored_blocks`)"
         )
         record.message = f"{shortfall}; the staged work is kept and the next run finishes the rest"
-        logger.error("run %s %s", attempt.run_id, record.message)
+        logger.error("run %s %s", run.run_id, record.message)
         return "incomplete"
     alike = _all_failed_alike(sink.counts)
     if alike is not None:
         record.message = alike
-        logger.error("run %s failed: %s", attempt.run_id, record.message)
+        logger.error("run %s failed: %s", run.run_id, record.message)
         return "failed"
-    record.files = _commit(config, s3, attempt, lease)
+    record.files = run.commit()
     return "succeeded"
 
 
@@ -566,44 +373,25 @@ def _all_failed_alike(counts: WrittenCounts) -> str | None:
     )
 
 
-def _resume(config: JobConfig, s3: S3Settings, attempt: Attempt) -> PriorWork | None:
-    """What earlier attempts of a resumed run hold (read under the lease, where no attempt is writing), and this
-    attempt's `run.json`, written before any work so that a crash leaves a run the next one can resume."""
-    prior = prior_work(config.sink.uri, attempt.run_id, s3) if attempt.resumed else None
-    if prior is not None:
-        logger.warning(
-            "resuming run %s (attempt %d): %d inputs already done by earlier attempts",
-            attempt.run_id,
-            attempt.number,
-            len(prior.inputs),
-        )
-    state = RunState(
-        attempt.run_id,
-        attempt.number,
-        config.fingerprint(),
-        config.model.name,
-        config.source.uri,
-        attempt.run_started_at,
-    )
-    write_state(config.sink.uri, state, s3)
-    return prior
-
-
 def _list_inputs(
-    config: JobConfig, s3: S3Settings, listing: _ListingProgress, resolver: LabelResolver
-) -> _StagedListing | StagedContainers:
+    config: JobConfig, run: OutputRun, listing: _ListingProgress, resolver: LabelResolver
+) -> StagedListing | StagedContainers:
     """Lists the source and stages what is left to do under `_listing/`, for the read tasks."""
-    with store_errors("reading of the done work in", config.sink.uri, s3):
-        completed = layout.succeeded_run_ids(config.sink.uri, s3)
+    output = run.output
     source_uri = config.source.uri
     if source_uri == SAMPLES_URI:
         source_uri = str(export_samples(SAMPLES_FOLDER).resolve())
-    with store_errors("listing of", source_uri, s3):
-        kind = input_format(config, source_uri, s3)
+    with store_errors("listing of", source_uri, output.s3):
+        kind = input_format(config, source_uri, output.s3)
         if is_container_format(kind):  # WebDataset shards, Parquet image tables
-            staged = stage_containers(config, s3, listing, source_uri, kind, completed)
+            staged = stage_containers(config, run, listing, source_uri, kind)
         else:
-            staged = _stage_listing(config, s3, listing, source_uri, completed, resolver)
+            listed = _listed(config, source_uri, output.s3, listing, resolver)
+            if config.sink.incremental:
+                with store_errors("reading of the done work in", output.uri, output.s3):
+                    done = DoneSet.of(output, config.model.name, config.fingerprint())
+                listed = _counted(without_done(listed, done), listing)
+            staged = run.stage_listing(listed, config.runtime.decode_batch_size)
     logger.info(
         "run %s: %d listed, %d already done, %d done by earlier attempts, %d to process",
         listing.run_id,
@@ -615,12 +403,34 @@ def _list_inputs(
     return staged
 
 
+def _listed(
+    config: JobConfig, source_uri: str, s3: S3Settings, listing: _ListingProgress, resolver: LabelResolver
+) -> Iterator[pa.Table]:
+    """The source's listing, up to `source.limit`, each entry with its labels' key."""
+    source = config.source
+    for chunk in iter_listing(source_uri, source.extensions, source.recursive, s3, labels_from=source.labels_from):
+        if source.limit is not None:
+            chunk = chunk.slice(0, max(0, source.limit - listing.listed))
+        listing.listed += chunk.num_rows
+        yield with_labels_key(chunk, resolver)
+        if source.limit is not None and listing.listed >= source.limit:
+            break
+
+
+def _counted(chunks: Iterator[pa.Table], listing: _ListingProgress) -> Iterator[pa.Table]:
+    """The chunks left once what is done is skipped; counts the skipped as the listing ends."""
+    kept = 0
+    for chunk in chunks:
+        kept += chunk.num_rows
+        yield chunk
+    listing.skipped += listing.listed - kept
+
+
 def _annotate(
     config: JobConfig,
     setup: ModelSetup,
-    s3: S3Settings,
-    attempt: Attempt,
-    staged: _StagedListing | StagedContainers,
+    run: OutputRun,
+    staged: StagedListing | StagedContainers,
     resources: Resources,
     sink: CamDatasink,
 ) -> str:
@@ -628,30 +438,20 @@ def _annotate(
 
     Ray Data's per-operator statistics run to hundreds of lines: a file beside the output, linked from the runs
     row, rather than the terminal."""
-    ds = _plan(config, setup, attempt.run_id, staged, s3, resources)
+    ds = _plan(config, setup, run, staged, resources)
     ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
-    stats_uri = layout.stats_uri(config.sink.uri, attempt.run_id, attempt.number)
-    _write_text(stats_uri, ds.stats(), s3)
-    return stats_uri
-
-
-def _commit(config: JobConfig, s3: S3Settings, attempt: Attempt, lease: OutputLease) -> tuple[str, ...]:
-    """Moves the run's staged files into the tables, once: only while this run still holds the lease, and only
-    if no input appears twice."""
-    lease.check()
-    check_each_input_once(config.sink.uri, attempt.run_id, s3)
-    return tuple(commit(config.sink.uri, attempt.run_id, s3))
+    return run.write_stats(ds.stats())
 
 
 def _plan(
     config: JobConfig,
     setup: ModelSetup,
-    run_id: str,
-    staged: _StagedListing | StagedContainers,
-    s3: S3Settings,
+    run: OutputRun,
+    staged: StagedListing | StagedContainers,
     resources: Resources,
 ) -> ray.data.Dataset:
     input_size = setup.input_size
+    run_id, s3 = run.run_id, run.output.s3
     s3_plain = dataclasses.asdict(s3)  # workers rebuild S3Settings from plain data
     if isinstance(staged, StagedContainers):
         fmt = container_format(config, staged.kind)
@@ -661,7 +461,7 @@ def _plan(
         return _predict(ds, config, setup, run_id, s3_plain, resources)
     # One item per listing file, read by the read+decode tasks themselves. Ray Data's `read_parquet` would add
     # a file-listing task wanting a whole CPU, which a full actor pool never leaves free: the run stalled.
-    listing_files = [join_uri(staged.uri, layout.listing_file_name(index)) for index in range(staged.files)]
+    listing_files = run.listing_file_uris(staged)
     ds = ray.data.from_items([{"listing": uri} for uri in listing_files], override_num_blocks=staged.files)
     ds = ds.map_batches(
         read_decode_listing,
@@ -714,13 +514,13 @@ def _predict(
 
 
 def _summary(
-    config: JobConfig, attempt: Attempt, record: _Record, sink: CamDatasink, status: str, seconds: float
+    config: JobConfig, run: OutputRun, record: _Record, sink: CamDatasink, status: str, seconds: float
 ) -> RunSummary:
     prior = record.prior
     prior_results = prior.results if prior else 0
     prior_errors = prior.errors if prior else 0
     return RunSummary(
-        run_id=attempt.run_id,
+        run_id=run.run_id,
         status=status,
         listed=record.listing.listed if record.listing else 0,
         skipped=record.listing.skipped if record.listing else 0,
@@ -728,8 +528,8 @@ def _summary(
         errors=sink.counts.errors + prior_errors,
         seconds=seconds,
         output_uri=config.sink.uri,
-        result_files=tuple(join_uri(config.sink.uri, f) for f in record.files if f.startswith("results/")),
-        attempt=attempt.number,
+        result_files=tuple(run.output.store.uri_of(f) for f in record.files if f.startswith("results/")),
+        attempt=run.number,
         resumed=prior_results + prior_errors,
         processed=sink.counts.results + sink.counts.errors,
         message=record.message,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -63,14 +62,12 @@ def lite0(_lite0_as_loaded):
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
-    """A real S3 HTTP endpoint (moto) on loopback; the AWS chain is pointed at it for the whole session."""
-    from moto.server import ThreadedMotoServer
+    """A real S3 HTTP endpoint (moto, a process of its own: `camray.bench.moto_process`) on loopback; the AWS chain
+    is pointed at it for the whole session."""
+    from camray.bench.moto_process import MotoProcess
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request drowns test output
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    server = MotoProcess()
+    endpoint = server.start()
     saved = {key: os.environ.get(key) for key in _AWS_ENV}
     os.environ.update(
         AWS_ACCESS_KEY_ID="testing",

@@ -127,9 +127,9 @@ def test_shards_on_s3_exactly_once_rerun_without_a_get_and_a_rewritten_shard_alo
 def test_tables_from_datasets_on_disk_and_s3_with_bad_rows_exports_and_report(s3_server, ray_cluster, jpegs, tmp_path):
     import boto3
 
+    from camray.io.output import Output
     from camray.outputs.export import coco, write_yolo
     from camray.outputs.report import write_report
-    from camray.outputs.tables import Output
 
     tables = tmp_path / "tables"
     write_table(

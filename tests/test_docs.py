@@ -39,7 +39,7 @@ SPAN = re.compile(r"``(.+?)``|`([^`]+)`", re.S)
 # What stands for a value the reader fills in: `<file>`, `<...>`, and a bare `...` for "and more".
 PLACEHOLDER = re.compile(r"<[^<>\s]*>")
 SECTIONS = set(JobConfig.model_fields)
-CAMRAY_VERBS = ("run", "runs", "report", "query", "export")
+CAMRAY_VERBS = ("run", "runs", "report", "query", "export", "migrate", "optimize")
 # Flags of programs other than camray and Ray that the docs configure (the Pushgateway, Prometheus).
 OTHER_PROGRAMS_FLAGS = {"--persistence.file": "prometheus-pushgateway", "--web.enable-lifecycle": "prometheus"}
 # In the models' document, `model.` also starts the module paths of a timm model (`model.layer3`), which name no field.

@@ -1,4 +1,5 @@
-"""End to end: a real Ray head with its job server, a real S3 endpoint, `ray job submit`, Parquet read back."""
+"""End to end: a real Ray head with its job server, a real S3 endpoint, `ray job submit`, the Delta tables read
+back by every engine users read them with."""
 
 import os
 import subprocess
@@ -6,10 +7,10 @@ import sys
 from pathlib import Path
 
 import duckdb
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 from ray_helpers import submit_command
+from readers import delta_rows
 from truth import CHELSEA_CAT, iou
 
 from camray.io.sources import S3Settings, filesystem_for
@@ -44,8 +45,29 @@ def uploaded(s3_server, photos):
     return files
 
 
-def _results(fs: pafs.FileSystem, kind: str):
-    return pads.dataset(f"{BUCKET}/out/{kind}", filesystem=fs, format="parquet").to_table()
+def _storage_options() -> dict[str, str]:
+    return {"AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"], "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1"}
+
+
+def _engines_read_the_same_current_rows(uri: str, columns: list[str]) -> list[dict]:
+    """`columns` of `uri`'s current rows through deltalake, Polars, DuckDB (over deltalake's Arrow dataset) and Ray
+    Data's `read_delta`, each with no join; asserted equal, returned as deltalake reads them (in image order)."""
+    import polars as pl
+    import ray
+    from deltalake import DeltaTable
+
+    table = DeltaTable(uri, storage_options=_storage_options())
+    by_deltalake = table.to_pyarrow_table(columns=columns).sort_by("image_uri").to_pylist()
+    by_polars = pl.read_delta(uri, storage_options=_storage_options()).select(columns).sort("image_uri").to_dicts()
+    con = duckdb.connect()
+    con.register("current", table.to_pyarrow_dataset())
+    by_duckdb = con.sql(f"SELECT {', '.join(columns)} FROM current ORDER BY image_uri").to_arrow_table().to_pylist()
+    by_ray = sorted(
+        ray.data.read_delta(uri, storage_options=_storage_options(), columns=columns).take_all(),
+        key=lambda row: row["image_uri"],
+    )
+    assert by_deltalake == by_polars == by_duckdb == [dict(row) for row in by_ray]
+    return by_deltalake
 
 
 def test_submitted_job_annotates_s3_and_accounts_for_every_input(ray_cluster, uploaded, tmp_path):
@@ -65,9 +87,9 @@ def test_submitted_job_annotates_s3_and_accounts_for_every_input(ray_cluster, up
     assert "succeeded" in log and "10 listed" in log
 
     fs, _ = filesystem_for(f"s3://{BUCKET}", S3Settings())
-    results = _results(fs, "results").to_pylist()
-    errors = _results(fs, "errors").to_pylist()
-    runs = _results(fs, "runs").to_pylist()
+    results = delta_rows(f"s3://{BUCKET}/out", "results").to_pylist()
+    errors = delta_rows(f"s3://{BUCKET}/out", "errors").to_pylist()
+    runs = delta_rows(f"s3://{BUCKET}/out", "runs").to_pylist()
 
     # Every listed input exactly once, in results or in errors.
     seen = sorted(row["image_uri"] for row in results + errors)
@@ -98,27 +120,10 @@ def test_submitted_job_annotates_s3_and_accounts_for_every_input(ray_cluster, up
     staged = fs.get_file_info(pafs.FileSelector(f"{BUCKET}/out/_staging", allow_not_found=True, recursive=True))
     assert not [item for item in staged if item.type == pafs.FileType.File]
 
-    # The same tables through DuckDB, as users query them.
-    from fsspec.implementations.arrow import ArrowFSWrapper
-
-    class S3ViaArrow(ArrowFSWrapper):
-        protocol = "s3"
-
-    con = duckdb.connect()
-    con.register_filesystem(S3ViaArrow(fs))
-    top = dict(
-        con.sql(
-            f"""
-            SELECT regexp_extract(image_uri, '[^/]+$') AS name, predictions[1].label AS label
-            FROM read_parquet('s3://{BUCKET}/out/results/*.parquet') r
-            JOIN read_parquet('s3://{BUCKET}/out/runs/*.parquet') USING (run_id)
-            WHERE status = 'succeeded'
-            """
-        ).fetchall()
-    )
-    assert top["grace_hopper.jpg"] == "military uniform" and top["chelsea.png"] in CATS
-    error_count = con.sql(f"SELECT count(*) FROM read_parquet('s3://{BUCKET}/out/errors/*.parquet')").fetchall()[0]
-    assert error_count == (4,)
+    # The same current rows through every engine users read Delta tables with, none of them joining on runs.
+    current = _engines_read_the_same_current_rows(f"s3://{BUCKET}/out/results", ["image_uri", "run_id", "width"])
+    assert [row["image_uri"] for row in current] == sorted(row["image_uri"] for row in results)
+    assert len(_engines_read_the_same_current_rows(f"s3://{BUCKET}/out/errors", ["image_uri", "stage"])) == 4
 
     # The evaluator reads the same results from the endpoint.
     from camray.evaluation.evaluate import evaluate
@@ -147,13 +152,14 @@ def test_nightly_rerun_skips_what_is_done(ray_cluster, uploaded):
     summary = run_job(config)
     assert (summary.listed, summary.skipped, summary.results, summary.errors) == (11, 6, 1, 4)
     assert summary.status == "succeeded"
+    # Both nights' staging folders are gone, markers included: none reads as an unfinished run to the next night.
+    staging = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="out/_staging/").get("Contents", [])
+    assert [item["Key"] for item in staging if item["Key"] != "out/_staging/"] == []
 
 
 def test_a_crashed_run_leaves_nothing_that_looks_complete(ray_cluster, tmp_path, photos):
-    """Writes fail (the staging folder cannot be created): the job raises, no result file appears, and the
-    run is recorded as failed."""
-    import pyarrow.parquet as pq
-
+    """Writes fail (the staging folder cannot be created): the job raises, no row is committed, and the run is
+    recorded as failed."""
     from camray.config import load_config
     from camray.runner import run_job
 
@@ -167,8 +173,8 @@ def test_a_crashed_run_leaves_nothing_that_looks_complete(ray_cluster, tmp_path,
     config = load_config(overrides={"source.uri": str(images), "sink.uri": str(out)})
     with pytest.raises(Exception):  # noqa: B017 - Ray wraps the write error in its own types
         run_job(config)
-    assert not (out / "results").exists() and not (out / "errors").exists()
-    runs = pq.read_table(out / "runs").to_pylist()
+    assert delta_rows(out, "results").num_rows == delta_rows(out, "errors").num_rows == 0
+    runs = delta_rows(out, "runs").to_pylist()
     assert [run["status"] for run in runs] == ["failed"]
 
 
@@ -256,6 +262,6 @@ def test_device_decoding_through_ray_and_files_sized_by_rows(ray_cluster, tmp_pa
         results = pq.read_table(out / "results").to_pylist()
         cat = next(r for r in results if r["image_uri"].endswith("chelsea.png"))
         assert cat["predictions"][0]["label"] in CATS
-        counts[rows_per_file] = len(list((out / "results").iterdir())) + len(list((out / "errors").iterdir()))
+        counts[rows_per_file] = len([*(out / "results").glob("*.parquet"), *(out / "errors").glob("*.parquet")])
     assert counts[4096] == 2  # one results file, one errors file
     assert counts[2] > 2

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from ray_helpers import free_port
-from readers import runs, succeeded_inputs
+from readers import delta_rows, runs, succeeded_inputs
 
 pytestmark = pytest.mark.integration
 
@@ -53,13 +53,13 @@ def _run(**overrides):
 
 
 def _results(out: Path) -> dict[str, dict]:
-    return {Path(row["image_uri"]).stem: row for row in pq.read_table(out / "results").to_pylist()}
+    """The current rows of `results`, by file stem."""
+    return {Path(row["image_uri"]).stem: row for row in delta_rows(out, "results").to_pylist()}
 
 
 def _errors(out: Path) -> dict[str, dict]:
-    if not (out / "errors").exists():
-        return {}
-    return {Path(row["image_uri"]).stem: row for row in pq.read_table(out / "errors").to_pylist()}
+    rows = delta_rows(out, "errors")
+    return {} if rows is None else {Path(row["image_uri"]).stem: row for row in rows.to_pylist()}
 
 
 def _lite0_with_a_sigmoid_head(path: Path) -> None:
@@ -205,7 +205,7 @@ def test_fine_tuned_heads_labels_and_classes_through_the_job(ray_cluster, s3_ser
     manifest.write_text(manifest.read_text().replace(",stain,", ",crack|stain,"))
     again = _run(**given, **model)
     assert (again.status, again.skipped, again.results, again.errors) == ("succeeded", 1, 1, 2)
-    newest = [row for row in pq.read_table(out / "results").to_pylist() if row["run_id"] == again.run_id]
+    newest = [row for row in delta_rows(out, "results").to_pylist() if row["run_id"] == again.run_id]
     assert [(Path(row["image_uri"]).stem, sorted(c["class_id"] for c in row["cams"])) for row in newest] == [
         ("coffee", [2, 4])
     ]
@@ -255,25 +255,26 @@ def test_fine_tuned_heads_labels_and_classes_through_the_job(ray_cluster, s3_ser
 
 
 def _previous_schema_is_still_read(out: Path, tmp_path: Path) -> None:
-    """The output rewritten as schema version 2 wrote it (no `labels`, `container_uri`, label maps; metadata 2):
-    query, report and the exports read it, the new columns as null; the masks export takes each row's `mask`."""
+    """The output's files rewritten as schema version 2 wrote them (no `labels`, label maps; metadata 2): query,
+    report and the exports read it, the new columns as null; the masks export takes each row's `mask`. Its current
+    rows: chelsea's of the first run, coffee's of the second."""
+    from camray.io.output import Output
     from camray.io.schema import RESULTS, decode_mask
     from camray.outputs.export import coco, write_yolo
     from camray.outputs.label_png import read_classes, read_label_png
     from camray.outputs.mask_export import write_masks
     from camray.outputs.query import connect
     from camray.outputs.report import write_report
-    from camray.outputs.tables import Output
 
     old = tmp_path / "version-2"
     shutil.copytree(out, old)
-    added = ("labels", "container_uri", "masks", "ignore_mask")
+    added = ("labels", "masks", "ignore_mask")
     v2 = pa.schema([field for field in RESULTS if field.name not in added], metadata={b"camray.schema_version": b"2"})
     for path in (old / "results").glob("*.parquet"):
         pq.write_table(pq.read_table(path).select(v2.names).cast(v2), path)
     assert pq.read_schema(next((old / "results").glob("*.parquet"))).metadata[b"camray.schema_version"] == b"2"
     con = connect(str(old))
-    assert con.sql("SELECT count(*), count(labels) FROM results").fetchall() == [(3, 0)]
+    assert con.sql("SELECT count(*), count(labels) FROM results").fetchall() == [(2, 0)]
     assert con.sql("SELECT count(*) FROM labels").fetchall() == [(0,)]
     assert con.sql("SELECT count(*) FROM masks").fetchall() == [(0,)]
     assert con.sql("SELECT count(*) FROM boxes").fetchall()[0][0] > 0

@@ -1,4 +1,4 @@
-"""The runs row: versions read from the package (or pyproject.toml), one file per attempt."""
+"""The runs row: versions read from the package (or pyproject.toml), one file per attempt, in either format."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from camray.config import load_config
-from camray.io.sources import S3Settings
-from camray.outputs.tables import Output
-from camray.provenance import ClusterFacts, ModelFacts, RunSummary, camray_version, runs_row, write_runs_row
+from camray.io.output import Output
+from camray.provenance import ClusterFacts, ModelFacts, RunSummary, camray_version, runs_row
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,13 +23,17 @@ def test_version_and_commit_of_this_checkout():
     assert commit == head.stdout.strip()
 
 
-def test_each_attempt_adds_its_own_runs_row(tmp_path):
-    config = load_config(overrides={"sink.uri": str(tmp_path), "source.uri": "in"})
+@pytest.mark.parametrize("table_format", ["delta", "parquet"])
+def test_each_attempt_adds_its_own_runs_row(table_format, tmp_path):
+    config = load_config(overrides={"sink.uri": str(tmp_path), "source.uri": "in", "sink.format": table_format})
     model = ModelFacts("bundled:lite0", "ab" * 32, 224)
+    output = Output(str(tmp_path), new_format=table_format)
+    output.format.prepare()
     for attempt, status in ((1, "interrupted"), (2, "succeeded")):
         summary = RunSummary("r", status, 10, 0, 9, 1, 5.0, str(tmp_path), (), attempt=attempt, processed=5)
         row = runs_row(config, summary, datetime.now(UTC), model, ClusterFacts(2, "H100"), io_retries=3)
-        write_runs_row(str(tmp_path), S3Settings(), row)
+        output.format.append_runs_row(row)
+    assert sorted(path.name for path in (tmp_path / "runs").glob("*.parquet")) == ["r-a02.parquet", "r.parquet"]
     rows = Output(str(tmp_path)).runs().to_pylist()
     assert sorted((row["attempt"], row["status"]) for row in rows) == [(1, "interrupted"), (2, "succeeded")]
     assert {(row["weights_sha256"], row["nodes"], row["gpu_types"], row["io_retries"]) for row in rows} == {

@@ -1,7 +1,6 @@
-"""The run's steps: resource planning (what a job asks of the cluster, by cluster shape and config), the attempt
-and its lease, and how a run ends: failed when camray's own code fails, or when every image fails alike."""
+"""The run's steps: resource planning (what a job asks of the cluster, by cluster shape and config), and how a run
+ends: failed when camray's own code fails, or when every image fails alike."""
 
-import time
 from pathlib import Path
 
 import pytest
@@ -60,15 +59,6 @@ def test_no_more_actors_than_batches_unless_configured():
     assert plan_resources(configured, cluster, 3).num_actors == 5
 
 
-def test_listing_files_start_fine_then_grow():
-    from camray.runner import FINE_LISTING_FILES, LISTING_FILE_ROWS, _listing_file_rows
-
-    assert [_listing_file_rows(i, 32) for i in (0, FINE_LISTING_FILES - 1)] == [32, 32]
-    assert _listing_file_rows(FINE_LISTING_FILES, 32) == LISTING_FILE_ROWS
-    # A million inputs in batches of 32: some hundreds of read tasks, not tens of thousands.
-    assert FINE_LISTING_FILES + (1_000_000 - 32 * FINE_LISTING_FILES) / LISTING_FILE_ROWS < 400
-
-
 def test_blocks_hold_one_read_batch_and_the_store_budget_follows_the_pool_not_the_input():
     config = load_config(overrides={"sink.uri": "out"})
     small = plan_resources(config, {"CPU": 2.0}, 5_000)
@@ -86,102 +76,6 @@ def test_blocks_hold_one_read_batch_and_the_store_budget_follows_the_pool_not_th
     assert gpus.object_store_bytes >= gpus.num_actors * 8 * gpus.batch_size * canvas
     configured = load_config(overrides={"sink.uri": "out", "runtime.object_store_mib": 1024})
     assert plan_resources(configured, {"CPU": 2.0}).object_store_bytes == 1024 * 2**20
-
-
-def _hold_lease(output: str, run_id: str):
-    """A live process of this host holding the output's lease as `run_id` (another run's driver)."""
-    import subprocess
-    import sys
-
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time; from camray.io.lease import OutputLease; from camray.io.sources import S3Settings; "
-            f"OutputLease({output!r}, {run_id!r}, S3Settings(), seconds=600).acquire(); "
-            "print('held', flush=True); time.sleep(600)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline().strip() == "held"
-    return holder
-
-
-@pytest.mark.parametrize("meanwhile", ["committed", "left unfinished", "made unreadable"])
-def test_the_attempt_is_resolved_before_the_lease_and_confirmed_under_it(meanwhile, tmp_path, caplog):
-    """A run waiting for the lease resolved its attempt from what it saw then; the holder's run may commit (the run
-    to resume is done) or crash (a run to resume appears) before the lease is free, or the output becomes
-    unreadable (then no resumption is trusted). The attempt it works on is the one true under the lease, and the
-    lease names it."""
-    import logging
-    import threading
-    from datetime import UTC, datetime
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from camray.io.lease import LeaseRecord
-    from camray.io.resume import RunState, write_state
-    from camray.io.schema import RUNS
-    from camray.io.sink import discard_staging
-    from camray.io.sources import S3Settings
-    from camray.runner import _lease_attempt
-
-    out = str(tmp_path / "out")
-    config = load_config(overrides={"source.uri": str(tmp_path / "in"), "sink.uri": out, "sink.wait_for_lease": 120})
-    s3 = S3Settings()
-
-    def leave_unfinished(run_id: str) -> None:
-        state = RunState(run_id, 1, config.fingerprint(), config.model.name, config.source.uri, "2026-11-25T01:00:00")
-        write_state(out, state, s3)
-
-    holder_id = "holder-run"
-    if meanwhile == "committed":
-        leave_unfinished(holder_id)  # the holder is itself attempt 2 of an unfinished run, about to commit
-    elif meanwhile == "made unreadable":
-        leave_unfinished("crashed-run")
-    holder = _hold_lease(out, holder_id)
-    got: dict = {}
-    waiter = threading.Thread(target=lambda: got.update(result=_lease_attempt(config, s3, datetime.now(UTC))))
-    try:
-        with caplog.at_level(logging.INFO, logger="camray"):
-            waiter.start()
-            deadline = time.monotonic() + 60
-            while not any("waiting for the lease" in record.message for record in caplog.records):
-                assert time.monotonic() < deadline, "the second run never waited for the lease"
-                time.sleep(0.1)
-            if meanwhile == "committed":
-                row = dict.fromkeys(RUNS.names) | {"run_id": holder_id, "status": "succeeded", "attempt": 2}
-                (tmp_path / "out" / "runs").mkdir()
-                pq.write_table(pa.Table.from_pylist([row], schema=RUNS), f"{out}/runs/{holder_id}-a02.parquet")
-                discard_staging(out, holder_id, s3)
-            elif meanwhile == "left unfinished":
-                leave_unfinished(holder_id)
-            else:
-                (tmp_path / "out" / "runs").mkdir()
-                (tmp_path / "out" / "runs" / "garbage.parquet").write_bytes(b"not parquet" * 8)
-            holder.kill()
-            holder.wait()
-            waiter.join(timeout=60)
-        assert not waiter.is_alive()
-        attempt, lease = got["result"]
-        try:
-            if meanwhile == "committed":
-                assert attempt.number == 1 and attempt.run_id != holder_id
-            elif meanwhile == "left unfinished":
-                assert (attempt.run_id, attempt.number) == (holder_id, 2)
-            else:
-                assert attempt.number == 1 and attempt.run_id not in (holder_id, "crashed-run")
-            if meanwhile != "made unreadable":
-                assert any("resolving the attempt again" in record.message for record in caplog.records)
-            held = LeaseRecord.from_bytes((tmp_path / "out" / "_lease.json").read_bytes())
-            assert held.run_id == attempt.run_id
-        finally:
-            lease.release()
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_failed_run_is_named_by_what_camray_raised_not_by_rays_wrapper():
@@ -232,9 +126,10 @@ def _not_an_image(path) -> None:
 def test_a_night_of_nothing_but_bad_new_files_fails_once_then_commits_their_errors(ray_cluster, photos, tmp_path):
     """Nightly runs over one folder. Good photos and one bad file succeed with its error row; the bad file alone,
     retried the next night, does not fail the night; then every new file fails alike: the run is `failed`,
-    naming the stage and the error, and commits nothing; the night after resumes it and commits those rows."""
-    from camray.io.layout import table_dataset
-    from camray.io.sources import S3Settings
+    naming the stage and the error, and commits nothing; the night after resumes it and commits those rows. Each
+    night's error row of the bad file replaces the night before's: one current row, the older ones by time travel."""
+    from readers import delta_rows
+
     from camray.runner import run_job
 
     folder, out = tmp_path / "in", tmp_path / "out"
@@ -253,20 +148,24 @@ def test_a_night_of_nothing_but_bad_new_files_fails_once_then_commits_their_erro
     third = run_job(config)
     assert (third.status, third.processed, third.results) == ("failed", 3, 0)
     assert third.message.startswith("all 3 images failed at stage `decode` with UnidentifiedImageError, e.g. ")
+    assert delta_rows(out, "errors", ["run_id"]).column("run_id").to_pylist() == [second.run_id]
     fourth = run_job(config)
     assert (fourth.run_id, fourth.attempt, fourth.status) == (third.run_id, 2, "succeeded")
     assert (fourth.processed, fourth.resumed, fourth.errors) == (0, 3, 3)
 
-    runs = {
-        (run["run_id"], run["attempt"]): run
-        for run in table_dataset(str(out), "runs", S3Settings()).to_table().to_pylist()
-    }
+    runs = {(run["run_id"], run["attempt"]): run for run in delta_rows(out, "runs").to_pylist()}
     assert runs[(third.run_id, 1)]["status"] == "failed" and runs[(third.run_id, 1)]["message"] == third.message
-    errors = table_dataset(str(out), "errors", S3Settings()).to_table().to_pylist()
-    assert sorted((row["run_id"], row["image_uri"].rsplit("/", 1)[-1]) for row in errors) == sorted(
-        [(first.run_id, "export-1.jpg"), (second.run_id, "export-1.jpg")]
-        + [(third.run_id, f"export-{index}.jpg") for index in (1, 2, 3)]
-    )
+
+    def errors(version: int | None = None) -> list[tuple[str, str]]:
+        rows = delta_rows(out, "errors", ["run_id", "image_uri"], version).to_pylist()
+        return sorted((row["run_id"], row["image_uri"].rsplit("/", 1)[-1]) for row in rows)
+
+    assert errors() == [(third.run_id, f"export-{index}.jpg") for index in (1, 2, 3)]
+    # The errors table's versions: created empty, then the first night's row, the second's in its place.
+    assert [errors(version) for version in (1, 2)] == [
+        [(first.run_id, "export-1.jpg")],
+        [(second.run_id, "export-1.jpg")],
+    ]
 
 
 @pytest.mark.integration
@@ -278,7 +177,7 @@ def test_a_bug_in_camray_s_own_code_fails_the_run_in_one_call(ray_address, photo
     import subprocess
     import sys
 
-    import pyarrow.parquet as pq
+    from readers import delta_rows
 
     from camray.models import get_spec
 
@@ -309,8 +208,8 @@ def test_a_bug_in_camray_s_own_code_fails_the_run_in_one_call(ray_address, photo
     assert line.startswith("camray: run failed: RuntimeError: deliberately broken row builder: call 1 in process "), (
         line
     )
-    (run,) = pq.read_table(out / "runs").to_pylist()
+    (run,) = delta_rows(out, "runs").to_pylist()
     assert run["status"] == "failed" and run["message"] == line.removeprefix("camray: run failed: ")
     log = Path(saved.removeprefix("log: ")).read_text()
     assert "Traceback" in log and "broken_result_table" in log and "Traceback" not in ran.stderr
-    assert not (out / "results").exists() and not (out / "errors").exists()
+    assert delta_rows(out, "results").num_rows == delta_rows(out, "errors").num_rows == 0  # nothing committed

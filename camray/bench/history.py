@@ -37,6 +37,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from camray.bench.process import measure_process
+from camray.io.layout import DELTA
+from camray.io.optimize import optimize
+from camray.io.output import Output
 from camray.io.schema import RESULTS, RUNS
 
 NEW_IMAGES = 60
@@ -57,9 +60,11 @@ def fabricate_history(
     fingerprint: str,
     rows_per_file: int = 4096,
     runs: int = RUNS_OF_HISTORY,
+    table_format: str = DELTA,
 ) -> None:
     """`rows` history rows (plus the `done` (uri, version) pairs, in the last run) under `output/results/`, in
-    files of `rows_per_file` rows spread over `runs` succeeded runs, each with its row in `output/runs/`."""
+    files of `rows_per_file` rows spread over `runs` succeeded runs, each with its row in `output/runs/`: Delta
+    tables (each run's files one commit, as nightly runs make them) or plain Parquet (`table_format`)."""
     import numpy as np
 
     results = output / "results"
@@ -67,6 +72,7 @@ def fabricate_history(
     (output / "runs").mkdir(parents=True, exist_ok=True)
     run_ids = [f"{FABRICATED_RUN}{index:06x}" for index in range(max(1, runs))]
     nulls: dict[int, dict[str, pa.Array]] = {}
+    files_of: dict[str, list[str]] = {}
 
     def write(uris: pa.Array, versions: pa.Array, run_id: str, index: int) -> None:
         count = len(uris)
@@ -80,7 +86,9 @@ def fabricate_history(
             config_fingerprint=pa.array([fingerprint] * count, pa.string()),
             run_id=pa.array([run_id] * count, pa.string()),
         )
-        pq.write_table(pa.table(columns, schema=RESULTS), results / f"{run_id}-a01-{index:05d}.parquet")
+        path = results / f"{run_id}-a01-{index:05d}.parquet"
+        pq.write_table(pa.table(columns, schema=RESULTS), path)
+        files_of.setdefault(run_id, []).append(str(path))
 
     files = -(-rows // rows_per_file)
     for index in range(files):
@@ -105,6 +113,17 @@ def fabricate_history(
         schema_version=pa.array([2] * len(run_ids), pa.int32()),
     )
     pq.write_table(pa.table(runs_table, schema=RUNS), output / "runs" / "history.parquet")
+    if table_format == DELTA:
+        from camray.io.delta_format import DeltaFormat
+        from camray.io.sources import S3Settings
+        from camray.io.store import Store
+
+        delta = DeltaFormat(Store(str(output), S3Settings()))
+        delta.prepare()
+        for run_id in run_ids:
+            if run_id in files_of:
+                delta.add_files("results", files_of[run_id], {"camray.run_id": run_id})
+        delta.add_files("runs", [str(output / "runs" / "history.parquet")], {"camray.fabricated": True})
 
 
 def fabricate_label_maps(output: Path, rows: int, rows_per_file: int = 4096, seed: int = 0) -> None:
@@ -185,28 +204,37 @@ def masks_export(root: Path, env: dict[str, str], logs: Path, small: int, large:
     return out
 
 
-def _newest_run(output: Path) -> dict:
+def _newest_run(output: Output) -> dict:
     """The runs row of the run just measured: the one run that was not fabricated."""
-    runs = pq.read_table(output / "runs").to_pylist()
-    (run,) = [run for run in runs if not run["run_id"].startswith(FABRICATED_RUN)]
+    (run,) = [run for run in output.runs().to_pylist() if not run["run_id"].startswith(FABRICATED_RUN)]
     return run
+
+
+def _versions(output: Output) -> dict[str, int]:
+    """Each table's version now: what a measured run is undone to."""
+    delta = output.format
+    return {table: delta.table(table, refresh=True).version() for table in ("results", "errors", "runs")}
 
 
 def run_case(
     name: str, output: Path, images: Path, env: dict[str, str], logs: Path, keep: bool = False
 ) -> dict[str, object]:
-    """One `camray run` over the images; then, unless `keep`, its rows are removed again, so that the next
-    repeat on this output meets the same history."""
+    """One `camray run` over the images; then, unless `keep`, the tables are restored to their versions before
+    it, so that the next repeat on this output meets the same history."""
+    tables = Output(str(output))
+    before = _versions(tables)
     command = [sys.executable, "-m", "camray.cli", "run", "--input", str(images), "--output", str(output)]
     measured = measure_process(command, env, logs / f"run-{name}.log")
     if measured.returncode != 0:
         raise RuntimeError(f"run over the {name} history failed ({measured.returncode}); see {logs}/run-{name}.log")
-    run = _newest_run(output)
+    tables.refresh()
+    run = _newest_run(tables)
     if (run["skipped"], run["results"] + run["errors"]) != (NEW_IMAGES // 2, NEW_IMAGES - NEW_IMAGES // 2):
         raise RuntimeError(f"run over the {name} history skipped {run['skipped']}, did {run['results']} + errors")
-    for table in ("results", "errors", "runs") if not keep else ():
-        for path in (output / table).glob(f"{run['run_id']}*.parquet"):
-            path.unlink()
+    for table, version in before.items() if not keep else ():
+        delta = tables.format.table(table, refresh=True)
+        if delta.version() > version:  # a table the run did not commit to (no errors) is as it was
+            delta.restore(version)
     return {
         "peak_driver_rss_mib": measured.peak_rss / 2**20,
         "seconds": measured.seconds,
@@ -217,17 +245,15 @@ def run_case(
 
 _SKIP_ALONE = """
 import sys, time
-import pyarrow.dataset as pads
 from camray.config import load_config
 from camray.io.done import DoneSet, without_done
 from camray.io.listing import iter_listing
+from camray.io.output import Output
 from camray.io.sources import S3Settings
 images, output = sys.argv[1], sys.argv[2]
 config = load_config(overrides={"source.uri": images, "sink.uri": output})
 clock = time.perf_counter()
-runs = pads.dataset(output + "/runs").to_table(columns=["run_id", "status"]).to_pylist()
-succeeded = tuple(run["run_id"] for run in runs if run["status"] == "succeeded")
-done = DoneSet(output, succeeded, config.model.name, config.fingerprint(), S3Settings())
+done = DoneSet.of(Output(output), config.model.name, config.fingerprint())
 kept = sum(chunk.num_rows for chunk in without_done(iter_listing(images, [], True, S3Settings()), done))
 print(f"kept {kept} in {time.perf_counter() - clock:.2f} s")
 """
@@ -288,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only-masks-export", action="store_true", help="the masks export alone: no Ray, no H-row history"
     )
+    parser.add_argument("--skip-compacted", action="store_true", help="no case over the history compacted")
     parser.add_argument("--output", default="data/bench-history-results.json")
     args = parser.parse_args(argv)
     if args.only_masks_export:
@@ -327,11 +354,17 @@ def main(argv: list[str] | None = None) -> int:
         fabricate_history(root / "full", args.history_rows, done, model, fingerprint, args.rows_per_file)
         report["fabricate_seconds"] = time.perf_counter() - clock
         print(f"fabricated {args.history_rows:,} history rows in {report['fabricate_seconds']:.0f} s", flush=True)
-        report["skip_alone"] = {name: skip_alone(name, root / name, images, env, logs) for name in ("none", "full")}
+        cases = ["none", "full"]
+        if not args.skip_compacted:
+            # The same history as `camray optimize` leaves it: a few large files.
+            fabricate_history(root / "compacted", args.history_rows, done, model, fingerprint, args.rows_per_file)
+            report["optimize"] = optimize(Output(str(root / "compacted")), retention_hours=0).summary()
+            cases.append("compacted")
+        report["skip_alone"] = {name: skip_alone(name, root / name, images, env, logs) for name in cases}
         # Alternated and repeated, the best of each: the machine is shared, and the first run warms caches.
-        repeats: dict[str, list[dict[str, object]]] = {"none": [], "full": []}
+        repeats: dict[str, list[dict[str, object]]] = {name: [] for name in cases}
         for _ in range(args.repeats):
-            for name in ("none", "full"):
+            for name in cases:
                 repeats[name].append(run_case(name, root / name, images, env, logs))
                 print(f"  run over the {name} history: {repeats[name][-1]}", flush=True)
         for name in ("none", "full"):
@@ -401,12 +434,13 @@ def _print(report: dict) -> None:
     per_10m = added * 10_000_000 / rows if rows else 0.0
     print(f"\nrun over {NEW_IMAGES} new images, half already done ({report['machine']}):")
     print(f"  {'history rows':>14} {'driver peak MiB':>16} {'wall s':>8} {'skipped':>8} {'processed':>10}")
-    for name, count in (("none", 0), ("full", rows)):
-        numbers = runs[name]
-        print(
-            f"  {count:>14,d} {numbers['peak_driver_rss_mib']:>16.0f} {numbers['seconds']:>8.1f} "
-            f"{numbers['skipped']:>8d} {numbers['processed']:>10d}"
-        )
+    for name, count in (("none", 0), ("full", rows), ("compacted", rows)):
+        if name in runs:
+            numbers = runs[name]
+            print(
+                f"  {count:>14,d} {numbers['peak_driver_rss_mib']:>16.0f} {numbers['seconds']:>8.1f} "
+                f"{numbers['skipped']:>8d} {numbers['processed']:>10d}  {name}"
+            )
     verdict = "met" if ratio <= DRIVER_RATIO else "MISSED"
     alone = report["skip_alone"]
     print(
@@ -414,6 +448,14 @@ def _print(report: dict) -> None:
         f"with none; {alone['full']['seconds']:.1f} s, peak {alone['full']['peak_rss_mib']:.0f} MiB with {rows:,}"
     )
     print(f"  driver peak ratio {ratio:.2f} (target <= {DRIVER_RATIO}: {verdict})")
+    if "compacted" in runs:
+        compacted = runs["compacted"]["peak_driver_rss_mib"] / none["peak_driver_rss_mib"]
+        verdict = "met" if compacted <= DRIVER_RATIO else "MISSED"
+        print(
+            f"  compacted ({report['optimize']}): skip step alone {alone['compacted']['seconds']:.1f} s, peak "
+            f"{alone['compacted']['peak_rss_mib']:.0f} MiB; driver peak ratio {compacted:.2f} "
+            f"(target <= {DRIVER_RATIO}: {verdict})"
+        )
     verdict = "met" if per_10m <= SECONDS_PER_10M else "MISSED"
     print(f"  added wall time {added:.1f} s = {per_10m:.1f} s per 10 M rows (target <= {SECONDS_PER_10M}: {verdict})")
     tools = report.get("tools")

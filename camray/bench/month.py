@@ -9,10 +9,10 @@ written again (a new version), `--deleted` removed. On chosen nights, real fault
 - `s3-503`: every S3 request of the night, the driver's and the workers', through the fault proxy
   (`camray.bench.s3_proxy`), which answers 10% of them with `503 SlowDown`;
 - `overlap`: a second run started on the output while the first runs (it is refused: the output is leased).
-After the last night, every (image, version) listed on any night must appear exactly once among the results of
-succeeded runs. Prints night by night the driver's peak RSS, the wall time and the rows skipped and processed,
-draws them (`--plot`, PNG) and writes `data/bench-month-results.json`. Target: the last night's driver peak
-<= 1.2x the first's, and exactly-once.
+After the last night, every image listed on any night must have exactly one current row (a Delta output's current
+version), of the version last listed, and no current row a version never listed. Prints night by night the
+driver's peak RSS, the wall time and the rows skipped and processed, draws them (`--plot`, PNG) and writes
+`data/bench-month-results.json`. Target: the last night's driver peak <= 1.2x the first's, and exactly-once.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import logging
 import os
 import platform
 import random
@@ -109,11 +108,23 @@ class ChangingBucket:
         return pairs
 
 
-def _staged_files(client) -> int:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="out/_staging/")
-    return sum(
-        1 for page in pages for item in page.get("Contents", []) if re.search(r"/(results|errors)/[^/]+$", item["Key"])
-    )
+# A write task's file: in a Delta output's table folders (named by no log entry until the run commits), or in a
+# Parquet output's `_staging/RUN_ID/`; not a commit's rewritten files.
+_STAGED = re.compile(r"^out/(?:_staging/[^/]+/)?(?:results|errors)/(?!rewrite-)[^/]+-a\d+-\d+\.parquet$")
+
+
+def _written_files(client) -> set[str]:
+    """Every write task's file in the output now, committed or not."""
+    keys = set()
+    for prefix in ("out/_staging/", "out/results/", "out/errors/"):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+            keys.update(item["Key"] for item in page.get("Contents", []) if _STAGED.match(item["Key"]))
+    return keys
+
+
+def _staged_files(client, before: set[str]) -> int:
+    """The files write tasks wrote since `before` (`_written_files` when the night began): the night's staged."""
+    return len(_written_files(client) - before)
 
 
 def _raylet_pid() -> int:
@@ -123,9 +134,9 @@ def _raylet_pid() -> int:
     return node.all_processes[ray._private.ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
 
 
-def _kill_a_predictor(raylet_pid: int, driver: SampledProcess, after_staged: int, client) -> str:
+def _kill_a_predictor(raylet_pid: int, driver: SampledProcess, after_staged: int, client, before: set[str]) -> str:
     """Waits for `after_staged` staged files, then SIGKILLs one predictor actor of this cluster's raylet."""
-    while driver.running() and _staged_files(client) < after_staged:
+    while driver.running() and _staged_files(client, before) < after_staged:
         time.sleep(0.2)
     while driver.running():
         for task in Path(f"/proc/{raylet_pid}/task").iterdir():
@@ -156,6 +167,7 @@ class Month:
         self.client.create_bucket(Bucket=BUCKET)
         self.bucket = ChangingBucket(self.client, seed=args.seed)
         self.ever_listed: set[tuple[str, str]] = set()
+        self.newest_listed: dict[str, str] = {}  # each image's version when last listed
         self.nights: list[Night] = []
         self.env = dict(os.environ)
         nights = [int(night) for night in args.fault_nights.split(",") if night.strip()]
@@ -166,12 +178,9 @@ class Month:
         return SampledProcess(command, env, self.root / f"{name}.log")
 
     def _runs_since(self, started: datetime) -> list[dict]:
-        import pyarrow.dataset as pads
+        from camray.io.output import Output
 
-        from camray.io.sources import S3Settings, filesystem_for
-
-        fs, path = filesystem_for(f"{OUTPUT}/runs", S3Settings())
-        runs = pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pylist()
+        runs = Output(OUTPUT).runs().to_pylist()
         return sorted((run for run in runs if run["started_at"] >= started), key=lambda run: run["started_at"])
 
     def night(self, index: int) -> Night:
@@ -182,23 +191,25 @@ class Month:
             self.bucket.change(self.args.new, self.args.rewritten, self.args.deleted)
         listed = self.bucket.listed()
         self.ever_listed |= listed
+        self.newest_listed.update(listed)
         record = Night(index, fault or "-", listed=len(listed))
         # A run records its start at the second; the night's runs are those that started after this.
         started = datetime.now(UTC).replace(microsecond=0)
         time.sleep(1.0)
         name = f"night-{index:02d}"
         measured: list[Measured] = []
+        before = _written_files(self.client)
         if fault == "driver-killed":
             first = self._driver(f"{name}-killed", self.env)
-            while first.running() and _staged_files(self.client) < 1:
+            while first.running() and _staged_files(self.client, before) < 1:
                 time.sleep(0.1)
             first.kill()
             measured.append(first.wait())
-            record.note = f"driver SIGKILLed with {_staged_files(self.client)} files staged; rerun"
+            record.note = f"driver SIGKILLed with {_staged_files(self.client, before)} files staged; rerun"
             measured.append(self._driver(name, self.env).wait())
         elif fault == "actor-killed":
             driver = self._driver(name, self.env)
-            record.note = _kill_a_predictor(_raylet_pid(), driver, 1, self.client)
+            record.note = _kill_a_predictor(_raylet_pid(), driver, 1, self.client, before)
             measured.append(driver.wait())
         elif fault == "s3-503":
             from camray.bench.s3_proxy import FaultRates, FaultyS3Proxy
@@ -234,56 +245,44 @@ class Month:
         return bool(self.client.list_objects_v2(Bucket=BUCKET, Prefix="out/_lease.json").get("KeyCount"))
 
     def exactly_once(self) -> dict[str, int]:
-        """Each (image, version) ever listed against the results rows of succeeded runs, counted in DuckDB."""
+        """Every image ever listed against the output's current rows (a Delta output's current version; a Parquet
+        one's newest row of each image among succeeded runs), counted in DuckDB: each must have exactly one, of the
+        newest version listed, and no current row may be of a pair never listed."""
         import duckdb
         import pyarrow as pa
-        import pyarrow.dataset as pads
-        import pyarrow.fs as pafs
 
-        from camray.io.sources import S3Settings, filesystem_for
+        from camray.io.output import Output
 
-        fs, path = filesystem_for(f"{OUTPUT}/runs", S3Settings())
-        runs = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=["run_id", "status"])
-        fs, path = filesystem_for(f"{OUTPUT}/results", S3Settings())
-        results = pads.dataset(path, filesystem=fs, format="parquet")
-        fs, path = filesystem_for(f"{OUTPUT}/errors", S3Settings())
-        errors = (
-            pads.dataset(path, filesystem=fs, format="parquet")
-            if fs.get_file_info(path).type == pafs.FileType.Directory
-            else None
+        output = Output(OUTPUT)
+        current = pa.Table.from_batches(
+            list(output.iter_latest_results(None, ["image_uri", "source_version"])),
+            schema=pa.schema([("image_uri", pa.string()), ("source_version", pa.string())]),
         )
         listed = pa.table({"uri": [uri for uri, _ in self.ever_listed], "version": [v for _, v in self.ever_listed]})
+        newest = pa.table({"uri": list(self.newest_listed), "version": list(self.newest_listed.values())})
         connection = duckdb.connect()
-        connection.register("runs", runs)
-        connection.register("results", results)
-        connection.register("listed", listed)
+        for name, table in (("current", current), ("listed", listed), ("newest", newest)):
+            connection.register(name, table)
         counts = connection.sql(
             """
-            WITH done AS (
-                SELECT image_uri, source_version, count(*) AS n FROM results
-                WHERE run_id IN (SELECT run_id FROM runs WHERE status = 'succeeded')
-                GROUP BY ALL
-            )
+            WITH rows_of AS (SELECT image_uri, count(*) AS n FROM current GROUP BY ALL)
             SELECT
                 (SELECT count(*) FROM listed) AS listed,
-                (SELECT count(*) FROM listed JOIN done ON uri = image_uri AND version = source_version
-                 WHERE n = 1) AS exactly_once,
-                (SELECT count(*) FROM listed ANTI JOIN done ON uri = image_uri AND version = source_version)
-                    AS missing,
-                (SELECT count(*) FROM done WHERE n > 1) AS duplicated,
-                (SELECT count(*) FROM done ANTI JOIN listed ON uri = image_uri AND version = source_version)
+                (SELECT count(*) FROM newest) AS images,
+                (SELECT count(*) FROM newest JOIN current ON uri = image_uri AND version = source_version
+                 JOIN rows_of USING (image_uri) WHERE n = 1) AS exactly_once,
+                (SELECT count(*) FROM newest ANTI JOIN current ON uri = image_uri) AS missing,
+                (SELECT count(*) FROM newest JOIN current ON uri = image_uri WHERE version != source_version)
+                    AS stale,
+                (SELECT count(*) FROM rows_of WHERE n > 1) AS duplicated,
+                (SELECT count(*) FROM current ANTI JOIN listed ON uri = image_uri AND version = source_version)
                     AS never_listed
             """
         ).fetchall()[0]
-        names = ("listed", "exactly_once", "missing", "duplicated", "never_listed")
+        names = ("listed", "images", "exactly_once", "missing", "stale", "duplicated", "never_listed")
         outcome = dict(zip(names, counts, strict=True))
-        if errors is not None:
-            connection.register("errors", errors)
-            outcome["error_rows"] = connection.sql(
-                "SELECT count(*) FROM errors WHERE run_id IN (SELECT run_id FROM runs WHERE status = 'succeeded')"
-            ).fetchall()[0][0]
-        else:
-            outcome["error_rows"] = 0
+        outcome["error_rows"] = sum(batch.num_rows for batch in output.scan("errors", ["image_uri"]))
+        outcome["delta"] = int(output.is_delta)
         return outcome
 
 
@@ -346,13 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="data/bench-month-results.json")
     args = parser.parse_args(argv)
 
-    from moto.server import ThreadedMotoServer
+    from camray.bench.moto_process import MotoProcess
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    server = MotoProcess()
+    endpoint = server.start()
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench",
         AWS_SECRET_ACCESS_KEY="bench",
@@ -390,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     report["memory_ratio_last_first"] = ratio
     _write(report, args.output)
     plot(month.nights, Path(args.plot))
-    held = outcome["exactly_once"] == outcome["listed"] and not (outcome["duplicated"] or outcome["never_listed"])
+    held = outcome["exactly_once"] == outcome["images"] and not (outcome["duplicated"] or outcome["never_listed"])
     print(f"\nexactly-once: {outcome} -> {'held' if held else 'BROKEN'}")
     verdict = "met" if ratio <= MEMORY_RATIO else "MISSED"
     print(f"driver peak, last night / first: {ratio:.2f} (target <= {MEMORY_RATIO}: {verdict})")
@@ -398,14 +394,6 @@ def main(argv: list[str] | None = None) -> int:
     if held:
         shutil.rmtree(root, ignore_errors=True)
     return 0 if held else 1
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _write(report: dict[str, object], output: str) -> None:

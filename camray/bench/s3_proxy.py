@@ -20,18 +20,25 @@ ListObjectsV2 (a request that carries the continuation token of page N - 1 or of
 Keep-alive: many requests per client connection, bodies framed by Content-Length or chunked encoding, and
 `Expect: 100-continue` answered here. Each request goes to the store on a fresh connection
 (`Connection: close`), so the store's own keep-alive never interleaves with the faults.
+
+The proxy serves from a child process of its own (`FaultyS3Proxy` starts it; `_ProxyServer` is the server): delta-rs
+holds the GIL through some of its calls while it waits on the network, and a proxy thread in the same process could
+then never answer them. What it injected is read back over its own endpoint (`/_camray_proxy/state`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from urllib.parse import parse_qs, urlparse
 
 KINDS = ("slowdown", "reset", "delay")
@@ -86,12 +93,23 @@ def _content_length(message: _Request) -> int:
     return int(value) if value else 0
 
 
-class FaultyS3Proxy:
-    """`start()` returns the proxy's endpoint; `counts[(method, fault)]` says what was injected.
+CONTROL = "/_camray_proxy/"
 
-    `fault` is one of `KINDS` or `ok`; `forced[(request kind, fault)]` counts the faults forced on object reads
-    and writes (see the module docstring); `log` holds every request as (method, target, fault), in order.
-    """
+
+def _checked(upstream: str, list_pages_failing_from: int | None, list_fault: str) -> tuple[str, int]:
+    """The upstream's (host, port), once the settings are checked."""
+    parsed = urlparse(upstream)
+    if parsed.scheme != "http" or not parsed.hostname or not parsed.port:
+        raise ValueError(f"`upstream` must be http://HOST:PORT, got {upstream!r}")
+    if list_pages_failing_from is not None and list_pages_failing_from < 2:
+        raise ValueError("`list_pages_failing_from` must be 2 or more: the first page carries no token")
+    if list_fault not in ("slowdown", "reset"):
+        raise ValueError(f"`list_fault` must be `slowdown` or `reset`, got {list_fault!r}")
+    return parsed.hostname, parsed.port
+
+
+class _ProxyServer:
+    """The proxy itself, in the process that runs it: `counts`, `forced` and `log` as `FaultyS3Proxy` says."""
 
     def __init__(
         self,
@@ -104,14 +122,7 @@ class FaultyS3Proxy:
         list_pages_failing_from: int | None = None,
         list_fault: str = "slowdown",
     ) -> None:
-        parsed = urlparse(upstream)
-        if parsed.scheme != "http" or not parsed.hostname or not parsed.port:
-            raise ValueError(f"`upstream` must be http://HOST:PORT, got {upstream!r}")
-        if list_pages_failing_from is not None and list_pages_failing_from < 2:
-            raise ValueError("`list_pages_failing_from` must be 2 or more: the first page carries no token")
-        if list_fault not in ("slowdown", "reset"):
-            raise ValueError(f"`list_fault` must be `slowdown` or `reset`, got {list_fault!r}")
-        self.upstream = (parsed.hostname, parsed.port)
+        self.upstream = _checked(upstream, list_pages_failing_from, list_fault)
         self.list_pages_failing_from = list_pages_failing_from
         self.list_fault = list_fault
         # Continuation tokens in the order first seen: the one of page n is the (n - 1)th.
@@ -131,13 +142,6 @@ class FaultyS3Proxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self.endpoint = ""
 
-    def __enter__(self) -> FaultyS3Proxy:
-        self.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
     def start(self) -> str:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(timeout=10)
@@ -150,14 +154,16 @@ class FaultyS3Proxy:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
 
-    def injected(self, method: str | None = None) -> Counter[str]:
-        """Faults injected so far, by kind, for one HTTP method or all."""
-        injected: Counter[str] = Counter()
+    def state(self) -> bytes:
+        """What was injected so far, as the JSON `FaultyS3Proxy` reads."""
         with self._lock:
-            for (m, fault), n in self.counts.items():
-                if fault != "ok" and method in (None, m):
-                    injected[fault] += n
-        return injected
+            return json.dumps(
+                {
+                    "log": self.log,
+                    "counts": [[*key, n] for key, n in self.counts.items()],
+                    "forced": [[*key, n] for key, n in self.forced.items()],
+                }
+            ).encode()
 
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -223,6 +229,9 @@ class FaultyS3Proxy:
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                     return  # the client closed its kept-alive connection
                 request = _parse_request(head)
+                if request.target.startswith(CONTROL):
+                    await self._control(request, reader, writer)
+                    continue
                 fault = self._decide(request)
                 if (request.header("expect") or "").lower() == "100-continue":
                     writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -257,6 +266,19 @@ class FaultyS3Proxy:
             self._writers.discard(writer)
             if not writer.transport.is_closing():
                 writer.close()
+
+    async def _control(self, request: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """`GET .../state`: what was injected; `POST .../clear`: the log emptied. Neither is logged nor faulted."""
+        await _read_body(reader, request)
+        if request.target == CONTROL + "clear":
+            with self._lock:
+                self.log.clear()
+            body = b"{}"
+        else:
+            body = self.state()
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        writer.write(head.encode() + body)
+        await writer.drain()
 
     async def _forward(self, request: _Request, body: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(*self.upstream), IO_TIMEOUT_S)
@@ -348,3 +370,129 @@ def _reset(writer: asyncio.StreamWriter) -> None:
         except OSError:
             pass  # already closed
     writer.transport.abort()
+
+
+class _Log(list):
+    """The proxy's log as read at one moment; `clear()` empties the proxy's own too."""
+
+    def __init__(self, entries: list[tuple[str, str, str]], proxy: FaultyS3Proxy) -> None:
+        super().__init__(entries)
+        self._proxy = proxy
+
+    def clear(self) -> None:
+        self._proxy._request("POST", "clear")
+        super().clear()
+
+
+class FaultyS3Proxy:
+    """`with FaultyS3Proxy(upstream, seed=...) as proxy:` the proxy on `proxy.endpoint`, in a child process, until the
+    block ends (or `deadline_s`). `counts[(method, fault)]` says what was injected: `fault` is one of `KINDS` or `ok`;
+    `forced[(request kind, fault)]` counts the faults forced on object reads and writes (the module's docstring);
+    `log` holds every request as (method, target, fault), in order. Each is read from the proxy when asked."""
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        seed: int,
+        rates: FaultRates | None = None,
+        deadline_s: float = 300.0,
+        force_each: bool = True,
+        list_pages_failing_from: int | None = None,
+        list_fault: str = "slowdown",
+    ) -> None:
+        _checked(upstream, list_pages_failing_from, list_fault)  # here, where the caller sees the error
+        self._arguments = {
+            "upstream": upstream,
+            "seed": seed,
+            "rates": asdict(rates or FaultRates()),
+            "deadline_s": deadline_s,
+            "force_each": force_each,
+            "list_pages_failing_from": list_pages_failing_from,
+            "list_fault": list_fault,
+        }
+        self._process: subprocess.Popen | None = None
+        self.endpoint = ""
+
+    def __enter__(self) -> FaultyS3Proxy:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def start(self) -> str:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "camray.bench.s3_proxy", json.dumps(self._arguments)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self._process.stdout.readline().strip()
+        if not line.startswith("http://"):
+            self.stop()
+            raise RuntimeError(f"the fault proxy did not start: {line!r}")
+        self.endpoint = line
+        self._last: dict | None = None
+        return self.endpoint
+
+    def stop(self) -> None:
+        """Reads what was injected one last time, then stops the proxy: the store is gone from here on."""
+        if self._process is None or self._process.poll() is not None:
+            return
+        try:
+            self._last = self._state()
+        except OSError:
+            pass
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def _request(self, method: str, what: str) -> bytes:
+        import urllib.request
+
+        request = urllib.request.Request(
+            self.endpoint + CONTROL + what, method=method, data=b"" if method == "POST" else None
+        )
+        with urllib.request.urlopen(request, timeout=IO_TIMEOUT_S) as response:
+            return response.read()
+
+    def _state(self) -> dict:
+        if self._process is not None and self._process.poll() is None:
+            return json.loads(self._request("GET", "state"))
+        return self._last or {"log": [], "counts": [], "forced": []}
+
+    @property
+    def log(self) -> _Log:
+        return _Log([tuple(entry) for entry in self._state()["log"]], self)
+
+    @property
+    def counts(self) -> Counter[tuple[str, str]]:
+        return Counter({(method, fault): n for method, fault, n in self._state()["counts"]})
+
+    @property
+    def forced(self) -> Counter[tuple[str, str]]:
+        return Counter({(kind, fault): n for kind, fault, n in self._state()["forced"]})
+
+    def injected(self, method: str | None = None) -> Counter[str]:
+        """Faults injected so far, by kind, for one HTTP method or all."""
+        injected: Counter[str] = Counter()
+        for (m, fault), n in self.counts.items():
+            if fault != "ok" and method in (None, m):
+                injected[fault] += n
+        return injected
+
+
+def _serve_from_this_process(arguments: dict) -> None:
+    """The child's side: serves until terminated or past its deadline, its endpoint the first line it prints."""
+    arguments = dict(arguments, rates=FaultRates(**arguments["rates"]))
+    server = _ProxyServer(**arguments)
+    print(server.start(), flush=True)
+    time.sleep(arguments["deadline_s"])
+    server.stop()
+
+
+if __name__ == "__main__":
+    _serve_from_this_process(json.loads(sys.argv[1]))

@@ -47,8 +47,8 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from camray.io.output import Output
 from camray.io.schema import decode_heatmap
-from camray.outputs.tables import Output
 
 RESIZE = 224
 IOU_V2 = (0.3, 0.5, 0.7)

@@ -88,8 +88,8 @@ def _test_truth(segset: Path, out: Path) -> Path:
 def through_the_job(head: str, preset: str, given: bool, segset: Path, head_dir: Path, out: Path) -> dict[str, Any]:
     """One run over the set, its export and its scores (and the in-process sweep's, for the same settings)."""
     from camray.config import load_config
+    from camray.io.output import Output
     from camray.outputs.mask_export import write_masks
-    from camray.outputs.tables import Output
     from camray.runner import run_job
 
     name = f"{head}-{preset}-{'given' if given else 'predicted'}"

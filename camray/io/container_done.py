@@ -17,8 +17,10 @@ the version, as for single files), and skips a container outright when the last 
 (its tally) had every row it gave out staged.
 
 All of it is set operations in DuckDB, out of core (`camray.io.done`'s settings): the listing is loaded into a
-table, the history streams past it once, `errors/` first (small: the failures), then `results/`, keeping per
-container its newest row and which failed samples have been fixed; what a resumed run staged streams past it too.
+table, the history (the current rows) streams past it once, `errors` first (small: the failures), then `results`,
+keeping per container its newest row and which failed samples have been fixed; what a resumed run staged streams
+past it too. In a Delta table a sample has one current row, its latest run's, so a failure fixed since is no
+longer there; in a Parquet output the rows of every succeeded run are, and the fixed ones are told apart here.
 """
 
 from __future__ import annotations
@@ -27,16 +29,20 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from camray.io import layout
 from camray.io.bounded_duckdb import bounded_duckdb
 from camray.io.container_samples import CONTAINER_KEY
 from camray.io.done import MAX_THREADS, MEMORY_LIMIT
-from camray.io.sources import S3Settings
+from camray.io.layout import SUCCEEDED
+from camray.io.table_stream import stream_files
+
+if TYPE_CHECKING:
+    from camray.io.output import Output
 
 logger = logging.getLogger(__name__)
 
@@ -67,28 +73,28 @@ OUT_ROWS = 1024
 
 @dataclass(frozen=True)
 class ContainerHistory:
-    """Where the done work is: `results/` and `errors/` of `output_uri`, rows of the succeeded runs with `model`
-    and `fingerprint`. Nothing is read until `without_done` runs."""
+    """Where the done work is: the current rows of `output`'s `results` and `errors`, of the succeeded runs with
+    `model` and `fingerprint`. Nothing is read until `to_read` runs."""
 
-    output_uri: str
+    output: Output
     model: str
     fingerprint: str
-    s3: S3Settings
 
     def run_order(self) -> pa.Array:
         """The succeeded runs with this model and settings, newest first."""
-        runs = layout.table_dataset(self.output_uri, "runs", self.s3, current_columns_only=True).to_table(
-            columns=["run_id", "started_at"],
-            filter=(pc.field("status") == layout.SUCCEEDED)
+        runs = self.output.scan(
+            "runs",
+            ["run_id", "started_at"],
+            (pc.field("status") == SUCCEEDED)
             & (pc.field("model") == self.model)
             & (pc.field("config_fingerprint") == self.fingerprint),
-        )
+        ).read_all()
         ordered = runs.sort_by([("started_at", "descending"), ("run_id", "descending")])
         return ordered.column("run_id").combine_chunks()
 
     def rows(self, table: str, runs: pa.Array) -> pa.RecordBatchReader:
-        """(container_uri, source_version, image_uri, run_order) of the rows of `table` of `runs` that name a
-        container at a version; `run_order` is the run's position in `runs` (0: the newest)."""
+        """(container_uri, source_version, image_uri, run_order) of the current rows of `table` of `runs` that
+        name a container at a version; `run_order` is the run's position in `runs` (0: the newest)."""
         wanted = (
             pads.field("run_id").isin(runs)
             & pads.field("container_uri").is_valid()
@@ -98,11 +104,9 @@ class ContainerHistory:
             wanted = (
                 wanted & (pads.field("model") == self.model) & (pads.field("config_fingerprint") == self.fingerprint)
             )
-        fs, files = layout.table_files(self.output_uri, table, self.s3)
-        reader = layout.stream_files(
-            files, fs, HISTORY, ["container_uri", "source_version", "image_uri", "run_id"], wanted
-        )
-        return _with_run_order(reader, runs)
+        files = self.output.files(table)
+        columns = ["container_uri", "source_version", "image_uri", "run_id"]
+        return _with_run_order(stream_files(files, self.output.store.fs, HISTORY, columns, wanted), runs)
 
 
 def _with_run_order(reader: pa.RecordBatchReader, runs: pa.Array) -> pa.RecordBatchReader:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,8 +27,11 @@ import pyarrow.parquet as pq
 
 from camray.io import layout
 from camray.io.container_done import PRIOR, TALLIES, TO_READ
-from camray.io.sink import committed_files, staged_files
+from camray.io.layout import ROW_TABLES
 from camray.io.sources import S3Settings, filesystem_for, join_uri, write_object
+
+if TYPE_CHECKING:
+    from camray.io.output import Output
 
 # Container bytes per read task, and containers per read task at most.
 TASK_BYTES = 256 << 20
@@ -38,7 +42,6 @@ UNKNOWN_SIZE_BYTES = 16 << 20
 # samples, so that no more actors start than there are batches (`camray.planning`).
 PLANNING_SAMPLE_BYTES = 256 << 10
 
-_STAGED_NAME = re.compile(r"-a(\d+)-\d+\.parquet$")
 _TALLY_NAME = re.compile(r"^a(\d+)-(\d+)\.parquet$")
 
 
@@ -148,22 +151,14 @@ def read_tallies(tallies_uri: str, s3: S3Settings, attempt: int | None = None, b
     return pa.concat_tables([empty, *tables])
 
 
-def prior_rows(output_uri: str, run_id: str, s3: S3Settings) -> pa.RecordBatchReader:
-    """(container_uri, image_uri, attempt) of every row the run's earlier attempts staged (or a commit that did
-    not finish moved), one file at a time."""
-    fs, staging = filesystem_for(layout.staging_uri(output_uri, run_id), s3)
-    _, out = filesystem_for(output_uri, s3)
-    paths = [f"{staging}/{name}" for name in staged_files(output_uri, run_id, s3)]
-    paths += [f"{out}/{name}" for name in committed_files(output_uri, run_id, s3)]
+def prior_rows(output: Output, run_id: str) -> pa.RecordBatchReader:
+    """(container_uri, image_uri, attempt) of every row the run's earlier attempts wrote (`TableFormat.run_rows`),
+    one file at a time."""
+    columns = {table: ["container_uri", "image_uri"] for table in ROW_TABLES}
 
     def batches() -> Iterator[pa.RecordBatch]:
-        for path in paths:
-            match = _STAGED_NAME.search(path)
-            if match is None:
-                continue
-            table = pq.read_table(path, filesystem=fs, columns=["container_uri", "image_uri"])
-            attempt = pa.array([int(match.group(1))] * table.num_rows, pa.int32())
-            table = table.append_column("attempt", attempt).cast(PRIOR)
-            yield from table.to_batches()
+        for part in output.format.run_rows(run_id, columns):
+            attempt = pa.array([part.attempt] * part.rows.num_rows, pa.int32())
+            yield from part.rows.append_column("attempt", attempt).cast(PRIOR).to_batches()
 
     return pa.RecordBatchReader.from_batches(PRIOR, batches())

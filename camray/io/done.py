@@ -1,10 +1,10 @@
 """Skip-done: the listing without the inputs that succeeded runs already annotated, with the driver's memory
 bounded whatever the output's history.
 
-An input is done when a row of `results/` holds its URI and version, with this model and these settings
-(`config_fingerprint`), written by a run whose row in `runs/` says `succeeded`; and, where the listing gives the
-input labels, when that row holds the same labels. `results/` is the only truth: nothing is cached beside it, so
-rows written by any camray, older ones included, count.
+An input is done when a current row of `results` holds its URI and version, with this model and these settings
+(`config_fingerprint`); and, where the listing gives the input labels, when that row holds the same labels. The
+current rows are the Delta table's current version, or a Parquet output's rows of succeeded runs. `results` is
+the only truth: nothing is cached beside it, so rows written by any camray, older ones included, count.
 
 Labels are compared as keys (`labels_key`): the distinct class ids, ascending, comma-separated. The listing's key
 is its labels resolved against the model's classes (the runner's, which knows them; a column `labels_key` of the
@@ -18,9 +18,9 @@ rows of other runs, models and settings left out by pyarrow's filter, row groups
 and what is left streams out in the listing's order. DuckDB holds to `MEMORY_LIMIT` and spills to the folder
 beyond it, so a listing of millions of objects and a history of a hundred million rows both pass.
 
-The history is read through pyarrow datasets, a few files at a time, handed to DuckDB as one Arrow stream:
-DuckDB's own httpfs cannot reach every store camray writes to, and one dataset over all of `results/` would
-hold every file's Parquet footer until the scan ends, which grows with the history.
+The history is read through pyarrow, a few files and a bounded batch at a time (`camray.io.table_stream`), handed to
+DuckDB as one Arrow stream: DuckDB's own httpfs cannot reach every store camray writes to, and one dataset over all
+of `results` would hold every file's Parquet footer until the scan ends, which grows with the history.
 """
 
 from __future__ import annotations
@@ -34,14 +34,16 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 
-from camray.io import layout
 from camray.io.bounded_duckdb import bounded_duckdb
 from camray.io.schema import LABEL
-from camray.io.sources import S3Settings, filesystem_for
+from camray.io.table_stream import stream_files
 
 if TYPE_CHECKING:
     import duckdb
+
+    from camray.io.output import Output
 
 logger = logging.getLogger(__name__)
 
@@ -78,30 +80,29 @@ def labels_key(class_ids: Iterable[int]) -> str:
 
 @dataclass(frozen=True)
 class DoneSet:
-    """Where the done work is: the rows of the `results/` table of `output_uri` written by `run_ids` (the
-    succeeded runs) with `model` and `fingerprint`. Nothing is read until `batches` is."""
+    """Where the done work is: the files holding the current rows of an output's `results`, and what keeps a
+    row among them to those of `model` and `fingerprint` (and to the current ones). `of` finds the files; the rows
+    are read when `batches` is."""
 
-    output_uri: str
-    run_ids: tuple[str, ...]
-    model: str
-    fingerprint: str
-    s3: S3Settings
+    files: list[str]
+    filesystem: pafs.FileSystem
+    wanted: pads.Expression
 
-    def files(self) -> list[str]:
-        """The files of `results/` (`camray.io.layout.table_files`); none without a succeeded run."""
-        return layout.table_files(self.output_uri, "results", self.s3)[1] if self.run_ids else []
-
-    def batches(self, files: list[str], with_labels: bool = False) -> pa.RecordBatchReader:
-        """(image_uri, source_version[, labels]) of every done row of `files` (from `files()`), as one stream read
-        a few files at a time."""
-        fs, _ = filesystem_for(self.output_uri, self.s3)
+    @classmethod
+    def of(cls, output: Output, model: str, fingerprint: str) -> DoneSet:
         wanted = (
-            pads.field("run_id").isin(list(self.run_ids))
-            & (pads.field("model") == self.model)
-            & (pads.field("config_fingerprint") == self.fingerprint)
+            (pads.field("model") == model)
+            & (pads.field("config_fingerprint") == fingerprint)
             & (pads.field("source_version") != "")
         )
-        return layout.stream_files(files, fs, _READ, [*KEY.names, *(["labels"] if with_labels else [])], wanted)
+        current = output.format.current_filter("results")
+        return cls(output.files("results"), output.store.fs, wanted if current is None else wanted & current)
+
+    def batches(self, with_labels: bool = False) -> pa.RecordBatchReader:
+        """(image_uri, source_version[, labels]) of every done row, as one stream read a few files and a batch at
+        a time."""
+        columns = [*KEY.names, *(["labels"] if with_labels else [])]
+        return stream_files(self.files, self.filesystem, _READ, columns, self.wanted)
 
 
 def without_done(chunks: Iterable[pa.Table], done: DoneSet, out_rows: int = OUT_ROWS) -> Iterator[pa.Table]:
@@ -109,21 +110,17 @@ def without_done(chunks: Iterable[pa.Table], done: DoneSet, out_rows: int = OUT_
     in the listing's order, re-chunked to `out_rows`. Entries without a version (a manifest's) are always kept:
     without one, "the same file" cannot be told. Entries with a `labels_key` are done only where the result's
     labels have that key (the module's docstring)."""
-    files = done.files()
-    if not files:
+    if not done.files:
         yield from chunks
         return
-    logger.info("skip-done: against %d results files of %d succeeded runs", len(files), len(done.run_ids))
-
-    def history(with_labels: bool) -> pa.RecordBatchReader:
-        return done.batches(files, with_labels)
+    logger.info("skip-done: against %d results files", len(done.files))
 
     # On disk: the night's listing is a table that may outgrow the limit too. Its order is restored by `seq`,
     # so DuckDB need not keep it.
     settings = {"preserve_insertion_order": False}
     threads = min(MAX_THREADS, os.cpu_count() or 1)
     with bounded_duckdb(MEMORY_LIMIT, threads=threads, on_disk=True, settings=settings) as connection:
-        yield from _anti_join(connection, chunks, history, out_rows)
+        yield from _anti_join(connection, chunks, done.batches, out_rows)
 
 
 def _anti_join(

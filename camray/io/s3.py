@@ -228,6 +228,29 @@ class S3Objects:
         response, attempts = self._call("GetObject", uri, self._client.get_object, Bucket=bucket, Key=key, **extra)
         return response["Body"], response.get("ETag", ""), attempts - 1
 
+    def list_keys(self, prefix_uri: str, limit: int | None = None) -> list[tuple[str, int, int]]:
+        """(key, size, last modified in ms) of the objects whose keys start with `prefix_uri`'s key (up to `limit`),
+        page by page: one request per 1,000 keys that match, whatever else the bucket holds."""
+        bucket, _, prefix = prefix_uri.removeprefix("s3://").partition("/")
+        found: list[tuple[str, int, int]] = []
+        token: str | None = None
+        while True:
+            extra: dict[str, object] = {"ContinuationToken": token} if token else {}
+            if limit is not None:
+                extra["MaxKeys"] = limit
+            page, _ = self._call(
+                "ListObjectsV2", prefix_uri, self._client.list_objects_v2, Bucket=bucket, Prefix=prefix, **extra
+            )
+            for item in page.get("Contents", []):
+                found.append((item["Key"], item["Size"], int(item["LastModified"].timestamp() * 1000)))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token or (limit is not None and len(found) >= limit):
+                return found
+
+    def delete(self, uri: str) -> None:
+        bucket, key = split_s3_uri(uri)
+        self._call("DeleteObject", uri, self._client.delete_object, Bucket=bucket, Key=key)
+
     def put(self, uri: str, data: bytes) -> int:
         """Writes the object whole (S3 makes it visible at once, never in part); returns the retries it took.
 

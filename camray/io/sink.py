@@ -1,9 +1,6 @@
-"""Writing results and errors with a commit, so that a crashed run leaves nothing readers take as complete.
-
-Write tasks put Parquet files under `<output>/_staging/<run_id>/` (readers of `results/*.parquet` never see
-a leading-underscore folder, nor do Spark, Hive or Athena). When every input is accounted for, the driver
-moves the files into `results/` and `errors/` and only then writes the run's row in `runs/`: a result row
-belongs to a completed run exactly when its `run_id` appears in `runs/` with status `succeeded`.
+"""The write tasks' side of a run: its rows split into `results` and `errors` Parquet files where its output's
+format stages them (a Delta table's own folder, or a Parquet output's `_staging/<run_id>/`), none visible to
+readers until the run's commit (`TableFormat.commit`).
 
 Staged files are what a crashed run keeps: a rerun continues that run (`camray.io.resume`) and skips every
 input its staged files hold. So each file is complete or absent (`write_object`: one S3 PutObject, or a local
@@ -21,15 +18,14 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from ray.data import Datasink
 from ray.data._internal.execution.interfaces import TaskContext
 from ray.data.datasource.datasink import WriteResult
 
-from camray.io.layout import ROW_TABLES, parquet_files, staged_file_name, staging_uri, table_files
+from camray.io.layout import staged_file_name
 from camray.io.schema import ERRORS, RESULTS, ROWS
-from camray.io.sources import S3Settings, filesystem_for, is_s3, join_uri, write_object
+from camray.io.sources import S3Settings, join_uri, write_object
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +67,17 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 
 class CamDatasink(Datasink[WrittenCounts]):
-    """Splits predictor rows into `results/` and `errors/` Parquet files in the run's staging folder."""
+    """Splits predictor rows into `results` and `errors` Parquet files, in `folders[table]` (URIs)."""
 
     def __init__(
-        self, output_uri: str, run_id: str, s3: S3Settings, rows_per_file: int | None = None, attempt: int = 1
+        self,
+        folders: dict[str, str],
+        run_id: str,
+        s3: S3Settings,
+        rows_per_file: int | None = None,
+        attempt: int = 1,
     ) -> None:
-        self.output_uri = output_uri
+        self.folders = folders
         self.run_id = run_id
         self.attempt = attempt
         self.s3 = s3
@@ -96,11 +97,10 @@ class CamDatasink(Datasink[WrittenCounts]):
         failed = pc.is_valid(rows.column("error_type"))
         results = rows.filter(pc.invert(failed)).select(RESULTS.names).cast(RESULTS)
         errors = rows.filter(failed).select(ERRORS.names).cast(ERRORS)
-        staging = staging_uri(self.output_uri, self.run_id)
         name = staged_file_name(self.run_id, self.attempt, ctx.task_idx)
         for table, kind in ((results, "results"), (errors, "errors")):
             if table.num_rows:
-                counts.write_retries += write_object(join_uri(staging, kind, name), _parquet_bytes(table), self.s3)
+                counts.write_retries += write_object(join_uri(self.folders[kind], name), _parquet_bytes(table), self.s3)
                 counts.files.append(f"{kind}/{name}")
         counts.results, counts.errors = results.num_rows, errors.num_rows
         counts.errors_by_stage.update(errors.column("stage").to_pylist())
@@ -114,70 +114,3 @@ class CamDatasink(Datasink[WrittenCounts]):
     def on_write_complete(self, write_result: WriteResult[WrittenCounts]) -> None:
         for item in write_result.write_returns:
             self.counts.add(item)
-
-
-def staged_files(output_uri: str, run_id: str, s3: S3Settings) -> list[str]:
-    """The run's complete staged files, as `results/NAME` and `errors/NAME` (temporary files left out)."""
-    fs, staging = filesystem_for(staging_uri(output_uri, run_id), s3)
-    return sorted(
-        f"{kind}/{path.rsplit('/', 1)[-1]}" for kind in ROW_TABLES for path in parquet_files(fs, f"{staging}/{kind}")
-    )
-
-
-def committed_files(output_uri: str, run_id: str, s3: S3Settings) -> list[str]:
-    """Files of `run_id` already moved into `results/` or `errors/` (by a commit that did not finish)."""
-    found = []
-    for kind in ROW_TABLES:
-        names = (path.rsplit("/", 1)[-1] for path in table_files(output_uri, kind, s3)[1])
-        found += [f"{kind}/{name}" for name in names if name.startswith(f"{run_id}-")]
-    return sorted(found)
-
-
-def run_files(output_uri: str, run_id: str, s3: S3Settings) -> list[str]:
-    """Every file of the run, staged or already committed, as paths on the output's filesystem: what resume
-    reads back and what the commit checks."""
-    _, out = filesystem_for(output_uri, s3)
-    _, staging = filesystem_for(staging_uri(output_uri, run_id), s3)
-    return [f"{staging}/{name}" for name in staged_files(output_uri, run_id, s3)] + [
-        f"{out}/{name}" for name in committed_files(output_uri, run_id, s3)
-    ]
-
-
-def check_each_input_once(output_uri: str, run_id: str, s3: S3Settings) -> int:
-    """Counts the run's rows, staged or committed; raises if any input appears twice (then nothing is committed)."""
-    fs, _ = filesystem_for(output_uri, s3)
-    paths = run_files(output_uri, run_id, s3)
-    if not paths:
-        return 0
-    uris = pa.chunked_array(
-        [pq.read_table(path, filesystem=fs, columns=["image_uri"]).column(0) for path in paths], type=pa.string()
-    )
-    distinct = pc.count_distinct(uris).as_py()
-    if distinct != len(uris):
-        counts = pc.value_counts(uris)
-        twice = [item["values"] for item in counts.to_pylist() if item["counts"] > 1][:5]
-        raise RuntimeError(
-            f"run {run_id} holds {len(uris) - distinct} duplicate rows (for example {twice}); nothing was committed"
-        )
-    return len(uris)
-
-
-def commit(output_uri: str, run_id: str, s3: S3Settings) -> list[str]:
-    """Moves every staged file of the run into place (`results/`, `errors/`), then removes its staging folder."""
-    fs, staging = filesystem_for(staging_uri(output_uri, run_id), s3)
-    _, out = filesystem_for(output_uri, s3)
-    moved = staged_files(output_uri, run_id, s3)
-    for kind in {relative.split("/", 1)[0] for relative in moved}:
-        fs.create_dir(f"{out}/{kind}", recursive=True)
-    for relative in moved:
-        fs.move(f"{staging}/{relative}", f"{out}/{relative}")
-    discard_staging(output_uri, run_id, s3)
-    return sorted(set(moved) | set(committed_files(output_uri, run_id, s3)))
-
-
-def discard_staging(output_uri: str, run_id: str, s3: S3Settings) -> None:
-    fs, staging = filesystem_for(staging_uri(output_uri, run_id), s3)
-    if is_s3(output_uri) or fs.get_file_info(staging).type == pafs.FileType.Directory:
-        fs.delete_dir_contents(staging, missing_dir_ok=True)
-        if not is_s3(output_uri):
-            fs.delete_dir(staging)

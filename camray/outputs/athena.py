@@ -1,8 +1,10 @@
-"""Athena / Glue `CREATE EXTERNAL TABLE` statements for an output's tables, generated from `camray.io.schema`.
+"""Athena / Glue `CREATE EXTERNAL TABLE` statements for an output's tables.
 
-The statements map Arrow types to Hive types (`int32` -> `int`, `list<...>` -> `array<...>`, `struct` ->
-`struct<name:type,...>`, timestamps -> `timestamp`). Athena reads every file under a table's location, also
-those of failed or incomplete runs: join on `runs.status = 'succeeded'`, as docs/output.md's examples do.
+A Delta output's tables are registered as Delta tables (`TBLPROPERTIES ('table_type' = 'DELTA')`): Athena reads
+their schema and their current version from the log, one row per image, no join. A Parquet output's are plain
+external tables, their columns generated from `camray.io.schema` (Arrow types mapped to Hive types: `int32` ->
+`int`, `list<...>` -> `array<...>`, `struct` -> `struct<name:type,...>`, timestamps -> `timestamp`); Athena reads
+every file under such a location, also those of failed or incomplete runs: join on `runs.status = 'succeeded'`.
 """
 
 from __future__ import annotations
@@ -33,18 +35,20 @@ def hive_type(arrow_type: pa.DataType) -> str:
     raise TypeError(f"no Hive type for Arrow type {arrow_type}")
 
 
-def create_table(table: str, location: str, prefix: str = "camray_") -> str:
+def create_table(table: str, location: str, prefix: str = "camray_", delta: bool = True) -> str:
     """The statement for one table (`results`, `errors`, `runs`) of the output at `location` (`s3://...`)."""
     if table not in TABLES:
         raise ValueError(f"`table` must be one of {sorted(TABLES)}, not {table!r}")
+    where = f"LOCATION '{location.rstrip('/')}/{table}/'"
+    if delta:
+        return f"CREATE EXTERNAL TABLE IF NOT EXISTS {prefix}{table}\n{where}\nTBLPROPERTIES ('table_type' = 'DELTA');"
     columns = ",\n".join(f"  `{field.name}` {hive_type(field.type)}" for field in TABLES[table])
     return (
-        f"CREATE EXTERNAL TABLE IF NOT EXISTS {prefix}{table} (\n{columns}\n)\n"
-        f"STORED AS PARQUET\nLOCATION '{location.rstrip('/')}/{table}/'\n"
+        f"CREATE EXTERNAL TABLE IF NOT EXISTS {prefix}{table} (\n{columns}\n)\nSTORED AS PARQUET\n{where}\n"
         f"TBLPROPERTIES ('camray.schema_version' = '{SCHEMA_VERSION}');"
     )
 
 
-def create_tables(location: str, prefix: str = "camray_") -> str:
+def create_tables(location: str, prefix: str = "camray_", delta: bool = True) -> str:
     """The statements for every table of the output at `location`, separated by blank lines."""
-    return "\n\n".join(create_table(table, location, prefix) for table in TABLES) + "\n"
+    return "\n\n".join(create_table(table, location, prefix, delta) for table in TABLES) + "\n"

@@ -33,8 +33,8 @@ import numpy as np
 
 from camray.errors import UsageError
 from camray.io.containers import layout_path
+from camray.io.output import Output
 from camray.io.schema import decode_mask
-from camray.outputs.tables import Output
 
 logger = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from camray.errors import UsageError
+from camray.io.output import Output
 from camray.io.schema import decode_mask, label_map
 from camray.outputs.export import _rows, common_folder, export_path
 from camray.outputs.label_png import CLASSES_FILE, IGNORE, MAX_CLASSES, write_classes, write_label_png
-from camray.outputs.tables import Output
 
 logger = logging.getLogger(__name__)
 

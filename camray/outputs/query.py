@@ -1,7 +1,9 @@
 """`camray query`: DuckDB over an output's tables, local or `s3://`, with no DuckDB extension.
 
 `connect(output)` returns a DuckDB connection with these views:
-- `results`, `errors`, `runs`: the tables, restricted to succeeded runs (`all_runs=True` shows every row);
+- `results`, `errors`, `runs`: the tables' current rows: a Delta table's current version (one row per image), or
+  a Parquet output's rows of succeeded runs; `runs` holds the succeeded runs (`all_runs=True`: every attempt,
+  and in a Parquet output every row of `results` and `errors`, failed runs' included);
 - `predictions`: one row per image and top-k class (`image_uri`, `run_id`, `model`, `rank`, `class_id`,
   `label`, `score`);
 - `boxes`: one row per box (`image_uri`, `run_id`, `width`, `height`, `rank`, `class_id`, `label`,
@@ -12,26 +14,25 @@
   class's position among the image's kept classes), `class_id`, `label`, `size`, `counts`: COCO RLE); none for
   outputs written before label maps.
 
-`results` and `errors` are read by DuckDB's own Parquet reader, file by file, so a query's memory does not
-grow with the number of files (a pyarrow dataset keeps the footer of every file it has read, about 75 KB a
-results file: docs/incremental.md). S3 is reached through pyarrow's S3 filesystem, the job's, handed to DuckDB
-as an fsspec filesystem: DuckDB's `httpfs` extension, downloaded at run time, is not needed. Files written by
-different camray versions have different columns; the files are grouped by their schema (DuckDB reads each
-footer once and lets it go), each group read as one, and the groups joined by column name over the current
-schema, so a column a file lacks reads as null. `runs`, one small file an attempt, stays a pyarrow dataset
-read with every version's columns (`camray.io.layout`).
+`results` and `errors` are read by DuckDB's own Parquet reader, file by file (the files the Delta log names, or a
+Parquet output's table files), so a query's memory does not grow with the number of files (a pyarrow dataset keeps
+the footer of every file it has read, about 75 KB a results file: docs/incremental.md). S3 is reached through
+pyarrow's S3 filesystem, the job's, handed to DuckDB as an fsspec filesystem: DuckDB's `httpfs` and `delta`
+extensions, downloaded at run time, are not needed. Files written by different camray versions have different
+columns; the files are grouped by their schema (DuckDB reads each footer once and lets it go), each group read as
+one, and the groups joined by column name over the current schema, so a column a file lacks reads as null. `runs`,
+one small file an attempt, is read whole with every version's columns.
 """
 
 from __future__ import annotations
 
 import duckdb
-import pyarrow.dataset as pads
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from camray.io import layout
 from camray.io.bounded_duckdb import connect_bounded
-from camray.io.layout import TABLES
-from camray.outputs.tables import Output
+from camray.io.layout import SUCCEEDED, TABLES
+from camray.io.output import Output
 
 VIEWS = (*TABLES, "predictions", "boxes", "labels", "masks")
 # DuckDB's working memory for a query (its default is 80% of the machine's); a query's joins, aggregates and
@@ -72,12 +73,15 @@ def connect(
         raise TypeError(f"`output` must be an Output or a URI, not {type(output).__name__}")
     output.check_exists()
     con = connect_bounded(memory_limit, spill_folder)
-    succeeded = None if all_runs else output.succeeded_run_ids()
-    runs = output.dataset("runs")
-    con.register("_runs", runs if succeeded is None else runs.filter(pads.field("run_id").isin(succeeded)))
+    runs = output.runs()
+    if not all_runs:
+        runs = runs.filter(pc.field("status") == SUCCEEDED)
+    con.register("_runs", runs)
     for name in ("results", "errors"):
-        source = _parquet_source(con, output.dataset(name), name)
-        where = "" if succeeded is None else " WHERE run_id IN (SELECT run_id FROM _runs)"
+        source = _parquet_source(con, output, name)
+        # A Delta table's current version holds only committed rows; a Parquet output's rows are joined on runs.
+        joined = not (all_runs or output.is_delta)
+        where = " WHERE run_id IN (SELECT run_id FROM _runs)" if joined else ""
         con.execute(f"CREATE VIEW _{name} AS SELECT * FROM ({source}){where}")
     for name in TABLES:
         # Views over the private names: a view can be selected from and joined like a table, and the derived
@@ -98,16 +102,16 @@ def _s3_files(filesystem: pafs.S3FileSystem):
     return S3Files(filesystem)
 
 
-def _parquet_source(con: duckdb.DuckDBPyConnection, dataset: pads.Dataset, table: str) -> str:
-    """SQL of every row of `table`'s files, read by DuckDB's Parquet reader, the current schema's columns first
-    and in order (the module's docstring). Registers on `con` what it refers to."""
+def _parquet_source(con: duckdb.DuckDBPyConnection, output: Output, table: str) -> str:
+    """SQL of every current row of `table`'s files, read by DuckDB's Parquet reader, the current schema's columns
+    first and in order (the module's docstring). Registers on `con` what it refers to."""
     con.register(f"_{table}_schema", TABLES[table].empty_table())
-    files = layout.dataset_files(dataset)
+    files = output.files(table)
     if not files:
         return f"SELECT * FROM _{table}_schema"
-    if isinstance(dataset.filesystem, pafs.S3FileSystem):
+    if isinstance(output.store.fs, pafs.S3FileSystem):
         if "s3" not in con.list_filesystems():
-            con.register_filesystem(_s3_files(dataset.filesystem))
+            con.register_filesystem(_s3_files(output.store.fs))
         files = [f"s3://{path}" for path in files]
     con.execute(f"SET VARIABLE _{table}_files = ?", [files])
     groups = con.execute(

@@ -30,11 +30,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from camray.errors import UsageError
 from camray.io.container_samples import sample_key, sample_uri
 from camray.io.containers import PARQUET, WEBDATASET, ContainerFormat, read_images
+from camray.io.output import Output
 from camray.io.schema import decode_heatmap, label_map
 from camray.io.sources import ByteReader
 from camray.outputs.label_png import voc_palette
 from camray.outputs.overlay import LabelledBox, draw_boxes, label_overlay, overlay, ramp, resize_map
-from camray.outputs.tables import Output
 
 logger = logging.getLogger(__name__)
 

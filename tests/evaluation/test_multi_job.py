@@ -15,8 +15,8 @@ def test_windows_mode_boxes_several_classes_of_a_scene_through_the_job(ray_clust
     from camray.evaluation import scenes
     from camray.evaluation.evaluate import load_truth
     from camray.evaluation.multi import detections_from_coco, evaluate_detections
+    from camray.io.output import Output
     from camray.outputs.export import coco
-    from camray.outputs.tables import Output
     from camray.runner import run_job
 
     truth = load_truth(scenes.build(tmp_path / "scenes", per_texture=1))  # one two-object scene a texture

@@ -1,5 +1,6 @@
 """The driver killed or stopped mid-run, and two runs on one output: real driver processes on a real Ray head,
-faults sent as real signals. Exactly-once is asserted over what readers see (rows of succeeded runs)."""
+faults sent as real signals, outputs on local disk and on the moto S3 server. Exactly-once is asserted over what
+readers see: the Delta tables' current versions, read by `deltalake`."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 
-def _driver(ray_address: str, source: Path, output: Path, *extra: str) -> subprocess.Popen:
+def _driver(ray_address: str, source: Path, output: Path | str, *extra: str) -> subprocess.Popen:
     command = [
         sys.executable,
         "jobs/cam_batch.py",
@@ -40,19 +41,27 @@ def _driver(ray_address: str, source: Path, output: Path, *extra: str) -> subpro
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _staged_rows(output: Path) -> int:
+def _staged_rows(output: Path | str) -> int:
+    """Rows of the files the write tasks staged (in the table folders, under a run's names), not yet committed."""
+    import pyarrow.fs as pafs
+
+    from camray.io.layout import REWRITE_PREFIX, file_attempt
+    from camray.io.sources import S3Settings, filesystem_for
+
     rows = 0
-    staged = [*(output / "_staging").glob("*/results/*.parquet"), *(output / "_staging").glob("*/errors/*.parquet")]
-    for path in staged:
-        if not path.name.startswith("."):
-            try:
-                rows += pq.read_metadata(path).num_rows
-            except OSError:  # being renamed into place right now
-                pass
+    for table in ("results", "errors"):
+        fs, folder = filesystem_for(f"{output}/{table}", S3Settings())
+        for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+            name = info.base_name
+            if info.type == pafs.FileType.File and file_attempt(name) and not name.startswith((".", REWRITE_PREFIX)):
+                try:
+                    rows += pq.read_metadata(info.path, filesystem=fs).num_rows
+                except OSError:  # being written right now
+                    pass
     return rows
 
 
-def _wait_for_staged(output: Path, at_least: int, driver: subprocess.Popen, timeout: float = 300) -> int:
+def _wait_for_staged(output: Path | str, at_least: int, driver: subprocess.Popen, timeout: float = 300) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         staged = _staged_rows(output)
@@ -75,8 +84,13 @@ def _inputs(source: Path) -> set[str]:
     return {str(path) for path in source.iterdir()}
 
 
-def test_a_killed_driver_is_resumed_not_redone(ray_address, small_photos, tmp_path):
-    output = tmp_path / "out"
+def test_a_killed_driver_is_resumed_not_redone(ray_address, s3_server, small_photos):
+    """On the S3 server: the killed attempt's staged files are found by their run's prefix, and committed by the
+    resumed attempt with its own."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="camray-killed-driver")
+    output = "s3://camray-killed-driver/out"
     total = len(_inputs(small_photos))
     first = _driver(ray_address, small_photos, output)
     staged = _wait_for_staged(output, total // 2, first)

@@ -1,7 +1,8 @@
 """Fault tests for the object store: a flaky S3 (slow-downs, resets, delays) and an S3 that is down for good.
 
 The faults are real: `camray.bench.s3_proxy.FaultyS3Proxy` stands between the job and the moto server and breaks HTTP
-exchanges on the wire. Jobs run on the real Ray head, and what readers see is read back from moto directly.
+exchanges on the wire, delta-rs's commits included. Jobs run on the real Ray head, and what readers see is read back
+from moto directly, the Delta tables by `deltalake`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 from PIL import Image
+from readers import delta_rows, runs, succeeded_inputs
 
 from camray import cli
 from camray.bench.s3_proxy import FaultRates, FaultyS3Proxy
@@ -96,17 +97,10 @@ def _ends_within_deadline(call: Callable[[], T]) -> T:
     return outcome["result"]
 
 
-def _seen_by_readers(output: str, s3_server: str) -> tuple[list[dict], list[str]]:
-    """The `runs` rows, and the image URIs of results + errors joined to runs with status `succeeded`."""
-    fs, base = filesystem_for(output, S3Settings(endpoint_url=s3_server))
-    runs = pads.dataset(f"{base}/runs", filesystem=fs, format="parquet").to_table().to_pylist()
-    succeeded = {run["run_id"] for run in runs if run["status"] == "succeeded"}
-    uris: list[str] = []
-    for kind in ("results", "errors"):
-        if fs.get_file_info(f"{base}/{kind}").type == pafs.FileType.Directory:
-            rows = pads.dataset(f"{base}/{kind}", filesystem=fs, format="parquet").to_table(["image_uri", "run_id"])
-            uris += [row["image_uri"] for row in rows.to_pylist() if row["run_id"] in succeeded]
-    return runs, uris
+def _seen_by_readers(output: str) -> tuple[list[dict], list[str]]:
+    """The `runs` rows, and the image URIs of the current rows of results and errors."""
+    seen = succeeded_inputs(output)
+    return runs(output), sorted(seen.elements())
 
 
 def _committed_files(output: str, s3_server: str, run_id: str) -> int:
@@ -143,21 +137,24 @@ def test_flaky_store_run_succeeds_exactly_once_with_bounded_counted_retries(
     log = list(proxy.log)
 
     assert summary.status == "succeeded"
-    runs, seen = _seen_by_readers(output, s3_server)
+    run_rows, seen = _seen_by_readers(output)
     expected = sorted(f"s3://{BUCKET}/{key}" for key in uploaded)
     assert sorted(seen) == expected  # every input once: none lost, none twice
     assert (summary.results, summary.errors) == (36, 2)
 
     # The faults really happened, on the job's own reads and writes (forced once each, then at the rates).
     reads, read_faults = _faults(log, "GET", f"/{BUCKET}/images/")
-    # The staged files; not pyarrow's folder markers, whose retries pyarrow keeps to itself.
-    writes, write_faults = _faults(log, "PUT", f"/{BUCKET}/out-flaky/_staging/", ".parquet")
+    # The staged files, put by the write tasks in the tables' folders; not the runs row, nor delta-rs's log entries,
+    # whose retries it keeps to itself.
+    writes, write_faults = _faults(log, "PUT", f"/{BUCKET}/out-flaky/results/", ".parquet")
+    error_writes, error_faults = _faults(log, "PUT", f"/{BUCKET}/out-flaky/errors/", ".parquet")
+    writes, write_faults = writes + error_writes, write_faults + error_faults
     assert set(read_faults) == set(write_faults) == {"slowdown", "reset", "delay"}
     assert sum(proxy.injected().values()) > sum(proxy.forced.values())  # the random draws injected faults too
 
     # Counted: the log line and the runs row agree; each slow-down or reset cost exactly one retry, and each
     # retry was one more request on the wire, beyond one per image read and one per file written.
-    (run,) = runs
+    (run,) = run_rows
     lines = [m for m in map(RETRIES_LINE.search, caplog.messages) if m and m.group(1) == summary.run_id]
     assert len(lines) == 1
     total, read_retries, write_retries = (int(lines[0].group(i)) for i in (2, 3, 4))
@@ -251,9 +248,9 @@ def test_a_listing_that_fails_midway_fails_the_run_naming_the_store(
     answered = [target for target, result in pages if result == "ok" and "continuation-token" in target]
     failed = [target for target, result in pages if result == fault]
     assert len(answered) == failing_from - 2 and len(failed) == 3  # the pages before, then every attempt
-    (run,) = pads.dataset(output / "runs", format="parquet").to_table().to_pylist()
+    (run,) = runs(output)
     assert run["status"] == "failed" and run["message"] == line.removeprefix("camray: ")
-    assert not (output / "results").exists() and not (output / "errors").exists()
+    assert delta_rows(output, "results").num_rows == delta_rows(output, "errors").num_rows == 0
     assert not any((output / "_listing").iterdir())
 
 
@@ -280,9 +277,8 @@ def test_store_down_for_good_fails_reads_in_bounded_time_naming_endpoint_and_ope
     assert "\n" not in message, message
     pattern = rf"^S3 GetObject s3://{BUCKET}/\S+ on {re.escape(dead_endpoint)} failed after 3 attempts: .*connect"
     assert re.search(pattern, message), message
-    runs = pads.dataset(output / "runs", format="parquet").to_table().to_pylist()
-    assert [run["status"] for run in runs] == ["failed"]
-    assert not (output / "results").exists() and not (output / "errors").exists()
+    assert [run["status"] for run in runs(output)] == ["failed"]
+    assert delta_rows(output, "results").num_rows == delta_rows(output, "errors").num_rows == 0
 
 
 def test_counted_retries_match_injected_faults_exactly(s3_server: str, uploaded: dict[str, bytes]) -> None:

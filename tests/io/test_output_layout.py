@@ -1,5 +1,5 @@
-"""The output's layout: where an attempt's files go, and the succeeded runs in run order, read alike by the runner
-and the users' tools."""
+"""The output's layout: where an attempt's files go, and a Parquet output's succeeded runs in run order and table
+files, read alike by the runner and the users' tools."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from camray.io import layout
+from camray.io.output import Output
 from camray.io.schema import RUNS
-from camray.io.sources import S3Settings
 
 
 def _runs_file(out, run_id: str, status: str, hour: int, **extra) -> None:
@@ -30,11 +30,11 @@ def test_succeeded_runs_newest_first_whatever_columns_other_versions_added(tmp_p
     _runs_file(tmp_path, "z", "succeeded", 1)
     _runs_file(tmp_path, "c", "failed", 4)
     _runs_file(tmp_path, "y", "succeeded", 2)  # started with `b`: the larger id is the later run
-    assert layout.succeeded_run_ids(str(tmp_path), S3Settings()) == ["a", "y", "b", "z"]
+    assert Output(str(tmp_path)).succeeded_run_ids() == ["a", "y", "b", "z"]
     # Reading every column has to reconcile the two `zones`, and cannot: the runner never needs to.
     with pytest.raises(pa.ArrowTypeError):
-        layout.table_dataset(str(tmp_path), "runs", S3Settings())
-    assert layout.succeeded_run_ids(str(tmp_path / "absent"), S3Settings()) == []
+        Output(str(tmp_path)).runs()
+    assert Output(str(tmp_path / "absent")).succeeded_run_ids() == []
 
 
 def test_every_attempt_writes_under_its_own_names_in_underscore_folders():
@@ -51,11 +51,11 @@ def test_every_attempt_writes_under_its_own_names_in_underscore_folders():
 
 
 def test_every_reader_finds_a_tables_files_alike(tmp_path):
-    """Skip-done, resume, the tools' datasets and `camray query` read the files `table_files` finds: Parquet at any
-    depth; not a README dropped beside them, Spark's `_SUCCESS`, an `_index/` folder or a hidden temporary file."""
+    """In a Parquet output, skip-done, resume, the tools and `camray query` read the files `table_files` finds:
+    Parquet at any depth; not a README dropped beside them, Spark's `_SUCCESS`, an `_index/` folder, a hidden
+    temporary file, or the file of a migration to Delta tables in progress."""
     from camray.io.done import DoneSet
     from camray.io.schema import RESULTS
-    from camray.io.sink import committed_files
     from camray.outputs.query import connect
 
     _runs_file(tmp_path, "run-a", "succeeded", 1)
@@ -63,16 +63,18 @@ def test_every_reader_finds_a_tables_files_alike(tmp_path):
     (results / "2025").mkdir(parents=True)
     (results / "_index").mkdir()
     row = dict.fromkeys(RESULTS.names) | {"run_id": "run-a", "image_uri": "a.jpg", "source_version": "1-1"}
-    for path in ("run-a-a01-00000.parquet", "2025/part-0.parquet", "_index/x.parquet", ".run-a-a01-00001.parquet"):
+    written = ("run-a-a01-00000.parquet", "2025/part-0.parquet", "_index/x.parquet", ".run-a-a01-00001.parquet")
+    for path in (*written, "migrated-00000.parquet"):
         pq.write_table(pa.Table.from_pylist([row], schema=RESULTS), results / path)
     (results / "README.md").write_text("rows of the nightly job\n")
     (results / "_SUCCESS").write_bytes(b"")
 
-    _, files = layout.table_files(str(tmp_path), "results", S3Settings())
+    output = Output(str(tmp_path))
+    files = output.format.table_files("results")
     assert files == [str(results / "2025" / "part-0.parquet"), str(results / "run-a-a01-00000.parquet")]
-    assert DoneSet(str(tmp_path), ("run-a",), "m", "f", S3Settings()).files() == files
-    assert layout.dataset_files(layout.table_dataset(str(tmp_path), "results", S3Settings())) == files
-    assert committed_files(str(tmp_path), "run-a", S3Settings()) == ["results/run-a-a01-00000.parquet"]
+    assert DoneSet.of(output, "m", "f").files == output.files("results") == files
+    columns = {"results": ["image_uri"], "errors": ["image_uri"]}
+    assert [part.rows.num_rows for part in output.format.run_rows("run-a", columns)] == [1]
     connection = connect(str(tmp_path))
     try:
         assert connection.execute("SELECT count(*) FROM results").fetchone() == (2,)

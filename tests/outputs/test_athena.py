@@ -1,4 +1,5 @@
-"""Athena/Glue DDL: every column of every table, with a Hive type that reads back as the schema's Arrow type."""
+"""Athena/Glue DDL: a Delta output's tables registered as Delta tables (their schema read from the log); a Parquet
+output's with every column, a Hive type that reads back as the schema's Arrow type."""
 
 from __future__ import annotations
 
@@ -64,9 +65,18 @@ def _plain(data_type: pa.DataType) -> pa.DataType:
     return data_type
 
 
-@pytest.mark.parametrize(("table", "schema"), [("results", RESULTS), ("errors", ERRORS), ("runs", RUNS)])
-def test_ddl_columns_match_the_schema(table, schema):
+@pytest.mark.parametrize("table", ["results", "errors", "runs"])
+def test_delta_ddl_names_the_table_type_and_location_and_no_columns(table):
     statement = create_table(table, "s3://bucket/prefix/")
+    assert statement == (
+        f"CREATE EXTERNAL TABLE IF NOT EXISTS camray_{table}\nLOCATION 's3://bucket/prefix/{table}/'\n"
+        "TBLPROPERTIES ('table_type' = 'DELTA');"
+    )
+
+
+@pytest.mark.parametrize(("table", "schema"), [("results", RESULTS), ("errors", ERRORS), ("runs", RUNS)])
+def test_parquet_ddl_columns_match_the_schema(table, schema):
+    statement = create_table(table, "s3://bucket/prefix/", delta=False)
     assert statement.startswith(f"CREATE EXTERNAL TABLE IF NOT EXISTS camray_{table} (")
     assert f"LOCATION 's3://bucket/prefix/{table}/'" in statement and "STORED AS PARQUET" in statement
     assert _columns(statement) == [(field.name, _plain(field.type)) for field in schema]

@@ -51,13 +51,14 @@ def test_usage_errors_exit_2(tmp_path, capsys):
 
 
 def test_tools_start_without_ray_or_torch_and_fail_in_one_line(tmp_path):
-    """`camray runs | report | query | export` load neither Ray nor torch (seconds of start-up each time)."""
+    """`camray runs | report | query | export | optimize` load neither Ray nor torch (seconds of start-up each
+    time)."""
     code = (
         "import sys; from camray.cli import main_camray; status = main_camray(sys.argv[1:]); "
         "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'torch', 'torchvision'}); "
         "print(loaded, file=sys.stderr); sys.exit(status)"
     )
-    for verb in (["runs"], ["report", "--dest", str(tmp_path)], ["query", "SELECT 1"]):
+    for verb in (["runs"], ["report", "--dest", str(tmp_path)], ["query", "SELECT 1"], ["optimize"]):
         done = subprocess.run(
             [sys.executable, "-c", code, *verb, "--output", str(tmp_path / "absent")],
             capture_output=True,
@@ -67,7 +68,7 @@ def test_tools_start_without_ray_or_torch_and_fail_in_one_line(tmp_path):
         )
         lines = done.stderr.splitlines()
         assert done.returncode == 1 and lines[-1] == "[]", done.stderr
-        assert lines[0].startswith(f"camray {verb[0]}: error:") and "no runs/ table" in lines[0]
+        assert lines[0].startswith(f"camray {verb[0]}: error:") and "has no runs table" in lines[0]
         assert len(lines) == 2  # the one error line, then this test's own print
 
 

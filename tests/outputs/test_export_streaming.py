@@ -1,30 +1,37 @@
-"""The exports read the newest rows as a stream of record batches and write COCO piece by piece."""
+"""The exports read the newest rows as a stream of record batches and write COCO piece by piece, from Delta tables
+and from a Parquet output alike."""
 
 from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
 from camray.bench.history import fabricate_history
 from camray.errors import UsageError
+from camray.io.output import Output
 from camray.outputs.export import coco, write_coco, write_yolo
-from camray.outputs.tables import Output
 
 ROWS = 5000
 
 
-@pytest.fixture(scope="module")
-def history(tmp_path_factory):
+@pytest.fixture(scope="module", params=["delta", "parquet"])
+def history(request, tmp_path_factory):
     """ROWS fabricated result rows of the real schema, spread over 3 succeeded runs."""
-    root = tmp_path_factory.mktemp("history")
-    fabricate_history(root, ROWS, [], "resnet50", "fingerprint", rows_per_file=700, runs=3)
-    return Output(str(root))
+    root = tmp_path_factory.mktemp(f"history-{request.param}")
+    fabricate_history(root, ROWS, [], "resnet50", "fingerprint", rows_per_file=700, runs=3, table_format=request.param)
+    output = Output(str(root))
+    assert output.is_delta == (request.param == "delta")
+    return output
 
 
 def _written_order(history: Output) -> list[str]:
     """The fabricated URIs in the order the runs wrote them: file by file, each file's rows as written."""
-    return history.dataset("results").to_table(columns=["image_uri"]).column("image_uri").to_pylist()
+    files = sorted(history.files("results"))
+    return pq.read_table(files[0]).column("image_uri").to_pylist() + [
+        uri for path in files[1:] for uri in pq.read_table(path).column("image_uri").to_pylist()
+    ]
 
 
 def test_streamed_batches_are_bounded_in_written_order_and_match_the_whole_table(history):
@@ -34,7 +41,7 @@ def test_streamed_batches_are_bounded_in_written_order_and_match_the_whole_table
     assert streamed == _written_order(history) and len(set(streamed)) == ROWS
     whole = history.latest_results(None, ["image_uri", "width"])
     assert streamed == whole.column("image_uri").to_pylist()
-    table_schema = history.dataset("results").schema
+    table_schema = history.schema("results")
     assert [(f.name, f.type) for f in batches[0].schema] == [
         (n, table_schema.field(n).type) for n in ("image_uri", "width")
     ]

@@ -24,15 +24,15 @@ from PIL import Image
 from run_inputs import input_files
 
 from camray.cli import main_camray
+from camray.io.output import Output
 from camray.io.schema import RUNS
 from camray.outputs.query import connect
-from camray.outputs.tables import Output
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 CATS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
-CRASHED = "20991231T000000Z-crash1"  # results moved into place, then the driver died: no runs row
+CRASHED = "20991231T000000Z-crash1"  # results staged, then the driver died: no commit, no runs row
 FAILED = "20991231T000100Z-failed"  # a failed run, recorded by a newer job with more runs columns
 
 
@@ -45,18 +45,25 @@ class Run:
 
 
 def _leave_debris(out: Path, run_id: str) -> None:
+    """A crashed run's file beside the table's (written, never committed), and a failed run's row written by a
+    newer camray whose runs table has a column this release does not know, of a type it has never seen."""
+    from deltalake import DeltaTable
+    from deltalake import Schema as DeltaSchema
+
     source = sorted((out / "results").glob("*.parquet"))[0]
     table = pq.read_table(source)
     index = table.column_names.index("run_id")
     table = table.set_column(index, "run_id", pa.array([CRASHED] * table.num_rows))
-    pq.write_table(table, out / "results" / f"{CRASHED}-00000.parquet")
+    pq.write_table(table, out / "results" / f"{CRASHED}-a01-00000.parquet")
     row = pq.read_table(out / "runs" / f"{run_id}.parquet").to_pylist()[0]
     later = row["started_at"] + timedelta(hours=1)
     row.update(run_id=FAILED, status="failed", started_at=later, finished_at=later, results=0, errors=0)
     row.update(attempt=2, message="worker node lost")
-    # A newer schema's row: a column this release does not know, of a type it has never seen.
-    newer = pa.Table.from_pylist([row], schema=RUNS).append_column("zones", pa.array([["eu-west-1a"]]))
+    zones = pa.field("zones", pa.list_(pa.string()))
+    DeltaTable(str(out / "runs")).alter.add_columns(DeltaSchema.from_arrow(pa.schema([zones])).fields)
+    newer = pa.Table.from_pylist([row], schema=RUNS).append_column(zones, pa.array([["eu-west-1a"]]))
     pq.write_table(newer, out / "runs" / f"{FAILED}.parquet")
+    Output(str(out)).format.add_files("runs", [str(out / "runs" / f"{FAILED}.parquet")], {"camray.run_id": FAILED})
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +134,7 @@ def test_report_errors_are_one_line_with_exit_status(run, tmp_path, capsys):
     status, _, err = _camray(capsys, "report", "--output", str(run.out), "--run", "nope", "--dest", str(tmp_path))
     assert status == 2 and err.count("\n") == 1 and "run 'nope' is not in" in err
     status, _, err = _camray(capsys, "report", "--output", str(tmp_path / "nothing"), "--dest", str(tmp_path))
-    assert status == 1 and err.startswith("camray report: error:") and "no runs/ table" in err
+    assert status == 1 and err.startswith("camray report: error:") and "has no runs table" in err
 
 
 def _documented_queries() -> list[list[str]]:
@@ -161,15 +168,16 @@ def test_documented_query_examples(run, tmp_path, capsys, monkeypatch):
     assert {row["status"] for row in runs} == {"succeeded", "failed"}
 
 
-def test_views_hide_other_runs_unless_asked(run, capsys):
+def test_views_show_the_current_rows_and_runs_every_attempt_when_asked(run, capsys):
+    """A Delta table's current version holds no failed or crashed run's rows: `--all-runs` adds their runs rows."""
     sql = "SELECT count(*) AS n, count(DISTINCT run_id) AS runs FROM results"
-    _, out, _ = _camray(capsys, "query", "--output", str(run.out), "--format", "json", sql)
-    assert json.loads(out) == [{"n": 11, "runs": 1}]
-    _, out, _ = _camray(capsys, "query", "--output", str(run.out), "--format", "json", "--all-runs", sql)
-    debris = pq.read_table(run.out / "results" / f"{CRASHED}-00000.parquet").num_rows
-    assert json.loads(out) == [{"n": 11 + debris, "runs": 2}]
+    for every in ([], ["--all-runs"]):
+        _, out, _ = _camray(capsys, "query", "--output", str(run.out), "--format", "json", *every, sql)
+        assert json.loads(out) == [{"n": 11, "runs": 1}]
+    assert pq.read_table(run.out / "results" / f"{CRASHED}-a01-00000.parquet").num_rows == 11  # there, unread
     con = connect(str(run.out))
     assert con.sql("SELECT count(*) FROM runs").fetchall() == [(1,)]
+    assert connect(str(run.out), all_runs=True).sql("SELECT count(*) FROM runs").fetchall() == [(2,)]
     assert con.sql("SELECT count(*) FROM predictions").fetchall() == [(55,)]
     per_image = con.sql("SELECT count(*) FROM boxes GROUP BY image_uri").fetchall()
     assert (
@@ -276,7 +284,7 @@ def test_coco_export_loads_and_cocoeval_agrees_with_the_evaluator(run, tmp_path,
     precision = evaluator.eval["precision"][0, :, 0, 0, 0]
     ap = float(precision[precision > -1].mean())
 
-    # `camray.evaluation.evaluate` on this run's rows (the crash debris beside them copies them under another id).
+    # `camray.evaluation.evaluate` on this run's rows (the crash debris beside them, never committed, is not read).
     rows = Output(str(run.out)).table("results", [run.run_id]).to_pylist()
     report = evaluate_rows({Path(row["image_uri"]).name: row for row in rows}, load_truth(run.truth))
     assert report.images == 10
@@ -298,7 +306,7 @@ def test_coco_export_filters(run, tmp_path, capsys):
 
 
 def test_yolo_export(run, tmp_path, capsys):
-    from camray.outputs.tables import Output as Out
+    from camray.io.output import Output as Out
 
     dest = tmp_path / "yolo"
     argv = ["export", "yolo", "--output", str(run.out), "--min-score", "0", "--dest", str(dest)]

@@ -1,4 +1,5 @@
-"""Reading an output's tables: runs rows of every schema version alike, and the newest row of each image."""
+"""Reading a Parquet output's tables (outputs written before Delta tables): runs rows of every schema version
+alike, and the newest row of each image among the succeeded runs' rows."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from camray.io import newest_rows
 from camray.io.bounded_duckdb import bounded_duckdb
+from camray.io.output import Output, OutputNotFound
 from camray.io.schema import RESULTS, RUNS
-from camray.outputs import tables
-from camray.outputs.tables import Output, OutputNotFound
 
 # The runs columns of schema version 1, before the operator's columns were added.
 RUNS_V1 = pa.schema([RUNS.field(name) for name in RUNS.names[: RUNS.names.index("schema_version") + 1]])
@@ -76,15 +77,15 @@ def test_latest_results_takes_each_image_from_its_newest_succeeded_run(output):
 
 def test_many_rewritten_images_are_told_apart_by_duckdb_with_the_same_rows(output, monkeypatch):
     in_python = output.latest_results(None)
-    monkeypatch.setattr(tables, "REWRITTEN_IN_MEMORY", 0)
+    monkeypatch.setattr(newest_rows, "REWRITTEN_IN_MEMORY", 0)
     by_duckdb = output.latest_results(None)
     assert by_duckdb.equals(in_python) and by_duckdb.num_rows == 2
 
 
 def test_missing_output_is_named(tmp_path):
-    with pytest.raises(OutputNotFound, match="no runs/ table"):
+    with pytest.raises(OutputNotFound, match="no runs table"):
         Output(str(tmp_path / "nothing")).check_exists()
-    assert Output(str(tmp_path)).dataset("results").to_table().schema.names == RESULTS.names
+    assert Output(str(tmp_path / "nothing")).scan("results").read_all().schema.names == RESULTS.names
 
 
 def test_newest_row_follows_run_order_not_run_ids_and_keeps_the_schema(output, tmp_path):

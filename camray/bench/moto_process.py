@@ -1,0 +1,74 @@
+"""moto's S3 server as a child process, for the tests and the benchmarks.
+
+A process of its own, not moto's `ThreadedMotoServer` in the caller's: delta-rs holds the GIL through some of its
+calls while it waits on the network (`DeltaTable.history()` did, for minutes), and a server thread of the same
+process could then never answer them.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from types import TracebackType
+
+# moto imports its whole backend catalogue before it listens: seconds on a loaded machine.
+START_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class MotoProcess:
+    """`with MotoProcess() as server:` moto's S3 on `server.endpoint` (`http://127.0.0.1:PORT`) until the block
+    ends; `env` is added to the child's environment (e.g. `INITIAL_NO_AUTH_ACTION_COUNT`)."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._env = env
+        self._process: subprocess.Popen | None = None
+
+    def start(self) -> str:
+        import os
+
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(self.port)],
+            env={**os.environ, **(self._env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"moto exited with {self._process.returncode} before listening on {self.port}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self.endpoint
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"moto did not listen on {self.port} within {START_TIMEOUT_S:.0f} s") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+    def __enter__(self) -> MotoProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
