@@ -49,7 +49,6 @@ from camray.io.layout import (
 from camray.io.run_keys import KEY_COLUMNS, run_keys
 from camray.io.schema import SCHEMA_VERSION
 from camray.io.table_format import RunRows, TableFormat
-from camray.io.table_stream import read_columns
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -239,13 +238,9 @@ class DeltaFormat(TableFormat):
                 for batch in self.scan(table, columns[table], run_id=run_id):
                     yield RunRows(table, committed, pa.Table.from_batches([batch]))
             for path in self._uncommitted(table, run_id, committed):
-                try:
-                    rows = read_columns(self.store.fs, path, columns[table], self.schema(table))
-                except (OSError, pa.ArrowInvalid) as exc:  # written whole; should one not be, redo its inputs
-                    logger.warning("staged file %s is unreadable (%s); its inputs are processed again", path, exc)
-                    self.store.delete_file(path)
-                    continue
-                yield RunRows(table, file_attempt(path) or 0, rows)
+                staged = self.staged_rows(table, path, columns[table], self.schema(table))
+                if staged is not None:
+                    yield staged
 
     def commit(self, run_id: str, attempt: int) -> list[str]:
         from camray.io.supersede import superseded_files

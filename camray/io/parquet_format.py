@@ -31,13 +31,11 @@ from camray.io.layout import (
     SUCCEEDED,
     TABLES,
     check_table,
-    file_attempt,
     run_file_prefix,
     runs_row_name,
 )
 from camray.io.run_keys import run_keys
 from camray.io.table_format import RunRows, TableFormat, empty
-from camray.io.table_stream import read_columns
 
 logger = logging.getLogger(__name__)
 
@@ -123,13 +121,9 @@ class ParquetFormat(TableFormat):
     def run_rows(self, run_id: str, columns: dict[str, list[str]]) -> Iterator[RunRows]:
         for table, paths in self._staged(run_id).items():
             for path in paths:
-                try:
-                    rows = read_columns(self.store.fs, path, columns[table], TABLES[table])
-                except (OSError, pa.ArrowInvalid) as exc:  # written whole; should one not be, redo its inputs
-                    logger.warning("staged file %s is unreadable (%s); its inputs are processed again", path, exc)
-                    self.store.delete_file(path)
-                    continue
-                yield RunRows(table, file_attempt(path) or 0, rows)
+                staged = self.staged_rows(table, path, columns[table], TABLES[table])
+                if staged is not None:
+                    yield staged
 
     def commit(self, run_id: str, attempt: int) -> list[str]:
         staged = self._staged(run_id)

@@ -8,6 +8,7 @@ version names; in a Parquet output, the rows of succeeded runs (`current_filter`
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,9 +16,11 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from camray.io.layout import STAGING_FOLDER, SUCCEEDED, TABLES
+from camray.io.layout import STAGING_FOLDER, SUCCEEDED, TABLES, file_attempt
 from camray.io.store import Store
-from camray.io.table_stream import stream_files
+from camray.io.table_stream import read_columns, stream_files
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,17 @@ class TableFormat(ABC):
     def run_rows(self, run_id: str, columns: dict[str, list[str]]) -> Iterator[RunRows]:
         """The rows every attempt of the run has written so far, staged or committed, one file at a time:
         `columns[table]` of each (a file that cannot be read is deleted: its inputs are done again)."""
+
+    def staged_rows(self, table: str, path: str, columns: list[str], schema: pa.Schema) -> RunRows | None:
+        """`columns` of one of a run's staged files, or None when it cannot be read: a write task writes a file
+        whole, so one that is not is deleted and its inputs are processed again."""
+        try:
+            rows = read_columns(self.store.fs, path, columns, schema)
+        except (OSError, pa.ArrowInvalid) as exc:
+            logger.warning("staged file %s is unreadable (%s); its inputs are processed again", path, exc)
+            self.store.delete_file(path)
+            return None
+        return RunRows(table, file_attempt(path) or 0, rows)
 
     @abstractmethod
     def commit(self, run_id: str, attempt: int) -> list[str]:
