@@ -4,7 +4,7 @@ Jobs go through `ray job submit`, reading and writing S3 (moto), with weights fr
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +27,8 @@ from ray_helpers import (
     wait_for_job_agent,
 )
 from readers import runs, succeeded_inputs
+
+from camray.bench.moto_process import recorded_requests
 
 BUCKET = "camray-nodes"
 WEIGHTS_KEY = "weights/efficientnet_lite0.pth"
@@ -114,11 +116,10 @@ def _submit(cluster, output: str, *extra: str, wait: bool = True) -> subprocess.
     return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _weights_downloads(recording: Path) -> int:
+def _weights_downloads(requests: list[dict]) -> int:
     """GETs of the weights object that start at byte 0: one per download, however it is chunked."""
     count = 0
-    for line in recording.read_text().splitlines():
-        entry = json.loads(line)
+    for entry in requests:
         headers = {key.lower(): value for key, value in entry["headers"].items()}
         if entry["method"] == "GET" and WEIGHTS_KEY in entry["url"]:
             if headers.get("range", "bytes=0-").startswith("bytes=0-"):
@@ -136,16 +137,9 @@ def _predictor_nodes(cluster) -> set[str]:
 
 
 def test_a_job_spreads_over_the_nodes_and_fetches_weights_once_per_node(cluster, bucket, tmp_path):
-    from moto.moto_api import recorder
-
-    recording = tmp_path / "requests.jsonl"
-    recorder._location = str(recording)
-    recorder.start_recording()
-    try:
+    with recorded_requests(os.environ["AWS_ENDPOINT_URL"]) as requests:
         output = f"s3://{BUCKET}/out-{uuid.uuid4().hex[:6]}"
         submitted = _submit(cluster, output)
-    finally:
-        recorder.stop_recording()
     log = submitted.stdout + submitted.stderr
     assert submitted.returncode == 0, log[-4000:]
 
@@ -157,7 +151,7 @@ def test_a_job_spreads_over_the_nodes_and_fetches_weights_once_per_node(cluster,
     assert len(_predictor_nodes(cluster)) == 2, "predictor actors ran on both worker nodes"
     cached = {node.name: list(node.glob("weights/*.pth")) for node in cluster.caches.iterdir()}
     assert {name: len(files) for name, files in cached.items()} == {"head": 1, "worker-1": 1, "worker-2": 1}
-    assert _weights_downloads(recording) == 3, "once on the head (the driver's check), once on each worker node"
+    assert _weights_downloads(requests) == 3, "once on the head (the driver's check), once on each worker node"
 
 
 def _image_keys() -> list[str]:
@@ -165,10 +159,14 @@ def _image_keys() -> list[str]:
     return [item["Key"].removeprefix("images/") for item in listing["Contents"]]
 
 
-def _staged_rows(output: str) -> int:
+def _staged_files(output: str) -> int:
+    """The write tasks' files in a new output's table folders: staged there, and committed only as the run ends."""
     bucket, _, prefix = output.removeprefix("s3://").partition("/")
-    listing = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/_staging/")
-    return sum(1 for item in listing.get("Contents", []) if item["Key"].endswith(".parquet"))
+    files = 0
+    for table in ("results", "errors"):
+        listing = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{table}/")
+        files += sum(1 for item in listing.get("Contents", []) if item["Key"].endswith(".parquet"))
+    return files
 
 
 @pytest.mark.faults
@@ -182,7 +180,7 @@ def test_a_node_removed_mid_run_loses_nothing(cluster, bucket):
     # its retried batch waits for it (on KubeRay or the launcher a replacement node makes the room).
     job = _submit(cluster, output, "--runtime.num_actors", "2", wait=False)
     deadline = time.monotonic() + 600
-    while _staged_rows(output) < 2:  # some batches written: the run is in full flow
+    while _staged_files(output) < 2:  # some batches written: the run is in full flow
         assert job.poll() is None and time.monotonic() < deadline, job.stdout.read()[-4000:] if job.stdout else ""
         time.sleep(0.2)
     extra.kill_all_processes(check_alive=False, allow_graceful=False)  # the node is lost: SIGKILL, no goodbye

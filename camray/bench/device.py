@@ -112,7 +112,6 @@ class BoxSettings:
     percentile: float = 90.0
     max_boxes_per_class: int = 3
     min_area_fraction: float = 0.05
-    masks: bool = True
 
 
 @dataclass(frozen=True)

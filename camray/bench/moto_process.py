@@ -7,10 +7,17 @@ process could then never answer them.
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from types import TracebackType
 
 # moto imports its whole backend catalogue before it listens: seconds on a loaded machine.
@@ -28,6 +35,7 @@ class MotoProcess:
     ends; `env` is added to the child's environment (e.g. `INITIAL_NO_AUTH_ACTION_COUNT`)."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
+        self._recording: Path | None = None
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._env = env
@@ -36,9 +44,11 @@ class MotoProcess:
     def start(self) -> str:
         import os
 
+        # Where moto's recorder writes (`recorded_requests`), rather than a file in the caller's folder.
+        self._recording = Path(tempfile.mkdtemp(prefix="moto-")) / "recording.jsonl"
         self._process = subprocess.Popen(
             [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(self.port)],
-            env={**os.environ, **(self._env or {})},
+            env={"MOTO_RECORDER_FILEPATH": str(self._recording), **os.environ, **(self._env or {})},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -63,6 +73,8 @@ class MotoProcess:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+        if self._recording is not None:
+            shutil.rmtree(self._recording.parent, ignore_errors=True)
 
     def __enter__(self) -> MotoProcess:
         self.start()
@@ -72,3 +84,25 @@ class MotoProcess:
         self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.stop()
+
+
+@contextmanager
+def recorded_requests(endpoint: str) -> Iterator[list[dict]]:
+    """`with recorded_requests(endpoint) as requests:` every request the moto server at `endpoint` answers while the
+    block runs, whoever sends it (this process, a Ray worker, a submitted job), through moto's recorder API;
+    `requests` is filled as the block ends, one dict each: `method`, `url` (as sent, with its query), `headers`."""
+
+    def call(action: str) -> bytes:
+        request = urllib.request.Request(f"{endpoint}/moto-api/recorder/{action}", method="POST", data=b"")
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.read()
+
+    call("reset-recording")
+    call("start-recording")
+    requests: list[dict] = []
+    try:
+        yield requests
+    finally:
+        call("stop-recording")
+        lines = call("download-recording").decode().splitlines()
+        requests.extend(json.loads(line) for line in lines if line.strip())

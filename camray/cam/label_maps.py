@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pycocotools import mask as coco_mask
 from torch import Tensor
 
 from camray.cam.dense_crf import CrfSettings, dense_crf
@@ -174,6 +173,9 @@ def label_runs(label_map: np.ndarray, width: int, height: int) -> tuple[np.ndarr
 
 
 def _rle(counts: np.ndarray, width: int, height: int) -> dict[str, Any]:
+    # Imported here: the label rule runs where pycocotools is not installed (a bare GPU host's benchmark).
+    from pycocotools import mask as coco_mask
+
     rle = coco_mask.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
     return {"size": [height, width], "counts": rle["counts"].decode()}
 

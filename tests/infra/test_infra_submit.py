@@ -3,16 +3,15 @@ RayJob's and the RayCronJob's, with the ConfigMap's job config, against a real R
 
 Only what the cluster provides is swapped in: the job server's address, the file at the config's mount path,
 the repository as the working dir (the image's working directory on the head), and an interpreter with camray
-first on PATH. Every S3 request the run makes is recorded at the endpoint and checked against iam-policy.json.
+first on PATH. Every S3 request the run makes is recorded by the endpoint (moto's recorder) and checked against
+iam-policy.json.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
-import logging
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -25,26 +24,18 @@ import pytest
 import yaml
 from infra_manifests import MOUNTED_CONFIG, REPO, iam_policy, job_config_text, manifest, submit_command
 
+from camray.bench.moto_process import recorded_requests
 from camray.io.sources import S3Settings, filesystem_for
 
 pytestmark = pytest.mark.integration
 
 PHOTOS = ("chelsea.png", "coffee.png", "grace_hopper.jpg")
-REQUEST_LINE = re.compile(r'"(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/[\d.]+"')
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-class _Requests(logging.Handler):
-    """The request lines the S3 endpoint (moto's werkzeug server, in this process) logs."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        match = REQUEST_LINE.search(ANSI.sub("", record.getMessage()))
-        if match:
-            self.lines.append(f"{match[1]} {match[2]}")
+def request_line(entry: dict) -> str:
+    """A recorded request as `METHOD /bucket/key?query`, the path-style target S3 authorises."""
+    parts = urlsplit(entry["url"])
+    return f"{entry['method']} {parts.path}" + (f"?{parts.query}" if parts.query else "")
 
 
 def iam_request(line: str) -> tuple[str, str]:
@@ -129,12 +120,7 @@ def test_the_manifests_job_runs_as_submitted_and_needs_no_more_than_the_iam_poli
     options += ["--working-dir", str(REPO), "--runtime-env-json", json.dumps({"env_vars": {"PATH": path}})]
     entrypoint = [str(mounted) if arg == MOUNTED_CONFIG else arg for arg in entrypoint]
 
-    requests = _Requests()
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.addHandler(requests)
-    werkzeug.setLevel(logging.INFO)
-    try:
+    with recorded_requests(s3_server) as recorded:
         for _ in range(5):
             submitted = subprocess.run(
                 [str(Path(sys.executable).parent / "ray"), "job", "submit", *options, "--", *entrypoint],
@@ -147,9 +133,6 @@ def test_the_manifests_job_runs_as_submitted_and_needs_no_more_than_the_iam_poli
             if "No available agent to submit job" not in submitted.stderr + submitted.stdout:
                 break
             time.sleep(5)
-    finally:
-        werkzeug.removeHandler(requests)
-        werkzeug.setLevel(level)
     log = submitted.stdout + submitted.stderr
     assert submitted.returncode == 0, log[-4000:]
     assert f"succeeded: {len(inputs)} listed" in log
@@ -164,7 +147,7 @@ def test_the_manifests_job_runs_as_submitted_and_needs_no_more_than_the_iam_poli
     assert [uri.rsplit("/", 1)[-1] for uri in rows["errors"]] == ["broken.jpg"]
 
     # pyarrow probes a bucket named so that it cannot exist, and ignores the answer.
-    made = [line for line in requests.lines if "/$extremelyunlikelytoexist$" not in line]
+    made = [line for line in map(request_line, recorded) if "/$extremelyunlikelytoexist$" not in unquote(line)]
     assert any(line.startswith("PUT ") for line in made) and any(line.startswith("GET ") for line in made)
     policy = iam_policy()
     denied = sorted({line for line in made if not allowed(policy, *iam_request(line))})

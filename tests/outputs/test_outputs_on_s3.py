@@ -67,10 +67,11 @@ def test_report_over_s3_renders_and_names_the_vanished_input(s3_run, tmp_path, c
     status, _, _ = _camray(capsys, "report", "--output", OUT, "--dest", str(dest), "--run", s3_run, "--limit", "11")
     page = (dest / "index.html").read_text()
     assert page.count("input missing") == 1 and f"s3://{BUCKET}/images/vanishing.jpg" in page
-    assert len(list((dest / "images").iterdir())) == 55  # the 4-image report's pictures were replaced
+    # Five maps and a label map an image; the 4-image report's pictures were replaced.
+    assert len(list((dest / "images").iterdir())) == 66
     if require_browser() is None:
         pytest.skip("chromium is not installed (make test installs it as root)")
-    assert render_ok(dest / "index.html").images == 55
+    assert render_ok(dest / "index.html").images == 66
 
 
 def test_exports_over_s3(s3_run, tmp_path, capsys):
