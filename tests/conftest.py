@@ -107,6 +107,9 @@ def ray_head(s3_server: str):
             "dashboard_port": port,
             "object_store_memory": 1 << 30,
             "temp_dir": temp_dir,
+            # Metrics exported every second, not ten: Ray Data's gauges live only as long as their dataset, and
+            # a test's run of a few images is over within one default interval (tests/metrics).
+            "_system_config": {"metrics_report_interval_ms": 1000},
             **node_ports(),
         },
     )
