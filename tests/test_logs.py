@@ -28,6 +28,20 @@ def test_off_a_tty_the_status_is_a_line_now_and_then_and_the_last_one_always():
     assert stream.getvalue().splitlines() == ["camray: a warning", "camray: 2 images", "camray: 4 images"]
 
 
+def _drained(pty: int) -> bytes:
+    """All a pty's other end wrote: one read returns what has arrived so far, which may be part of it."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(pty, 4096)
+        except OSError:  # EIO once the other end is closed and everything it wrote was read
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def test_on_a_tty_the_status_is_redrawn_in_place_with_lines_above_it():
     reader, writer = os.openpty()
     stream = os.fdopen(writer, "w")
@@ -38,7 +52,7 @@ def test_on_a_tty_the_status_is_redrawn_in_place_with_lines_above_it():
     terminal.status("camray: 2 images")
     terminal.close()
     stream.close()
-    shown = os.read(reader, 4096).decode()
+    shown = _drained(reader).decode()
     os.close(reader)
     clear = "\r\x1b[K"
     # The tty turns "\n" into "\r\n".
