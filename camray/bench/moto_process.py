@@ -30,6 +30,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def stop_child(process: subprocess.Popen) -> None:
+    """Ends a server child: SIGTERM, then SIGKILL if it has not exited within 30 s."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class MotoProcess:
     """`with MotoProcess() as server:` moto's S3 on `server.endpoint` (`http://127.0.0.1:PORT`) until the block
     ends; `env` is added to the child's environment (e.g. `INITIAL_NO_AUTH_ACTION_COUNT`)."""
@@ -66,13 +78,8 @@ class MotoProcess:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            stop_child(self._process)
         if self._recording is not None:
             shutil.rmtree(self._recording.parent, ignore_errors=True)
 

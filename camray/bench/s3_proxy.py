@@ -41,6 +41,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from urllib.parse import parse_qs, urlparse
 
+from camray.bench.moto_process import stop_child
+
 KINDS = ("slowdown", "reset", "delay")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy-connection", "te", "upgrade"}
 SLOWDOWN_BODY = (
@@ -443,12 +445,7 @@ class FaultyS3Proxy:
             self._last = self._state()
         except OSError:
             pass
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        stop_child(self._process)
 
     def _request(self, method: str, what: str) -> bytes:
         import urllib.request
