@@ -92,6 +92,27 @@ class StoreUnavailableError(ConnectionError):
     image's. The message names the operation, the object and the endpoint."""
 
 
+# pyarrow's words (the AWS SDK's error names) for failures of a store in passing, not of the request. Its retry
+# strategy retries them, except where the SDK had begun writing the answer's body: a `503 SlowDown` answered to a
+# ranged GET smaller than the error's own body fails as `INTERNAL_FAILURE ... Failed to flush response stream`.
+_TRANSIENT = (
+    "NETWORK_CONNECTION",
+    "SLOW_DOWN",
+    "SERVICE_UNAVAILABLE",
+    "INTERNAL_FAILURE",
+    "THROTTLING",
+    "REQUEST_TIMEOUT",
+    "HTTP status 5",
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether pyarrow's `exc` is a store failing in passing (worth another attempt), not a wrong request."""
+    if isinstance(exc, FileNotFoundError | PermissionError | StoreUnavailableError):
+        return False
+    return isinstance(exc, OSError) and any(marker in str(exc) for marker in _TRANSIENT)
+
+
 # The last line of a traceback that ends in a `StoreUnavailableError`.
 _OUTAGE_LINE = re.compile(r"^(?:[\w.]+\.)?StoreUnavailableError: (.+)$", re.MULTILINE)
 

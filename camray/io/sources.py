@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from camray.io.s3 import S3Settings, StoreUnavailableError, s3_objects
+from camray.io.s3 import S3Settings, StoreUnavailableError, is_transient, s3_objects
 
 logger = logging.getLogger(__name__)
 
@@ -64,19 +64,6 @@ def endpoint_of(s3: S3Settings) -> str:
     return s3.resolved_endpoint() or "AWS S3"
 
 
-# pyarrow's words (the AWS SDK's error names) for the failures its retry strategy retries: seen after the
-# last attempt, they mean the store is unavailable, not that the request was wrong.
-_TRANSIENT = (
-    "NETWORK_CONNECTION",
-    "SLOW_DOWN",
-    "SERVICE_UNAVAILABLE",
-    "INTERNAL_FAILURE",
-    "THROTTLING",
-    "REQUEST_TIMEOUT",
-    "HTTP status 5",
-)
-
-
 @contextmanager
 def store_errors(what: str, uri: str, s3: S3Settings) -> Iterator[None]:
     """Names the endpoint in pyarrow's errors for an S3 `uri` (pyarrow's message names the operation, `during
@@ -86,7 +73,7 @@ def store_errors(what: str, uri: str, s3: S3Settings) -> Iterator[None]:
     except OSError as exc:
         if not is_s3(uri) or isinstance(exc, FileNotFoundError | PermissionError | StoreUnavailableError):
             raise
-        if any(marker in str(exc) for marker in _TRANSIENT):
+        if is_transient(exc):
             raise StoreUnavailableError(
                 f"S3 {what} {uri} on {endpoint_of(s3)} failed (up to {s3.max_attempts} attempts): {exc}"
             ) from exc

@@ -187,6 +187,41 @@ def test_the_history_is_read_from_s3_through_pyarrow(s3_server, tmp_path):
     assert _kept(without_done([listing], done)) == _reference(listing, history)
 
 
+@pytest.mark.integration
+def test_a_history_read_failed_past_the_sdks_retries_resumes_where_it_broke(s3_server, tmp_path, monkeypatch, caplog):
+    """A 503 answered to a ranged GET smaller than S3's error body (a column chunk of a few dozen bytes) fails inside
+    the AWS SDK as `INTERNAL_FAILURE ... Failed to flush response stream`, which pyarrow's retries do not cover:
+    the stream reopens the file it was reading and skips the rows it already gave."""
+    import boto3
+
+    from camray.bench.s3_proxy import FaultRates, FaultyS3Proxy
+    from camray.io.sources import filesystem_for
+
+    boto3.client("s3").create_bucket(Bucket="camray-done-cut")
+    rng = random.Random(13)
+    history = _history(rng, 4000)
+    uri = "s3://camray-done-cut/out"
+    _history_output(uri, history, 12, s3=S3Settings(s3_server))
+    monkeypatch.setattr(table_stream, "FILES_PER_SCAN", 3)
+    # Each read again needs every column chunk of the row group read again: at this rate, a few may fail in a row.
+    monkeypatch.setattr(table_stream, "READ_ATTEMPTS", 12)
+    monkeypatch.setattr(table_stream, "BATCH_ROWS", 100)
+    monkeypatch.setattr(table_stream, "RETRY_BACKOFF_S", 0.01)
+    direct = DoneSet.of(Output(uri, S3Settings(s3_server)), MODEL, FINGERPRINT)
+    expected = direct.batches().read_all()
+
+    rates = FaultRates(slowdown=0.15, reset=0, delay=0)
+    with FaultyS3Proxy(s3_server, seed=5, rates=rates, force_each=False) as proxy:
+        filesystem = filesystem_for(uri, S3Settings(proxy.endpoint))[0]
+        cut = DoneSet(direct.files, filesystem, direct.wanted).batches().read_all()
+        slowdowns = proxy.injected("GET")["slowdown"]
+
+    resumed = [record for record in caplog.records if "reading it again" in record.getMessage()]
+    assert slowdowns > 0 and resumed, "the store failed a read past the SDK's retries"
+    assert cut.num_rows == expected.num_rows > 0
+    assert cut.to_pylist() == expected.to_pylist(), "every row once, in the same order"
+
+
 class _Poller:
     """A reader polling the results table's current version through `deltalake` while a run goes: what it saw."""
 
