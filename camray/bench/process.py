@@ -26,12 +26,14 @@ class Measured:
 
 
 class SampledProcess:
-    """Starts `command` (its output to `log`) and samples its RSS every 50 ms until it ends; `wait()` gives
-    the measures. The peak is the larger of the samples and `ru_maxrss` from `wait4`. Above `cap_bytes` the
-    process group is SIGKILLed (`capped`)."""
+    """Starts `command` (its output to `log`) and samples its memory every 50 ms until it ends; `wait()` gives
+    the measures. The peak is the kernel's high-water mark of the process's memory since its exec (`VmHWM`), as
+    last read before it ended: growth in its last 50 ms is missed. Not `ru_maxrss` from `wait4`: Linux carries a
+    process's high-water mark across exec, so that of a child forked from a large benchmark would be at least the
+    benchmark's own (a child that does nothing measured 512 MiB under a 500 MiB parent). Above `cap_bytes` (its
+    current RSS) the process group is SIGKILLed (`capped`)."""
 
     def __init__(self, command: list[str], env: dict[str, str], log: Path, cap_bytes: int | None = None) -> None:
-        self._page = os.sysconf("SC_PAGE_SIZE")
         self._cap = cap_bytes
         self._clock = time.perf_counter()
         with log.open("w") as out:
@@ -46,23 +48,18 @@ class SampledProcess:
     def _watch(self) -> None:
         peak, capped = 0, False
         while True:
-            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 break
-            try:
-                rss = int(Path(f"/proc/{self.pid}/statm").read_text().split()[1]) * self._page
-            except (OSError, IndexError):
-                rss = 0
-            peak = max(peak, rss)
+            rss, high_water = _memory(self.pid)
+            peak = max(peak, rss, high_water)
             if self._cap is not None and rss > self._cap and not capped:
                 capped = True
                 os.killpg(self.pid, signal.SIGKILL)
             time.sleep(SAMPLE_SECONDS)
         returncode = os.waitstatus_to_exitcode(status)
         self._process.returncode = returncode  # reaped here: Popen must not wait for it again
-        self._measured = Measured(
-            max(peak, usage.ru_maxrss * 1024), time.perf_counter() - self._clock, returncode, capped
-        )
+        self._measured = Measured(peak, time.perf_counter() - self._clock, returncode, capped)
 
     def running(self) -> bool:
         return self._thread.is_alive()
@@ -82,3 +79,16 @@ class SampledProcess:
 def measure_process(command: list[str], env: dict[str, str], log: Path, cap_bytes: int | None = None) -> Measured:
     """Runs `command` to its end under a `SampledProcess`."""
     return SampledProcess(command, env, log, cap_bytes).wait()
+
+
+def _memory(pid: int) -> tuple[int, int]:
+    """(RSS, VmHWM) of a live process in bytes; zeros once it is gone (or a zombie, whose memory is released)."""
+    rss = high_water = 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                kib = int(line.split()[1]) * 1024
+                rss, high_water = (kib, high_water) if line.startswith("VmRSS:") else (rss, kib)
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss, high_water
