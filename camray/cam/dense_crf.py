@@ -140,16 +140,16 @@ class Lattice:
         packed = self._pack(keys, group.view(-1, 1))
         # Each point's d + 1 vertices, flattened (P * (d + 1)), and the vertices' keys, sorted.
         self.vertices, self.vertex_of = torch.unique(packed.flatten(), return_inverse=True)
-        # The two neighbours of each vertex along each of the d + 1 axes, -1 where not a vertex.
-        vertex_keys = self._unpack(self.vertices)
-        vertex_group = self.vertices // self._span
+        # The two neighbours of each vertex along each of the d + 1 axes (`_find`'s answer where none). The packing
+        # is linear and the radices leave room for a step either way, so a step of the keys is a fixed step of the
+        # packed key: no vertex is unpacked.
         self.neighbours = []
         for axis in range(d + 1):
             step = torch.full((d,), 1, device=device, dtype=torch.long)
             if axis < d:
                 step[axis] = -d
-            pair = [self._find(self._pack(vertex_keys + sign * step, vertex_group)) for sign in (1, -1)]
-            self.neighbours.append(pair)
+            shift = int((step * self._weights).sum())
+            self.neighbours.append([self._find(self.vertices + sign * shift) for sign in (1, -1)])
 
     @property
     def _one(self) -> Tensor:
@@ -158,13 +158,6 @@ class Lattice:
     def _pack(self, keys: Tensor, group: Tensor) -> Tensor:
         """Integer keys (..., d) and their group -> one int64 each, ordered by group first."""
         return ((keys - self._offset) * self._weights).sum(dim=-1) + group * self._span
-
-    def _unpack(self, packed: Tensor) -> Tensor:
-        keys = []
-        for axis in reversed(range(self.d)):
-            keys.append(packed % self._radix[axis] + self._offset[axis])
-            packed = packed // self._radix[axis]
-        return torch.stack(keys[::-1], dim=-1)
 
     def _find(self, packed: Tensor) -> Tensor:
         """The vertex of each packed key, or the number of vertices (the empty row `filter` keeps) where none."""
