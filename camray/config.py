@@ -142,8 +142,10 @@ class StorageConfig(_Section):
         6,
         ge=1,
         le=20,
-        description="Attempts in all (retries + 1) for each S3 request of the run, inputs and output alike, with "
-        "AWS's standard backoff; the retries taken are counted in the run's log and `runs.io_retries`.",
+        description="Attempts in all (retries + 1) for each S3 request of the run, inputs and output alike: "
+        "images and staged files through boto3 with AWS's standard backoff (from 1 s for throttling), the listing, "
+        "commit and tables through pyarrow with the SDK's legacy one (25 ms, doubling); the job's retries are "
+        "counted in the run's log and `runs.io_retries`.",
     )
 
     @field_validator("s3_endpoint_url")

@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 # good once in 335,000; AWS's default of 3 would fail one in 580, a few per thousand-image run. boto3's
 # standard backoff (random, doubling, capped at 20 s) starts at 1 s for throttling (`SlowDown`) and at 50 ms for
 # other errors: a throttling store is waited on for up to 31 s an operation, a dead one given up on in under
-# 2 s of backoff plus the connect timeouts (pyarrow's SDK backs off longer: 5-22 s measured on a refused port).
+# 2 s of backoff plus the connect timeouts. pyarrow's operations back off 25 ms doubling (the SDK's legacy
+# strategy, `camray.io.sources.filesystem_for`): 1.6 s measured on a refused port.
 DEFAULT_MAX_ATTEMPTS = 6
 # A connection to a live store opens in milliseconds; 10 s allows a congested network, not a black hole.
 DEFAULT_CONNECT_TIMEOUT_S = 10.0

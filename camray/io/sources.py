@@ -42,9 +42,13 @@ def filesystem_for(uri: str, s3: S3Settings) -> tuple[pafs.FileSystem, str]:
     if is_s3(uri):
         endpoint = s3.resolved_endpoint()
         kwargs: dict[str, object] = {
-            # Explicit, and the same bounds as boto3's (`camray.io.s3`): pyarrow's default is 3 attempts.
+            # The same number of attempts as boto3's (`camray.io.s3`; pyarrow's default is 3), under the SDK's
+            # legacy strategy: its standard one keeps a retry quota per filesystem that a long run under throttling
+            # drains (about 100 retries), after which it retries nothing and one 503 fails the operation
+            # (`tests/io/test_s3.py`). The legacy backoff is shorter (25 ms, doubling: 0.8 s over 6 attempts);
+            # a store that throttles for longer wants `storage.s3_max_attempts` raised (10 attempts: 12.8 s).
             # `request_timeout` only applies on Windows and macOS; on Linux the SDK's curl client has its own.
-            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=s3.max_attempts),
+            "retry_strategy": pafs.AwsDefaultS3RetryStrategy(max_attempts=s3.max_attempts),
             "connect_timeout": s3.connect_timeout,
             "request_timeout": s3.read_timeout,
         }

@@ -25,6 +25,26 @@ def test_put_and_get_round_trip_without_retries(s3_server, photos):
         reader.read("s3://camray-s3-objects/a/missing.png")
 
 
+@pytest.mark.integration
+def test_pyarrows_retries_of_a_throttling_store_never_run_out(s3_server):
+    """The AWS SDK's standard retry strategy stops retrying once its quota is spent (about 100 retries a
+    filesystem), and a HEAD's 503 then fails a run's commit; camray's filesystems retry every operation alike."""
+    import boto3
+
+    from camray.bench.s3_proxy import FaultRates, FaultyS3Proxy
+    from camray.io.sources import filesystem_for
+
+    boto3.client("s3").create_bucket(Bucket="camray-s3-throttled")
+    boto3.client("s3").put_object(Bucket="camray-s3-throttled", Key="k", Body=b"x" * 100)
+    rates = FaultRates(slowdown=0.3, reset=0, delay=0)
+    with FaultyS3Proxy(s3_server, seed=2, rates=rates, force_each=False) as proxy:
+        filesystem = filesystem_for("s3://camray-s3-throttled/k", S3Settings(proxy.endpoint, max_attempts=10))[0]
+        sizes = [filesystem.get_file_info("camray-s3-throttled/k").size for _ in range(500)]
+        throttled = proxy.injected("HEAD")["slowdown"]
+    assert sizes == [100] * 500
+    assert throttled > 150, "more 503s than the standard strategy's quota retries"
+
+
 def test_local_writes_are_whole_and_leave_no_temporary_file(tmp_path):
     target = tmp_path / "staging" / "results" / "part.parquet"
     assert write_object(str(target), b"first", S3Settings()) == 0
