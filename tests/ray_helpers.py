@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from camray.bench.moto_process import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 # Batches, read+decode batches and Parquet files of four images: a few dozen photos make many tasks and files,
@@ -31,12 +32,6 @@ def submit_command(address: str, *entrypoint: str) -> list[str]:
         "--",
         *entrypoint,
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def node_ports() -> dict[str, int]:

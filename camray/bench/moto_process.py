@@ -30,13 +30,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def stop_child(process: subprocess.Popen) -> None:
-    """Ends a server child: SIGTERM, then SIGKILL if it has not exited within 30 s."""
+def stop_child(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """Ends a server child: SIGTERM, then SIGKILL if it has not exited within `timeout_s`."""
     if process.poll() is not None:
         return
     process.terminate()
     try:
-        process.wait(timeout=30)
+        process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()

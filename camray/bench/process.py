@@ -52,7 +52,7 @@ class SampledProcess:
             if pid:
                 break
             rss, high_water = _memory(self.pid)
-            peak = max(peak, rss, high_water)
+            peak = max(peak, high_water)
             if self._cap is not None and rss > self._cap and not capped:
                 capped = True
                 os.killpg(self.pid, signal.SIGKILL)
@@ -83,12 +83,9 @@ def measure_process(command: list[str], env: dict[str, str], log: Path, cap_byte
 
 def _memory(pid: int) -> tuple[int, int]:
     """(RSS, VmHWM) of a live process in bytes; zeros once it is gone (or a zombie, whose memory is released)."""
-    rss = high_water = 0
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                kib = int(line.split()[1]) * 1024
-                rss, high_water = (kib, high_water) if line.startswith("VmRSS:") else (rss, kib)
-    except (OSError, ValueError, IndexError):
-        pass
-    return rss, high_water
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0, 0
+    kib = dict(line.split(":", 1) for line in status.splitlines() if line.startswith(("VmRSS:", "VmHWM:")))
+    return tuple(int(kib.get(name, "0 kB").split()[0]) * 1024 for name in ("VmRSS", "VmHWM"))

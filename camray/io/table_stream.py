@@ -108,10 +108,7 @@ def _resumed(
                 yield offset, batch
             return
         except OSError as exc:
-            failures += 1
-            if not is_transient(exc) or failures >= READ_ATTEMPTS:
-                raise
-            _wait_to_read_again(group[current], exc, failures, given)
+            failures = _after_failure(exc, failures, group[current], given)
 
 
 def read_columns(filesystem: pafs.FileSystem, path: str, columns: list[str], schema: pa.Schema) -> pa.Table:
@@ -127,17 +124,20 @@ def read_columns(filesystem: pafs.FileSystem, path: str, columns: list[str], sch
             rows = pq.read_table(path, filesystem=filesystem, columns=[name for name in columns if name in present])
             break
         except OSError as exc:
-            failures += 1
-            if not is_transient(exc) or failures >= READ_ATTEMPTS:
-                raise
-            _wait_to_read_again(path, exc, failures)
+            failures = _after_failure(exc, failures, path)
     for name in columns:
         if name not in present:
             rows = rows.append_column(schema.field(name), pa.nulls(rows.num_rows, schema.field(name).type))
     return rows.select(columns)
 
 
-def _wait_to_read_again(path: str, exc: OSError, failures: int, from_row: int = 0) -> None:
+def _after_failure(exc: OSError, failures: int, path: str, from_row: int = 0) -> int:
+    """The failures without progress counting `exc`, once it is time to read `path` again; `exc` raised where it is
+    not the store failing in passing, or the attempts are spent."""
+    failures += 1
+    if not is_transient(exc) or failures >= READ_ATTEMPTS:
+        raise exc
     wait = RETRY_BACKOFF_S * 2 ** (failures - 1)
     logger.warning("reading %s failed (%s); reading it again from row %d in %.1f s", path, exc, from_row, wait)
     time.sleep(wait)
+    return failures

@@ -19,6 +19,8 @@ import pytest
 import yaml
 from ray_helpers import free_port
 
+from camray.bench.moto_process import stop_child
+
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "infra" / "monitoring"
 PUSHGATEWAY = "prometheus-pushgateway"
@@ -71,12 +73,7 @@ def serving(command: list[str], base_url: str, log: Path, timeout_s: float = 60.
         wait_for(ready, timeout_s, f"{command[0]} at {base_url}")
         yield base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_child(process, timeout_s=20)
 
 
 @contextlib.contextmanager
