@@ -161,6 +161,9 @@ def components_from_maps(
         raise ValueError(f"`max_per_map` must be at least 1, got {max_per_map}")
     n, h, w = maps.shape
     device = maps.device
+    if n == 0:  # a batch none of whose images keeps a class (a sigmoid head's, every score below its bound)
+        empty = torch.zeros(0, device=device)
+        return Components(empty.long(), torch.zeros(0, 4, device=device), empty, empty, empty)
     threshold = torch.as_tensor(threshold, dtype=maps.dtype, device=device).expand(n)
     mask = maps >= threshold.view(n, 1, 1)
     if valid is not None:

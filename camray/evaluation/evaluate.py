@@ -278,11 +278,14 @@ def evaluate_rows(
         chosen = next((cams[c] for c in cams if c in gt.classes), None)
         if chosen is None:
             fallbacks += 1
-            chosen = row["cams"][0]
-        heat = decode_heatmap(chosen)
-        scoremap = cv2.resize(heat, (RESIZE, RESIZE), interpolation=cv2.INTER_LINEAR)
-        low, high = scoremap.min(), scoremap.max()
-        scoremap = (scoremap - low) / (high - low) if high > low else np.zeros_like(scoremap)
+            chosen = row["cams"][0] if row["cams"] else None
+        # A sigmoid head may keep no class of an image: no map, so no threshold boxes its object.
+        scoremap = np.zeros((RESIZE, RESIZE), dtype=np.float32)
+        if chosen is not None:
+            heat = decode_heatmap(chosen)
+            scoremap = cv2.resize(heat, (RESIZE, RESIZE), interpolation=cv2.INTER_LINEAR)
+            low, high = scoremap.min(), scoremap.max()
+            scoremap = (scoremap - low) / (high - low) if high > low else np.zeros_like(scoremap)
         gt_boxes = np.asarray([resize_box(box, size) for box in gt.boxes])
         for index, threshold in enumerate(thresholds):
             single = boxes_from_scoremap(scoremap, threshold, multi_contour=False)

@@ -105,3 +105,9 @@ def test_bad_arguments_are_refused():
 def test_maps_without_foreground_give_no_components():
     result = components_from_maps(torch.zeros(2, 6, 6), threshold=0.5, max_per_map=3)
     assert result.map_index.numel() == 0 and tuple(result.boxes.shape) == (0, 4)
+
+
+def test_no_maps_give_no_components():
+    """A batch whose images keep no class (a sigmoid head below its bound) asks for the boxes of no map."""
+    found = components_from_maps(torch.zeros(0, 8, 8), 0.5, max_per_map=3)
+    assert found.map_index.numel() == 0 and found.boxes.shape == (0, 4)
