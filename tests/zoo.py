@@ -52,7 +52,11 @@ def save_weights(name: str, folder: Path, input_size: int | None = None) -> Path
     """Random weights for registry or `timm:` name `name`, saved as its zoo publishes them; returns the file."""
     from camray.models import get_spec
 
-    module = get_spec(name, input_size=input_size).build()
+    # The architecture's own initialisation draws from the global generator: seeded here, a family's weights are
+    # the same whichever tests ran before (some draws give a random head whose every map is flat).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = get_spec(name, input_size=input_size).build()
     if name.startswith("timm:"):
         from safetensors.torch import save_file
 
