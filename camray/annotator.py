@@ -28,6 +28,7 @@ from camray.cam.box_stage import BoxStageSettings, CapturedBoxStage, CaptureFail
 from camray.cam.boxes import Components, components_from_maps
 from camray.cam.classes import ClassChoice, choose_classes
 from camray.cam.dense_crf import CrfSettings, cell_colours
+from camray.cam.label_map_boxes import boxes_from_label_maps, label_map_components
 from camray.cam.label_maps import crf_label_maps, own_background
 from camray.cam.label_maps import label_maps as argmax_label_maps
 from camray.cam.layers import resolve_layer
@@ -170,6 +171,14 @@ class Annotator:
         self.classes = getattr(cam, "classes", "predicted")  # settings made before given labels: predicted
         min_score = getattr(cam, "min_score", None)
         self.min_score = SIGMOID_MIN_SCORE if min_score is None and setup.head == "sigmoid" else min_score
+        # Boxes of the kept classes' label-map regions instead of their thresholded maps (`boxes.source`).
+        self.boxes_from_label_maps = self.mask_config is not None and boxes_from_label_maps(
+            getattr(boxes, "source", "maps"),  # settings made before the field: the maps
+            True,
+            self.mask_config.refine,
+            self.classes,
+            setup.head,
+        )
         self.autocast_dtype = _autocast_dtype(device, precision)
         # Channels-last runs convolutions a third faster on the CPU too (oneDNN), and a permuted uint8 NHWC
         # batch already has that layout, so preparing the input copies nothing but the dtype.
@@ -200,7 +209,8 @@ class Annotator:
         # The plain mode's box stage as one CUDA graph a batch (`camray.cam.box_stage`), compiled with the model;
         # by default on a GPU only: on the CPU, OpenCV's labelling is faster than any number of tensor rounds.
         self.box_stage: CapturedBoxStage | None = None
-        if isinstance(self.mode, PlainMode) and (capture_boxes or (capture_boxes is None and device.type == "cuda")):
+        captures = capture_boxes or (capture_boxes is None and device.type == "cuda")
+        if isinstance(self.mode, PlainMode) and captures and not self.boxes_from_label_maps:
             self.box_stage = CapturedBoxStage(
                 box_stage_settings(cam, boxes), device, compiled=compile_model and device.type == "cuda"
             )
@@ -282,7 +292,14 @@ class Annotator:
         label_maps: Tensor | None = None,
     ) -> AnnotatedBatch:
         thresholds = self._thresholds(maps) if thresholds is None else thresholds
-        components = self._components(maps, thresholds, choice) if components is None else components
+        if components is None and self.boxes_from_label_maps:
+            assert label_maps is not None  # boxes come from label maps only where the run writes them
+            config = self.box_config
+            components = label_map_components(
+                maps, label_maps, choice.kept, config.min_area_fraction, config.max_boxes_per_class
+            )
+        elif components is None:
+            components = self._components(maps, thresholds, choice)
         b, k = choice.class_ids.shape
         fields = [getattr(components, name) for name in Components.__dataclass_fields__]
         labelled = [] if label_maps is None else [label_maps]
@@ -526,7 +543,7 @@ class TiledMode:
             label_maps = a.label_maps_of(scores, choice.kept, pixels, valid_wh)
         maps, thresholds = a._maps_keeping_plain(plain, fused, keep)
         components = None
-        if above_area is not None and refined is not None and tiled.numel():
+        if above_area is not None and refined is not None and tiled.numel() and not a.boxes_from_label_maps:
             maps, thresholds, components = self._large_objects_from_whole_image(
                 maps, thresholds, refined, ~keep, above_area, choice
             )

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from camray.cam.label_map_boxes import BoxSource, boxes_from_label_maps
 from camray.cam.method_names import CamMethod
 from camray.errors import ConfigError
 from camray.presets import apply_preset
@@ -286,6 +287,15 @@ class BoxConfig(_Section):
         ge=0.0,
         lt=1.0,
         description="Components other than the largest must cover this fraction of the image to be kept.",
+    )
+    source: BoxSource = Field(
+        "auto",
+        description="What a kept class's boxes are drawn around. `maps`: its map's components above `threshold`. "
+        "`label_maps`: its region of the image's label map (`masks`), one box a component, scored by its map's "
+        "peak there; edges follow the photo's where the dense CRF decides the label map. `auto`: `label_maps` where "
+        "the label maps are written and refined (`masks.refine: crf`) and the kept classes are distinct objects "
+        "(`cam.classes: given`, or `model.head: sigmoid`), else `maps`: a softmax head's top-k are rivals for one "
+        "object and would split its region (docs/localization-multi.md).",
     )
 
 
@@ -609,12 +619,28 @@ class JobConfig(_Section):
             raise ValueError("`source.uri` and `sink.uri` must differ: results would be read back as inputs")
         return self
 
+    @model_validator(mode="after")
+    def _label_map_boxes_need_label_maps(self) -> JobConfig:
+        if self.boxes.source == "label_maps" and not self.masks.label_maps:
+            raise ValueError("`boxes.source` is `label_maps`, but `masks.label_maps` is false: no label map to box")
+        return self
+
+    def boxes_from_label_maps(self) -> bool:
+        """Whether boxes are the label maps' regions (`boxes.source`, resolved as the annotator resolves it)."""
+        return boxes_from_label_maps(
+            self.boxes.source, self.masks.label_maps, self.masks.refine, self.cam.classes, self.model.head
+        )
+
     def fingerprint(self) -> str:
         """Hash of the settings that change results; runtime, paths and `limit` don't."""
         relevant = self.model_dump(
             include={"model": True, "cam": True, "boxes": True},
-            exclude={"model": {"device", "precision", "channels_last", "compile"}},
+            exclude={"model": {"device", "precision", "channels_last", "compile"}, "boxes": {"source"}},
         )
+        # The boxes' source enters as resolved, and only where it is not the maps that every output before the
+        # field was boxed from: `auto` changes the fingerprint of exactly the runs whose boxes it changes.
+        if self.boxes_from_label_maps():
+            relevant["boxes"]["source"] = "label_maps"
         # The `mask` switch keeps its old place in the hash; label maps enter it when written, so that outputs
         # made before them keep their fingerprints (and done work) only where a run writes none.
         relevant["boxes"]["masks"] = self.masks.top1

@@ -98,7 +98,11 @@ class DetectMode:
             sure = a._keeps_plain(chosen["probs"].max(dim=1, keepdim=True).values)
             window_maps, window_thresholds = a._maps_keeping_plain(window_maps, refined, sure)
         maps = self._image_maps(window_maps[:images], raw[images:], image_of, offsets, device_wh, images)
-        components = self._boxes(window_maps, window_thresholds, window_probs, region, window_image, device_wh, choice)
+        components = None  # where the label maps' regions are boxed (`Annotator._boxed`), no window proposes
+        if not a.boxes_from_label_maps:
+            components = self._boxes(
+                window_maps, window_thresholds, window_probs, region, window_image, device_wh, choice
+            )
         thresholds = window_thresholds.view(-1, class_ids.shape[1])[:images]
         return a._boxed(choice, maps, thresholds.flatten(), components, label_maps)
 

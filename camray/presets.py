@@ -20,7 +20,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # nearly doubled `fast`'s box accuracy (0.43 -> 0.83) at 1.04x its cost. Where a model has no finer block to
     # refine with (one token grid throughout: ViT, DeiT, EVA), its maps stay plain, boxed at `cam.plain_threshold`.
     # Its label maps: the geometric mean of each plain and refined map, decided by the dense CRF against each
-    # image's own background level (0.53 mIoU on the segmentation set's held-out images, `fast` 0.29).
+    # image's own background level (0.53 mIoU on the segmentation set's held-out images, `fast` 0.29). With given
+    # labels or a sigmoid head, boxes are drawn around those label maps' regions (`boxes.source: auto`).
     "balanced": {
         "cam": {"refine": True, "refine_power": 2.0, "plain_above_score": 0.3},
         "boxes": {"threshold": 0.25},

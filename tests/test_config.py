@@ -227,3 +227,24 @@ def test_the_classes_fields_leave_old_fingerprints_alone_and_labels_from_a_manif
     assert len({load_config(overrides=o, preset="fast").fingerprint() for o in changed} | {base}) == 5
     with pytest.raises(ConfigError, match="source.labels_from"):
         load_config(overrides={"source.uri": "m.csv", "source.labels_from": "folder"})
+
+
+def test_the_boxes_source_changes_the_fingerprints_of_the_runs_it_changes_and_needs_label_maps():
+    """`boxes.source: auto` boxes label maps for given classes under the CRF, so their fingerprint moves; every
+    run that it leaves on the maps keeps the fingerprint it had before the field."""
+    for preset, classes in (("fast", "given"), ("balanced", "predicted"), ("accurate", "both")):
+        auto = load_config(overrides={"cam.classes": classes}, preset=preset)
+        maps = load_config(overrides={"cam.classes": classes, "boxes.source": "maps"}, preset=preset)
+        assert not auto.boxes_from_label_maps() and auto.fingerprint() == maps.fingerprint()
+    given = load_config(overrides={"cam.classes": "given"})
+    assert given.boxes_from_label_maps()
+    assert given.fingerprint() != load_config(overrides={"cam.classes": "given", "boxes.source": "maps"}).fingerprint()
+    assert (
+        given.fingerprint()
+        == load_config(overrides={"cam.classes": "given", "boxes.source": "label_maps"}).fingerprint()
+    )
+    assert load_config(overrides={"model.head": "sigmoid"}).boxes_from_label_maps()
+    with pytest.raises(ConfigError, match=r"`boxes.source` is `label_maps`, but `masks.label_maps` is false"):
+        load_config(overrides={"boxes.source": "label_maps", "masks.label_maps": False})
+    with pytest.raises(ConfigError, match="boxes.source"):
+        load_config(overrides={"boxes.source": "contours"})

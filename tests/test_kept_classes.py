@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -74,3 +75,46 @@ def test_both_adds_the_labels_to_the_predictions_and_padding_stays_out_of_the_ro
     assert {cam["class_id"] for cam in first["cams"]} == chelsea and len(second["cams"]) == 2
     assert {box["class_id"] for box in second["boxes"]} <= coffee
     assert first["labels"] == [{"class_id": COFFEE_MUG, "label": "coffee mug"}] and second["labels"] is None
+
+
+def _label_annotator(lite0, **overrides) -> Annotator:
+    config = load_config(overrides={"sink.uri": "unused", **overrides})  # `balanced`: the CRF's label maps
+    return Annotator(
+        copy.deepcopy(lite0), config.cam, config.boxes, torch.device("cpu"), tiling=config.tiling, masks=config.masks
+    )
+
+
+def _region_boxes(label_map: np.ndarray, slot: int, scale: float) -> set[tuple[float, ...]]:
+    """The boxes of the 8-connected regions of `slot` in `label_map`, in the maps' coordinates."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats((label_map == slot + 1).astype(np.uint8), connectivity=8)
+    return {tuple(float(v) * scale for v in (x, y, x + w, y + h)) for x, y, w, h, _ in stats[1:count]}
+
+
+@pytest.mark.parametrize("mode", [{}, {"tiling.enabled": True}], ids=["plain", "stitch"])
+def test_given_classes_are_boxed_around_their_label_map_regions(lite0, photos, mode):
+    """Under the CRF's label maps, a given class's boxes are its regions of the image's label map; the same
+    classes predicted by a softmax head, or `boxes.source: maps`, keep the thresholded maps' boxes."""
+    run = _label_annotator(lite0, **{"cam.classes": "given", **mode})
+    assert run.boxes_from_label_maps
+    assert not _label_annotator(lite0, **mode).boxes_from_label_maps
+    maps_run = _label_annotator(lite0, **{"cam.classes": "given", "boxes.source": "maps", **mode})
+    assert not maps_run.boxes_from_label_maps
+    batch = _batch(photos, NAMES, size=decode_side(run.mode.tiling, 224) if mode else 224)
+    pixels = torch.from_numpy(batch["pixels"])
+    valid = torch.from_numpy(np.stack([batch["valid_width"], batch["valid_height"]], 1))
+    given = torch.tensor([[EGYPTIAN_CAT, COFFEE_MUG], [COFFEE_MUG, -1]])
+    out = run.annotate(pixels, valid, given)
+    assert out.label_maps is not None
+    k, grid = out.class_ids.shape[1], out.maps.shape[-1]
+    scale = grid / out.label_maps.shape[-1]
+    written: dict[int, set[tuple[float, ...]]] = {}
+    for index, box in zip(out.components.map_index.tolist(), out.components.boxes.tolist(), strict=True):
+        written.setdefault(index, set()).add(tuple(box))
+    for image, slot in torch.nonzero(out.kept).tolist():
+        regions = _region_boxes(out.label_maps[image].numpy(), slot, scale)
+        boxes = written.pop(image * k + slot, set())
+        # The regions the fragment bound leaves, three at most; every class that won pixels is boxed.
+        assert boxes <= regions and (1 <= len(boxes) <= 3 if regions else not boxes)
+    assert not written  # padding is never boxed
+    cat = out.class_ids[0].tolist().index(EGYPTIAN_CAT)
+    assert (out.label_maps[0] == cat + 1).any()  # the cat photo's cat won pixels, so it was boxed above

@@ -186,6 +186,8 @@ def test_fine_tuned_heads_labels_and_classes_through_the_job(ray_cluster, s3_ser
     assert [label["label"] for label in rows["chelsea"]["labels"]] == ["dent", "kind 7"]
     assert [cam["class_id"] for cam in rows["coffee"]["cams"]] == [4] and rows["coffee"]["mask"]["class_id"] == 4
     assert all(box["class_id"] in (1, 7) and box["score"] > 0 for box in rows["chelsea"]["boxes"])
+    for row in (rows["chelsea"], rows["coffee"]):  # given classes under the default preset's CRF: label-map boxes
+        _boxes_are_regions_of_their_masks(row)
     assert max(decode_heatmap(cam).max() for cam in rows["coffee"]["cams"]) == 1.0
     assert errors["astronaut"]["stage"] == "labels" and "'no such class'" in errors["astronaut"]["message"]
     assert (errors["chelsea"]["stage"], errors["chelsea"]["error_type"]) == ("labels", "MissingLabels")
@@ -252,6 +254,25 @@ def test_fine_tuned_heads_labels_and_classes_through_the_job(ray_cluster, s3_ser
     assert [cam["class_id"] for cam in rows["coffee"]["cams"]] == [19] and rows["coffee"]["method"] == "gradcam"
     (run,) = runs(out)
     assert run["weights_source"] == str(convnext)
+
+
+def _boxes_are_regions_of_their_masks(row: dict) -> None:
+    """Each box of a row is the bounding box of a connected region of its class's mask in `masks` (to the pixel
+    that the label map's grid rounds it by: the mask is the grid resampled to the image)."""
+    import cv2
+    from pycocotools import mask as coco_mask
+
+    regions = {}
+    for entry in row["masks"]:
+        mask = coco_mask.decode({"size": entry["size"], "counts": entry["counts"].encode()})
+        count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        regions[entry["class_id"]] = [(x, y, x + w, y + h) for x, y, w, h, _ in stats[1:count]]
+    assert row["boxes"]
+    for box in row["boxes"]:
+        corners = (box["x0"], box["y0"], box["x1"], box["y1"])
+        assert any(
+            max(abs(a - b) for a, b in zip(corners, region, strict=True)) <= 1.0 for region in regions[box["class_id"]]
+        )
 
 
 def _previous_schema_is_still_read(out: Path, tmp_path: Path) -> None:

@@ -112,6 +112,7 @@ class BoxSettings:
     percentile: float = 90.0
     max_boxes_per_class: int = 3
     min_area_fraction: float = 0.05
+    source: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,11 @@ scores highest on the image (`--imagenet-labels all`: every class of the kind); 
 each kind by name. Box accuracy then scores the first box of a given class. With `--head DIR` the truth is
 re-targeted to the head's classes whatever `--classes` (its predicted classes are the sigmoid head's above
 `cam.min_score`).
+
+`--costs SECONDS` also times each configuration's predictor against `fast`'s (the same head, classes and labels),
+side by side in interleaved rounds on one batch of 16 scenes (`camray.bench.throughput.side_by_side`, at least
+SECONDS a configuration): the compute an actor does for a batch the read tasks decoded, label maps and rows
+included. It prints each configuration's time an image as a multiple of `fast`'s.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from camray.bench.throughput import side_by_side
 from camray.config import JobConfig, load_config
 from camray.evaluation import evalset, scenes
 from camray.evaluation.evaluate import Truth, evaluate_rows, load_truth
@@ -39,7 +45,7 @@ from camray.evaluation.given_labels import (
     truth_for_head,
 )
 from camray.evaluation.multi import COCO_SIZES, MultiReport, detections_from_rows, evaluate_detections
-from camray.evaluation.sweep import annotate_folder
+from camray.evaluation.sweep import annotate_folder, decoded_batch, predictor_of
 from camray.presets import PRESETS
 
 HEADER = (
@@ -140,7 +146,7 @@ def run(
         alone = evaluate_detections(detections, scenes_alone, min_score)
         single_multi = evaluate_detections(detections_from_rows(single_rows), single_truth, min_score)
         single = evaluate_rows(single_rows, single_truth, box_of="given" if given else "top1")
-        label = ", ".join([*([f"preset {preset}"] if preset else []), *(f"{k}={v}" for k, v in overrides.items())])
+        label = _label(preset, overrides)
         print(
             f"| {label or 'defaults'} | {multi.object_recall:.3f} / {multi.box_precision:.3f} "
             f"| {_ap(multi.ap50)} / {_ap(multi.ap50_agnostic)} | {_by_size(multi)} "
@@ -162,6 +168,41 @@ def run(
             }
         )
     return results
+
+
+COST_BATCH = 16
+
+
+def costs_vs_fast(
+    configs: list[tuple[str, JobConfig]],
+    head: Head,
+    scenes_dir: Path,
+    classes: str,
+    seconds: float,
+) -> dict[str, float]:
+    """Each labelled configuration's time an image over `fast`'s under the same head and classes, the median of
+    the ratios within interleaved rounds on the set's first `COST_BATCH` scenes (module docstring)."""
+    truth = head.truth(load_truth(_truth(scenes_dir, scenes.build)))
+    images = sorted((scenes_dir / "images").glob("scene_*.png"))[:COST_BATCH]
+    fields = {"sink.uri": "unused", **head_overrides(head.head), "cam.classes": classes}
+    fast = load_config(overrides=fields, preset="fast")
+    labels = head.labels(fast, truth, images) if classes == "given" else None
+    images = _labelled(images, labels)
+    steps = {}
+    for label, config in [("fast", fast), *configs]:
+        predictor = predictor_of(config)
+        decoded = decoded_batch(config, predictor, images, labels)
+        steps[label] = lambda p=predictor, d=decoded: p(d)
+    timed = side_by_side(steps, len(images), seconds)
+    ratios = {label: 1.0 / timed.ratio(label, "fast") for label, _ in configs}
+    print("| configuration | time an image vs `fast` |\n|---|---|")
+    for label, ratio in ratios.items():
+        print(f"| {label} | {ratio:.2f}x |", flush=True)
+    return ratios
+
+
+def _label(preset: str | None, overrides: dict[str, Any]) -> str:
+    return ", ".join([*([f"preset {preset}"] if preset else []), *(f"{k}={v}" for k, v in overrides.items())])
 
 
 def _labelled(images: list[Path], labels: dict[str, list[str]] | None) -> list[Path]:
@@ -186,13 +227,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--imagenet-labels", choices=["best", "all"], default="best", help="how a kind becomes ImageNet classes"
     )
+    parser.add_argument("--costs", type=float, metavar="SECONDS", help="also time each configuration against fast")
     args = parser.parse_args(argv)
     groups = [{k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in group)} for group in args.set or []]
     grid: list[tuple[str | None, dict[str, Any]]] = [(name, {}) for name in args.preset]
     grid += [(None, overrides) for overrides in groups]
     print(HEADER)
     head = Head(args.head, args.imagenet_labels)
-    run(Path(args.scenes), Path(args.evalset), grid or [(None, {})], args.min_score, head, args.classes)
+    grid = grid or [(None, {})]
+    run(Path(args.scenes), Path(args.evalset), grid, args.min_score, head, args.classes)
+    if args.costs:
+        fields = {"sink.uri": "unused", **head_overrides(head.head), "cam.classes": args.classes}
+        configs = [
+            (_label(preset, overrides), load_config(overrides={**fields, **overrides}, preset=preset))
+            for preset, overrides in grid
+        ]
+        costs_vs_fast(configs, head, Path(args.scenes), args.classes, args.costs)
     return 0
 
 

@@ -39,31 +39,42 @@ GRID: list[dict[str, Any]] = [
 ]
 
 
+def predictor_of(config: JobConfig) -> Predictor:
+    """The actor's predictor for `config`, built in this process."""
+    setup = resolve_setup(config.model, config.cam, config.tiling).setup
+    return Predictor(config.model_dump(mode="json"), setup.to_plain(), "sweep", {})
+
+
+def decoded_batch(
+    config: JobConfig, predictor: Predictor, images: list[Path], labels: dict[str, list[str]] | None = None
+) -> dict[str, np.ndarray]:
+    """`images` read and decoded as the job's read tasks hand them to `predictor`'s actor, with their `labels`
+    (by file name) where given."""
+    given = np.empty(len(images), dtype=object)
+    given[:] = [None if labels is None else labels.get(p.name) for p in images]
+    listing = {
+        "uri": np.array([str(p) for p in images], dtype=object),
+        "version": np.array([""] * len(images)),
+        "labels": given,
+    }
+    return read_decode_batch(
+        listing,
+        input_size=decode_side(config.tiling, predictor.annotator.input_size),
+        policy=config.model.resize,
+        s3={},
+        limits=DecodeLimits().__dict__,
+    )
+
+
 def annotate_folder(
     config: JobConfig, images: list[Path], batch_size: int = 16, labels: dict[str, list[str]] | None = None
 ) -> dict[str, dict]:
     """Result rows keyed by file name, computed exactly as the job's tasks and actors would. `labels` gives images
     (by file name) their labels, for `cam.classes` `given` and `both`."""
-    setup = resolve_setup(config.model, config.cam, config.tiling).setup
-    input_size = setup.input_size
-    predictor = Predictor(config.model_dump(mode="json"), setup.to_plain(), "sweep", {})
+    predictor = predictor_of(config)
     rows: dict[str, dict] = {}
     for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        given = np.empty(len(chunk), dtype=object)
-        given[:] = [None if labels is None else labels.get(p.name) for p in chunk]
-        listing = {
-            "uri": np.array([str(p) for p in chunk], dtype=object),
-            "version": np.array([""] * len(chunk)),
-            "labels": given,
-        }
-        decoded = read_decode_batch(
-            listing,
-            input_size=decode_side(config.tiling, input_size),
-            policy=config.model.resize,
-            s3={},
-            limits=DecodeLimits().__dict__,
-        )
+        decoded = decoded_batch(config, predictor, images[start : start + batch_size], labels)
         for row in predictor(decoded).to_pylist():
             rows[row["image_uri"].rsplit("/", 1)[-1]] = row
     return rows
