@@ -84,7 +84,12 @@ def _class_masks(
     masks = _lists(
         np.r_[0, np.cumsum(kept)],
         pa.StructArray.from_arrays(
-            [pa.array(flat_ids, pa.int32()), context.categories.take(pa.array(flat_ids)), sizes, pa.array(counts)],
+            [
+                pa.array(flat_ids, pa.int32()),
+                context.categories.take(pa.array(flat_ids)),
+                sizes,
+                pa.array(counts, pa.string()),
+            ],
             fields=list(CLASS_MASK),
         ),
     )

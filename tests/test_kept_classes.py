@@ -118,3 +118,29 @@ def test_given_classes_are_boxed_around_their_label_map_regions(lite0, photos, m
     assert not written  # padding is never boxed
     cat = out.class_ids[0].tolist().index(EGYPTIAN_CAT)
     assert (out.label_maps[0] == cat + 1).any()  # the cat photo's cat won pixels, so it was boxed above
+
+
+@pytest.mark.parametrize("source", ["maps", "label_maps"])
+def test_a_batch_that_keeps_no_class_has_no_box_and_no_map(lite0, photos, tmp_path, source):
+    """A sigmoid head whose every score is below `cam.min_score` keeps no class of any image of a batch: the rows
+    hold the predictions and nothing else, by either box source."""
+    from camray.models import resolve_setup
+
+    state = {key: value.clone() for key, value in lite0.module.state_dict().items()}
+    for key in ("classifier.1.weight", "classifier.1.bias"):
+        state[key] = state[key][:20].clone()
+    torch.save(state, tmp_path / "head.pth")
+    overrides = {"model.weights": str(tmp_path / "head.pth"), "model.head": "sigmoid", "cam.min_score": 0.9999}
+    config = load_config(overrides={"sink.uri": "unused", "boxes.source": source, **overrides})
+    loaded = resolve_setup(config.model)
+    annotator = Annotator(loaded, config.cam, config.boxes, torch.device("cpu"), masks=config.masks)
+    batch = _batch(photos, NAMES)
+    pixels = torch.from_numpy(batch["pixels"])
+    valid = torch.from_numpy(np.stack([batch["valid_width"], batch["valid_height"]], 1))
+    out = annotator.annotate(pixels, valid)
+    assert not out.kept.any() and out.components.map_index.numel() == 0
+    assert out.predicted_ids.shape == (2, 5) and bool((out.predicted_scores < 0.9999).all())
+    context = RowContext("efficientnet_lite0", annotator.method, "fp", "run", pa.array(loaded.setup.class_names), True)
+    images = {name: batch[name] for name in ("image_uri", "source_version", "content_sha256", "width", "height")}
+    for row in result_table(out, {**images, "io_retries": batch["io_retries"]}, context, [None, None]).to_pylist():
+        assert (row["cams"], row["boxes"], len(row["predictions"])) == ([], [], 5)
