@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from camray.cam.box_source import boxes_from_label_maps
 from camray.cam.box_stage import BoxStageSettings, CapturedBoxStage, CaptureFailed, StageOutput, compact
 from camray.cam.boxes import Components, components_from_maps
 from camray.cam.classes import ClassChoice, choose_classes
 from camray.cam.dense_crf import CrfSettings, cell_colours
-from camray.cam.label_map_boxes import boxes_from_label_maps, label_map_components
+from camray.cam.label_map_boxes import label_map_components
 from camray.cam.label_maps import crf_label_maps, own_background
 from camray.cam.label_maps import label_maps as argmax_label_maps
 from camray.cam.layers import resolve_layer

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from camray.cam.label_map_boxes import BoxSource, boxes_from_label_maps
+from camray.cam.box_source import BoxSource, boxes_from_label_maps
 from camray.cam.method_names import CamMethod
 from camray.errors import ConfigError
 from camray.presets import apply_preset

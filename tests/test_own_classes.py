@@ -31,14 +31,15 @@ BUCKET = "own-classes"
 
 @pytest.fixture(scope="module")
 def small(photos, tmp_path_factory) -> dict[str, Path]:
-    """Three small JPEGs of the sample photos."""
+    """Three small JPEGs of the sample photos, each side at least the label maps' grid (112 cells for Lite0 and
+    ResNet-18 at 224), so that a region of a label map is a region of its mask."""
     from PIL import Image
 
     folder = tmp_path_factory.mktemp("own-classes-photos")
     out = {}
     for name in ("chelsea.png", "coffee.png", "astronaut.png"):
         image = Image.open(io.BytesIO(photos[name])).convert("RGB")
-        image.thumbnail((96, 96))
+        image.thumbnail((192, 192))
         out[name.split(".")[0]] = folder / f"{name.split('.')[0]}.jpg"
         image.save(out[name.split(".")[0]], quality=90)
     return out
@@ -257,8 +258,9 @@ def test_fine_tuned_heads_labels_and_classes_through_the_job(ray_cluster, s3_ser
 
 
 def _boxes_are_regions_of_their_masks(row: dict) -> None:
-    """Each box of a row is the bounding box of a connected region of its class's mask in `masks` (to the pixel
-    that the label map's grid rounds it by: the mask is the grid resampled to the image)."""
+    """Each box of a row is the bounding box of a connected region of its class's mask in `masks`, to the pixel
+    that the label map's grid rounds it by: the mask is the grid resampled to the image, which keeps its regions
+    where the image is at least the grid's size."""
     import cv2
     from pycocotools import mask as coco_mask
 

@@ -5,31 +5,17 @@ region of the class, decided by the dense CRF against the photo's colours (`camr
 object's edges and stops where a neighbouring object of another kept class starts. That is only true where the
 kept classes are distinct objects: an image's given labels, or a sigmoid head's classes, each scored on its own.
 A softmax head's top-k are rivals for one object (five cat breeds), and the label map splits that object between
-them, so its boxes come from the maps (docs/localization-multi.md).
+them, so its boxes come from the maps (docs/localization-multi.md). When a run takes which:
+`camray.cam.box_source`.
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from camray.cam.boxes import Components, components_from_maps
-
-BoxSource = Literal["auto", "maps", "label_maps"]
-
-
-def boxes_from_label_maps(source: BoxSource, label_maps: bool, refine: str, classes: str, head: str) -> bool:
-    """Whether a run boxes its kept classes' label-map regions (`boxes.source`) rather than its thresholded maps.
-
-    `auto` does where the label maps are written (`label_maps`) and refined by the dense CRF (`refine` `crf`; the
-    rule alone thresholds the same maps, more coarsely), and the kept classes are distinct objects: the images'
-    labels (`classes` `given`) or a sigmoid `head`'s."""
-    if source != "auto":
-        return source == "label_maps"
-    return label_maps and refine == "crf" and (classes == "given" or head == "sigmoid")
 
 
 def label_map_components(

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from camray.cam.label_map_boxes import boxes_from_label_maps, label_map_components
+from camray.cam.box_source import boxes_from_label_maps
+from camray.cam.label_map_boxes import label_map_components
 
 
 def test_each_kept_slot_is_boxed_around_each_of_its_regions_in_the_maps_coordinates():
