@@ -16,9 +16,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "fast": {},
     # One pass still; each class map sharpened by the mean activation of the stride-16 block (SPOL-style), except
     # for images the model classifies with confidence, which keep the plain CAM: better than `fast` on every
-    # object size measured, at the same cost. The default: on a held-out set of real photos and objects on textures it
-    # nearly doubled `fast`'s box accuracy (0.43 -> 0.83) at 1.04x its cost. Where a model has no finer block to
-    # refine with (one token grid throughout: ViT, DeiT, EVA), its maps stay plain, boxed at `cam.plain_threshold`.
+    # object size measured, at the same cost. The default: on a held-out set of real photos and objects on textures
+    # it nearly doubled `fast`'s box accuracy (0.43 -> 0.83) at 1.04x its cost (2.1x on a CPU with the label maps'
+    # CRF below). Where a model has no finer block to refine with (one token grid throughout: ViT, DeiT, EVA), its
+    # maps stay plain, boxed at `cam.plain_threshold`.
     # Its label maps: the geometric mean of each plain and refined map, decided by the dense CRF against each
     # image's own background level (0.53 mIoU on the segmentation set's held-out images, `fast` 0.29). With given
     # labels or a sigmoid head, boxes are drawn around those label maps' regions (`boxes.source: auto`).
