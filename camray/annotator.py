@@ -26,7 +26,7 @@ from torch import Tensor
 
 from camray.cam.box_source import boxes_from_label_maps
 from camray.cam.box_stage import BoxStageSettings, CapturedBoxStage, CaptureFailed, StageOutput, compact
-from camray.cam.boxes import Components, components_from_maps
+from camray.cam.boxes import Components, components_from_maps, components_of_selected
 from camray.cam.classes import ClassChoice, choose_classes
 from camray.cam.dense_crf import CrfSettings, cell_colours
 from camray.cam.label_map_boxes import label_map_components
@@ -448,14 +448,13 @@ class Annotator:
             return components_from_maps(
                 flat, thresholds, min_area=config.min_area_fraction * r * r, max_per_map=config.max_boxes_per_class
             )
-        index = torch.nonzero(choice.kept.flatten()).flatten()
-        found = components_from_maps(
-            flat[index],
-            thresholds[index],
+        return components_of_selected(
+            flat,
+            thresholds,
+            choice.kept.flatten(),
             min_area=config.min_area_fraction * r * r,
             max_per_map=config.max_boxes_per_class,
         )
-        return Components(index[found.map_index], found.boxes, found.area, found.mass, found.peak)
 
 
 class PlainMode:

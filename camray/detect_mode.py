@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camray.cam.boxes import Components, components_from_maps
+from camray.cam.boxes import Components, components_of_selected
 from camray.cam.classes import ClassChoice
 from camray.cam.maps import normalize_maps
 from camray.cam.multi import candidate_scores, drop_parts, merge_boxes, window_boxes_to_image, window_proposes
@@ -134,14 +134,14 @@ class DetectMode:
         proposes = window_proposes(
             window_probs, images, self.tiling.propose_score, choice.kept[window_image], choice.given
         )
-        flat = torch.nonzero(proposes.flatten()).flatten()  # window * K + slot
-        found = components_from_maps(
-            window_maps.flatten(0, 1)[flat],
-            window_thresholds[flat],
+        found = components_of_selected(
+            window_maps.flatten(0, 1),
+            window_thresholds,
+            proposes.flatten(),
             min_area=config.min_area_fraction * grid * grid,
             max_per_map=config.max_boxes_per_class,
         )
-        source = flat[found.map_index]
+        source = found.map_index  # window * K + slot
         window, slot = source // k, source % k
         image = window_image[window]
         # A given label is known to be in its image: its boxes are scored by their map alone, as rows score them.

@@ -138,6 +138,19 @@ def statistics_by_opencv(maps: Tensor, mask: Tensor) -> Statistics:
     )
 
 
+def components_of_selected(
+    maps: Tensor, threshold: Tensor | float, selected: Tensor, min_area: float, max_per_map: int
+) -> Components:
+    """`components_from_maps` of the maps that `selected` (Tensor[N], bool) marks, with `map_index` into all N
+    maps: the others (a batch's padding slots, windows that propose no class) are never boxed. `threshold` is
+    one value or one per map of all N."""
+    index = torch.nonzero(selected).flatten()
+    if isinstance(threshold, Tensor):
+        threshold = threshold[index]
+    found = components_from_maps(maps[index], threshold, min_area=min_area, max_per_map=max_per_map)
+    return Components(index[found.map_index], found.boxes, found.area, found.mass, found.peak)
+
+
 def components_from_maps(
     maps: Tensor,
     threshold: Tensor | float,

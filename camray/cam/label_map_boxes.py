@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camray.cam.boxes import Components, components_from_maps
+from camray.cam.boxes import Components, components_of_selected
 
 
 def label_map_components(
@@ -39,10 +39,13 @@ def label_map_components(
     # Every pixel of a region is foreground, however weak its map there: the floor keeps it above 0.
     values = F.interpolate(maps.float(), size=(grid_h, grid_w), mode="bilinear", align_corners=False).clamp_min(1e-4)
     valued = torch.where(region, values, torch.zeros((), device=maps.device)).reshape(b * k, grid_h, grid_w)
-    index = torch.nonzero(kept.to(maps.device).flatten()).flatten()
-    found = components_from_maps(
-        valued[index], 1e-5, min_area=min_area_fraction * grid_h * grid_w, max_per_map=max_per_map
+    found = components_of_selected(
+        valued,
+        1e-5,
+        kept.to(maps.device).flatten(),
+        min_area=min_area_fraction * grid_h * grid_w,
+        max_per_map=max_per_map,
     )
     scale = torch.tensor([r / grid_w, r / grid_h, r / grid_w, r / grid_h], device=found.boxes.device)
     cell = r * r / (grid_h * grid_w)  # a label-map pixel in map pixels, for `area` and `mass`
-    return Components(index[found.map_index], found.boxes * scale, found.area * cell, found.mass * cell, found.peak)
+    return Components(found.map_index, found.boxes * scale, found.area * cell, found.mass * cell, found.peak)

@@ -85,6 +85,12 @@ def head_overrides(head: str) -> dict[str, Any]:
     }
 
 
+def sweep_config(head: Head, classes: str, preset: str | None, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """A configuration of the sweep: `preset` and `overrides` with `head`'s model fields and `classes`."""
+    fields = {"sink.uri": "unused", **head_overrides(head.head), "cam.classes": classes, **(overrides or {})}
+    return load_config(overrides=fields, preset=preset)
+
+
 class Head:
     """A head (`imagenet` or a trained head's folder): the truth it is scored against and each image's labels
     (module docstring)."""
@@ -130,8 +136,7 @@ def run(
     scenes_alone = {name: gt for name, gt in scene_truth.items() if name.startswith("scene_")}
     results = []
     for preset, overrides in grid:
-        fields = {"sink.uri": "unused", **head_overrides(head.head), "cam.classes": classes, **overrides}
-        config = load_config(overrides=fields, preset=preset)
+        config = sweep_config(head, classes, preset, overrides)
         scene_labels = single_labels = None
         if given:
             scene_labels = head.labels(config, scene_truth, scene_images)
@@ -184,8 +189,7 @@ def costs_vs_fast(
     the ratios within interleaved rounds on the set's first `COST_BATCH` scenes (module docstring)."""
     truth = head.truth(load_truth(_truth(scenes_dir, scenes.build)))
     images = sorted((scenes_dir / "images").glob("scene_*.png"))[:COST_BATCH]
-    fields = {"sink.uri": "unused", **head_overrides(head.head), "cam.classes": classes}
-    fast = load_config(overrides=fields, preset="fast")
+    fast = sweep_config(head, classes, "fast")
     labels = head.labels(fast, truth, images) if classes == "given" else None
     images = _labelled(images, labels)
     steps = {}
@@ -237,9 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     grid = grid or [(None, {})]
     run(Path(args.scenes), Path(args.evalset), grid, args.min_score, head, args.classes)
     if args.costs:
-        fields = {"sink.uri": "unused", **head_overrides(head.head), "cam.classes": args.classes}
         configs = [
-            (_label(preset, overrides), load_config(overrides={**fields, **overrides}, preset=preset))
+            (_label(preset, overrides), sweep_config(head, args.classes, preset, overrides))
             for preset, overrides in grid
         ]
         costs_vs_fast(configs, head, Path(args.scenes), args.classes, args.costs)
