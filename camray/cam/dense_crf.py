@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -144,12 +143,18 @@ class Lattice:
         # is linear and the radices leave room for a step either way, so a step of the keys is a fixed step of the
         # packed key: no vertex is unpacked.
         self.neighbours = []
+        count = self.vertices.numel()
         for axis in range(d + 1):
             step = torch.full((d,), 1, device=device, dtype=torch.long)
             if axis < d:
                 step[axis] = -d
             shift = int((step * self._weights).sum())
-            self.neighbours.append([self._find(self.vertices + sign * shift) for sign in (1, -1)])
+            ahead = self._find(self.vertices + shift)
+            # Symmetric: u is v's neighbour ahead exactly where v is u's behind, so one search finds both.
+            found = ahead < count
+            behind = torch.full_like(ahead, count)
+            behind[ahead[found]] = torch.nonzero(found).flatten()
+            self.neighbours.append([ahead, behind])
 
     @property
     def _one(self) -> Tensor:
@@ -197,28 +202,40 @@ class _Smoothness:
     each cell with itself), normalised symmetrically as `_Kernel`; no lattice needed on a regular grid."""
 
     def __init__(self, sigma: float, grid: int, device: torch.device) -> None:
-        radius = max(1, math.ceil(2 * sigma))
-        taps = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
-        self.taps = torch.exp(-0.5 * (taps / sigma) ** 2)
+        self.radius = max(1, math.ceil(2 * sigma))
+        offsets = torch.arange(-self.radius, self.radius + 1, dtype=torch.float64)
+        self.taps = torch.exp(-0.5 * (offsets / sigma) ** 2).tolist()
         self.grid = grid
-        self.norm = self._blur(torch.ones(1, 1, grid, grid, device=device)).rsqrt()
+        self.norm = self._blur(torch.ones(1, grid, grid, 1, device=device)).rsqrt()
+
+    def _blur_along(self, values: Tensor, dim: int) -> Tensor:
+        """`values` blurred along `dim` with zeros beyond the grid: a few shifted adds, which a CPU runs many times
+        faster than a one-channel convolution of the same taps (docs/localization.md)."""
+        out = values * self.taps[self.radius]
+        length = values.shape[dim]
+        for offset in range(1, self.radius + 1):
+            kept = length - offset
+            out.narrow(dim, offset, kept).add_(values.narrow(dim, 0, kept), alpha=self.taps[self.radius - offset])
+            out.narrow(dim, 0, kept).add_(values.narrow(dim, offset, kept), alpha=self.taps[self.radius + offset])
+        return out
 
     def _blur(self, values: Tensor) -> Tensor:
-        """(n, c, R, R) -> the same, blurred along both axes with zeros beyond the grid."""
-        n, c, r, _ = values.shape
-        flat = values.reshape(n * c, 1, r, r)
-        radius = (self.taps.numel() - 1) // 2
-        flat = F.conv2d(flat, self.taps.view(1, 1, 1, -1), padding=(0, radius))
-        flat = F.conv2d(flat, self.taps.view(1, 1, -1, 1), padding=(radius, 0))
-        return flat.view(n, c, r, r)
+        """(n, R, R, c) -> the same, blurred along both axes of the grid."""
+        return self._blur_along(self._blur_along(values, 1), 2)
 
     def __call__(self, values: Tensor) -> Tensor:
         """values (Tensor[B * N, C]) in `dense_crf`'s flattening -> the same."""
         c = values.shape[1]
         r = self.grid
-        grid = values.view(-1, r, r, c).permute(0, 3, 1, 2)
-        out = self._blur(grid * self.norm) * self.norm
-        return out.permute(0, 2, 3, 1).reshape(-1, c)
+        return (self._blur(values.view(-1, r, r, c) * self.norm) * self.norm).reshape(-1, c)
+
+
+def _label_softmax(energy: Tensor) -> Tensor:
+    """The softmax of each cell's row of (N, C) energies, for a handful of labels C: torch's softmax over so short
+    a last dimension takes three times as long on a CPU as these three whole-tensor steps."""
+    shifted = energy - energy.amax(dim=1, keepdim=True)  # as torch does: no overflow, and -inf (not allowed) gives 0
+    exp = shifted.exp_()
+    return exp.div_(exp.sum(dim=1, keepdim=True))
 
 
 def dense_crf(probabilities: Tensor, colours: Tensor, aspect: Tensor, allowed: Tensor, settings: CrfSettings) -> Tensor:
@@ -249,11 +266,11 @@ def dense_crf(probabilities: Tensor, colours: Tensor, aspect: Tensor, allowed: T
     smoothness = _Smoothness(s.smoothness_sigma, r, device) if s.smoothness_weight else None
     unary = probabilities.float().clamp_min(1e-5).log().flatten(2).transpose(1, 2).reshape(b * r * r, c)
     unary = unary.masked_fill(~allowed.repeat_interleave(r * r, dim=0), -torch.inf)
-    marginals = unary.softmax(dim=1)
+    marginals = _label_softmax(unary)
     for _ in range(s.iterations):
         # Potts: each label gains the kernel-weighted marginals of that label at the other cells.
         energy = unary + s.appearance_weight * appearance(marginals)
         if smoothness is not None:
             energy = energy + s.smoothness_weight * smoothness(marginals)
-        marginals = energy.softmax(dim=1)
+        marginals = _label_softmax(energy)
     return marginals.view(b, r * r, c).transpose(1, 2).reshape(b, c, r, r)

@@ -122,10 +122,16 @@ def crf_label_maps(
     Returns Tensor[B, R * upsample, R * upsample] (uint8): the marginals resampled (bilinear) to a grid `upsample`
     times finer before each cell takes its most probable label, so that edges are not the grid's steps."""
     _check(maps, valid)
-    b, k, h, w = maps.shape
-    if k == 0:
-        return torch.zeros(b, h, w, dtype=torch.uint8, device=maps.device)
+    b, _, h, w = maps.shape
     level = _per_image(background, b, maps.device)
+    # The CRF's time grows with its labels: the slots that no image of the batch fills (where every image keeps
+    # fewer classes than there are slots) are left out, and the labels mapped back to their slots.
+    filled = valid.any(dim=0)
+    if not filled.any():
+        return torch.zeros(b, h * upsample, w * upsample, dtype=torch.uint8, device=maps.device)
+    slot_of = torch.cat([torch.zeros(1, dtype=torch.long, device=maps.device), filled.nonzero().flatten() + 1])
+    maps, valid = maps[:, filled], valid[:, filled]
+    k = maps.shape[1]
     scores = maps.float() * valid.view(b, k, 1, 1)
     probabilities = torch.cat([level.view(b, 1, 1, 1).expand(b, 1, h, w), scores], dim=1) + 1e-5
     probabilities = probabilities / probabilities.sum(dim=1, keepdim=True)
@@ -133,7 +139,7 @@ def crf_label_maps(
     marginals = dense_crf(probabilities, colours, aspect, allowed, settings)
     if upsample > 1:
         marginals = F.interpolate(marginals, scale_factor=upsample, mode="bilinear", align_corners=False)
-    labels = marginals.argmax(dim=1).to(torch.uint8)  # 0 background, k + 1 slot k
+    labels = slot_of[marginals.argmax(dim=1)].to(torch.uint8)  # 0 background, k + 1 slot k
     if ignore_below is None:
         return labels
     if upsample > 1:

@@ -107,6 +107,31 @@ def test_padding_slots_never_win_and_the_band_is_the_rules() -> None:
     assert torch.allclose(marginals.sum(dim=1), torch.ones(1, grid, grid)) and float(marginals[:, 2].max()) == 0.0
 
 
+def test_slots_no_image_fills_are_left_out_and_the_labels_keep_their_slots() -> None:
+    """The CRF runs on the slots some image of the batch fills; its labels are those of the CRF over every slot."""
+    (first, scores), (second, other) = _scene(seed=3), _scene(seed=4)
+    grid = first.shape[-1]
+    colours = torch.cat([first, second])
+    aspect = torch.tensor([[grid, grid], [grid, grid]])
+    noise = torch.rand(2, 4, grid, grid, generator=torch.Generator().manual_seed(0))
+    maps = noise.clone()  # the slots an image does not fill hold scores that would win were they counted
+    maps[0, 0], maps[0, 3] = scores[0, 0], scores[0, 1]
+    maps[1, 3] = other[0, 1]
+    valid = torch.tensor([[True, False, False, True], [False, False, False, True]])  # slots 1 and 2 filled by none
+    settings = CrfSettings()
+    out = crf_label_maps(maps, valid, 0.2, colours, aspect, settings, upsample=2)
+
+    probabilities = torch.cat([torch.full((2, 1, grid, grid), 0.2), maps * valid.view(2, 4, 1, 1)], dim=1) + 1e-5
+    probabilities = probabilities / probabilities.sum(dim=1, keepdim=True)
+    allowed = torch.cat([torch.ones(2, 1, dtype=torch.bool), valid], dim=1)
+    every_slot = dense_crf(probabilities, colours, aspect, allowed, settings)
+    expected = torch.nn.functional.interpolate(every_slot, scale_factor=2, mode="bilinear").argmax(dim=1)
+    assert torch.equal(out.long(), expected)
+    assert set(out[0].unique().tolist()) == {1, 4} and set(out[1].unique().tolist()) <= {0, 4}
+    nothing_kept = torch.zeros(2, 4, dtype=torch.bool)
+    assert torch.equal(crf_label_maps(maps, nothing_kept, 0.2, colours, aspect, settings, upsample=2), out * 0)
+
+
 def test_cell_colours_are_area_means_of_the_image_region_and_own_background_its_mean_peak() -> None:
     pixels = torch.zeros(1, 8, 8, 3, dtype=torch.uint8)
     pixels[0, :4, :4] = 100  # the image is the top 8 x 4 pixels: its left half 100, its right half 0
