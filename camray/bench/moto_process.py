@@ -111,5 +111,19 @@ def recorded_requests(endpoint: str) -> Iterator[list[dict]]:
         yield requests
     finally:
         call("stop-recording")
-        lines = call("download-recording").decode().splitlines()
-        requests.extend(json.loads(line) for line in lines if line.strip())
+        requests.extend(recorder_entries(call("download-recording").decode()))
+
+
+def recorder_entries(text: str) -> Iterator[dict]:
+    """The records of moto's recorder file, read as a stream of JSON objects rather than lines: the server's threads
+    append a record and its newline in two writes, so a record too large for the file's buffer can end on the line
+    of another thread's record, with both newlines after it."""
+    decoder = json.JSONDecoder()
+    position = 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position == len(text):
+            return
+        entry, position = decoder.raw_decode(text, position)
+        yield entry
