@@ -100,6 +100,14 @@ def cluster_facts() -> ClusterFacts:
     return ClusterFacts(len(nodes), ",".join(gpus))
 
 
+def applied_config(config: JobConfig) -> dict:
+    """The config as the run applied it, for the runs row: `boxes.source` as `auto` resolved (`maps` or
+    `label_maps`), which the fields around it decide and a reader of the row could not tell otherwise."""
+    plain = config.model_dump(mode="json")
+    plain["boxes"]["source"] = "label_maps" if config.boxes_from_label_maps() else "maps"
+    return plain
+
+
 def runs_row(
     config: JobConfig,
     summary: RunSummary,
@@ -118,7 +126,7 @@ def runs_row(
         "started_at": started,
         "finished_at": datetime.now(UTC),
         "config_fingerprint": config.fingerprint(),
-        "config_json": json.dumps(config.model_dump(mode="json"), sort_keys=True),
+        "config_json": json.dumps(applied_config(config), sort_keys=True),
         "model": config.model.name,
         "weights_source": model.weights_source if model else None,
         "weights_sha256": model.weights_sha256 if model else None,

@@ -11,7 +11,7 @@ import pytest
 
 from camray.config import load_config
 from camray.io.output import Output
-from camray.provenance import ClusterFacts, ModelFacts, RunSummary, camray_version, runs_row
+from camray.provenance import ClusterFacts, ModelFacts, RunSummary, applied_config, camray_version, runs_row
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,3 +40,26 @@ def test_each_attempt_adds_its_own_runs_row(table_format, tmp_path):
         ("ab" * 32, 2, "H100", 3)
     }
     assert rows[0]["images_per_second"] == 1.0 and rows[0]["config_fingerprint"] == config.fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "source"),
+    [
+        ({}, "maps"),  # predicted classes of a softmax head: their maps' boxes
+        ({"cam.classes": "given"}, "label_maps"),  # given classes under the CRF's label maps: their regions
+        ({"cam.classes": "given", "masks.refine": "none"}, "maps"),
+        ({"model.head": "sigmoid", "boxes.source": "maps"}, "maps"),
+    ],
+)
+def test_the_runs_row_records_the_box_source_as_resolved(overrides, source, tmp_path):
+    import json
+
+    config = load_config(overrides={"sink.uri": str(tmp_path), "source.uri": "in", **overrides})
+    assert config.boxes.source == overrides.get("boxes.source", "auto")
+    summary = RunSummary("r", "succeeded", 1, 0, 1, 0, 1.0, str(tmp_path), ())
+    row = runs_row(config, summary, datetime.now(UTC), None, ClusterFacts(1, ""), io_retries=0)
+    recorded = json.loads(row["config_json"])
+    assert recorded["boxes"]["source"] == source and recorded == applied_config(config)
+    assert {key: value for key, value in recorded["boxes"].items() if key != "source"} == {
+        key: value for key, value in config.boxes.model_dump(mode="json").items() if key != "source"
+    }
