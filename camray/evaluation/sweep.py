@@ -63,6 +63,7 @@ def decoded_batch(
         policy=config.model.resize,
         s3={},
         limits=DecodeLimits().__dict__,
+        interpolation=predictor.annotator.spec.interpolation,
     )
 
 
