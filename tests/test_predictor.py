@@ -2,12 +2,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from predictors import predictor_for
 from truth import CHELSEA_CAT, iou
 
 from camray.annotator import Annotator, PlainMode
 from camray.cam.maps import normalize_maps
 from camray.config import JobConfig
+from camray.evaluation.sweep import predictor_of
 from camray.image.decode import decode_image
 from camray.io.schema import ROWS, decode_heatmap, decode_mask
 
@@ -33,7 +33,7 @@ def _batch(photos, names, size=224, policy="letterbox"):
 
 @pytest.fixture(scope="module")
 def predictor():
-    return predictor_for(JobConfig(), "test-run")
+    return predictor_of(JobConfig(), "test-run")
 
 
 def test_rows_follow_the_schema_and_locate_the_cat(photos, predictor):
@@ -149,7 +149,7 @@ def _faulty_predictor(factory: str):
             "cam": {"top_k": 3},
         }
     )
-    return predictor_for(config, "faults")
+    return predictor_of(config, "faults")
 
 
 def test_a_poison_image_costs_only_itself(photos, caplog):
@@ -318,7 +318,7 @@ def test_two_threads_share_a_predictor_as_a_gpu_actors_two_calls_do(photos, tmp_
         (tmp_path / name).write_bytes(data)
     names = sorted(photos)
     config = JobConfig.model_validate({"runtime": {"capture_boxes": True}})
-    predictor = predictor_for(config, "threads")
+    predictor = predictor_of(config, "threads")
     assert predictor.annotator.box_stage is not None
     batches = []
     for start, decode in ((0, "device"), (2, "cpu"), (4, "device"), (1, "cpu")):

@@ -12,7 +12,6 @@ import pyarrow as pa
 import skimage
 import torch
 from PIL import Image
-from predictors import predictor_for
 from test_predictor import _batch
 from truth import CHELSEA_CAT, iou
 
@@ -20,6 +19,7 @@ from camray.annotator import Annotator, TiledMode, decode_side, top1_box_fractio
 from camray.cam.boxes import Components
 from camray.cam.tiling import tile_layout, tile_stride
 from camray.config import load_config
+from camray.evaluation.sweep import predictor_of
 from camray.io.schema import ROWS
 
 CATS = {281, 282, 283, 284, 285}
@@ -102,7 +102,7 @@ def test_tiled_rows_follow_the_schema_and_box_the_cat(photos) -> None:
     """The close-up cat is an image the model is sure of: `accurate` keeps its plain map, whose box covers the
     whole cat (with every image tiled, the box would shrink to the cat's most activated part: docs/localization.md)."""
     config = load_config(preset="accurate", overrides={"sink.uri": "unused"})
-    predictor = predictor_for(config, "tiled-run")
+    predictor = predictor_of(config, "tiled-run")
     table = predictor(_batch(photos, ["chelsea.png"], size=decode_side(config.tiling, 224)))
     assert table.schema.equals(ROWS) and isinstance(table, pa.Table)
     row = table.to_pylist()[0]

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from predictors import predictor_for
 from zoo import TIMM_FAMILIES, TORCHVISION_TRANSFORMERS, save_weights
 
 from camray.config import load_config
-from camray.image.decode import decode_image
+from camray.evaluation.sweep import decoded_batch, predictor_of
 from camray.io.schema import decode_heatmap
 from camray.models import get_spec
 
@@ -95,38 +93,13 @@ def _assert_maps_and_boxes(rows: list[dict], name: str, input_size: int | None, 
             assert 0 <= box["x0"] < box["x1"] <= row["width"] and 0 <= box["y0"] < box["y1"] <= row["height"]
 
 
-def _decoded_batch(folder, input_size: int, interpolation: str) -> dict[str, np.ndarray]:
-    """The two photos as the job's read tasks hand them to the predictor."""
-    files = sorted(folder.iterdir())
-    decoded = [decode_image(path.read_bytes(), input_size, "letterbox", interpolation=interpolation) for path in files]
-    n = len(files)
-    return {
-        "image_uri": np.array([str(path) for path in files], dtype=object),
-        "source_version": np.array(["v"] * n, dtype=object),
-        "content_sha256": np.array(["0" * 64] * n, dtype=object),
-        "width": np.array([d.width for d in decoded], dtype=np.int32),
-        "height": np.array([d.height for d in decoded], dtype=np.int32),
-        "valid_width": np.array([d.valid_width for d in decoded], dtype=np.int32),
-        "valid_height": np.array([d.valid_height for d in decoded], dtype=np.int32),
-        "pixels": np.stack([d.pixels for d in decoded]),
-        "error_stage": np.array([""] * n, dtype=object),
-        "error_type": np.array([""] * n, dtype=object),
-        "error_message": np.array([""] * n, dtype=object),
-        "io_retries": np.zeros(n, dtype=np.int64),
-    }
-
-
 @pytest.mark.parametrize(("family", "name", "input_size"), FAMILIES, ids=[name for _, name, _ in FAMILIES])
 def test_every_family_gives_maps_and_boxes_in_the_actors_predictor(
     family, name, input_size, weights, two_photos, tmp_path
 ):
-    from camray.annotator import decode_side
-    from camray.models import resolve_setup
-
     config = _config(name, input_size, weights[name], two_photos, tmp_path / "out")
-    setup = resolve_setup(config.model, config.cam, config.tiling).setup
-    batch = _decoded_batch(two_photos, decode_side(config.tiling, setup.input_size), setup.interpolation)
-    rows = predictor_for(config)(batch).to_pylist()
+    predictor = predictor_of(config)
+    rows = predictor(decoded_batch(config, predictor, sorted(two_photos.iterdir()))).to_pylist()
     assert [row["error_type"] for row in rows] == [None, None], [row["message"] for row in rows]
     _assert_maps_and_boxes(rows, name, input_size, family)
 

@@ -39,10 +39,11 @@ GRID: list[dict[str, Any]] = [
 ]
 
 
-def predictor_of(config: JobConfig) -> Predictor:
-    """The actor's predictor for `config`, built in this process."""
+def predictor_of(config: JobConfig, run_id: str = "sweep") -> Predictor:
+    """The actor's predictor for `config`, built in this process as a run builds it: the setup resolved from the
+    config, then handed over as plain data (`camray.models.setup`)."""
     setup = resolve_setup(config.model, config.cam, config.tiling).setup
-    return Predictor(config.model_dump(mode="json"), setup.to_plain(), "sweep", {})
+    return Predictor(config.model_dump(mode="json"), setup.to_plain(), run_id, {})
 
 
 def decoded_batch(

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
-from predictors import predictor_for
 
 from camray.config import JobConfig
+from camray.evaluation.sweep import predictor_of
 from camray.image.decode import DecodedImage, decode_image, probe_image
 from camray.image.device_decode import decode_to_canvases, orient
 from camray.reader import read_decode_batch
@@ -79,7 +79,7 @@ def test_predictor_gives_the_same_answers_from_bytes(photos, tmp_path):
         "uri": np.array(sorted(str(p) for p in tmp_path.iterdir()), dtype=object),
         "version": np.array([""] * (len(photos) + 1), dtype=object),
     }
-    predictor = predictor_for(JobConfig(), "device-decode")
+    predictor = predictor_of(JobConfig(), "device-decode")
     tables = {}
     for decode in ("cpu", "device"):
         batch = read_decode_batch(listing, input_size=224, policy="letterbox", s3={}, limits={}, decode=decode)
