@@ -93,10 +93,14 @@ _AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", 
 def ray_head(s3_server: str):
     """One local Ray head with its job server, shared by the integration tests (`ray.cluster_utils.Cluster`,
     this process connected to it); started after the S3 server so that workers and jobs inherit AWS_*."""
+    from ray._private.utils import get_ray_address_file
     from ray.cluster_utils import Cluster
 
     port = free_port()
     temp_dir = cluster_temp_dir()
+    # `Cluster` records the head's address in Ray's default temp folder whatever `temp_dir` says, and fails where
+    # that folder does not exist yet: on a fresh machine, when no earlier test or Ray process has made it.
+    Path(get_ray_address_file(None)).parent.mkdir(parents=True, exist_ok=True)
     head = Cluster(
         initialize_head=True,
         connect=True,

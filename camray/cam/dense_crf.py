@@ -18,6 +18,7 @@ side, so that a grid stretched over a wide image is not a stretched kernel.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -88,30 +89,40 @@ def _elevation(d: int, device: torch.device) -> Tensor:
     return matrix.to(device)
 
 
+def _csr(rows: Tensor, columns: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    """A sparse CSR matrix of the lattice's indices, which are valid by construction (no invariant checks); torch
+    warns once a process that its CSR support is in beta, which no user of camray can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(rows, columns, values, size=size, check_invariants=False)
+
+
 class Lattice:
     """The permutohedral lattice of a set of points (features scaled to unit standard deviation), grouped so that
     points of different groups (images) never share a vertex: `filter` applies the Gaussian kernel
     ``exp(-|f_i - f_j|^2 / 2)`` within each group, approximately, as the reference does (each point with itself
-    included)."""
+    included).
+
+    Splatting the points onto their simplices' vertices and slicing them back are sparse matrices (vertices x
+    points, points x vertices), each one product over the values' channels: on a CPU the scatter-add and the
+    gather-and-weigh they replace took three times as long (docs/localization.md)."""
 
     def __init__(self, features: Tensor, group: Tensor) -> None:
         """features (Tensor[P, d]) float32; group (Tensor[P]) long."""
         points, d = features.shape
         device = features.device
         self.d = d
+        self.points = points
         elevated = features.float() @ _elevation(d, device).T  # (P, d + 1)
-        # The nearest point of the lattice's remainder-0 class, then each coordinate's rank in the differential.
+        # The nearest point of the lattice's remainder-0 class, then each coordinate's rank in the differential:
+        # its place in the differential sorted down, ties by coordinate (the reference's rule).
         scaled = elevated / (d + 1)
         up, down = scaled.ceil() * (d + 1), scaled.floor() * (d + 1)
         rem0 = torch.where(up - elevated < elevated - down, up, down)
         total = torch.round(rem0.sum(dim=1) / (d + 1)).long()
-        diff = elevated - rem0
-        index = torch.arange(d + 1, device=device)
-        later = index.view(1, 1, -1) > index.view(1, -1, 1)  # [i, j]: j after i
-        greater = diff.unsqueeze(1) > diff.unsqueeze(2)  # [p, i, j]: d_j > d_i
-        ties = (diff.unsqueeze(1) >= diff.unsqueeze(2)) & ~later  # d_j >= d_i, j before i
-        rank = ((greater & later) | (ties & ~torch.eye(d + 1, dtype=torch.bool, device=device))).sum(dim=2)
-        rank = rank + total.view(-1, 1)
+        order = (elevated - rem0).sort(dim=1, descending=True, stable=True).indices
+        places = torch.arange(d + 1, device=device).expand(points, d + 1)
+        rank = torch.empty_like(order).scatter_(1, order, places) + total.view(-1, 1)
         low, high = rank < 0, rank > d
         rank = torch.where(low, rank + d + 1, torch.where(high, rank - d - 1, rank))
         rem0 = torch.where(low, rem0 + d + 1, torch.where(high, rem0 - d - 1, rem0))
@@ -121,48 +132,53 @@ class Lattice:
         barycentric.scatter_add_(1, d - rank, share)
         barycentric.scatter_add_(1, d - rank + 1, -share)
         barycentric[:, 0] += 1.0 + barycentric[:, d + 1]
-        self.weights = barycentric[:, : d + 1]  # (P, d + 1)
-        # Vertex k of a point's simplex: its remainder-0 point plus the canonical simplex's k-th vertex, permuted
-        # by the ranks. Only the first d coordinates name a vertex (the last is minus their sum).
-        canonical = torch.tensor(
-            [[k if i <= d - k else k - d - 1 for i in range(d + 1)] for k in range(d + 1)], device=device
-        )
-        keys = rem0.long().unsqueeze(1) + canonical[:, rank].permute(1, 0, 2)  # (P, d + 1 vertices, d + 1)
-        keys = keys[..., :d]
-        self._offset = keys.amin(dim=(0, 1)) - d - 1  # neighbours reach d + 1 further either way
-        self._radix = keys.amax(dim=(0, 1)) + d + 2 - self._offset
-        if float(self._radix.double().log2().sum()) + math.log2(int(group.max()) + 2) > 62:
+        weights = barycentric[:, : d + 1]  # (P, d + 1)
+        # Only the first d coordinates name a vertex (the last is minus their sum). A simplex's vertices lie within
+        # d of its remainder-0 point in each, and their neighbours d + 1 further either way.
+        origin = rem0[:, :d].long()
+        offset = origin.amin(dim=0) - 2 * d - 1
+        radix = origin.amax(dim=0) + 2 * d + 2 - offset
+        if float(radix.double().log2().sum()) + math.log2(int(group.max()) + 2) > 62:
             raise ValueError("features too spread for the lattice's 63-bit keys: scale them down or split the groups")
         # Mixed radix: coordinate a weighs the product of the radices after it; the group weighs all of them.
-        self._weights = torch.cat([torch.flip(torch.cumprod(torch.flip(self._radix, [0]), 0), [0])[1:], self._one])
-        self._span = torch.prod(self._radix)
-        packed = self._pack(keys, group.view(-1, 1))
-        # Each point's d + 1 vertices, flattened (P * (d + 1)), and the vertices' keys, sorted.
-        self.vertices, self.vertex_of = torch.unique(packed.flatten(), return_inverse=True)
-        # The two neighbours of each vertex along each of the d + 1 axes (`_find`'s answer where none). The packing
-        # is linear and the radices leave room for a step either way, so a step of the keys is a fixed step of the
-        # packed key: no vertex is unpacked.
-        self.neighbours = []
+        place_values = torch.cat([torch.flip(torch.cumprod(torch.flip(radix, [0]), 0), [0])[1:], radix.new_ones(1)])
+        # Vertex k of a point's simplex is its remainder-0 point plus the canonical simplex's k-th vertex permuted
+        # by the ranks: each coordinate gains k, less d + 1 where its rank exceeds d - k. The packing is linear,
+        # so the vertex's key is the remainder-0 point's, plus k times the place values' sum, less d + 1 times
+        # the place values of the coordinates ranked above d - k (a suffix sum over the ranks).
+        by_rank = torch.zeros(points, d + 2, dtype=torch.long, device=device)
+        by_rank.scatter_(1, rank[:, :d], place_values.expand(points, d))
+        ranked_from = by_rank.flip(1).cumsum(1).flip(1)  # [p, j]: the place values of the coordinates ranked >= j
+        k = torch.arange(d + 1, device=device)
+        packed = (
+            ((origin - offset) * place_values).sum(dim=1, keepdim=True)
+            + group.view(-1, 1) * torch.prod(radix)
+            + k * place_values.sum()
+            - (d + 1) * ranked_from[:, d + 1 - k]
+        )  # (P, d + 1): each point's vertices
+        # One sort gives the vertices' keys in order, each point's vertices and the splat's rows (by vertex).
+        ordered, by_vertex = packed.flatten().sort()
+        self.vertices, inverse, counts = torch.unique_consecutive(ordered, return_inverse=True, return_counts=True)
         count = self.vertices.numel()
-        for axis in range(d + 1):
-            step = torch.full((d,), 1, device=device, dtype=torch.long)
-            if axis < d:
-                step[axis] = -d
-            shift = int((step * self._weights).sum())
-            ahead = self._find(self.vertices + shift)
-            # Symmetric: u is v's neighbour ahead exactly where v is u's behind, so one search finds both.
-            found = ahead < count
-            behind = torch.full_like(ahead, count)
-            behind[ahead[found]] = torch.nonzero(found).flatten()
-            self.neighbours.append([ahead, behind])
-
-    @property
-    def _one(self) -> Tensor:
-        return torch.ones(1, dtype=torch.long, device=self._radix.device)
-
-    def _pack(self, keys: Tensor, group: Tensor) -> Tensor:
-        """Integer keys (..., d) and their group -> one int64 each, ordered by group first."""
-        return ((keys - self._offset) * self._weights).sum(dim=-1) + group * self._span
+        vertex_of = torch.empty_like(inverse)
+        vertex_of[by_vertex] = inverse
+        flat = weights.flatten()
+        self._slice = (torch.arange(0, points * (d + 1) + 1, d + 1, device=device), vertex_of, flat)
+        point_of = torch.div(by_vertex, d + 1, rounding_mode="floor")
+        self._splat = (torch.cat([counts.new_zeros(1), counts.cumsum(0)]), point_of, flat[by_vertex])
+        # The neighbour along axis a: coordinate a less d and every other named coordinate plus 1 (along the last
+        # axis, every one plus 1). The radices leave room for a step either way, so a step is a fixed shift of
+        # the packed key: no vertex is unpacked, and one search over every axis finds them.
+        steps = torch.ones(d + 1, d, dtype=torch.long, device=device)
+        steps[k[:d], k[:d]] = -d
+        shifts = (steps * place_values).sum(dim=1, keepdim=True)
+        ahead = self._find((self.vertices.view(1, -1) + shifts).flatten()).view(d + 1, count)
+        # Symmetric: u is v's neighbour ahead exactly where v is u's behind, so the search finds both (a vertex
+        # with none ahead writes to a spare last slot, dropped).
+        behind = torch.full((d + 1, count + 1), count, dtype=torch.long, device=device)
+        behind.scatter_(1, ahead, torch.arange(count, device=device).expand(d + 1, count))
+        self.neighbours = list(zip(ahead, behind[:, :count], strict=True))
+        self.operators = self.scaled_operators()
 
     def _find(self, packed: Tensor) -> Tensor:
         """The vertex of each packed key, or the number of vertices (the empty row `filter` keeps) where none."""
@@ -170,31 +186,44 @@ class Lattice:
         position = torch.searchsorted(self.vertices, packed).clamp_max(count - 1)
         return torch.where(self.vertices[position] == packed, position, count)
 
-    def filter(self, values: Tensor) -> Tensor:
+    def scaled_operators(self, before: Tensor | None = None, after: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The splat and slice matrices, each point's values scaled by `before` (Tensor[P]) as they are splatted
+        and by `after` as they are sliced, the lattice's own scale included: what `filter` applies."""
+        rows, columns, weights = self._splat
+        count, d = self.vertices.numel(), self.d
+        splat = _csr(rows, columns, weights if before is None else weights * before[columns], (count, self.points))
+        rows, columns, weights = self._slice
+        weights = weights * (1.0 / (1.0 + 2.0 ** (-d)))
+        if after is not None:
+            weights = weights * after.repeat_interleave(d + 1)
+        return splat, _csr(rows, columns, weights, (self.points, count))
+
+    def filter(self, values: Tensor, operators: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """values (Tensor[P, C]) -> (P, C): each point's sum of the values of its group's points, weighted by the
-        Gaussian kernel (splat, blur along each axis with weights 1/2, 1, 1/2, slice)."""
-        points, channels = values.shape
+        Gaussian kernel (splat, blur along each axis with weights 1/2, 1, 1/2, slice), through `operators`
+        (`scaled_operators`) or the lattice's own."""
+        splat, slice_ = operators or self.operators
         count = self.vertices.numel()
-        splat = (self.weights.unsqueeze(2) * values.unsqueeze(1)).reshape(-1, channels)
-        grid = torch.zeros(count + 1, channels, device=values.device)  # the last row stands for no vertex
-        grid.index_add_(0, self.vertex_of, splat)
+        grid = values.new_zeros(count + 1, values.shape[1])  # the last row stands for no vertex
+        grid[:count] = splat @ values
         for first, second in self.neighbours:
             neighbours = grid.index_select(0, first).add_(grid.index_select(0, second))
             grid[:count].add_(neighbours, alpha=0.5)
-        sliced = grid.index_select(0, self.vertex_of).view(points, self.d + 1, channels)
-        return torch.einsum("pvc,pv->pc", sliced, self.weights).mul_(1.0 / (1.0 + 2.0 ** (-self.d)))
+        return slice_ @ grid[:count]
 
 
 class _Kernel:
-    """A Gaussian kernel on a lattice, normalised symmetrically (``D^-1/2 K D^-1/2``), as the reference does."""
+    """A Gaussian kernel on a lattice, normalised symmetrically (``D^-1/2 K D^-1/2``) as the reference does, and
+    weighted: both folded into the lattice's splat and slice matrices."""
 
-    def __init__(self, features: Tensor, group: Tensor) -> None:
+    def __init__(self, features: Tensor, group: Tensor, weight: float = 1.0) -> None:
         self.lattice = Lattice(features, group)
         ones = torch.ones(features.shape[0], 1, device=features.device)
-        self.norm = (self.lattice.filter(ones) + 1e-20).rsqrt()
+        norm = (self.lattice.filter(ones) + 1e-20).rsqrt().flatten()
+        self.operators = self.lattice.scaled_operators(norm, norm * weight)
 
     def __call__(self, values: Tensor) -> Tensor:
-        return self.lattice.filter(values * self.norm) * self.norm
+        return self.lattice.filter(values, self.operators)
 
 
 class _Smoothness:
@@ -262,14 +291,15 @@ def dense_crf(probabilities: Tensor, colours: Tensor, aspect: Tensor, allowed: T
     positions = _positions(aspect.to(device), r).reshape(b * r * r, 2)
     group = torch.arange(b, device=device).repeat_interleave(r * r)
     rgb = colours.float().flatten(2).transpose(1, 2).reshape(b * r * r, 3)
-    appearance = _Kernel(torch.cat([positions / s.appearance_sigma, rgb / s.colour_sigma], dim=1), group)
+    features = torch.cat([positions / s.appearance_sigma, rgb / s.colour_sigma], dim=1)
+    appearance = _Kernel(features, group, s.appearance_weight)
     smoothness = _Smoothness(s.smoothness_sigma, r, device) if s.smoothness_weight else None
     unary = probabilities.float().clamp_min(1e-5).log().flatten(2).transpose(1, 2).reshape(b * r * r, c)
     unary = unary.masked_fill(~allowed.repeat_interleave(r * r, dim=0), -torch.inf)
     marginals = _label_softmax(unary)
     for _ in range(s.iterations):
         # Potts: each label gains the kernel-weighted marginals of that label at the other cells.
-        energy = unary + s.appearance_weight * appearance(marginals)
+        energy = unary + appearance(marginals)  # the kernel's weight included
         if smoothness is not None:
             energy = energy + s.smoothness_weight * smoothness(marginals)
         marginals = _label_softmax(energy)
