@@ -3,7 +3,8 @@
 For each model (EfficientNet-Lite0 with its real weights, ResNet-50 with random weights: throughput does not
 depend on training), on the same batches of real photos:
 - forward-only classification (the limit), and the `fast` preset's predictor (top-5, CAMs of all five, boxes, its
-  label maps), and each other preset's beside it, label maps included as the job writes them;
+  label maps), and each other preset's beside it, label maps included as the job writes them; the default preset's
+  also without its label maps, for what they cost it;
 - TorchCAM's CAM and pytorch-grad-cam's GradCAM, against our CAM and Grad-CAM (top-1 map per image, as the
   peers compute it);
 - the whole job (list, read, decode, predict, write Parquet) as marginal throughput: N and 2N images, twice
@@ -41,7 +42,7 @@ from camray.host_memory import retain_freed_memory
 from camray.image.decode import decode_image
 from camray.models import resolve_setup
 from camray.predictor import Annotator, decode_side, pick_device
-from camray.presets import PRESETS
+from camray.presets import DEFAULT_PRESET, PRESETS
 from camray.samples import sample_photos
 
 
@@ -151,6 +152,9 @@ def compute_benchmarks(loaded, config: JobConfig, batch_size: int, seconds: floa
                 results[f"ratio_cost_{preset}{suffix}_vs_fast"] = timed.ratio(
                     "predictor_top5", f"predictor_{preset}{suffix}"
                 )
+    without = f"predictor_{DEFAULT_PRESET}_without_label_maps"
+    if without in steps:  # the default preset with its label maps over itself without them (target: <= 1.15)
+        results[f"ratio_cost_label_maps_{DEFAULT_PRESET}"] = timed.ratio(without, f"predictor_{DEFAULT_PRESET}")
     return results
 
 
@@ -167,12 +171,16 @@ def _preset_steps(loaded, config: JobConfig, batch_size: int) -> dict[str, Calla
         if resolved.model.name != config.model.name or (resolved.model.input_size or size) != size:
             continue  # a preset that changes the model is timed under its own model's name
         pixels, valid = _batch(decode_side(resolved.tiling, size), batch_size)
-        variants = {f"predictor_{preset}": resolved.cam}
+        variants = {f"predictor_{preset}": (resolved.cam, resolved.masks)}
         if resolved.cam.plain_above_score is not None:
             # The sample photos are close-ups the model is mostly sure of, which keep the plain map and skip the
             # preset's extra work: its cost on a wide shot, where every image does that work, is timed apart.
-            variants[f"predictor_{preset}_every_image"] = resolved.cam.model_copy(update={"plain_above_score": None})
-        for step, cam in variants.items():
+            every_image = resolved.cam.model_copy(update={"plain_above_score": None})
+            variants[f"predictor_{preset}_every_image"] = (every_image, resolved.masks)
+        if preset == DEFAULT_PRESET and resolved.masks.label_maps:  # what its label maps cost it (issue 31)
+            without = resolved.masks.model_copy(update={"label_maps": False})
+            variants[f"predictor_{preset}_without_label_maps"] = (resolved.cam, without)
+        for step, (cam, masks) in variants.items():
             annotator = Annotator(
                 loaded,
                 cam,
@@ -180,7 +188,7 @@ def _preset_steps(loaded, config: JobConfig, batch_size: int) -> dict[str, Calla
                 device,
                 config.model.precision,
                 tiling=resolved.tiling,
-                masks=resolved.masks,
+                masks=masks,
             )
             steps[step] = lambda a=annotator, p=pixels, v=valid: a.annotate(p, v)
     return steps
