@@ -9,7 +9,8 @@ depend on training), on the same batches of real photos:
   peers compute it);
 - the whole job (list, read, decode, predict, write Parquet) as marginal throughput: N and 2N images, twice
   each, alternating, on one Ray cluster started beforehand, N / (median t_2N - median t_N), so start-up and
-  actor set-up cancel out; compared with forward-only measured between those jobs;
+  actor set-up cancel out; compared with forward-only measured between those jobs, and with the same jobs
+  without label maps beside them, for what the label maps cost a whole run;
 - peak resident memory of the driver and Ray workers for N and 4N images;
 - for one timm transformer and one timm CNN (`--timm-models`, random weights), the predictor of the default preset
   beside forward-only on the same batch: what explaining a transformer costs over classifying with it.
@@ -246,44 +247,51 @@ def forward_meter(loaded, config: JobConfig, batch_size: int, seconds: float) ->
 def job_benchmarks(
     model_overrides: dict[str, object], n: int, root: Path, forward: Callable[[], float], rounds: int = 2
 ) -> dict[str, float]:
-    """Marginal whole-job throughput (N vs 2N) and peak memory (N vs 4N) on an already started Ray.
+    """Marginal whole-job throughput (N vs 2N) with and without label maps, and peak memory (N vs 4N), on an
+    already started Ray.
 
-    The N and 2N jobs alternate for `rounds` rounds and the median time of each counts; forward-only
-    throughput is measured again between the jobs. On a shared machine the speed drifts over minutes, so the
-    job's ratio must compare like with like."""
+    The N and 2N jobs alternate for `rounds` rounds, each beside the same job with `masks.label_maps: false`
+    (what the label maps cost a run, as issue 31 measures it: the same run without them), and the median time of
+    each counts; forward-only throughput is measured again between the jobs. On a shared machine the speed
+    drifts over minutes, so the job's ratios must compare like with like."""
     from camray.runner import run_job
 
-    timings: dict[int, list[float]] = {n: [], 2 * n: [], 4 * n: []}
+    variants = {"": {}, "_without_label_maps": {"masks.label_maps": False}}
+    timings: dict[tuple[str, int], list[float]] = {}
     peaks: dict[int, int] = {}
     forwards = [forward()]
     for count in [n, 2 * n] * rounds + [4 * n]:
         folder = _image_folder(root, count)
-        config = load_config(
-            overrides={
-                "source.uri": str(folder),
-                "sink.uri": str(root / f"out-{count}-{len(timings[count])}"),
-                "sink.incremental": False,
-                **model_overrides,
-            }
-        )
-        with MemorySampler() as sampler:
-            clock = time.perf_counter()
-            summary = run_job(config)
-            timings[count].append(time.perf_counter() - clock)
-        peaks[count] = max(peaks.get(count, 0), sampler.peak)
-        if summary.results != count:
-            raise RuntimeError(f"job over {count} images gave {summary.results} results")
+        for suffix, extra in variants.items() if count <= 2 * n else [("", {})]:
+            runs = timings.setdefault((suffix, count), [])
+            config = load_config(
+                overrides={
+                    "source.uri": str(folder),
+                    "sink.uri": str(root / f"out-{count}{suffix}-{len(runs)}"),
+                    "sink.incremental": False,
+                    **model_overrides,
+                    **extra,
+                }
+            )
+            with MemorySampler() as sampler:
+                clock = time.perf_counter()
+                summary = run_job(config)
+                runs.append(time.perf_counter() - clock)
+            if not suffix:
+                peaks[count] = max(peaks.get(count, 0), sampler.peak)
+            if summary.results != count:
+                raise RuntimeError(f"job over {count} images gave {summary.results} results")
         if count <= 2 * n:
             forwards.append(forward())
-    seconds_n, seconds_2n = float(np.median(timings[n])), float(np.median(timings[2 * n]))
-    return {
-        "forward_only_around_job": float(np.median(forwards)),
-        "job_marginal": n / (seconds_2n - seconds_n),
-        "job_seconds_n": seconds_n,
-        "job_seconds_2n": seconds_2n,
-        "peak_rss_n_mib": peaks[n] / 2**20,
-        "peak_rss_4n_mib": peaks[4 * n] / 2**20,
-    }
+    numbers = {"forward_only_around_job": float(np.median(forwards))}
+    for suffix in variants:
+        seconds_n, seconds_2n = float(np.median(timings[suffix, n])), float(np.median(timings[suffix, 2 * n]))
+        numbers[f"job_marginal{suffix}"] = n / (seconds_2n - seconds_n)
+        numbers[f"job_seconds_n{suffix}"] = seconds_n
+        numbers[f"job_seconds_2n{suffix}"] = seconds_2n
+    numbers["peak_rss_n_mib"] = peaks[n] / 2**20
+    numbers["peak_rss_4n_mib"] = peaks[4 * n] / 2**20
+    return numbers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             numbers["job_images_n"] = n
             numbers.update(job_benchmarks(overrides, n, root, meter))
             numbers["ratio_job_vs_forward"] = numbers["job_marginal"] / numbers["forward_only_around_job"]
+            numbers["ratio_job_cost_label_maps"] = numbers["job_marginal_without_label_maps"] / numbers["job_marginal"]
             numbers["ratio_memory_4n_vs_n"] = numbers["peak_rss_4n_mib"] / numbers["peak_rss_n_mib"]
             report["models"][name] = numbers
             print(_table(name, numbers), flush=True)
